@@ -1,0 +1,40 @@
+# PECN: two commands on a fresh clone (see README):
+#   make demo   set up, generate synthetic SSv2, materialise the whole asset graph into dagster_home/
+#   make test   set up, run the test suite (the command CI runs)
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+# The CPU build of torch on machines without a GPU; with CUDA, install your CUDA torch build
+# into the venv first (make setup keeps an installed torch), or set TORCH_SPEC.
+TORCH_SPEC ?= torch==2.13.0
+export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-slow ui bench clean-demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+demo: setup
+	PECN_PROFILE=demo $(PY) -m pecn_assets.demo
+
+test: setup
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
+
+ui: setup
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+
+bench: setup
+	$(PY) benchmarks/bench_frame_cache.py
+	$(PY) benchmarks/bench_pix2pix.py
+
+clean-demo:
+	rm -rf data/synthetic_sthv2 outputs/demo test_result/demo .tiny_models
+	find dagster_home -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

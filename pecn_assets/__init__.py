@@ -1,0 +1,1 @@
+"""Dagster wiring for PECN: assets, partitions, resources, checks, jobs, one Definitions."""

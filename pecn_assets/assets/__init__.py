@@ -1,0 +1,1 @@
+"""Assets, one module per area: data, progress (PAC-Net), pix2pix, evaluation."""

@@ -1,0 +1,276 @@
+"""Jobs, schedules and sensors, and the executor every job runs on.
+
+| name                     | kind                 | default | what it does                                    |
+|--------------------------|----------------------|---------|-------------------------------------------------|
+| `experiment_sweep`       | schedule (`PECN_SWEEP_CRON`, weekly) | off | one `ip2p_model` run per variant, tagged `pecn/sweep` |
+| `sweep_evaluations`      | sensor               | on      | after a sweep's `ip2p_model/<variant>`: its `evaluation` partitions |
+| `refresh_frame_cache`    | schedule (`PECN_FRAME_CACHE_CRON`, hourly) | off | `frame_cache` partitions missing or stale |
+| `annotations_changed`    | sensor               | off     | raw annotation files changed: observe + re-filter |
+| `pecn_automation`        | automation sensor    | on (`PECN_AUTOMATION=off`: off) | evaluates `automation_condition`s (frame_cache: eager) |
+
+The sweep is two steps because an `evaluation` partition reads the `ip2p_model` checkpoint of its
+variant: evaluations are requested only once that checkpoint has been materialised. (In Dagster
+1.13 a schedule cannot launch an asset backfill; only sensors can, through a private constructor.)
+
+`PECN_EXECUTOR` picks the executor: `multiprocess` (default; `in_process` via run config),
+`in_process`, or `k8s` (`dagster_k8s.k8s_job_executor`: each step in its own pod, see deploy/).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from typing import Optional
+
+import dagster as dg
+
+from pecn_assets.assets.data import frame_cache
+from pecn_assets.partitions import evaluation_partitions, resolution_partitions, variant_partitions
+from pecn_assets.resources import PecnSettings
+from pecn_ml.data.versions import annotations_version
+
+EXECUTOR_ENV = "PECN_EXECUTOR"
+SWEEP_CRON_ENV = "PECN_SWEEP_CRON"
+DEFAULT_SWEEP_CRON = "0 3 * * 6"            # Saturdays 03:00 UTC
+FRAME_CACHE_CRON_ENV = "PECN_FRAME_CACHE_CRON"
+DEFAULT_FRAME_CACHE_CRON = "0 * * * *"      # hourly; a tick only queries the instance
+AUTOMATION_ENV = "PECN_AUTOMATION"
+
+SWEEP_TAG = "pecn/sweep"
+FRAME_CACHE_STATE_TAG = "pecn/frame_cache_state"
+FRAME_CACHE_REASON_TAG = "pecn/frame_cache_reason"
+ANNOTATIONS_VERSION_TAG = "pecn/annotations_version"
+DATA_VERSION_TAG = "dagster/data_version"
+INPUT_DATA_VERSION_PREFIX = "dagster/input_data_version/"
+CODE_VERSION_TAG = "dagster/code_version"
+PARTITION_TAG = "dagster/partition"
+
+IP2P_MODEL = dg.AssetKey("ip2p_model")
+RAW_ANNOTATIONS = dg.AssetKey("raw_annotations")
+
+
+def pecn_executor() -> dg.ExecutorDefinition:
+    """The executor named by `PECN_EXECUTOR` (multiprocess, in_process or k8s)."""
+    choice = os.environ.get(EXECUTOR_ENV, "").strip().lower()
+    if choice in ("", "multiprocess"):
+        return dg.multi_or_in_process_executor
+    if choice == "in_process":
+        return dg.in_process_executor
+    if choice == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    raise ValueError(f"{EXECUTOR_ENV}={choice!r}: expected one of multiprocess, in_process, k8s")
+
+
+EXECUTOR = pecn_executor()
+
+
+def _job(name: str, keys: list[str], description: str) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(name, selection=dg.AssetSelection.keys(*keys), description=description,
+                               executor_def=EXECUTOR)
+
+
+observe_sources_job = _job(
+    "observe_sources", ["raw_annotations", "raw_videos"],
+    "Observe the raw SSv2 annotations and videos (data versions from file hashes).")
+refilter_job = _job(
+    "refilter_annotations", ["raw_annotations", "filtered_annotations"],
+    "Observe the raw annotations, then filter them to the four tasks again.")
+frame_cache_job = _job(
+    "build_frame_cache", ["frame_cache"], "Build one resolution of the frame cache (partition = R).")
+sweep_train_job = _job(
+    "sweep_train", ["ip2p_model"], "Fine-tune one InstructPix2Pix variant (partition = variant).")
+sweep_evaluate_job = _job(
+    "sweep_evaluate", ["evaluation"], "Evaluate one variant on one eval set (partition = eval_set|variant).")
+
+
+def _cron(env: str, default: str) -> str:
+    """The cron string in `env` (default when unset), checked so a typo fails at load time."""
+    cron = os.environ.get(env, "").strip() or default
+    try:
+        dg.ScheduleDefinition(name="cron_check", cron_schedule=cron, job_name="cron_check")
+    except dg.DagsterInvalidDefinitionError as e:
+        raise ValueError(f"{env}={cron!r} is not a valid cron schedule: {e}") from None
+    return cron
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment sweep: train every variant (schedule), then evaluate each trained one (sensor).
+# ---------------------------------------------------------------------------------------------
+
+def build_sweep_schedule() -> dg.ScheduleDefinition:
+    """The `experiment_sweep` schedule at the cron in `PECN_SWEEP_CRON` (default weekly)."""
+
+    @dg.schedule(cron_schedule=_cron(SWEEP_CRON_ENV, DEFAULT_SWEEP_CRON), job=sweep_train_job,
+                 name="experiment_sweep", execution_timezone="UTC",
+                 default_status=dg.DefaultScheduleStatus.STOPPED,
+                 description="Retrain every ip2p_model variant; sweep_evaluations then evaluates each "
+                             "one on both eval sets. Cron: PECN_SWEEP_CRON.")
+    def experiment_sweep(context: dg.ScheduleEvaluationContext):
+        when = context.scheduled_execution_time or datetime.now(timezone.utc)
+        sweep_id = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%MZ")
+        for variant in variant_partitions.get_partition_keys():
+            yield dg.RunRequest(run_key=f"{sweep_id}:{variant}", partition_key=variant,
+                                tags={SWEEP_TAG: sweep_id})
+
+    return experiment_sweep
+
+
+@dg.sensor(job=sweep_evaluate_job, name="sweep_evaluations", minimum_interval_seconds=60,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="When a run tagged pecn/sweep materialises ip2p_model/<variant>, requests "
+                       "evaluation for that variant on every eval set. Cursor: event storage id.")
+def sweep_evaluations(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=IP2P_MODEL, after_storage_id=after), limit=200, ascending=True,
+    ).records
+    if not records:
+        return dg.SensorResult(skip_reason="no new ip2p_model materialisation", cursor=context.cursor)
+    latest_by_variant: dict[str, str] = {}
+    for record in records:
+        run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
+        sweep = run.tags.get(SWEEP_TAG) if run else None
+        if sweep and record.partition_key:
+            latest_by_variant[record.partition_key] = sweep
+    cursor = str(max(r.storage_id for r in records))
+    requests = [
+        dg.RunRequest(run_key=f"{sweep}:{key}", partition_key=key, tags={SWEEP_TAG: sweep})
+        for variant, sweep in latest_by_variant.items()
+        for key in evaluation_partitions.get_partition_keys()
+        if evaluation_partitions.get_partition_key_from_str(key).keys_by_dimension["variant"] == variant
+    ]
+    if not requests:
+        return dg.SensorResult(skip_reason=f"{len(records)} new ip2p_model materialisation(s), none from "
+                                           f"a sweep run (tag {SWEEP_TAG})", cursor=cursor)
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frame cache: rebuild partitions that are missing or stale.
+# ---------------------------------------------------------------------------------------------
+
+def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> Optional[str]:
+    """The data version of the latest materialisation or observation of `key` (None if none)."""
+    latest = None
+    for fetch in (instance.fetch_materializations, instance.fetch_observations):
+        records = fetch(key, limit=1).records
+        if records and (latest is None or records[0].storage_id > latest.storage_id):
+            latest = records[0]
+    if latest is None:
+        return None
+    event = latest.asset_materialization or latest.asset_observation
+    return event.tags.get(DATA_VERSION_TAG) if event is not None else None
+
+
+def stale_frame_cache_partitions(instance: dg.DagsterInstance) -> list[tuple[str, str, str]]:
+    """(partition, reason, state) for each frame_cache partition that is missing or stale.
+
+    Stale: an upstream's data version differs from the one recorded when the partition was
+    built (`dagster/input_data_version/<upstream>`), or frame_cache's code version changed.
+    `state` is a short hash of the upstream versions and code version the rebuild would use.
+    """
+    key = frame_cache.key
+    upstream = sorted({dep.asset_key for dep in frame_cache.specs_by_key[key].deps},
+                      key=lambda k: k.to_user_string())
+    code_version = frame_cache.code_versions_by_key.get(key)
+    current = {up.to_user_string(): current_data_version(instance, up) for up in upstream}
+    state = hashlib.sha256(json.dumps({"upstream": current, "code_version": code_version},
+                                      sort_keys=True).encode()).hexdigest()[:16]
+    out = []
+    for partition in resolution_partitions.get_partition_keys():
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
+        if not records:
+            out.append((partition, "missing", state))
+            continue
+        tags = records[0].asset_materialization.tags or {}
+        changed = [name for name, version in current.items()
+                   if version is not None and tags.get(INPUT_DATA_VERSION_PREFIX + name) != version]
+        if changed:
+            out.append((partition, " and ".join(changed) + " changed", state))
+        elif code_version is not None and tags.get(CODE_VERSION_TAG) != code_version:
+            out.append((partition, f"code version {tags.get(CODE_VERSION_TAG)} -> {code_version}", state))
+    return out
+
+
+def build_frame_cache_schedule() -> dg.ScheduleDefinition:
+    """The `refresh_frame_cache` schedule at the cron in `PECN_FRAME_CACHE_CRON` (default hourly)."""
+
+    @dg.schedule(cron_schedule=_cron(FRAME_CACHE_CRON_ENV, DEFAULT_FRAME_CACHE_CRON), job=frame_cache_job,
+                 name="refresh_frame_cache", execution_timezone="UTC",
+                 default_status=dg.DefaultScheduleStatus.STOPPED,
+                 description="Builds frame_cache partitions never materialised or whose upstream "
+                             "(filtered_annotations, raw_videos) data version or code version changed.")
+    def refresh_frame_cache(context: dg.ScheduleEvaluationContext):
+        if current_data_version(context.instance, dg.AssetKey("filtered_annotations")) is None:
+            yield dg.SkipReason("filtered_annotations has never been materialised: nothing to cache yet")
+            return
+        stale = stale_frame_cache_partitions(context.instance)
+        if not stale:
+            yield dg.SkipReason("every frame_cache partition is up to date")
+            return
+        waiting = []
+        for partition, reason, state in stale:
+            tried = context.instance.get_run_records(
+                dg.RunsFilter(tags={FRAME_CACHE_STATE_TAG: state, PARTITION_TAG: partition}), limit=1)
+            if tried:  # in progress, or failed for this very state: don't pile up runs
+                waiting.append(f"{partition} ({reason}): run {tried[0].dagster_run.run_id} "
+                               f"is {tried[0].dagster_run.status.value}")
+                continue
+            yield dg.RunRequest(run_key=f"{partition}:{state}", partition_key=partition,
+                                tags={FRAME_CACHE_STATE_TAG: state, FRAME_CACHE_REASON_TAG: reason})
+        if waiting and len(waiting) == len(stale):
+            yield dg.SkipReason("already requested for this state: " + "; ".join(waiting))
+
+    return refresh_frame_cache
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw annotations changed: observe them and filter again.
+# ---------------------------------------------------------------------------------------------
+
+@dg.sensor(job=refilter_job, name="annotations_changed", minimum_interval_seconds=300,
+           default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Hashes the SSv2 annotation files; when their version differs from the last "
+                       "one seen (cursor), observes raw_annotations and re-materialises "
+                       "filtered_annotations.")
+def annotations_changed(context: dg.SensorEvaluationContext, settings: PecnSettings) -> dg.SensorResult:
+    ann_dir = settings.annotations_path()
+    try:
+        version = annotations_version(ann_dir)
+    except (OSError, ValueError) as e:
+        return dg.SensorResult(skip_reason=f"cannot read the annotations in {ann_dir}: {e}",
+                               cursor=context.cursor)
+    last = context.cursor or current_data_version(context.instance, RAW_ANNOTATIONS)
+    if version == last:
+        return dg.SensorResult(skip_reason=f"annotations unchanged (version {version[:12]})", cursor=version)
+    context.log.info(f"annotations in {ann_dir} changed: {str(last)[:12]} -> {version[:12]}")
+    return dg.SensorResult(run_requests=[dg.RunRequest(tags={ANNOTATIONS_VERSION_TAG: version[:16]})],
+                           cursor=version)
+
+
+# ---------------------------------------------------------------------------------------------
+# Declarative automation (frame_cache: eager) and the lists definitions.py imports.
+# ---------------------------------------------------------------------------------------------
+
+def _automation_status() -> dg.DefaultSensorStatus:
+    off = os.environ.get(AUTOMATION_ENV, "on").strip().lower() in ("off", "0", "false", "no")
+    return dg.DefaultSensorStatus.STOPPED if off else dg.DefaultSensorStatus.RUNNING
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "pecn_automation", target=dg.AssetSelection.all(), default_status=_automation_status(),
+    minimum_interval_seconds=60,
+    description="Evaluates the assets' automation conditions (frame_cache: eager, i.e. rebuilt when "
+                "filtered_annotations or raw_videos change). PECN_AUTOMATION=off starts it stopped.")
+
+experiment_sweep = build_sweep_schedule()
+refresh_frame_cache = build_frame_cache_schedule()
+
+JOBS = [observe_sources_job, refilter_job, frame_cache_job, sweep_train_job, sweep_evaluate_job]
+SCHEDULES = [experiment_sweep, refresh_frame_cache]
+SENSORS = [sweep_evaluations, annotations_changed, automation_sensor]

@@ -1,0 +1,1 @@
+"""Annotations and filtering, video decoding, the frame cache, datasets, synthetic SSv2."""

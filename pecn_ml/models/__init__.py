@@ -1,0 +1,1 @@
+"""Model construction only (PAC-Net, InstructPix2Pix, tiny local presets)."""

@@ -1,0 +1,187 @@
+"""Tiny random models built locally, for tests and the demo (no model hub).
+
+Each builder writes a folder with `save_pretrained`, so the code that loads the real
+pretrained weights (`from_pretrained("timbrooks/instruct-pix2pix")`, ...) loads these
+through the very same path. Builds are deterministic for a seed and atomic (temp + rename).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pecn_ml.data.templates import load_templates
+
+# Words the tokenizer learns whole-word merges for; everything else falls back to bytes.
+_PROMPT_WORDS = (
+    "generate a future frame of this action and % the has been completed "
+    "cup pen book phone bottle box ball paper remote control table surface something"
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte -> printable unicode table (the standard byte-level BPE alphabet)."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def _tokenizer_words() -> list[str]:
+    words = set(_PROMPT_WORDS.split())
+    for t in load_templates():
+        words.update(re.findall(r"[a-z]+", t.label_key.lower()))
+    return sorted(words)
+
+
+def build_tiny_tokenizer(out_dir: str | Path, model_max_length: int = 77):
+    """A small CLIP BPE tokenizer: the 256-byte alphabet plus whole-word merges for SSv2 words."""
+    from transformers import CLIPTokenizer
+
+    alphabet = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for c in alphabet:
+        vocab[c] = len(vocab)
+    for c in alphabet:
+        vocab[c + "</w>"] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in _tokenizer_words():
+        toks = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(toks) > 1:
+            pair = (toks[0], toks[1])
+            if pair not in merges:
+                merges.append(pair)
+            merged = pair[0] + pair[1]
+            vocab.setdefault(merged, len(vocab))
+            toks = [merged] + toks[2:]
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    tok.save_pretrained(out_dir)
+    return tok
+
+
+def _clip_text_config(vocab_size: int, hidden: int, max_len: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=max_len,
+        projection_dim=hidden, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+
+def build_tiny_clip_text(out_dir: str | Path, hidden: int = 32, seed: int = 0) -> Path:
+    """CLIPTextModel + tokenizer in one folder, like `openai/clip-vit-base-patch32` is loaded."""
+    from transformers import CLIPTextModel
+
+    out_dir = Path(out_dir)
+    tok = build_tiny_tokenizer(out_dir)
+    torch.manual_seed(seed)
+    model = CLIPTextModel(_clip_text_config(len(tok), hidden, tok.model_max_length))
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_resnet(out_dir: str | Path, seed: int = 0) -> Path:
+    """A two-stage ResNet (transformers `ResNetModel`), loaded like `microsoft/resnet-50`."""
+    from transformers import ResNetConfig, ResNetModel
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
+                          layer_type="basic", downsample_in_first_stage=False)
+    ResNetModel(config).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def build_tiny_pix2pix(out_dir: str | Path, in_channels: int = 8, seed: int = 0) -> Path:
+    """A small `StableDiffusionInstructPix2PixPipeline` folder (like `timbrooks/instruct-pix2pix`).
+
+    `in_channels=8` is an InstructPix2Pix UNet (noisy latents + image latents); `in_channels=4`
+    is a plain Stable Diffusion UNet, for testing `conv_in` widening. The VAE downsamples 4x.
+    """
+    from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler,
+                           StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextModel
+
+    out_dir = Path(out_dir)
+    tok_dir = out_dir / "tokenizer"
+    tok = build_tiny_tokenizer(tok_dir)
+    torch.manual_seed(seed)
+    hidden = 32
+    text_encoder = CLIPTextModel(_clip_text_config(len(tok), hidden, tok.model_max_length))
+    unet = UNet2DConditionModel(
+        sample_size=24, in_channels=in_channels, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=hidden,
+        attention_head_dim=8, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32, 32), norm_num_groups=8, sample_size=96,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    )
+    scheduler = EulerAncestralDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        num_train_timesteps=1000, prediction_type="epsilon",
+    )
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir)
+    return out_dir
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    """Folders of the tiny models; each is passed where a hub name would be."""
+
+    pix2pix: Path
+    resnet: Path
+    clip_text: Path
+    sd_unet4: Path  # a 4-channel Stable Diffusion-style pipeline (for conv_in widening)
+
+
+def _build_once(target: Path, builder: Callable[[Path], Path]) -> Path:
+    """Build into a temp folder beside `target`, then rename: a crash leaves no half model."""
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        builder(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def build_tiny_models(root: str | Path) -> TinyModels:
+    """Build (once) all tiny models under `root`; later calls reuse them."""
+    root = Path(root)
+    return TinyModels(
+        pix2pix=_build_once(root / "tiny-instruct-pix2pix", build_tiny_pix2pix),
+        resnet=_build_once(root / "tiny-resnet", build_tiny_resnet),
+        clip_text=_build_once(root / "tiny-clip-text", build_tiny_clip_text),
+        sd_unet4=_build_once(root / "tiny-sd-unet4",
+                             lambda d: build_tiny_pix2pix(d, in_channels=4)),
+    )

@@ -1,0 +1,105 @@
+"""The one documented place where the demo and the real run differ.
+
+Two profiles, one code path:
+
+| setting              | `demo` (CPU, minutes)                   | `full` (the seed's experiment, GPU)      |
+|----------------------|-----------------------------------------|------------------------------------------|
+| data                 | synthetic SSv2, generated locally       | real SSv2 under `data/sthv2`             |
+| pretrained weights   | tiny random models built locally        | timbrooks/instruct-pix2pix, microsoft/resnet-50, openai/clip-vit-base-patch32 |
+| sampling per task    | all of the small synthetic set          | 2,000 train / 100 validation, seed 42    |
+| PAC-Net / IP2P input | 96 px frame cache                       | 224 px frame cache                       |
+| training length      | a few epochs                            | the seed's table (30 / 40 epochs)        |
+| evaluation           | few samples, few denoising steps        | 100 samples, 25 steps, guidance 1.5      |
+
+Pick one with the environment variable `PECN_PROFILE` (default `demo`); override the data
+folder with `PECN_DATA_DIR`. Nothing else changes between them: the same assets call the
+same functions with these configs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from pecn_ml.data.annotations import FilterConfig
+from pecn_ml.data.synthetic import SyntheticConfig
+from pecn_ml.sampling import SamplingConfig
+from pecn_ml.training.pacnet import PacNetTrainConfig
+from pecn_ml.training.pix2pix import Pix2PixTrainConfig
+
+# Real pretrained weights (loaded with from_pretrained, as a user with internet would).
+PIX2PIX_BASE = "timbrooks/instruct-pix2pix"
+RESNET_NAME = "microsoft/resnet-50"
+CLIP_NAME = "openai/clip-vit-base-patch32"
+
+RESOLUTIONS = (96, 128, 224)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that differs between the demo and the real experiment."""
+
+    name: str
+    data_dir: str                       # SSv2 layout: annotations/, videos/, frames_RxR/
+    outputs_dir: str                    # trained models (the seed's outputs/)
+    results_dir: str                    # evaluations (the seed's test_result/)
+    synthetic: Optional[SyntheticConfig]  # demo: the data is generated before the graph runs
+    tiny_models: bool                   # build tiny random models locally instead of the hub
+    filter: FilterConfig
+    pacnet_resolution: int
+    pix2pix_resolution: int
+    pacnet_train: PacNetTrainConfig
+    pix2pix_train: Pix2PixTrainConfig
+    sampling: SamplingConfig
+    resolutions: tuple[int, ...] = field(default=RESOLUTIONS)
+
+    def resolve_data_dir(self) -> str:
+        return os.environ.get("PECN_DATA_DIR") or self.data_dir
+
+
+def demo_profile() -> Profile:
+    """Synthetic data, tiny models, CPU: the whole graph in about ten minutes on 2 cores."""
+    return Profile(
+        name="demo",
+        data_dir="data/synthetic_sthv2",
+        outputs_dir="outputs/demo",
+        results_dir="test_result/demo",
+        synthetic=SyntheticConfig.demo(),
+        tiny_models=True,
+        filter=FilterConfig(),
+        pacnet_resolution=96,
+        pix2pix_resolution=96,
+        pacnet_train=PacNetTrainConfig.demo(),
+        pix2pix_train=Pix2PixTrainConfig.demo(),
+        sampling=SamplingConfig.demo(),
+    )
+
+
+def full_profile() -> Profile:
+    """The seed's experiment: real SSv2, pretrained weights, the seed's hyper-parameters."""
+    return Profile(
+        name="full",
+        data_dir="data/sthv2",
+        outputs_dir="outputs",
+        results_dir="test_result",
+        synthetic=None,
+        tiny_models=False,
+        filter=FilterConfig(),
+        pacnet_resolution=224,
+        pix2pix_resolution=224,
+        pacnet_train=PacNetTrainConfig(),
+        pix2pix_train=Pix2PixTrainConfig(),
+        sampling=SamplingConfig(),
+    )
+
+
+PROFILES = {"demo": demo_profile, "full": full_profile}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile named `name`, or by `PECN_PROFILE` (default `demo`)."""
+    name = name or os.environ.get("PECN_PROFILE", "demo")
+    if name not in PROFILES:
+        raise ValueError(f"unknown PECN profile {name!r}; choose one of {sorted(PROFILES)}")
+    return PROFILES[name]()

@@ -1,0 +1,1 @@
+"""Small shared helpers: progress logging, atomic writes, hashing."""

@@ -1,0 +1,48 @@
+"""Progress lines with counts, rate and ETA for long loops (Dagster passes `context.log.info`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+LogFn = Callable[[str], None]
+
+
+class ProgressMeter:
+    """Logs `name: done/total (rate unit/s, ETA)` at most every `every_s` seconds, and at the end.
+
+    >>> meter = ProgressMeter("decode", total=10, log=print, every_s=0)
+    >>> meter.update(5)  # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, total: int, log: Optional[LogFn] = None,
+                 every_s: float = 10.0, unit: str = "items"):
+        self.name, self.total, self.unit = name, total, unit
+        self.log = log
+        self.every_s = every_s
+        self.done = 0
+        self.start = time.perf_counter()
+        self._last = -float("inf")
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    def line(self, extra: str = "") -> str:
+        rate = self.rate
+        left = (self.total - self.done) / rate if rate > 0 and self.total else 0.0
+        text = (f"{self.name}: {self.done}/{self.total} {self.unit} "
+                f"({rate:.2f} {self.unit}/s, elapsed {self.elapsed:.1f}s, ETA {left:.1f}s)")
+        return f"{text} {extra}".rstrip()
+
+    def update(self, n: int = 1, extra: str = "") -> None:
+        self.done += n
+        now = time.perf_counter()
+        finished = self.total and self.done >= self.total
+        if self.log is not None and (finished or now - self._last >= self.every_s):
+            self._last = now
+            self.log(self.line(extra))
