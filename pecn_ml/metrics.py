@@ -1,0 +1,111 @@
+"""SSIM and PSNR of predicted frames against ground truth, on 8-bit RGB images.
+
+Both metrics take uint8 arrays, (H, W, 3) for one image or (B, H, W, 3) for a batch, convert
+them to float64 RGB in [0, 1] (value / 255) and call torchmetrics' functional metrics, one
+score per image. Callers average the per-image scores themselves (`mean_std`).
+
+SSIM (`torchmetrics.functional.structural_similarity_index_measure`), exactly:
+  gaussian window, sigma 1.5, 11 x 11 taps (torchmetrics derives 2*int(3.5*sigma+0.5)+1 = 11),
+  normalised to sum 1; k1 = 0.01, k2 = 0.03; data_range = 1.0 (C1 = 0.01^2, C2 = 0.03^2);
+  each image padded by 5 px with mirror ("reflect", edge not repeated) padding so the local
+  statistics exist at every pixel; the SSIM map is averaged over all H x W pixels and the 3
+  channels (each channel filtered separately) -> one score per image. Identical images give 1.0.
+
+PSNR (`torchmetrics.functional.peak_signal_noise_ratio`):
+  10 * log10(1 / MSE), MSE over all H x W x 3 values of one image, data_range = 1.0 (torchmetrics
+  converts ln to log10 with a float32 constant: results agree with numpy to ~1e-6 dB).
+  Identical images have MSE 0 and an infinite PSNR; we cap every PSNR at `PSNR_CAP_DB`
+  (100 dB) so means, standard deviations and JSON stay finite. For 8-bit images the largest
+  finite PSNR is 10*log10(255^2 * H * W * 3) (one pixel off by one level): 99.9 dB at 224 x 224,
+  91.9 dB at 96 x 96, so the cap only ever replaces "identical". Pass `cap_db=None` for inf.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+PSNR_CAP_DB = 100.0
+
+SSIM_SETTINGS = {
+    "gaussian_kernel": True,
+    "kernel_size": 11,
+    "sigma": 1.5,
+    "k1": 0.01,
+    "k2": 0.03,
+    "data_range": 1.0,
+}
+
+METRIC_SETTINGS = {
+    "input": "8-bit RGB images (the saved PNGs) as float64 value/255 in [0, 1]",
+    "ssim": {**SSIM_SETTINGS, "padding": "reflect (mirror) 5 px; map averaged over H, W and channels",
+             "reduction": "per image, then averaged over images"},
+    "psnr": {"data_range": 1.0, "mse_over": "H x W x 3 of one image", "cap_db": PSNR_CAP_DB,
+             "reduction": "per image, then averaged over images"},
+}
+
+
+def _as_batch(pred: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """uint8 (H, W, 3) or (B, H, W, 3) pairs -> float64 (B, 3, H, W) in [0, 1], and 'was single'."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    for name, arr in (("pred", pred), ("target", target)):
+        if arr.dtype != np.uint8:
+            raise ValueError(f"{name} must be a uint8 image, got dtype {arr.dtype}")
+        if arr.ndim not in (3, 4) or arr.shape[-1] != 3:
+            raise ValueError(f"{name} must be (H, W, 3) or (B, H, W, 3) RGB, got shape {arr.shape}")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target shapes differ: {pred.shape} vs {target.shape}")
+    single = pred.ndim == 3
+    if single:
+        pred, target = pred[None], target[None]
+    if pred.shape[1] < 11 or pred.shape[2] < 11:
+        raise ValueError(f"images must be at least 11 x 11 for an 11-tap SSIM window, got {pred.shape[1:3]}")
+
+    def conv(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.float64) / 255.0).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
+
+    return conv(pred), conv(target), single
+
+
+def ssim(pred: np.ndarray, target: np.ndarray) -> float | np.ndarray:
+    """SSIM of uint8 RGB image(s) against ground truth (settings: module docstring).
+
+    One (H, W, 3) pair -> float; (B, H, W, 3) batches -> float64 array (B,) of per-image scores.
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    p, t, single = _as_batch(pred, target)
+    scores = structural_similarity_index_measure(
+        p, t, gaussian_kernel=True, sigma=SSIM_SETTINGS["sigma"], kernel_size=SSIM_SETTINGS["kernel_size"],
+        reduction="none", data_range=SSIM_SETTINGS["data_range"], k1=SSIM_SETTINGS["k1"],
+        k2=SSIM_SETTINGS["k2"],
+    )  # (B,)
+    out = scores.numpy().astype(np.float64)
+    return float(out[0]) if single else out
+
+
+def psnr(pred: np.ndarray, target: np.ndarray, cap_db: Optional[float] = PSNR_CAP_DB) -> float | np.ndarray:
+    """PSNR in dB of uint8 RGB image(s) against ground truth, data range 1.0, capped at `cap_db`.
+
+    One (H, W, 3) pair -> float; (B, H, W, 3) batches -> float64 array (B,). Identical images give
+    `cap_db` (100.0), or inf with `cap_db=None`.
+    """
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    p, t, single = _as_batch(pred, target)
+    scores = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3))  # (B,)
+    out = scores.numpy().astype(np.float64)
+    if cap_db is not None:
+        out = np.minimum(out, float(cap_db))
+    return float(out[0]) if single else out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, population std with ddof=0) of per-image scores; (nan, nan) when empty."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=0))

@@ -1,0 +1,227 @@
+"""The seed's t_test_summary.xlsx (pandas + openpyxl) and the same tables as Markdown.
+
+Evaluation rows (one per variant x eval set) use the keys of `EVAL_COLUMNS`: variant, model,
+eval_set, target_idx, progress, n, ssim_mean, ssim_std, psnr_mean, psnr_std, baseline_ssim,
+baseline_psnr, checkpoint_sha256 (`evaluation_row` builds one from a results.json dict).
+t-test rows are those of `pecn_ml.stats.t_test_table` (or read back from t_test_results.json).
+Unknown keys are kept as extra columns at the end; missing keys are blank cells.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+SSIM_FMT, PSNR_FMT, P_FMT, STAT_FMT, INT_FMT, DF_FMT = "0.0000", "0.00", "0.0000", "0.000", "0", "0.0"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    fmt: Optional[str] = None   # Excel number format; "metric" = SSIM_FMT or PSNR_FMT by the row's metric
+    width: int = 12
+
+
+EVAL_COLUMNS = (
+    Column("variant", "Variant", None, 16),
+    Column("model", "Model", None, 36),
+    Column("eval_set", "Eval set", None, 10),
+    Column("target_idx", "Target frame", INT_FMT, 12),
+    Column("progress", "Progress prompt", None, 15),
+    Column("n", "n", INT_FMT, 6),
+    Column("ssim_mean", "SSIM mean", SSIM_FMT, 11),
+    Column("ssim_std", "SSIM std", SSIM_FMT, 11),
+    Column("ssim_text", "SSIM (mean ± std)", None, 18),
+    Column("psnr_mean", "PSNR mean (dB)", PSNR_FMT, 15),
+    Column("psnr_std", "PSNR std (dB)", PSNR_FMT, 14),
+    Column("psnr_text", "PSNR dB (mean ± std)", None, 20),
+    Column("baseline_ssim", "Copy-frame SSIM", SSIM_FMT, 16),
+    Column("baseline_psnr", "Copy-frame PSNR (dB)", PSNR_FMT, 20),
+    Column("checkpoint_sha256", "Checkpoint sha256", None, 66),
+)
+
+T_TEST_COLUMNS = (
+    Column("target_idx", "Target frame", INT_FMT, 12),
+    Column("eval_set", "Eval set", None, 10),
+    Column("metric", "Metric", None, 8),
+    Column("without", "Without progress", None, 16),
+    Column("with", "With progress", None, 16),
+    Column("n_paired", "n paired", INT_FMT, 9),
+    Column("mean_without", "Mean without", "metric", 13),
+    Column("mean_with", "Mean with", "metric", 11),
+    Column("mean_diff", "Mean diff (with - without)", "metric", 25),
+    Column("ci95_low", "95% CI low", "metric", 11),
+    Column("ci95_high", "95% CI high", "metric", 11),
+    Column("t", "Paired t", STAT_FMT, 10),
+    Column("df", "Paired df", DF_FMT, 10),
+    Column("p", "Paired p", P_FMT, 10),
+    Column("cohen_dz", "Cohen's d_z", STAT_FMT, 12),
+    Column("paired_reason", "Paired: not computed because", None, 28),
+    Column("welch_t", "Welch t", STAT_FMT, 10),
+    Column("welch_df", "Welch df", DF_FMT, 10),
+    Column("welch_p", "Welch p", P_FMT, 10),
+    Column("hedges_g", "Hedges' g", STAT_FMT, 10),
+    Column("welch_mean_diff", "Welch mean diff", "metric", 15),
+    Column("welch_ci95_low", "Welch 95% CI low", "metric", 16),
+    Column("welch_ci95_high", "Welch 95% CI high", "metric", 17),
+    Column("welch_reason", "Welch: not computed because", None, 28),
+    Column("n_without", "n without", INT_FMT, 10),
+    Column("n_with", "n with", INT_FMT, 8),
+    Column("checkpoint_sha256_without", "Checkpoint sha256 (without)", None, 66),
+    Column("checkpoint_sha256_with", "Checkpoint sha256 (with)", None, 66),
+)
+
+
+def _num(v: Any) -> Optional[float]:
+    """A finite float, or None (missing, None, NaN, inf, non-numbers)."""
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _pm(mean: Any, std: Any, digits: int) -> Optional[str]:
+    m, s = _num(mean), _num(std)
+    if m is None:
+        return None
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if s is not None else f"{m:.{digits}f}"
+
+
+def evaluation_row(variant: str, eval_set: str, results: Mapping[str, Any], *, model: str = "",
+                   target_idx: Optional[int] = None, progress: Optional[bool] = None) -> dict[str, Any]:
+    """One evaluations-sheet row from an `evaluate_model` results dict."""
+    cfg = results.get("config", {})
+    return {"variant": variant, "model": model, "eval_set": eval_set,
+            "target_idx": cfg.get("target_idx") if target_idx is None else target_idx,
+            "progress": cfg.get("add_progress") if progress is None else progress,
+            "n": results.get("n"),
+            "ssim_mean": results["mean"]["ssim"], "ssim_std": results["std"]["ssim"],
+            "psnr_mean": results["mean"]["psnr"], "psnr_std": results["std"]["psnr"],
+            "baseline_ssim": results["baseline_mean"]["ssim"], "baseline_psnr": results["baseline_mean"]["psnr"],
+            "checkpoint_sha256": results.get("checkpoint_sha256")}
+
+
+def _with_text(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out.setdefault("ssim_text", _pm(row.get("ssim_mean"), row.get("ssim_std"), 4))
+    out.setdefault("psnr_text", _pm(row.get("psnr_mean"), row.get("psnr_std"), 2))
+    if isinstance(out.get("progress"), bool):
+        out["progress"] = "yes" if out["progress"] else "no"
+    return out
+
+
+def _frame(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]):
+    """DataFrame with the known columns first (in order), then any extra keys; plus the columns used."""
+    import pandas as pd
+
+    known = [c.key for c in columns]
+    extra = []
+    for r in rows:
+        extra += [k for k in r if k not in known and k not in extra]
+    cols = list(columns) + [Column(k, k, None, max(12, len(k) + 2)) for k in extra]
+    data = [[_cell(r.get(c.key)) for c in cols] for r in rows]
+    return pd.DataFrame(data, columns=[c.header for c in cols]), cols
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple, dict)):
+        return str(v)
+    return v
+
+
+def _format_sheet(ws, rows: Sequence[Mapping[str, Any]], cols: Sequence[Column]) -> None:
+    from openpyxl.styles import Alignment, Font
+    from openpyxl.utils import get_column_letter
+
+    for j, c in enumerate(cols, start=1):
+        letter = get_column_letter(j)
+        ws.column_dimensions[letter].width = max(c.width, len(c.header) + 2)
+        head = ws.cell(row=1, column=j)
+        head.font = Font(bold=True)
+        head.alignment = Alignment(wrap_text=True, vertical="top")
+        for i, r in enumerate(rows, start=2):
+            fmt = c.fmt
+            if fmt == "metric":
+                fmt = PSNR_FMT if str(r.get("metric", "")).lower() == "psnr" else SSIM_FMT
+            if fmt is not None:
+                ws.cell(row=i, column=j).number_format = fmt
+    ws.freeze_panes = "A2"
+
+
+def write_summary_workbook(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence[Mapping[str, Any]],
+                           path: str | os.PathLike) -> Path:
+    """Write the workbook: sheet "evaluations" (one row per variant x eval set) and sheet
+    "t_tests" (one row per target x eval set x metric), with headers, widths and number formats
+    (SSIM 0.0000, PSNR 0.00, p 0.0000). Atomic (temp file + rename)."""
+    import pandas as pd
+
+    from pecn_ml.utils.files import atomic_path
+
+    path = Path(path)
+    eval_rows = [_with_text(r) for r in evaluations]
+    test_rows = [dict(r) for r in t_tests]
+    eval_df, eval_cols = _frame(eval_rows, EVAL_COLUMNS)
+    test_df, test_cols = _frame(test_rows, T_TEST_COLUMNS)
+    with atomic_path(path) as tmp:
+        with pd.ExcelWriter(tmp, engine="openpyxl") as xw:
+            for name, df, rows, cols in (("evaluations", eval_df, eval_rows, eval_cols),
+                                         ("t_tests", test_df, test_rows, test_cols)):
+                df.to_excel(xw, sheet_name=name, index=False)
+                _format_sheet(xw.sheets[name], rows, cols)
+    return path
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+
+def _md(v: Any, digits: Optional[int] = None) -> str:
+    if digits is not None:
+        f = _num(v)
+        return "–" if f is None else f"{f:.{digits}f}"
+    if v is None:
+        return "–"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown_summary(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown tables of the evaluations and the t-tests (sections with no rows are left out)."""
+    parts = []
+    if evaluations:
+        rows = []
+        for r in evaluations:
+            r = _with_text(r)
+            rows.append([_md(r.get("variant")), _md(r.get("eval_set")), _md(r.get("target_idx")),
+                         _md(r.get("progress")), _md(r.get("n")), _md(r.get("ssim_text")),
+                         _md(r.get("psnr_text")), _md(r.get("baseline_ssim"), 4), _md(r.get("baseline_psnr"), 2)])
+        parts.append("### Evaluations\n\n" + _table(
+            ["Variant", "Eval set", "Target", "Progress", "n", "SSIM", "PSNR (dB)", "Copy-frame SSIM",
+             "Copy-frame PSNR"], rows))
+    if t_tests:
+        rows = []
+        for r in t_tests:
+            d = 2 if str(r.get("metric", "")).lower() == "psnr" else 4
+            ci = f"{_md(r.get('mean_diff'), d)} [{_md(r.get('ci95_low'), d)}, {_md(r.get('ci95_high'), d)}]"
+            note = "; ".join(str(x) for x in (r.get("paired_reason"), r.get("welch_reason")) if x)
+            rows.append([_md(r.get("target_idx")), _md(r.get("eval_set")), _md(r.get("metric")),
+                         _md(r.get("n_paired")), ci, _md(r.get("t"), 3), _md(r.get("p"), 4),
+                         _md(r.get("cohen_dz"), 3), _md(r.get("welch_p"), 4), _md(r.get("hedges_g"), 3),
+                         _md(note or None)])
+        parts.append("### t-tests (with progress - without progress)\n\n" + _table(
+            ["Target", "Eval set", "Metric", "n", "Mean diff [95% CI]", "Paired t", "Paired p", "d_z",
+             "Welch p", "Hedges' g", "Note"], rows))
+    return "\n\n".join(parts) if parts else "_No evaluations or t-tests yet._"

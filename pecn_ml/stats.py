@@ -1,0 +1,205 @@
+"""t-tests of "with progress" against "without progress" evaluations (the seed's t_test.py).
+
+Two tests per (target frame, eval set, metric), both two-sided, difference = with - without:
+
+* paired t-test over the videos both runs scored (the right test: both models see the same
+  inputs), `scipy.stats.ttest_rel`; 95% CI of the mean paired difference from the t distribution
+  with n-1 df; effect size Cohen's d_z = mean(diff) / sd(diff, ddof=1).
+* Welch's t-test over all samples of each run (independent samples, unequal variances),
+  `scipy.stats.ttest_ind(equal_var=False)`; Welch-Satterthwaite df; 95% CI of the difference in
+  means; effect size Hedges' g = J * (mean_with - mean_without) / pooled sd (ddof=1),
+  J = 1 - 3 / (4 (n1 + n2) - 9).
+
+A test that cannot be computed (n < 2, zero variance up to float rounding) returns NaN statistics and a `reason`
+instead of raising; JSON output stores those NaNs as null.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from pecn_ml.utils.files import write_json_atomic
+from pecn_ml.variants import EVAL_SETS, progress_pairs
+
+METRICS = ("ssim", "psnr")
+NAN = float("nan")
+_ZERO = 1e-12   # a standard deviation below this (relative to the values) counts as zero variance
+T_TESTS_FORMAT_VERSION = 1
+
+METHOD = {
+    "difference": "with progress - without progress",
+    "paired": "scipy.stats.ttest_rel over videos scored by both runs, two-sided; CI: t(n-1); "
+              "effect size Cohen's d_z = mean(diff) / sd(diff, ddof=1)",
+    "welch": "scipy.stats.ttest_ind(equal_var=False) over all samples of each run, two-sided; "
+             "CI: Welch-Satterthwaite df; effect size Hedges' g (pooled sd, ddof=1, J = 1 - 3/(4(n1+n2)-9))",
+    "confidence": 0.95,
+}
+
+
+def _scores(results: Mapping[str, Any], metric: str, name: str) -> dict[str, float]:
+    """{video_id: score} of one results dict (results.json of an evaluation)."""
+    samples = results.get("samples") if isinstance(results, Mapping) else None
+    if not isinstance(samples, list):
+        raise ValueError(f"{name} results have no 'samples' list")
+    out: dict[str, float] = {}
+    for i, s in enumerate(samples):
+        if not isinstance(s, Mapping) or "video_id" not in s or metric not in s:
+            raise ValueError(f"{name} results: sample {i} lacks 'video_id' or {metric!r}")
+        vid = str(s["video_id"])
+        if vid in out:
+            raise ValueError(f"{name} results: video {vid} appears twice")
+        value = s[metric]
+        out[vid] = NAN if value is None else float(value)
+    return out
+
+
+def paired_test(without: Sequence[float], with_: Sequence[float]) -> dict[str, Any]:
+    """Paired t-test of with_ - without (equal-length, aligned sequences); see the module docstring."""
+    from scipy import stats
+
+    x, y = np.asarray(without, dtype=np.float64), np.asarray(with_, dtype=np.float64)
+    assert x.shape == y.shape and x.ndim == 1, (x.shape, y.shape)
+    n = int(x.size)
+    out = {"test": "paired", "n": n, "df": NAN, "t": NAN, "p": NAN, "mean_diff": NAN, "ci95_low": NAN,
+           "ci95_high": NAN, "effect_size": NAN, "effect_size_name": "cohen_dz", "reason": None}
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return {**out, "reason": "non-finite scores"}
+    if n < 2:
+        return {**out, "mean_diff": float(np.mean(y - x)) if n else NAN,
+                "reason": f"n = {n} paired samples; at least 2 needed"}
+    d = y - x
+    md, sd = float(d.mean()), float(d.std(ddof=1))
+    out.update(df=float(n - 1), mean_diff=md)
+    if sd <= _ZERO * max(1.0, float(np.abs(d).max())):  # equal up to float rounding
+        return {**out, "ci95_low": md, "ci95_high": md,
+                "reason": "zero variance of the paired differences (all differences equal)"}
+    res = stats.ttest_rel(y, x)
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    out.update(t=float(res.statistic), p=float(res.pvalue), ci95_low=md - half, ci95_high=md + half,
+               effect_size=md / sd)
+    return out
+
+
+def welch_test(without: Sequence[float], with_: Sequence[float]) -> dict[str, Any]:
+    """Welch's t-test of mean(with_) - mean(without); see the module docstring."""
+    from scipy import stats
+
+    a, b = np.asarray(without, dtype=np.float64), np.asarray(with_, dtype=np.float64)
+    na, nb = int(a.size), int(b.size)
+    out = {"test": "welch", "n_without": na, "n_with": nb, "df": NAN, "t": NAN, "p": NAN,
+           "mean_diff": NAN, "ci95_low": NAN, "ci95_high": NAN, "effect_size": NAN,
+           "effect_size_name": "hedges_g", "reason": None}
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return {**out, "reason": "non-finite scores"}
+    if na and nb:
+        out["mean_diff"] = float(b.mean() - a.mean())
+    if na < 2 or nb < 2:
+        return {**out, "reason": f"n = {na} without / {nb} with; at least 2 each needed"}
+    va, vb = float(a.var(ddof=1)), float(b.var(ddof=1))
+    se2 = va / na + vb / nb
+    if math.sqrt(se2) <= _ZERO * max(1.0, float(np.abs(a).max()), float(np.abs(b).max())):
+        md = out["mean_diff"]
+        return {**out, "ci95_low": md, "ci95_high": md, "reason": "zero variance in both runs"}
+    df = se2 ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
+    res = stats.ttest_ind(b, a, equal_var=False)
+    half = float(stats.t.ppf(0.975, df)) * math.sqrt(se2)
+    pooled = math.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2))
+    j = 1.0 - 3.0 / (4.0 * (na + nb) - 9.0)
+    md = out["mean_diff"]
+    out.update(df=float(df), t=float(res.statistic), p=float(res.pvalue), ci95_low=md - half,
+               ci95_high=md + half, effect_size=j * md / pooled if pooled > 0 else NAN)
+    return out
+
+
+def compare_runs(without: Mapping[str, Any], with_: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """Paired (by video id, intersection, in `without`'s order) and Welch t-tests of `metric`
+    between two results dicts (results.json of `evaluate_model`); difference = with - without.
+
+    Returns {"metric", "n_without", "n_with", "n_paired", "mean_without", "mean_with",
+    "paired": {...}, "welch": {...}}; each test dict has "t", "p", "df", "mean_diff",
+    "ci95_low", "ci95_high", "effect_size", "effect_size_name" ("cohen_dz" / "hedges_g") and
+    "reason" (None, or why the statistics are NaN).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    a, b = _scores(without, metric, "without-progress"), _scores(with_, metric, "with-progress")
+    common = [vid for vid in a if vid in b]
+    va, vb = list(a.values()), list(b.values())
+    return {
+        "metric": metric,
+        "n_without": len(a), "n_with": len(b), "n_paired": len(common),
+        "mean_without": float(np.mean(va)) if va else NAN,
+        "mean_with": float(np.mean(vb)) if vb else NAN,
+        "paired": paired_test([a[v] for v in common], [b[v] for v in common]),
+        "welch": welch_test(va, vb),
+    }
+
+
+def _flat_row(cmp: Mapping[str, Any]) -> dict[str, Any]:
+    p, w = cmp["paired"], cmp["welch"]
+    return {
+        "n_paired": cmp["n_paired"], "n_without": cmp["n_without"], "n_with": cmp["n_with"],
+        "mean_without": cmp["mean_without"], "mean_with": cmp["mean_with"],
+        "mean_diff": p["mean_diff"], "ci95_low": p["ci95_low"], "ci95_high": p["ci95_high"],
+        "t": p["t"], "df": p["df"], "p": p["p"], "cohen_dz": p["effect_size"], "paired_reason": p["reason"],
+        "welch_mean_diff": w["mean_diff"], "welch_ci95_low": w["ci95_low"], "welch_ci95_high": w["ci95_high"],
+        "welch_t": w["t"], "welch_df": w["df"], "welch_p": w["p"], "hedges_g": w["effect_size"],
+        "welch_reason": w["reason"],
+    }
+
+
+def t_test_table(results_by_eval: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per (target frame, eval set, metric): next1 vs next1_progress (target 21) and
+    next5 vs next5_progress (target 25), for each eval set in EVAL_SETS and metric (ssim, psnr).
+
+    `results_by_eval` maps (variant name, eval set) -> results dict; pairs with a missing side are
+    left out. Rows carry both models' `checkpoint_sha256` (from the results dicts).
+    """
+    rows = []
+    for without_v, with_v in progress_pairs():
+        for eval_set in EVAL_SETS:
+            a = results_by_eval.get((without_v.name, eval_set))
+            b = results_by_eval.get((with_v.name, eval_set))
+            if a is None or b is None:
+                continue
+            for metric in METRICS:
+                cmp = compare_runs(a, b, metric)
+                rows.append({
+                    "target_idx": without_v.target_idx, "eval_set": eval_set, "metric": metric,
+                    "without": without_v.name, "with": with_v.name,
+                    "without_model": without_v.seed_name, "with_model": with_v.seed_name,
+                    **_flat_row(cmp),
+                    "checkpoint_sha256_without": a.get("checkpoint_sha256"),
+                    "checkpoint_sha256_with": b.get("checkpoint_sha256"),
+                })
+    return rows
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN / inf -> None, recursively (strict JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (np.floating, np.integer)):
+        return _json_safe(obj.item())
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_t_tests(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write `t_test_results.json` atomically: {"format_version", "method", "n_tests", "tests": rows,
+    "checkpoint_sha256": {variant: sha}} with NaN stored as null."""
+    shas: dict[str, Optional[str]] = {}
+    for r in rows:
+        shas.setdefault(str(r.get("without")), r.get("checkpoint_sha256_without"))
+        shas.setdefault(str(r.get("with")), r.get("checkpoint_sha256_with"))
+    payload = {"format_version": T_TESTS_FORMAT_VERSION, "method": METHOD, "n_tests": len(rows),
+               "checkpoint_sha256": shas, "tests": [dict(r) for r in rows]}
+    return write_json_atomic(path, _json_safe(payload))

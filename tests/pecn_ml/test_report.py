@@ -1,0 +1,175 @@
+"""Excel workbook read back with openpyxl, Markdown tables, and the image helpers."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import openpyxl
+import pytest
+from PIL import Image
+
+from pecn_ml.images import comparison_grid, load_png, png_data_uri, save_png, stack_vertical
+from pecn_ml.report import evaluation_row, markdown_summary, write_summary_workbook
+
+SHA = "0123456789abcdef" * 4
+
+
+def _eval_rows():
+    rows = []
+    for variant, target, progress in (("next1", 21, False), ("next1_progress", 21, True)):
+        rows.append({"variant": variant, "model": f"instruct_pix2pix_224_{variant}", "eval_set": "basic",
+                     "target_idx": target, "progress": progress, "n": 100,
+                     "ssim_mean": 0.812345, "ssim_std": 0.0456, "psnr_mean": 24.5678, "psnr_std": 3.21,
+                     "baseline_ssim": 0.799, "baseline_psnr": 23.9, "checkpoint_sha256": SHA})
+    return rows
+
+
+def _test_rows():
+    base = {"target_idx": 21, "eval_set": "basic", "without": "next1", "with": "next1_progress",
+            "n_paired": 100, "n_without": 100, "n_with": 100, "checkpoint_sha256_without": SHA,
+            "checkpoint_sha256_with": SHA[::-1], "paired_reason": None, "welch_reason": None}
+    return [
+        {**base, "metric": "ssim", "mean_without": 0.81, "mean_with": 0.82, "mean_diff": 0.01,
+         "ci95_low": 0.004, "ci95_high": 0.016, "t": 3.3, "df": 99.0, "p": 0.00123, "cohen_dz": 0.33,
+         "welch_t": 1.2, "welch_df": 197.5, "welch_p": 0.23, "hedges_g": 0.17},
+        {**base, "metric": "psnr", "mean_without": 24.5, "mean_with": 24.9, "mean_diff": 0.4,
+         "ci95_low": float("nan"), "ci95_high": None, "t": float("nan"), "df": 99.0, "p": float("nan"),
+         "cohen_dz": float("nan"), "paired_reason": "zero variance of the paired differences",
+         "welch_t": 0.5, "welch_df": 190.0, "welch_p": 0.6, "hedges_g": 0.07},
+    ]
+
+
+def _sheet_dicts(ws):
+    rows = list(ws.iter_rows())
+    headers = [c.value for c in rows[0]]
+    return headers, [{h: c for h, c in zip(headers, r)} for r in rows[1:]]
+
+
+def test_workbook_contents_and_formats(tmp_path):
+    path = write_summary_workbook(_eval_rows(), _test_rows(), tmp_path / "t_test_summary.xlsx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t_test_summary.xlsx"]  # atomic: no temp left
+    wb = openpyxl.load_workbook(path)
+    assert wb.sheetnames == ["evaluations", "t_tests"]
+
+    headers, rows = _sheet_dicts(wb["evaluations"])
+    for h in ("Variant", "Eval set", "Target frame", "Progress prompt", "n", "SSIM mean", "SSIM std",
+              "SSIM (mean ± std)", "PSNR mean (dB)", "Copy-frame SSIM", "Copy-frame PSNR (dB)",
+              "Checkpoint sha256"):
+        assert h in headers
+    assert len(rows) == 2
+    r = rows[1]
+    assert r["Variant"].value == "next1_progress" and r["Progress prompt"].value == "yes"
+    assert r["SSIM mean"].value == pytest.approx(0.812345) and r["SSIM mean"].number_format == "0.0000"
+    assert r["PSNR mean (dB)"].value == pytest.approx(24.5678) and r["PSNR mean (dB)"].number_format == "0.00"
+    assert r["Copy-frame SSIM"].number_format == "0.0000" and r["Copy-frame PSNR (dB)"].number_format == "0.00"
+    assert r["SSIM (mean ± std)"].value == "0.8123 ± 0.0456"
+    assert r["PSNR dB (mean ± std)"].value == "24.57 ± 3.21"
+    assert r["Checkpoint sha256"].value == SHA and r["n"].value == 100
+    sha_col = headers.index("Checkpoint sha256")
+    letter = openpyxl.utils.get_column_letter(sha_col + 1)
+    assert wb["evaluations"].column_dimensions[letter].width >= 64  # a full sha is readable
+    assert wb["evaluations"]["A1"].font.bold
+
+    headers, rows = _sheet_dicts(wb["t_tests"])
+    for h in ("Target frame", "Eval set", "Metric", "Paired t", "Paired p", "Cohen's d_z", "Welch p",
+              "Hedges' g", "95% CI low", "Checkpoint sha256 (without)", "Checkpoint sha256 (with)"):
+        assert h in headers
+    ssim_row, psnr_row = rows
+    assert ssim_row["Paired p"].value == pytest.approx(0.00123) and ssim_row["Paired p"].number_format == "0.0000"
+    assert ssim_row["Mean diff (with - without)"].number_format == "0.0000"  # SSIM row
+    assert psnr_row["Mean diff (with - without)"].number_format == "0.00"    # PSNR row
+    assert psnr_row["Paired t"].value is None and psnr_row["95% CI high"].value is None  # NaN -> blank
+    assert "zero variance" in psnr_row["Paired: not computed because"].value
+    assert psnr_row["Checkpoint sha256 (with)"].value == SHA[::-1]
+
+
+def test_workbook_keeps_extra_columns_and_replaces_file(tmp_path):
+    path = tmp_path / "w.xlsx"
+    path.write_bytes(b"old garbage")
+    rows = [{**_eval_rows()[0], "note": "extra"}]
+    write_summary_workbook(rows, [], path)
+    wb = openpyxl.load_workbook(path)
+    headers, data = _sheet_dicts(wb["evaluations"])
+    assert headers[-1] == "note" and data[0]["note"].value == "extra"
+    t_headers, t_rows = _sheet_dicts(wb["t_tests"])
+    assert t_rows == [] and "Paired p" in t_headers
+
+
+def test_evaluation_row_from_results():
+    results = {"n": 3, "mean": {"ssim": 0.5, "psnr": 20.0}, "std": {"ssim": 0.1, "psnr": 2.0},
+               "baseline_mean": {"ssim": 0.6, "psnr": 22.0}, "checkpoint_sha256": SHA,
+               "config": {"target_idx": 25, "add_progress": True}}
+    row = evaluation_row("next5_progress", "backforth", results, model="m")
+    assert row["target_idx"] == 25 and row["progress"] is True and row["baseline_psnr"] == 22.0
+    assert row["checkpoint_sha256"] == SHA and row["ssim_std"] == 0.1 and row["model"] == "m"
+
+
+def test_markdown_summary_tables():
+    md = markdown_summary(_eval_rows(), _test_rows())
+    assert "### Evaluations" in md and "### t-tests" in md
+    lines = md.splitlines()
+    eval_line = next(line for line in lines if line.startswith("| next1_progress"))
+    assert "0.8123 ± 0.0456" in eval_line and "24.57 ± 3.21" in eval_line
+    ssim_line = next(line for line in lines if "| ssim |" in line)
+    assert "0.0100 [0.0040, 0.0160]" in ssim_line and "0.0012" in ssim_line
+    psnr_line = next(line for line in lines if "| psnr |" in line)
+    assert "zero variance" in psnr_line and "–" in psnr_line
+    # all table rows have the same number of cells as their header
+    for block in md.split("\n\n"):
+        table = [line for line in block.splitlines() if line.startswith("|")]
+        if table:
+            assert len({line.count(" | ") for line in table if not line.startswith("|---")}) == 1
+    only_tests = markdown_summary([], _test_rows())
+    assert "### Evaluations" not in only_tests and "### t-tests" in only_tests
+    assert "No evaluations" in markdown_summary([], [])
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def test_save_and_load_png_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    path = save_png(arr, tmp_path / "a" / "x.png")
+    assert np.array_equal(load_png(path), arr)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.png"]
+    with pytest.raises(ValueError, match="uint8"):
+        save_png(arr.astype(np.float32), tmp_path / "bad.png")
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        load_png(tmp_path / "nope.png")
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="junk.png"):
+        load_png(tmp_path / "junk.png")
+
+
+def test_comparison_grid_layout():
+    imgs = [np.full((32, 40, 3), v, np.uint8) for v in (10, 120, 230)]
+    grid = comparison_grid(imgs, ["Input", "GT", "Output"], label_height=14, pad=2)
+    assert grid.size == (3 * 40 + 4 * 2, 14 + 32 + 2)
+    arr = np.asarray(grid)
+    for i, v in enumerate((10, 120, 230)):
+        x = 2 + i * 42
+        assert (arr[14:46, x:x + 40] == v).all()  # each image pasted unchanged, in order
+    label_strip = arr[:14]
+    assert (label_strip < 128).any() and (label_strip == 255).mean() > 0.5  # dark text on white
+    with pytest.raises(ValueError, match="one label per image"):
+        comparison_grid(imgs, ["a"])
+    with pytest.raises(ValueError, match="image 1"):
+        comparison_grid([imgs[0], imgs[1][:20]], ["a", "b"])
+    stacked = stack_vertical([grid, grid], pad=3)
+    assert stacked.size == (grid.width, 2 * grid.height + 3)
+
+
+def test_png_data_uri_is_small_png(tmp_path):
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 256, (60, 120, 3), dtype=np.uint8)
+    path = save_png(arr, tmp_path / "g.png")
+    for src in (path, arr, Image.fromarray(arr)):
+        uri = png_data_uri(src, max_px=48)
+        assert uri.startswith("data:image/png;base64,")
+        img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+        assert img.format == "PNG" and img.size == (48, 24)
+    small = Image.open(io.BytesIO(base64.b64decode(png_data_uri(arr, max_px=500).split(",", 1)[1])))
+    assert np.array_equal(np.asarray(small), arr)  # never enlarged, lossless

@@ -1,0 +1,145 @@
+"""t-tests against scipy on fixed vectors; CI and effect sizes computed by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from pecn_ml.stats import compare_runs, paired_test, t_test_table, welch_test, write_t_tests
+
+WITHOUT = [0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70, 0.52]
+WITH = [0.64, 0.57, 0.71, 0.55, 0.69, 0.60, 0.75, 0.58]
+
+
+def _results(ids, values, metric="ssim", sha="a" * 64, other=None):
+    other = other or [v * 40 for v in values]
+    return {"samples": [{"video_id": i, metric: v, "psnr" if metric == "ssim" else "ssim": o}
+                        for i, v, o in zip(ids, values, other)],
+            "checkpoint_sha256": sha}
+
+
+def test_paired_matches_scipy_and_hand_formulas():
+    res = paired_test(WITHOUT, WITH)
+    ref = sps.ttest_rel(WITH, WITHOUT)
+    assert res["t"] == pytest.approx(ref.statistic, rel=1e-12)
+    assert res["p"] == pytest.approx(ref.pvalue, rel=1e-12)
+    d = np.array(WITH) - np.array(WITHOUT)
+    n, md, sd = len(d), d.mean(), d.std(ddof=1)
+    half = sps.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    assert res["mean_diff"] == pytest.approx(md) and md > 0  # with - without
+    assert (res["ci95_low"], res["ci95_high"]) == pytest.approx((md - half, md + half), rel=1e-12)
+    assert res["effect_size"] == pytest.approx(md / sd) and res["effect_size_name"] == "cohen_dz"
+    assert res["df"] == n - 1 and res["n"] == n and res["reason"] is None
+    # t = mean / (sd / sqrt(n)) by hand too
+    assert res["t"] == pytest.approx(md / (sd / math.sqrt(n)), rel=1e-12)
+
+
+def test_welch_matches_scipy_and_hand_formulas():
+    a, b = np.array(WITHOUT), np.array(WITH[:6]) + 0.02
+    res = welch_test(a, b)
+    ref = sps.ttest_ind(b, a, equal_var=False)
+    assert res["t"] == pytest.approx(ref.statistic, rel=1e-12)
+    assert res["p"] == pytest.approx(ref.pvalue, rel=1e-12)
+    na, nb, va, vb = len(a), len(b), a.var(ddof=1), b.var(ddof=1)
+    se2 = va / na + vb / nb
+    df = se2 ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
+    md = b.mean() - a.mean()
+    half = sps.t.ppf(0.975, df) * math.sqrt(se2)
+    pooled = math.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2))
+    g = (1 - 3 / (4 * (na + nb) - 9)) * md / pooled
+    assert res["df"] == pytest.approx(df, rel=1e-12)
+    assert (res["mean_diff"], res["ci95_low"], res["ci95_high"]) == pytest.approx((md, md - half, md + half))
+    assert res["effect_size"] == pytest.approx(g) and res["effect_size_name"] == "hedges_g"
+    assert (res["n_without"], res["n_with"], res["reason"]) == (8, 6, None)
+
+
+def test_compare_runs_pairs_by_video_id():
+    ids = [f"v{i}" for i in range(8)]
+    without = _results(ids + ["only_without"], WITHOUT + [0.1])
+    order = [3, 0, 7, 5, 1, 6, 2, 4]  # different order, one extra id on the other side too
+    with_ = _results([ids[i] for i in order] + ["only_with"], [WITH[i] for i in order] + [0.9])
+    res = compare_runs(without, with_, "ssim")
+    assert (res["n_paired"], res["n_without"], res["n_with"]) == (8, 9, 9)
+    ref = sps.ttest_rel(WITH, WITHOUT)
+    assert res["paired"]["t"] == pytest.approx(ref.statistic, rel=1e-12)
+    welch = sps.ttest_ind(WITH + [0.9], WITHOUT + [0.1], equal_var=False)
+    assert res["welch"]["p"] == pytest.approx(welch.pvalue, rel=1e-12)
+    assert res["mean_with"] == pytest.approx(np.mean(WITH + [0.9]))
+    psnr = compare_runs(without, with_, "psnr")
+    assert psnr["paired"]["mean_diff"] == pytest.approx(40 * (np.mean(WITH) - np.mean(WITHOUT)))
+
+
+def test_degenerate_cases_give_nan_and_reason():
+    one = paired_test([0.5], [0.6])
+    assert math.isnan(one["t"]) and math.isnan(one["p"]) and "at least 2" in one["reason"]
+    flat = paired_test([0.5, 0.6, 0.7], [0.6, 0.7, 0.8])  # every difference 0.1
+    assert math.isnan(flat["t"]) and "zero variance" in flat["reason"]
+    assert flat["mean_diff"] == pytest.approx(0.1)
+    same = welch_test([0.5, 0.5], [0.5, 0.5])
+    assert math.isnan(same["p"]) and "zero variance" in same["reason"]
+    small = welch_test([0.5], [0.5, 0.6])
+    assert math.isnan(small["t"]) and "at least 2" in small["reason"]
+    none = compare_runs(_results(["a", "b"], [0.1, 0.2]), _results(["c", "d"], [0.3, 0.4]), "ssim")
+    assert none["n_paired"] == 0 and math.isnan(none["paired"]["p"])
+    assert none["welch"]["reason"] is None and not math.isnan(none["welch"]["p"])
+
+
+def test_compare_runs_rejects_bad_input():
+    with pytest.raises(ValueError, match="metric"):
+        compare_runs(_results(["a"], [0.1]), _results(["a"], [0.1]), "lpips")
+    with pytest.raises(ValueError, match="twice"):
+        compare_runs(_results(["a", "a"], [0.1, 0.2]), _results(["a"], [0.1]), "ssim")
+    with pytest.raises(ValueError, match="samples"):
+        compare_runs({"mean": {}}, _results(["a"], [0.1]), "ssim")
+
+
+def _all_results(missing=()):
+    rng = np.random.default_rng(0)
+    ids = [str(100 + i) for i in range(6)]
+    out = {}
+    for variant in ("next1", "next1_progress", "next5", "next5_progress"):
+        for eval_set in ("basic", "backforth"):
+            if (variant, eval_set) in missing:
+                continue
+            vals = list(rng.uniform(0.3, 0.9, len(ids)))
+            out[(variant, eval_set)] = _results(ids, vals, sha=f"sha-{variant}")
+    return out
+
+
+def test_t_test_table_rows():
+    results = _all_results()
+    rows = t_test_table(results)
+    assert len(rows) == 2 * 2 * 2  # targets x eval sets x metrics
+    keys = {(r["target_idx"], r["eval_set"], r["metric"]) for r in rows}
+    assert keys == {(t, e, m) for t in (21, 25) for e in ("basic", "backforth") for m in ("ssim", "psnr")}
+    r = next(r for r in rows if (r["target_idx"], r["eval_set"], r["metric"]) == (25, "backforth", "ssim"))
+    assert (r["without"], r["with"]) == ("next5", "next5_progress")
+    assert (r["checkpoint_sha256_without"], r["checkpoint_sha256_with"]) == ("sha-next5", "sha-next5_progress")
+    ref = compare_runs(results[("next5", "backforth")], results[("next5_progress", "backforth")], "ssim")
+    assert r["p"] == ref["paired"]["p"] and r["welch_p"] == ref["welch"]["p"]
+    assert r["cohen_dz"] == ref["paired"]["effect_size"] and r["hedges_g"] == ref["welch"]["effect_size"]
+    partial = t_test_table(_all_results(missing={("next1_progress", "basic")}))
+    assert len(partial) == 6 and not any(r["target_idx"] == 21 and r["eval_set"] == "basic" for r in partial)
+
+
+def test_write_t_tests_is_strict_json_with_shas(tmp_path):
+    results = _all_results()
+    results[("next1", "basic")]["samples"] = results[("next1", "basic")]["samples"][:1]  # forces NaN
+    rows = t_test_table(results)
+    path = write_t_tests(rows, tmp_path / "sub" / "t_test_results.json")
+    assert path.name == "t_test_results.json"
+    assert [p.name for p in path.parent.iterdir()] == ["t_test_results.json"]  # no temp files left
+
+    def no_nan(x):
+        raise AssertionError(f"non-standard JSON constant {x}")
+
+    data = json.loads(path.read_text(encoding="utf-8"), parse_constant=no_nan)
+    assert data["n_tests"] == len(data["tests"]) == 8
+    assert data["checkpoint_sha256"]["next5_progress"] == "sha-next5_progress"
+    bad = next(t for t in data["tests"] if t["eval_set"] == "basic" and t["target_idx"] == 21)
+    assert bad["t"] is None and "at least 2" in bad["paired_reason"]
+    assert "cohen" in data["method"]["paired"].lower() and "hedges" in data["method"]["welch"].lower()
