@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from pecn_assets.assets import data, evaluation, pix2pix, progress
-from pecn_assets.jobs import JOBS, SCHEDULES, SENSORS
+from pecn_assets.jobs import EXECUTOR, JOBS, SCHEDULES, SENSORS
 from pecn_assets.resources import default_resources
 
 ASSETS = [
@@ -21,4 +21,5 @@ defs = dg.Definitions(
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources=default_resources(),
+    executor=EXECUTOR,
 )

@@ -47,7 +47,79 @@ def ensure_synthetic_data(data_dir: Path, config) -> None:
     summary = write_synthetic_ssv2(data_dir, config, log=print)
     stamp.write_text(wanted, encoding="utf-8")
     print(f"synthetic data written to {data_dir} in {time.perf_counter() - t0:.1f}s: "
-          f"{ {k: v for k, v in summary.items() if k != 'per_template'} }")
+          f"{summary['num_videos']} videos, splits {summary['splits']}")
+
+
+PID_TAG = "pecn/demo_pid"
+
+
+def release_stale_runs(instance, log=print) -> int:
+    """Fail runs of an earlier demo process that died mid-run, and free their pool slots.
+
+    An in-process run killed with Ctrl-C or kill -9 stays STARTED and keeps its `gpu` pool slot,
+    which would block every later GPU step. Only runs this script launched (tag `pecn/demo_pid`)
+    whose process is gone are touched.
+    """
+    import dagster as dg
+
+    released = 0
+    for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED,
+                                                         dg.DagsterRunStatus.STARTING])):
+        pid = run.tags.get(PID_TAG)
+        if pid is None or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, message=f"demo process {pid} is gone; run marked failed")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        log(f"released stale run {run.run_id} of dead demo process {pid}")
+        released += 1
+    return released
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def materialize_all(instance, defs=None, only: list[str] | None = None, resources: dict | None = None,
+                    log=print) -> bool:
+    """Observe the raw sources, then materialise every asset/partition in order, one run each.
+
+    Returns False at the first failed run (its events are in `instance`).
+    """
+    import dagster as dg
+
+    from pecn_assets import partitions
+
+    if defs is None:
+        from pecn_assets import definitions
+
+        defs = definitions.defs if resources is None else dg.Definitions(
+            assets=definitions.ASSETS, jobs=definitions.JOBS, resources=resources)
+    job = defs.resolve_implicit_global_asset_job_def()
+    t_start = time.perf_counter()
+    release_stale_runs(instance, log=log)
+    tags = {PID_TAG: str(os.getpid())}
+    if not only:
+        defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, tags=tags)
+    for asset, keys in plan(partitions):
+        if only and asset not in only:
+            continue
+        for key in keys:
+            t0 = time.perf_counter()
+            result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(asset)],
+                                            partition_key=key, raise_on_error=False, tags=tags)
+            status = "ok" if result.success else "FAILED"
+            log(f"[{time.perf_counter() - t_start:7.1f}s] {asset}{'/' + str(key) if key else ''}: "
+                f"{status} in {time.perf_counter() - t0:.1f}s (run {result.run_id})")
+            if not result.success:
+                return False
+    log(f"graph materialised in {time.perf_counter() - t_start:.1f}s")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,34 +132,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from pecn_assets import partitions
-    from pecn_assets.definitions import defs
     from pecn_assets.resources import PecnSettings
 
     settings = PecnSettings()
     profile = settings.get_profile()
     if profile.synthetic is not None and not args.only:
         ensure_synthetic_data(settings.data_path(), profile.synthetic)
-
-    instance = dg.DagsterInstance.get()
-    job = defs.resolve_implicit_global_asset_job_def()
-    t_start = time.perf_counter()
-    if not args.only:
-        defs.resolve_job_def("observe_sources").execute_in_process(instance=instance)
-    for asset, keys in plan(partitions):
-        if args.only and asset not in args.only:
-            continue
-        for key in keys:
-            t0 = time.perf_counter()
-            result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(asset)],
-                                            partition_key=key, raise_on_error=False)
-            status = "ok" if result.success else "FAILED"
-            print(f"[{time.perf_counter() - t_start:7.1f}s] {asset}{'/' + str(key) if key else ''}: "
-                  f"{status} in {time.perf_counter() - t0:.1f}s (run {result.run_id})", flush=True)
-            if not result.success:
-                print(f"stopping: see the run in `dagster dev` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
-                return 1
-    print(f"done in {time.perf_counter() - t_start:.1f}s. Open the UI: make ui  (http://127.0.0.1:3000)")
+    ok = materialize_all(dg.DagsterInstance.get(), only=args.only,
+                         log=lambda line: print(line, flush=True))
+    if not ok:
+        print(f"stopped at a failed run: see it in `make ui` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+        return 1
+    print("Open the UI: make ui  (http://127.0.0.1:3000)")
     return 0
 
 

@@ -1,12 +1,15 @@
 """Jobs, schedules and sensors, and the executor every job runs on.
 
-| name                     | kind                 | default | what it does                                    |
-|--------------------------|----------------------|---------|-------------------------------------------------|
-| `experiment_sweep`       | schedule (`PECN_SWEEP_CRON`, weekly) | off | one `ip2p_model` run per variant, tagged `pecn/sweep` |
-| `sweep_evaluations`      | sensor               | on      | after a sweep's `ip2p_model/<variant>`: its `evaluation` partitions |
-| `refresh_frame_cache`    | schedule (`PECN_FRAME_CACHE_CRON`, hourly) | off | `frame_cache` partitions missing or stale |
-| `annotations_changed`    | sensor               | off     | raw annotation files changed: observe + re-filter |
-| `pecn_automation`        | automation sensor    | on (`PECN_AUTOMATION=off`: off) | evaluates `automation_condition`s (frame_cache: eager) |
+- `experiment_sweep` (schedule, cron `PECN_SWEEP_CRON`, default weekly; starts stopped): one
+  `ip2p_model` run per variant, tagged `pecn/sweep`.
+- `sweep_evaluations` (sensor, running): when a `pecn/sweep` run materialises
+  `ip2p_model/<variant>`, requests `evaluation` of that variant on every eval set.
+- `refresh_frame_cache` (schedule, cron `PECN_FRAME_CACHE_CRON`, default hourly; stopped):
+  `frame_cache` partitions never built or whose upstream data version or code version changed.
+- `annotations_changed` (sensor, stopped): the raw annotation files hash to a new version:
+  observe `raw_annotations`, re-materialise `filtered_annotations`.
+- `pecn_automation` (automation sensor, running unless `PECN_AUTOMATION=off`): evaluates the
+  assets' `automation_condition`s (frame_cache: eager).
 
 The sweep is two steps because an `evaluation` partition reads the `ip2p_model` checkpoint of its
 variant: evaluations are requested only once that checkpoint has been materialised. (In Dagster
@@ -15,8 +18,6 @@ variant: evaluations are requested only once that checkpoint has been materialis
 `PECN_EXECUTOR` picks the executor: `multiprocess` (default; `in_process` via run config),
 `in_process`, or `k8s` (`dagster_k8s.k8s_job_executor`: each step in its own pod, see deploy/).
 """
-
-from __future__ import annotations
 
 import hashlib
 import json
@@ -68,7 +69,7 @@ def pecn_executor() -> dg.ExecutorDefinition:
 EXECUTOR = pecn_executor()
 
 
-def _job(name: str, keys: list[str], description: str) -> dg.UnresolvedAssetJobDefinition:
+def _job(name: str, keys: list[str], description: str):
     return dg.define_asset_job(name, selection=dg.AssetSelection.keys(*keys), description=description,
                                executor_def=EXECUTOR)
 

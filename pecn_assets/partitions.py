@@ -28,7 +28,6 @@ evaluation_partitions = dg.MultiPartitionsDefinition(
 )
 
 
-def from_resolution(resolution: int, downstream: dg.PartitionsDefinition) -> dg.StaticPartitionMapping:
+def from_resolution(resolution: int) -> dg.SpecificPartitionsPartitionMapping:
     """Every downstream partition reads the frame cache partition of one resolution."""
-    keys = downstream.get_partition_keys()
-    return dg.StaticPartitionMapping({str(resolution): keys})
+    return dg.SpecificPartitionsPartitionMapping([str(resolution)])

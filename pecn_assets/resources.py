@@ -21,9 +21,12 @@ class PecnSettings(dg.ConfigurableResource):
 
     profile: str = Field(default_factory=lambda: os.environ.get("PECN_PROFILE", "demo"),
                          description="`demo` or `full` (see pecn_ml/profiles.py)")
-    data_dir: str = Field(default="", description="SSv2 folder; empty: PECN_DATA_DIR or the profile's")
-    outputs_dir: str = Field(default="", description="trained models; empty: the profile's")
-    results_dir: str = Field(default="", description="evaluation results; empty: the profile's")
+    data_dir: str = Field(default_factory=lambda: os.environ.get("PECN_DATA_DIR", ""),
+                          description="SSv2 folder; empty: PECN_DATA_DIR or the profile's")
+    outputs_dir: str = Field(default_factory=lambda: os.environ.get("PECN_OUTPUTS_DIR", ""),
+                             description="trained models; empty: PECN_OUTPUTS_DIR or the profile's")
+    results_dir: str = Field(default_factory=lambda: os.environ.get("PECN_RESULTS_DIR", ""),
+                             description="evaluation results; empty: PECN_RESULTS_DIR or the profile's")
 
     def get_profile(self) -> Profile:
         return get_profile(self.profile)
@@ -74,7 +77,8 @@ class HubModels(PretrainedModels):
 class TinyLocalModels(PretrainedModels):
     """Tiny random models built once under `root` (demo and tests; no hub)."""
 
-    root: str = Field(default=".tiny_models", description="folder the tiny models are built in")
+    root: str = Field(default_factory=lambda: os.environ.get("PECN_TINY_MODELS", ".tiny_models"),
+                      description="folder the tiny models are built in (PECN_TINY_MODELS)")
 
     def _built(self):
         from pecn_ml.models.tiny import build_tiny_models

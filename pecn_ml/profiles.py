@@ -11,7 +11,8 @@ Two profiles, one code path:
 | training length      | a few epochs                            | the seed's table (30 / 40 epochs)        |
 | evaluation           | few samples, few denoising steps        | 100 samples, 25 steps, guidance 1.5      |
 
-Pick one with the environment variable `PECN_PROFILE` (default `demo`); override the data
+Pick one with the environment variable `PECN_PROFILE` (default `demo`; the test suite also uses
+`smoke`, the demo made smaller still); override the data
 folder with `PECN_DATA_DIR`. Nothing else changes between them: the same assets call the
 same functions with these configs.
 """
@@ -19,7 +20,7 @@ same functions with these configs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from pecn_ml.data.annotations import FilterConfig
@@ -94,7 +95,23 @@ def full_profile() -> Profile:
     )
 
 
-PROFILES = {"demo": demo_profile, "full": full_profile}
+def smoke_profile() -> Profile:
+    """The test suite's profile: the demo's code path on the tiny synthetic set, minimal lengths."""
+    return replace(
+        demo_profile(),
+        name="smoke",
+        data_dir="data/smoke_sthv2",
+        outputs_dir="outputs/smoke",
+        results_dir="test_result/smoke",
+        synthetic=SyntheticConfig.tiny(),
+        pacnet_train=PacNetTrainConfig.demo(epochs=1),
+        pix2pix_train=Pix2PixTrainConfig.demo(num_train_epochs=1, max_train_steps=2, validation_epochs=1,
+                                              num_validation_samples=1, validation_inference_steps=2),
+        sampling=SamplingConfig.demo(num_samples=2, num_inference_steps=2, batch_size=2),
+    )
+
+
+PROFILES = {"demo": demo_profile, "full": full_profile, "smoke": smoke_profile}
 
 
 def get_profile(name: str | None = None) -> Profile:

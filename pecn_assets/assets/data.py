@@ -1,6 +1,5 @@
 """Data assets: raw SSv2 sources, the filtered four-task annotations, the frame caches."""
 
-from __future__ import annotations
 
 import dagster as dg
 
@@ -61,6 +60,7 @@ def filtered_video_ids(settings: PecnSettings) -> list[str]:
 @dg.asset(
     group_name="data", deps=[filtered_annotations, raw_videos], partitions_def=resolution_partitions,
     kinds={"numpy"}, code_version="1",
+    automation_condition=dg.AutomationCondition.eager(),
     check_specs=[dg.AssetCheckSpec("all_videos_accounted_for", asset="frame_cache"),
                  dg.AssetCheckSpec("too_short_for_frame_25", asset="frame_cache")],
 )
@@ -96,9 +96,9 @@ def frame_cache(context: dg.AssetExecutionContext, settings: PecnSettings) -> dg
                 metadata={"unaccounted": len(unaccounted), "failed_with_reason": len(failures),
                           "examples": dg.MetadataValue.json(unaccounted[:20])}),
             dg.AssetCheckResult(
-                check_name="too_short_for_frame_25", passed=True,
+                check_name="too_short_for_frame_25", passed=len(short) < len(cached),
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"too_short": len(short), "examples": dg.MetadataValue.json(short[:20])},
-                description="Videos with frame 25 missing (skipped by the next5 variants)."),
+                description="Videos with frame 25 missing (skipped by the next5 variants); fails only if none has it."),
         ],
     )

@@ -1,6 +1,5 @@
 """Evaluation assets: 8 evaluations (variant x eval set), copy-frame baseline, t-tests, Excel report."""
 
-from __future__ import annotations
 
 import json
 from dataclasses import asdict, replace
@@ -37,8 +36,7 @@ def seed_dir(settings: PecnSettings) -> Path:
     deps=[filtered_annotations,
           dg.AssetDep(ip2p_model, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
               partition_dimension_name="variant")),
-          dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pix2pix_resolution,
-                                                                     evaluation_partitions))],
+          dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pix2pix_resolution))],
     **gpu_asset_args(),
 )
 def evaluation(context: dg.AssetExecutionContext, config: Pix2PixRunConfig,
@@ -89,8 +87,7 @@ def evaluation(context: dg.AssetExecutionContext, config: Pix2PixRunConfig,
 
 @dg.asset(group_name="evaluation", partitions_def=eval_set_partitions, kinds={"json"}, code_version="1",
           deps=[filtered_annotations,
-                dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pix2pix_resolution,
-                                                                           eval_set_partitions))])
+                dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pix2pix_resolution))])
 def copy_frame_baseline(context: dg.AssetExecutionContext, settings: PecnSettings) -> dg.MaterializeResult:
     """"Predict the input frame unchanged": SSIM/PSNR for targets 21 and 25 on the same samples."""
     profile = settings.get_profile()

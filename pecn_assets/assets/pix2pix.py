@@ -1,6 +1,5 @@
 """InstructPix2Pix assets: the four fine-tuned variants (target 21/25, with/without progress)."""
 
-from __future__ import annotations
 
 import json
 from dataclasses import asdict
@@ -43,7 +42,7 @@ def estimator_override(context, config_flag: bool) -> tuple[dict | None, dict]:
 @dg.asset(
     group_name="pix2pix", partitions_def=variant_partitions, kinds={"pytorch"}, code_version="1",
     deps=[filtered_annotations,
-          dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pix2pix_resolution, variant_partitions))],
+          dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pix2pix_resolution))],
     **gpu_asset_args(),
 )
 def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, settings: PecnSettings,
@@ -58,7 +57,7 @@ def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, sett
     def pairs(name: str) -> FramePairDataset:
         return FramePairDataset(cache, load_filtered(ann / name), input_idx=variant.input_idx,
                                 target_idx=variant.target_idx, add_progress=variant.add_progress,
-                                progress_override=override)
+                                progress_estimates=override if variant.add_progress else None)
 
     train, val = pairs(TRAIN_FILE), pairs(EVAL_SETS["basic"])
     annotations = latest_upstream(context.instance, "filtered_annotations")

@@ -1,6 +1,5 @@
 """PAC-Net assets: the progress-estimation network (per head) and its estimates at frame 20."""
 
-from __future__ import annotations
 
 import json
 
@@ -36,7 +35,7 @@ def val_entries(settings: PecnSettings) -> list[dict]:
     group_name="progress", partitions_def=head_partitions, kinds={"pytorch"}, code_version="1",
     **gpu_asset_args(),
     deps=[filtered_annotations,
-          dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pacnet_resolution, head_partitions))],
+          dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pacnet_resolution))],
 )
 def pacnet(context: dg.AssetExecutionContext, settings: PecnSettings,
            models: PretrainedModels) -> dg.MaterializeResult:
@@ -71,8 +70,7 @@ def pacnet(context: dg.AssetExecutionContext, settings: PecnSettings,
     group_name="progress", kinds={"pytorch", "json"}, code_version="1", **gpu_asset_args(),
     deps=[filtered_annotations,
           dg.AssetDep(pacnet, partition_mapping=dg.SpecificPartitionsPartitionMapping(["regression"])),
-          dg.AssetDep(frame_cache, partition_mapping=dg.SpecificPartitionsPartitionMapping(
-              [str(PROFILE.pacnet_resolution)]))],
+          dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pacnet_resolution))],
 )
 def progress_estimates(context: dg.AssetExecutionContext, settings: PecnSettings) -> dg.MaterializeResult:
     """PAC-Net's progress estimate at the input frame (20) for every validation video, beside the truth."""

@@ -1,0 +1,69 @@
+"""Shared fixtures: the smoke graph (tiny synthetic SSv2 + tiny models, whole asset graph
+materialised once into a temporary DAGSTER_HOME), shared by the Dagster-level tests.
+
+Tests that use `smoke_graph` carry `pytest.mark.xdist_group("smoke_graph")` so that under
+`pytest -n 2 --dist loadgroup` they run in one worker and the graph is built once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@dataclass(frozen=True)
+class SmokeGraph:
+    root: Path
+    dagster_home: Path
+    data_dir: Path
+    env: dict
+    instance: object  # dagster.DagsterInstance
+    ok: bool
+
+
+def smoke_env(root: Path) -> dict:
+    """Environment variables that point every PECN setting at `root` (smoke profile)."""
+    return {
+        "PECN_PROFILE": "smoke",
+        "PECN_DATA_DIR": str(root / "data"),
+        "PECN_OUTPUTS_DIR": str(root / "outputs"),
+        "PECN_RESULTS_DIR": str(root / "test_result"),
+        "PECN_TINY_MODELS": str(root / "tiny_models"),
+        "DAGSTER_HOME": str(root / "dagster_home"),
+    }
+
+
+def write_dagster_yaml(home: Path) -> None:
+    """The repository's instance config (pools etc.) copied into a temporary DAGSTER_HOME."""
+    home.mkdir(parents=True, exist_ok=True)
+    repo_yaml = Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml"
+    (home / "dagster.yaml").write_text(repo_yaml.read_text())
+
+
+@pytest.fixture(scope="session")
+def smoke_graph(tmp_path_factory) -> SmokeGraph:
+    """The whole asset graph materialised on the smoke profile (tiny data, tiny models)."""
+    import dagster as dg
+
+    from pecn_assets.demo import ensure_synthetic_data, materialize_all
+    from pecn_assets.resources import PecnSettings, TinyLocalModels
+    from pecn_ml.profiles import get_profile
+
+    root = tmp_path_factory.mktemp("smoke")
+    env = smoke_env(root)
+    write_dagster_yaml(Path(env["DAGSTER_HOME"]))
+    ensure_synthetic_data(Path(env["PECN_DATA_DIR"]), get_profile("smoke").synthetic)
+    resources = {
+        "settings": PecnSettings(profile="smoke", data_dir=env["PECN_DATA_DIR"],
+                                 outputs_dir=env["PECN_OUTPUTS_DIR"], results_dir=env["PECN_RESULTS_DIR"]),
+        "models": TinyLocalModels(root=env["PECN_TINY_MODELS"]),
+    }
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    ok = materialize_all(instance, resources=resources, log=print)
+    return SmokeGraph(root=root, dagster_home=Path(env["DAGSTER_HOME"]), data_dir=Path(env["PECN_DATA_DIR"]),
+                      env=env, instance=instance, ok=ok)
