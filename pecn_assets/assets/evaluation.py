@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from pecn_assets.assets.data import filtered_annotations, frame_cache
-from pecn_assets.assets.pix2pix import Pix2PixRunConfig, estimator_override, ip2p_model
+from pecn_assets.assets.pix2pix import ProgressSourceConfig, estimator_override, ip2p_model
 from pecn_assets.gpu import gpu_asset_args
 from pecn_assets.lineage import latest_upstream
 from pecn_assets.metadata import image_md
@@ -39,7 +39,7 @@ def seed_dir(settings: PecnSettings) -> Path:
           dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pix2pix_resolution))],
     **gpu_asset_args(),
 )
-def evaluation(context: dg.AssetExecutionContext, config: Pix2PixRunConfig,
+def evaluation(context: dg.AssetExecutionContext, config: ProgressSourceConfig,
                settings: PecnSettings) -> dg.MaterializeResult:
     """Samples one trained variant on one eval set; SSIM/PSNR per sample beside the copy-frame baseline."""
     keys = context.partition_key.keys_by_dimension

@@ -2,7 +2,8 @@
 
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from typing import Optional
 
 import dagster as dg
 from pydantic import Field
@@ -20,12 +21,18 @@ from pecn_ml.training.pix2pix import train_pix2pix
 from pecn_ml.variants import EVAL_SETS, TRAIN_FILE, VARIANTS
 
 
-class Pix2PixRunConfig(dg.Config):
-    """Run options of `ip2p_model` (the hyper-parameters themselves live in the profile)."""
+class ProgressSourceConfig(dg.Config):
+    """Where progress prompts take their percentage from."""
 
     use_progress_estimator: bool = Field(
         default=False, description="progress variants: prompt with PAC-Net's estimate "
         "(latest `progress_estimates`) instead of input_idx / num_frames")
+
+
+class Pix2PixRunConfig(ProgressSourceConfig):
+    """Run options of `ip2p_model` (the hyper-parameters themselves live in the profile)."""
+
+    seed: Optional[int] = Field(default=None, description="training seed; empty: the profile's")
 
 
 def estimator_override(context, config_flag: bool) -> tuple[dict | None, dict]:
@@ -61,7 +68,9 @@ def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, sett
 
     train, val = pairs(TRAIN_FILE), pairs(EVAL_SETS["basic"])
     annotations = latest_upstream(context.instance, "filtered_annotations")
-    result = train_pix2pix(models.pix2pix(), train, profile.pix2pix_train,
+    train_config = profile.pix2pix_train if config.seed is None else replace(
+        profile.pix2pix_train, seed=config.seed)
+    result = train_pix2pix(models.pix2pix(), train, train_config,
                            settings.outputs_path() / variant.seed_name, val_dataset=val,
                            log=context.log.info, resume=True)
     return dg.MaterializeResult(
@@ -78,7 +87,7 @@ def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, sett
                 image_md([result.validation_grid], "Input | GT | Output (val_filtered)"))
             if result.validation_grid else "none",
             "config": dg.MetadataValue.json(json.loads(json.dumps(
-                {"variant": asdict(variant), "train": asdict(profile.pix2pix_train),
+                {"variant": asdict(variant), "train": asdict(train_config),
                  "pretrained": models.pix2pix()}, default=str))),
             "frame_cache_version": cache.version,
             "annotations_version": annotations.data_version or "",

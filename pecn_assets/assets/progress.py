@@ -73,7 +73,7 @@ def pacnet(context: dg.AssetExecutionContext, settings: PecnSettings,
           dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pacnet_resolution))],
 )
 def progress_estimates(context: dg.AssetExecutionContext, settings: PecnSettings) -> dg.MaterializeResult:
-    """PAC-Net's progress estimate at the input frame (20) for every validation video, beside the truth."""
+    """PAC-Net's estimate at the input frame (20) for every validation and training video, beside the truth."""
     profile = settings.get_profile()
     up = latest_upstream(context.instance, "pacnet", "regression")
     checkpoint = up.metadata["checkpoint"]
@@ -82,15 +82,21 @@ def progress_estimates(context: dg.AssetExecutionContext, settings: PecnSettings
         raise dg.Failure(f"{checkpoint} changed since pacnet was materialised (sha {sha[:12]} != "
                          f"{up.metadata['checkpoint_sha256'][:12]}): re-materialise pacnet")
     cache = open_frame_cache(settings.data_path(), profile.pacnet_resolution)
+    cached = set(cache.video_ids())
     model = load_pacnet(checkpoint)
-    rows = estimate_for_entries(model, cache, val_entries(settings), input_idx=profile.sampling.input_idx,
-                                log=context.log.info)
+    splits = {"val": val_entries(settings), "train": load_filtered(settings.annotations_path() / TRAIN_FILE)}
+    rows, by_task = [], {}
+    for split, entries in splits.items():
+        split_rows = estimate_for_entries(model, cache, [e for e in entries if e["id"] in cached],
+                                          input_idx=profile.sampling.input_idx, log=context.log.info)
+        rows += [{**r, "split": split} for r in split_rows]
+        by_task[split] = mae_by_task(split_rows)
     path = write_json_atomic(settings.outputs_path() / "progress_estimates.json",
                              {"checkpoint": checkpoint, "checkpoint_sha256": sha, "rows": rows})
-    by_task = mae_by_task(rows)
     return dg.MaterializeResult(
         metadata={"path": dg.MetadataValue.path(str(path)), "n": len(rows),
                   "mae_by_task": dg.MetadataValue.json(by_task),
+                  "val_mae": by_task["val"].get("all", {}).get("mae", float("nan")),
                   "checkpoint_sha256": sha, **up.as_metadata("pacnet")},
         data_version=dg.DataVersion(sha256_file(path)),
     )
