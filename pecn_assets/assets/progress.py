@@ -47,7 +47,7 @@ def pacnet(context: dg.AssetExecutionContext, settings: PecnSettings,
     model_config = pacnet_model_config(settings, models, head)
     out_dir = settings.outputs_path() / f"pacnet_{head}"
     result = train_pacnet(model_config, profile.pacnet_train, cache, train, val_entries(settings),
-                          out_dir, log=context.log.info, resume=True)
+                          out_dir, log=context.log.info, resume="auto")
     history = [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()} for h in result.history]
     return dg.MaterializeResult(
         metadata={

@@ -1,0 +1,401 @@
+"""PAC-Net: progress estimation from video frames and the action text.
+
+ResNet frame encoder (pooled per frame) -> Transformer temporal encoder with learned positions;
+CLIP text encoder on the action label; cross-modal fusion (frames attend to words with the text
+padding masked, then text-conditioned attention pooling over frames) -> MLP -> one of two heads:
+regression (progress in [0, 1]) or classification (101 classes, 0..100 %).
+
+A checkpoint folder (`save_pacnet`) holds everything needed to rebuild the model without the
+pretrained weights: `config.json` (PacNetConfig), `model.safetensors` (all weights),
+`resnet/config.json`, `clip_text/config.json` and `tokenizer/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pecn_ml.utils.files import write_json_atomic
+
+CHECKPOINT_FORMAT = "pecn.pacnet.v1"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+RESNET_DIR, CLIP_DIR, TOKENIZER_DIR = "resnet", "clip_text", "tokenizer"
+HEADS = ("regression", "classification")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PacNetConfig:
+    """The whole PAC-Net architecture; stored beside the weights in every checkpoint."""
+
+    resnet_name: str = "microsoft/resnet-50"          # hub name or local folder
+    clip_name: str = "openai/clip-vit-base-patch32"   # hub name or local folder (model + tokenizer)
+    hidden_dim: int = 512
+    num_frames: int = 20          # frames per clip (also the number of learned positions)
+    temporal_layers: int = 2
+    heads: int = 8                # attention heads (temporal encoder and fusion)
+    dropout: float = 0.1
+    num_classes: int = 101        # classification head: 0, 1, ..., 100 %
+    head: str = "regression"      # "regression" | "classification"
+    image_size: Optional[int] = None  # resize frames to this square size; None = cache resolution
+    frame_diff: bool = False      # also encode each frame's change since the first frame
+    max_text_len: int = 77
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"PacNetConfig.head must be one of {HEADS}, got {self.head!r}")
+        if self.hidden_dim <= 0 or self.heads <= 0 or self.hidden_dim % self.heads:
+            raise ValueError(f"PacNetConfig: hidden_dim ({self.hidden_dim}) must be a positive "
+                             f"multiple of heads ({self.heads})")
+        if self.num_frames < 1 or self.temporal_layers < 0:
+            raise ValueError("PacNetConfig: num_frames must be >= 1 and temporal_layers >= 0")
+        if self.num_classes < 2:
+            raise ValueError(f"PacNetConfig.num_classes must be >= 2, got {self.num_classes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"PacNetConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"PacNetConfig.image_size must be >= 8 or None, got {self.image_size}")
+
+    @classmethod
+    def tiny(cls, resnet_path: str | os.PathLike, clip_path: str | os.PathLike,
+             head: str = "regression", **overrides) -> "PacNetConfig":
+        """Small preset over the tiny local models (`pecn_ml.models.tiny`), for tests and the demo.
+
+        Uses the frame-difference stream: the tiny backbones are random, and on the synthetic
+        demo data globally pooled random features alone carry no usable progress signal.
+        """
+        base = dict(resnet_name=str(resnet_path), clip_name=str(clip_path), hidden_dim=64,
+                    num_frames=8, temporal_layers=1, heads=4, dropout=0.1, head=head,
+                    frame_diff=True)
+        base.update(overrides)
+        return cls(**base)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "PacNetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown PacNetConfig fields {unknown}")
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame preprocessing (shared by training and inference)
+
+
+def frames_to_input(frames: torch.Tensor, image_size: Optional[int] = None) -> torch.Tensor:
+    """uint8 frames (B, T, H, W, 3) -> ImageNet-normalised float (B, T, 3, S, S).
+
+    Runs on the frames' device; `image_size` resizes (bilinear, antialiased), None keeps H x W.
+    """
+    assert frames.dtype == torch.uint8, f"frames must be uint8, got {frames.dtype}"
+    assert frames.ndim == 5 and frames.shape[-1] == 3, f"frames must be (B,T,H,W,3), got {tuple(frames.shape)}"
+    B, T, H, W, _ = frames.shape
+    x = frames.permute(0, 1, 4, 2, 3).reshape(B * T, 3, H, W).float().div_(255.0)  # (B*T, 3, H, W)
+    if image_size is not None and (H, W) != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                          align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return x.view(B, T, 3, x.shape[-2], x.shape[-1])  # (B, T, 3, S, S)
+
+
+def uniform_indices(last: int, num: int) -> np.ndarray:
+    """`num` indices spread uniformly over 0..last inclusive (repeats when last+1 < num)."""
+    assert last >= 0 and num >= 1, (last, num)
+    return np.rint(np.linspace(0, last, num)).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+
+
+class FrameEncoder(nn.Module):
+    """ResNet per frame, globally pooled, projected: (B, T, 3, H, W) -> (B, T, D).
+
+    With `diff=True` the same ResNet also encodes each frame's change since frame 0
+    (x_t - x_0, an RGB-difference stream as in TSN), projected separately and added: global
+    pooling keeps what is in a frame but mostly loses where it moved, which the difference
+    keeps. Both go through one backbone call so BatchNorm statistics cover both.
+    """
+
+    def __init__(self, resnet: nn.Module, hidden_dim: int, diff: bool = False):
+        super().__init__()
+        self.backbone = resnet
+        feat = resnet.config.hidden_sizes[-1]
+        self.proj = nn.Linear(feat, hidden_dim)
+        self.diff_proj = nn.Linear(feat, hidden_dim) if diff else None
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        B, T = frames.shape[:2]
+        x = frames.flatten(0, 1)                                       # (B*T, 3, H, W)
+        if self.diff_proj is not None:
+            x = torch.cat([x, (frames - frames[:, :1]).flatten(0, 1)])  # (2*B*T, 3, H, W)
+        pooled = self.backbone(pixel_values=x).pooler_output.flatten(1)  # (N, C)
+        feats = self.proj(pooled[:B * T])                               # (B*T, D)
+        if self.diff_proj is not None:
+            feats = feats + self.diff_proj(pooled[B * T:])
+        return feats.view(B, T, -1)                                    # (B, T, D)
+
+
+class TemporalEncoder(nn.Module):
+    """Transformer encoder over frame features with learned positions: (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, hidden_dim: int, max_frames: int, layers: int, heads: int, dropout: float):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, max_frames, hidden_dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(hidden_dim, heads, dim_feedforward=4 * hidden_dim,
+                                           dropout=dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers else None
+        self.norm = nn.LayerNorm(hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]
+        assert T <= self.pos.shape[1], f"{T} frames > {self.pos.shape[1]} learned positions"
+        x = x + self.pos[:, :T]  # (B, T, D)
+        if self.encoder is not None:
+            x = self.encoder(x)
+        return self.norm(x)
+
+
+class TextEncoder(nn.Module):
+    """CLIP text model, projected: ids (B, L) -> tokens (B, L, D) and pooled (B, D)."""
+
+    def __init__(self, clip_text: nn.Module, hidden_dim: int):
+        super().__init__()
+        self.backbone = clip_text
+        self.proj = nn.Linear(clip_text.config.hidden_size, hidden_dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        tokens = self.proj(out.last_hidden_state)  # (B, L, D)
+        pooled = self.proj(out.pooler_output)      # (B, D) (end-of-text token)
+        return tokens, pooled
+
+
+class CrossModalFusion(nn.Module):
+    """Frames attend to words (padding masked); the sentence then pools frames; MLP.
+
+    video (B, T, D), words (B, L, D), sentence (B, D), pad_mask (B, L) True = padding -> (B, D)
+    """
+
+    def __init__(self, hidden_dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.v2t = nn.MultiheadAttention(hidden_dim, heads, dropout=dropout, batch_first=True)
+        self.norm_v = nn.LayerNorm(hidden_dim)
+        self.t2v = nn.MultiheadAttention(hidden_dim, heads, dropout=dropout, batch_first=True)
+        self.norm_q = nn.LayerNorm(hidden_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * hidden_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
+        )
+
+    def forward(self, video, words, sentence, pad_mask):
+        attended, _ = self.v2t(video, words, words, key_padding_mask=pad_mask, need_weights=False)
+        video = self.norm_v(video + attended)                         # (B, T, D)
+        query = self.norm_q(sentence).unsqueeze(1)                    # (B, 1, D)
+        pooled, _ = self.t2v(query, video, video, need_weights=False)
+        pooled = pooled.squeeze(1)                                    # (B, D)
+        fused = torch.cat([pooled, video.mean(dim=1), sentence], dim=-1)  # (B, 3D)
+        return self.mlp(fused)                                        # (B, D)
+
+
+def _load_backbones(config: PacNetConfig):
+    """Pretrained ResNet, CLIP text model and tokenizer named by the config (hub or folder)."""
+    from transformers import CLIPTextModel, CLIPTokenizer, ResNetModel
+
+    resnet = ResNetModel.from_pretrained(config.resnet_name, dtype=torch.float32)
+    clip_text = CLIPTextModel.from_pretrained(config.clip_name, dtype=torch.float32)
+    tokenizer = CLIPTokenizer.from_pretrained(config.clip_name)
+    return resnet, clip_text, tokenizer
+
+
+class PacNet(nn.Module):
+    """Progress-Aware Cross-modal Network.
+
+    `PacNet(config)` loads the pretrained backbones named by the config; `load_pacnet` passes
+    backbones rebuilt from a checkpoint's saved configs instead (no pretrained weights needed).
+    """
+
+    def __init__(self, config: PacNetConfig, *, resnet: Optional[nn.Module] = None,
+                 clip_text: Optional[nn.Module] = None, tokenizer=None):
+        super().__init__()
+        if resnet is None or clip_text is None or tokenizer is None:
+            resnet, clip_text, tokenizer = _load_backbones(config)
+        self.config = config
+        self.tokenizer = tokenizer
+        D = config.hidden_dim
+        self.frame_encoder = FrameEncoder(resnet, D, config.frame_diff)
+        self.temporal = TemporalEncoder(D, config.num_frames, config.temporal_layers,
+                                        config.heads, config.dropout)
+        self.text_encoder = TextEncoder(clip_text, D)
+        self.fusion = CrossModalFusion(D, config.heads, config.dropout)
+        out = 1 if config.head == "regression" else config.num_classes
+        self.head = nn.Linear(D, out)
+        self.register_buffer("class_values", torch.linspace(0.0, 1.0, config.num_classes),
+                             persistent=False)
+
+    # -- parameters --------------------------------------------------------------------------
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """ResNet + CLIP text parameters (the pretrained part, trained at a lower lr)."""
+        return list(self.frame_encoder.backbone.parameters()) + \
+            list(self.text_encoder.backbone.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- inputs --------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts -> (input_ids (B, L), attention_mask (B, L)), padded to the longest."""
+        assert len(texts) > 0 and all(isinstance(t, str) for t in texts), "texts must be strings"
+        enc = self.tokenizer(list(texts), padding="longest", truncation=True,
+                             max_length=self.config.max_text_len, return_tensors="pt")
+        device = self.device if device is None else device
+        return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+    def prepare_frames(self, frames_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) -> normalised float (B, T, 3, S, S) on the model's device."""
+        return frames_to_input(frames_uint8.to(self.device), self.config.image_size)
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, frames: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+        """frames (B, T, 3, H, W) normalised float, ids/mask (B, L) ->
+        (B,) progress in [0, 1] (regression) or (B, num_classes) logits (classification)."""
+        assert frames.ndim == 5 and frames.shape[2] == 3, f"frames must be (B,T,3,H,W), got {tuple(frames.shape)}"
+        assert frames.is_floating_point(), "frames must be float (use prepare_frames on uint8)"
+        B, T = frames.shape[:2]
+        assert T <= self.config.num_frames, f"{T} frames > config.num_frames={self.config.num_frames}"
+        assert input_ids.shape == attention_mask.shape and input_ids.shape[0] == B, \
+            f"ids {tuple(input_ids.shape)} / mask {tuple(attention_mask.shape)} vs batch {B}"
+        video = self.temporal(self.frame_encoder(frames))                    # (B, T, D)
+        words, sentence = self.text_encoder(input_ids, attention_mask)       # (B, L, D), (B, D)
+        fused = self.fusion(video, words, sentence, attention_mask == 0)     # (B, D)
+        out = self.head(fused)
+        if self.config.head == "regression":
+            return torch.sigmoid(out.squeeze(-1))                            # (B,)
+        return out                                                           # (B, C)
+
+    def progress_from_output(self, output: torch.Tensor) -> torch.Tensor:
+        """Forward output -> (B,) progress in [0, 1].
+
+        Classification uses the expected value sum_k p_k * k/100 (not argmax): it is continuous
+        and gives a lower MAE than the mode.
+        """
+        if self.config.head == "regression":
+            return output.float()
+        probs = output.float().softmax(dim=-1)                   # (B, C)
+        return probs @ self.class_values.to(probs.device)        # (B,)
+
+    def predict_progress(self, frames: torch.Tensor, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) progress in [0, 1] for either head (see `progress_from_output`)."""
+        return self.progress_from_output(self.forward(frames, input_ids, attention_mask))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished temp folder onto `target`; an old `target` is removed only afterwards."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_pacnet_files(model: PacNet, folder: str | os.PathLike) -> Path:
+    """Write the model files into an existing folder (no atomicity; see `save_pacnet`)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    model = getattr(model, "module", model)  # unwrap DDP-style wrappers
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    model.frame_encoder.backbone.config.save_pretrained(folder / RESNET_DIR)
+    model.text_encoder.backbone.config.save_pretrained(folder / CLIP_DIR)
+    model.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
+    write_json_atomic(folder / CONFIG_NAME, {"format": CHECKPOINT_FORMAT,
+                                             "config": model.config.to_dict()})
+    return folder
+
+
+def save_pacnet(model: PacNet, out_dir: str | os.PathLike) -> Path:
+    """Write a self-contained checkpoint folder atomically (temp folder + rename); returns it."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        write_pacnet_files(model, tmp)
+        _replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def read_pacnet_config(path: str | os.PathLike) -> PacNetConfig:
+    """The PacNetConfig stored in a checkpoint folder, with clear errors on bad files."""
+    cfg_file = Path(path) / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file}: missing; {path} is not a PAC-Net checkpoint folder")
+    try:
+        data = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file}: invalid JSON ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{cfg_file}: not a {CHECKPOINT_FORMAT} checkpoint config")
+    return PacNetConfig.from_dict(data.get("config", {}), source=str(cfg_file))
+
+
+def load_pacnet(path: str | os.PathLike, device: str | torch.device = "cpu") -> PacNet:
+    """Rebuild a PacNet from its checkpoint folder alone (no pretrained weights needed)."""
+    from safetensors.torch import load_file
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, ResNetConfig,
+                              ResNetModel)
+
+    path = Path(path)
+    config = read_pacnet_config(path)
+    for sub in (RESNET_DIR, CLIP_DIR, TOKENIZER_DIR, WEIGHTS_NAME):
+        if not (path / sub).exists():
+            raise FileNotFoundError(f"{path / sub}: missing from PAC-Net checkpoint {path}")
+    resnet = ResNetModel(ResNetConfig.from_pretrained(path / RESNET_DIR))
+    clip_text = CLIPTextModel(CLIPTextConfig.from_pretrained(path / CLIP_DIR))
+    tokenizer = CLIPTokenizer.from_pretrained(path / TOKENIZER_DIR)
+    model = PacNet(config, resnet=resnet, clip_text=clip_text, tokenizer=tokenizer)
+    state = load_file(str(path / WEIGHTS_NAME))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path / WEIGHTS_NAME}: weights do not match the config "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.to(device).eval()
+
+
+__all__ = ["PacNetConfig", "PacNet", "save_pacnet", "load_pacnet", "read_pacnet_config",
+           "frames_to_input", "uniform_indices", "write_pacnet_files", "IMAGENET_MEAN",
+           "IMAGENET_STD", "WEIGHTS_NAME"]

@@ -1,0 +1,467 @@
+"""PAC-Net training: dynamic temporal cropping, layered AdamW, cosine schedule, exact resume.
+
+Layout of `out_dir`:
+  best/   the checkpoint with the lowest validation MAE (`load_pacnet` folder + metrics.json)
+  last/   the latest finished epoch: model files + optimizer.safetensors/json, rng.safetensors,
+          train_state.json (epoch, scheduler, history, configs); `resume=True` continues from it
+  logs/   TensorBoard events
+
+The MAE of the trivial predictor (always the mean training progress) on the same validation
+crops is reported beside the model's MAE: a model is only useful below that floor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from pecn_ml.models.pacnet import (PacNet, PacNetConfig, _replace_dir, load_pacnet,
+                                   read_pacnet_config, write_pacnet_files, WEIGHTS_NAME)
+from pecn_ml.training.pacnet_data import PacNetCropDataset, check_entries, crop_indices
+from pecn_ml.utils.files import sha256_file, sha256_json, write_json_atomic
+from pecn_ml.utils.progress import LogFn, ProgressMeter
+
+STATE_FORMAT = "pecn.pacnet.train.v1"
+MIXED_PRECISION = ("no", "fp16", "bf16")
+# Fields that do not change the result; a resumed run may differ in these.
+_NON_RESULT_FIELDS = {"num_workers", "log_every_s"}
+
+
+@dataclass(frozen=True)
+class PacNetTrainConfig:
+    """Training hyper-parameters (defaults: the seed's PAC-Net table)."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 5e-5
+    backbone_lr_mult: float = 0.2      # ResNet + CLIP text lr = lr * mult
+    min_ratio: float = 0.1             # crop ratio r ~ U(min_ratio, max_ratio)
+    max_ratio: float = 0.9
+    mixed_precision: str = "no"        # "no" | "fp16" | "bf16" (accelerate)
+    seed: int = 42                     # init, shuffling, training crops
+    val_seed: int = 0                  # fixed validation crops
+    num_workers: int = 0
+    max_train_videos: Optional[int] = None
+    max_val_videos: Optional[int] = None
+    freeze_text_encoder: bool = False
+    smooth_l1_beta: float = 1.0
+    max_grad_norm: Optional[float] = None
+    cpu: bool = False                  # force CPU even when CUDA is present
+    log_every_s: float = 30.0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("PacNetTrainConfig: epochs and batch_size must be >= 1")
+        if self.lr <= 0 or self.backbone_lr_mult < 0 or self.weight_decay < 0:
+            raise ValueError("PacNetTrainConfig: lr must be > 0, backbone_lr_mult and "
+                             "weight_decay >= 0")
+        if not 0.0 <= self.min_ratio <= self.max_ratio < 1.0:
+            raise ValueError(f"PacNetTrainConfig: need 0 <= min_ratio <= max_ratio < 1, got "
+                             f"{self.min_ratio}, {self.max_ratio}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"PacNetTrainConfig.mixed_precision must be one of "
+                             f"{MIXED_PRECISION}, got {self.mixed_precision!r}")
+        for name in ("max_train_videos", "max_val_videos"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"PacNetTrainConfig.{name} must be >= 1 or None, got {v}")
+
+    @classmethod
+    def demo(cls, **overrides) -> "PacNetTrainConfig":
+        """For the demo data (~100 videos, tiny models, 2 CPU cores): a minute or two per head.
+
+        The tiny backbones are random, not pretrained, so they learn at a much higher rate.
+        """
+        base = dict(epochs=20, batch_size=8, lr=1e-3, backbone_lr_mult=0.5,
+                    max_grad_norm=1.0, log_every_s=15.0)
+        base.update(overrides)
+        return cls(**base)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PacNetTrainResult:
+    """What a training run produced (MAE values in percentage points)."""
+
+    val_mae: float                 # best validation MAE (the model in best_dir)
+    baseline_mae: float            # mean-progress predictor on the same validation crops
+    mean_train_progress: float     # the constant that predictor outputs, in [0, 1]
+    best_epoch: int
+    epochs_run: int                # epochs finished in total (== train_config.epochs)
+    resumed_from_epoch: int        # epochs already finished before this call (0 = fresh)
+    history: list = field(default_factory=list)  # [{epoch, train_loss, val_mae, lr, seconds}]
+    best_dir: Path = Path()
+    last_dir: Path = Path()
+    weights_sha256: str = ""       # of best_dir/model.safetensors
+    num_train: int = 0
+    num_val: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisation pieces
+
+
+def layered_param_groups(model: PacNet, lr: float, backbone_lr_mult: float,
+                         weight_decay: float) -> list[dict]:
+    """AdamW groups: backbone (ResNet + CLIP text) at lr * backbone_lr_mult, the rest at lr.
+
+    Only trainable parameters are included (a frozen text encoder drops out).
+    """
+    model = getattr(model, "module", model)
+    backbone_ids = {id(p) for p in model.backbone_parameters()}
+    backbone, rest = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (backbone if id(p) in backbone_ids else rest).append(p)
+    groups = [{"name": "backbone", "params": backbone, "lr": lr * backbone_lr_mult,
+               "weight_decay": weight_decay},
+              {"name": "head", "params": rest, "lr": lr, "weight_decay": weight_decay}]
+    return [g for g in groups if g["params"]]
+
+
+def progress_loss(model: PacNet, output: torch.Tensor, target: torch.Tensor,
+                  beta: float = 1.0) -> torch.Tensor:
+    """Smooth L1 on progress (regression) or cross-entropy on round((C-1) * target) classes."""
+    cfg = getattr(model, "module", model).config
+    target = target.float()
+    if cfg.head == "regression":
+        return F.smooth_l1_loss(output.float(), target, beta=beta)
+    classes = torch.round(target * (cfg.num_classes - 1)).long().clamp_(0, cfg.num_classes - 1)
+    return F.cross_entropy(output.float(), classes)
+
+
+def _model_inputs(model: PacNet, batch: Mapping[str, Any]):
+    frames = model.prepare_frames(batch["frames"])                    # (B, T, 3, S, S)
+    input_ids, attention_mask = model.tokenize(batch["text"])         # (B, L), (B, L)
+    return frames, input_ids, attention_mask
+
+
+def training_step(model, batch: Mapping[str, Any], optimizer, accelerator,
+                  beta: float = 1.0, max_grad_norm: Optional[float] = None) -> float:
+    """One optimizer step on a batch {"frames" uint8 (B,T,H,W,3), "text", "target" (B,)}."""
+    raw = accelerator.unwrap_model(model)
+    model.train()
+    frames, ids, mask = _model_inputs(raw, batch)
+    target = batch["target"].to(accelerator.device)
+    optimizer.zero_grad(set_to_none=True)
+    with accelerator.autocast():
+        output = model(frames, ids, mask)
+    loss = progress_loss(raw, output, target, beta)
+    accelerator.backward(loss)
+    if max_grad_norm is not None:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def predict_loader(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted progress, targets) over a loader, model in eval mode."""
+    raw = accelerator.unwrap_model(model)
+    model.eval()
+    preds, targets = [], []
+    for batch in loader:
+        frames, ids, mask = _model_inputs(raw, batch)
+        with accelerator.autocast():
+            out = model(frames, ids, mask)
+        preds.append(raw.progress_from_output(out).float().cpu().numpy())
+        targets.append(batch["target"].float().numpy())
+    return np.concatenate(preds).astype(np.float64), np.concatenate(targets).astype(np.float64)
+
+
+def mae_percent(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean absolute error in percentage points, for progress values in [0, 1]."""
+    return float(np.mean(np.abs(np.asarray(pred) - np.asarray(target))) * 100.0)
+
+
+def _make_accelerator(mixed_precision: str, cpu: bool):
+    """An Accelerator; resets accelerate's process-wide state if an earlier run set another one."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    except ValueError as e:
+        if "already been initialized" not in str(e):
+            raise
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint state (safetensors + JSON, no pickles)
+
+
+def _optimizer_to_files(state: dict) -> tuple[dict, dict]:
+    tensors, scalars = {}, {}
+    for pid, st in state["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{pid}.{k}"] = v.detach().to("cpu").contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict, meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = v
+    for key, v in meta.get("scalars", {}).items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"torch_cuda_{i}"] = s
+    return out
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("torch_cuda_"))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _write_dir_atomic(target: Path, write: Callable[[Path], None]) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        write(tmp)
+        _replace_dir(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _result_fields(cfg: PacNetTrainConfig) -> dict:
+    return {k: v for k, v in cfg.to_dict().items() if k not in _NON_RESULT_FIELDS}
+
+
+def _save_last(last_dir: Path, model, optimizer, scheduler, accelerator, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        write_pacnet_files(accelerator.unwrap_model(model), tmp)
+        tensors, meta = _optimizer_to_files(optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        write_json_atomic(tmp / "optimizer.json", meta)
+        save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+        scaler = getattr(accelerator, "scaler", None)
+        full = dict(state, format=STATE_FORMAT, scheduler=scheduler.state_dict(),
+                    scaler=scaler.state_dict() if scaler is not None else None)
+        write_json_atomic(tmp / "train_state.json", full)
+
+    _write_dir_atomic(last_dir, write)
+
+
+def _find_last(out_dir: Path) -> Optional[Path]:
+    """out_dir/last, or the old copy a crash mid-swap left behind."""
+    for cand in (out_dir / "last", out_dir / ".last.old"):
+        if (cand / "train_state.json").is_file():
+            return cand
+    return None
+
+
+def _read_state(last: Path) -> dict:
+    path = last / "train_state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e}); delete {last} or pass resume=False") from e
+    if state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path}: not a {STATE_FORMAT} training state")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def _prepare_entries(entries: Sequence[Mapping], limit: Optional[int], what: str) -> list[dict]:
+    entries = check_entries(entries, what)
+    if not entries:
+        raise ValueError(f"{what}: no entries")
+    return entries[:limit] if limit is not None else entries
+
+
+def _result(state: dict, out_dir: Path, resumed_from: int, n_train: int, n_val: int
+            ) -> PacNetTrainResult:
+    best = out_dir / "best"
+    if not (best / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"{best / WEIGHTS_NAME}: best checkpoint missing")
+    return PacNetTrainResult(
+        val_mae=float(state["best_val_mae"]), baseline_mae=float(state["baseline_mae"]),
+        mean_train_progress=float(state["mean_train_progress"]),
+        best_epoch=int(state["best_epoch"]), epochs_run=int(state["epoch"]),
+        resumed_from_epoch=resumed_from, history=list(state["history"]), best_dir=best,
+        last_dir=out_dir / "last", weights_sha256=sha256_file(best / WEIGHTS_NAME),
+        num_train=n_train, num_val=n_val)
+
+
+def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, cache: Any,
+                 train_entries: Sequence[Mapping], val_entries: Sequence[Mapping],
+                 out_dir: str | os.PathLike, *, log: Optional[LogFn] = None,
+                 resume: bool | str = True,
+                 on_epoch_end: Optional[Callable[[int, dict], None]] = None) -> PacNetTrainResult:
+    """Train PAC-Net; returns the best validation MAE beside the mean-predictor floor.
+
+    `resume=True` continues from out_dir/last (the last finished epoch) and gives the same
+    result as an uninterrupted run; `resume=False` starts over; `resume="auto"` resumes only a
+    run with the same configs and data (else starts over), as a retried Dagster step needs. `on_epoch_end(epoch, row)` is
+    called after each epoch's checkpoints are written (an exception there stops the run).
+    """
+    from safetensors.torch import load_file
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg = train_config
+    out_dir = Path(out_dir)
+    say = log or (lambda _msg: None)
+    train = _prepare_entries(train_entries, cfg.max_train_videos, "train_entries")
+    val = _prepare_entries(val_entries, cfg.max_val_videos, "val_entries")
+    train_ds = PacNetCropDataset(cache, train, model_config.num_frames, cfg.min_ratio,
+                                 cfg.max_ratio, seed=cfg.seed, what="train_entries")
+    val_ds = PacNetCropDataset(cache, val, model_config.num_frames, cfg.min_ratio,
+                               cfg.max_ratio, seed=cfg.val_seed, fixed=True, what="val_entries")
+    # The trivial predictor: the mean of every training target the run sees (all epochs).
+    mean_progress = float(np.mean([train_ds.targets(ep) for ep in range(1, cfg.epochs + 1)]))
+    val_targets = val_ds.targets()
+    baseline = mae_percent(np.full_like(val_targets, mean_progress), val_targets)
+    fingerprint = {"model_config": model_config.to_dict(), "train_config": _result_fields(cfg),
+                   "train_ids": sha256_json([e["id"] for e in train]),
+                   "val_ids": sha256_json([e["id"] for e in val])}
+
+    last = _find_last(out_dir) if resume else None
+    state = None
+    if last is not None:
+        state = _read_state(last)
+        differs = [key for key, value in fingerprint.items() if state.get(key) != value]
+        if differs and resume != "auto":
+            raise ValueError(f"{last / 'train_state.json'}: {differs[0]} differs from this run's; "
+                             f"pass resume=False (or 'auto') to start over in {out_dir}")
+        if differs:
+            say(f"pacnet: {out_dir} holds another run ({', '.join(differs)} differ); starting over")
+            last = state = None
+        elif state["epoch"] >= cfg.epochs:
+            say(f"pacnet: {out_dir} already finished {state['epoch']} epochs; nothing to do")
+            return _result(state, out_dir, int(state["epoch"]), len(train), len(val))
+    if last is None:
+        for sub in ("last", ".last.old", "best", "logs"):
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+
+    accelerator = _make_accelerator(cfg.mixed_precision, cfg.cpu)
+    torch.manual_seed(cfg.seed)
+    if state is not None:
+        model = load_pacnet(last, device="cpu")
+        if read_pacnet_config(last) != model_config:
+            raise ValueError(f"{last}: model config differs from this run's")
+    else:
+        model = PacNet(model_config)
+    if cfg.freeze_text_encoder:
+        model.text_encoder.backbone.requires_grad_(False)
+    groups = layered_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=cfg.epochs * steps_per_epoch)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    start_epoch, history, best_mae, best_epoch = 0, [], math.inf, 0
+    if state is not None:
+        optimizer.load_state_dict(_optimizer_from_files(
+            load_file(str(last / "optimizer.safetensors")),
+            json.loads((last / "optimizer.json").read_text(encoding="utf-8"))))
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") and getattr(accelerator, "scaler", None) is not None:
+            accelerator.scaler.load_state_dict(state["scaler"])
+        _restore_rng(load_file(str(last / "rng.safetensors")))
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+        best_mae, best_epoch = float(state["best_val_mae"]), int(state["best_epoch"])
+        say(f"pacnet: resuming after epoch {start_epoch}/{cfg.epochs} from {last}")
+
+    pin = accelerator.device.type == "cuda"
+    gen = torch.Generator()
+    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                              num_workers=cfg.num_workers, pin_memory=pin)
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False,
+                            num_workers=cfg.num_workers, pin_memory=pin)
+    say(f"pacnet: {len(train_ds)} train / {len(val_ds)} val videos, head={model_config.head}, "
+        f"device={accelerator.device}, mixed_precision={cfg.mixed_precision}, "
+        f"mean-progress baseline MAE {baseline:.2f} pp")
+    writer = SummaryWriter(str(out_dir / "logs"), purge_step=start_epoch * steps_per_epoch)
+    epochs_meter = ProgressMeter(f"pacnet epochs {start_epoch + 1}..{cfg.epochs}",
+                                 total=cfg.epochs - start_epoch, log=log, every_s=0,
+                                 unit="epochs")
+    try:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            train_ds.set_epoch(epoch)
+            gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+            steps = ProgressMeter(f"pacnet epoch {epoch}", total=len(train_ds), log=log,
+                                  every_s=cfg.log_every_s, unit="videos")
+            losses = []
+            for batch in train_loader:
+                loss = training_step(model, batch, optimizer, accelerator,
+                                     cfg.smooth_l1_beta, cfg.max_grad_norm)
+                if not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+                losses.append(loss)
+                step = (epoch - 1) * steps_per_epoch + len(losses)
+                writer.add_scalar("train/loss", loss, step)
+                steps.update(len(batch["text"]), extra=f"loss={loss:.4f}")
+            preds, targets = predict_loader(model, val_loader, accelerator)
+            val_mae = mae_percent(preds, targets)
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mae": val_mae,
+                   "lr": float(scheduler.get_last_lr()[-1]),
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            history.append(row)
+            writer.add_scalar("val/mae_pp", val_mae, epoch * steps_per_epoch)
+            writer.add_scalar("val/baseline_mae_pp", baseline, epoch * steps_per_epoch)
+            writer.add_scalar("train/epoch_loss", row["train_loss"], epoch * steps_per_epoch)
+            writer.add_scalar("train/lr", row["lr"], epoch * steps_per_epoch)
+            if val_mae < best_mae:
+                best_mae, best_epoch = val_mae, epoch
+                metrics = {"epoch": epoch, "val_mae": val_mae, "baseline_mae": baseline,
+                           "mean_train_progress": mean_progress}
+                _write_dir_atomic(out_dir / "best", lambda tmp: (
+                    write_pacnet_files(accelerator.unwrap_model(model), tmp),
+                    write_json_atomic(tmp / "metrics.json", metrics)))
+            state = dict(fingerprint, epoch=epoch, history=history, best_val_mae=best_mae,
+                         best_epoch=best_epoch, baseline_mae=baseline,
+                         mean_train_progress=mean_progress)
+            _save_last(out_dir / "last", model, optimizer, scheduler, accelerator, state)
+            writer.flush()
+            epochs_meter.update(1, extra=f"epoch {epoch}: train_loss={row['train_loss']:.4f} "
+                                         f"val_mae={val_mae:.2f}pp baseline={baseline:.2f}pp "
+                                         f"best={best_mae:.2f}pp@{best_epoch}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+    finally:
+        writer.close()
+    return _result(state, out_dir, start_epoch, len(train), len(val))
+
+
+__all__ = ["PacNetTrainConfig", "PacNetTrainResult", "train_pacnet", "layered_param_groups",
+           "training_step", "progress_loss", "predict_loader", "mae_percent", "crop_indices"]

@@ -1,0 +1,199 @@
+"""PAC-Net data: dynamic temporal cropping over a frame cache, and a small synthetic cache.
+
+Frame cache contract: `cache.num_frames(video_id) -> int`, `cache.frame(video_id, idx) ->
+(R, R, 3) uint8` (0-based), optionally `cache.frames(video_id, indices) -> (N, R, R, 3)`.
+Annotation entries are dicts with at least "id" and "label" (the filled, lowercased action text).
+
+Crop ratios are drawn from generators keyed by (seed, epoch, video id), so a crop does not
+depend on list order, DataLoader workers or an interrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pecn_ml.models.pacnet import uniform_indices
+
+
+def crop_indices(total_frames: int, ratio: float, num_frames: int) -> tuple[np.ndarray, float]:
+    """Frames 0..end (end = floor(ratio * total_frames), inclusive) sampled to `num_frames`.
+
+    Returns (indices (num_frames,) int64, non-decreasing, repeated when the crop is short;
+    target = end / total_frames). The last index is always `end`.
+    """
+    if total_frames < 1:
+        raise ValueError(f"crop_indices: total_frames must be >= 1, got {total_frames}")
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"crop_indices: ratio must be in [0, 1), got {ratio}")
+    if num_frames < 1:
+        raise ValueError(f"crop_indices: num_frames must be >= 1, got {num_frames}")
+    end = min(int(math.floor(ratio * total_frames)), total_frames - 1)
+    return uniform_indices(end, num_frames), end / total_frames
+
+
+def video_key(video_id: str) -> int:
+    """A stable 32-bit integer for a video id (seeds its crops)."""
+    return int.from_bytes(hashlib.sha256(str(video_id).encode("utf-8")).digest()[:4], "little")
+
+
+def crop_ratio(seed: int, epoch: Optional[int], video_id: str, low: float, high: float) -> float:
+    """r ~ U(low, high) from a generator keyed by (seed, epoch, video); epoch None = validation."""
+    key = [int(seed), video_key(video_id)] if epoch is None else [int(seed), int(epoch), video_key(video_id)]
+    return float(np.random.default_rng(key).uniform(low, high))
+
+
+def load_frames(cache: Any, video_id: str, indices: Sequence[int]) -> np.ndarray:
+    """(N, H, W, 3) uint8 for `indices` (each distinct frame read once)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    unique, inverse = np.unique(indices, return_inverse=True)
+    if hasattr(cache, "frames"):
+        arr = np.asarray(cache.frames(video_id, [int(i) for i in unique]))
+    else:
+        arr = np.stack([np.asarray(cache.frame(video_id, int(i))) for i in unique])
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or len(arr) != len(unique):
+        raise ValueError(f"frame cache: video {video_id!r} frames {unique.tolist()} gave "
+                         f"{arr.dtype} {arr.shape}, expected uint8 ({len(unique)}, H, W, 3)")
+    return arr[inverse]
+
+
+def check_entries(entries: Sequence[Mapping], what: str) -> list[dict]:
+    """Entries as dicts with a string "id" and a non-empty string "label"; clear errors otherwise."""
+    out = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, Mapping) or "id" not in e or "label" not in e:
+            raise ValueError(f"{what}: entry #{i} must be a dict with 'id' and 'label', got {e!r:.200}")
+        if not isinstance(e["label"], str) or not e["label"].strip():
+            raise ValueError(f"{what}: entry #{i} (id={e['id']!r}) has an empty or non-string label")
+        out.append(dict(e, id=str(e["id"])))
+    return out
+
+
+class PacNetCropDataset(Dataset):
+    """One temporally cropped clip per entry.
+
+    Training (`fixed=False`): a fresh ratio per video and epoch (call `set_epoch` each epoch).
+    Validation (`fixed=True`): one ratio per video from `seed` alone, the same in every epoch/run.
+    Items: {"frames": uint8 (N, H, W, 3), "text": str, "target": float32 (), "video_id": str}.
+    """
+
+    def __init__(self, cache: Any, entries: Sequence[Mapping], num_frames: int,
+                 min_ratio: float = 0.1, max_ratio: float = 0.9, seed: int = 0,
+                 fixed: bool = False, what: str = "entries"):
+        if not 0.0 <= min_ratio <= max_ratio < 1.0:
+            raise ValueError(f"{what}: need 0 <= min_ratio <= max_ratio < 1, "
+                             f"got {min_ratio}, {max_ratio}")
+        self.cache, self.entries = cache, check_entries(entries, what)
+        self.num_frames, self.min_ratio, self.max_ratio = num_frames, min_ratio, max_ratio
+        self.seed, self.fixed, self.epoch = seed, fixed, 0
+        self.totals = []
+        for e in self.entries:
+            n = int(cache.num_frames(e["id"]))
+            if n < 1:
+                raise ValueError(f"{what}: video {e['id']!r} has {n} frames in the frame cache")
+            self.totals.append(n)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def ratio(self, i: int, epoch: Optional[int] = None) -> float:
+        ep = None if self.fixed else (self.epoch if epoch is None else epoch)
+        return crop_ratio(self.seed, ep, self.entries[i]["id"], self.min_ratio, self.max_ratio)
+
+    def crop(self, i: int, epoch: Optional[int] = None) -> tuple[np.ndarray, float]:
+        return crop_indices(self.totals[i], self.ratio(i, epoch), self.num_frames)
+
+    def targets(self, epoch: Optional[int] = None) -> np.ndarray:
+        """All targets of one epoch (or the fixed crops), without reading any frame."""
+        return np.array([self.crop(i, epoch)[1] for i in range(len(self))], dtype=np.float64)
+
+    def __getitem__(self, i: int) -> dict:
+        entry = self.entries[i]
+        idx, target = self.crop(i)
+        frames = load_frames(self.cache, entry["id"], idx)
+        return {"frames": torch.from_numpy(np.ascontiguousarray(frames)),
+                "text": entry["label"], "target": torch.tensor(target, dtype=torch.float32),
+                "video_id": entry["id"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# In-memory cache and synthetic moving-square videos (tests, learnability check)
+
+
+class ArrayFrameCache:
+    """Frame cache over in-memory arrays {video_id: (T, H, W, 3) uint8}."""
+
+    def __init__(self, videos: Mapping[str, np.ndarray]):
+        self.videos = {str(k): np.asarray(v) for k, v in videos.items()}
+        for k, v in self.videos.items():
+            if v.dtype != np.uint8 or v.ndim != 4 or v.shape[-1] != 3:
+                raise ValueError(f"ArrayFrameCache: video {k!r} is {v.dtype} {v.shape}, "
+                                 f"expected uint8 (T, H, W, 3)")
+
+    def _video(self, video_id: str) -> np.ndarray:
+        try:
+            return self.videos[str(video_id)]
+        except KeyError:
+            raise KeyError(f"ArrayFrameCache: unknown video {video_id!r}") from None
+
+    def num_frames(self, video_id: str) -> int:
+        return len(self._video(video_id))
+
+    def frame(self, video_id: str, idx: int) -> np.ndarray:
+        v = self._video(video_id)
+        if not 0 <= idx < len(v):
+            raise IndexError(f"ArrayFrameCache: video {video_id!r} has {len(v)} frames, asked {idx}")
+        return v[idx]
+
+    def frames(self, video_id: str, indices: Sequence[int]) -> np.ndarray:
+        return np.stack([self.frame(video_id, int(i)) for i in indices])
+
+
+def moving_square_video(num_frames: int, size: int = 32, square: Optional[int] = None,
+                        rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """(T, size, size, 3) uint8: a square (side `square`, default size // 4) moving left ->
+    right; its x position encodes progress.
+
+    The background is a horizontal colour gradient with a little noise, so where the square is
+    changes what the (translation-equivariant, globally pooled) CNN sees, as in real scenes.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    square = max(size // 4, 1) if square is None else square
+    assert 1 <= square <= size, (square, size)
+    xs = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    bg = np.empty((size, size, 3), np.float32)
+    bg[..., 0] = 40 + 180 * xs[None, :]
+    bg[..., 1] = 60 + 40 * rng.random()
+    bg[..., 2] = 220 - 180 * xs[None, :]
+    y0 = int(rng.integers(0, size - square + 1))
+    colour = np.array([255, 255, 255], np.float32) * (0.8 + 0.2 * rng.random())
+    video = np.empty((num_frames, size, size, 3), np.uint8)
+    for t in range(num_frames):
+        x0 = int(round(t / max(num_frames - 1, 1) * (size - square)))
+        f = bg + rng.normal(0, 4, bg.shape).astype(np.float32)
+        f[y0:y0 + square, x0:x0 + square] = colour
+        video[t] = np.clip(f, 0, 255).astype(np.uint8)
+    return video
+
+
+def moving_square_dataset(n_videos: int, size: int = 32, min_len: int = 24, max_len: int = 48,
+                          seed: int = 0, prefix: str = "sq", task: str = "move_object"
+                          ) -> tuple[ArrayFrameCache, list[dict]]:
+    """A cache of `n_videos` moving-square videos and matching annotation entries."""
+    rng = np.random.default_rng(seed)
+    videos, entries = {}, []
+    for i in range(n_videos):
+        vid = f"{prefix}{i}"
+        videos[vid] = moving_square_video(int(rng.integers(min_len, max_len + 1)), size, rng=rng)
+        entries.append({"id": vid, "label": "pushing something from left to right",
+                        "template": "Pushing [something] from left to right",
+                        "placeholders": ["something"], "task": task})
+    return ArrayFrameCache(videos), entries
