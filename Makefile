@@ -20,13 +20,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	PECN_PROFILE=demo $(PY) -m pecn_assets.demo
+	PECN_PROFILE=demo OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pecn_assets.demo
 
 test: setup
-	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 test-slow: setup
-	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "slow" $(PYTEST_ARGS)
 
 ui: setup
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000

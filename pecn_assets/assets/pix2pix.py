@@ -70,6 +70,8 @@ def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, sett
     annotations = latest_upstream(context.instance, "filtered_annotations")
     train_config = profile.pix2pix_train if config.seed is None else replace(
         profile.pix2pix_train, seed=config.seed)
+    if train_config.latent_cache_dir is None:  # one exact latent cache shared by the four variants
+        train_config = replace(train_config, latent_cache_dir=str(settings.outputs_path() / "latent_cache"))
     result = train_pix2pix(models.pix2pix(), train, train_config,
                            settings.outputs_path() / variant.seed_name, val_dataset=val,
                            log=context.log.info, resume=True)

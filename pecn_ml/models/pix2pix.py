@@ -1,0 +1,137 @@
+"""InstructPix2Pix model construction: load the parts, widen `conv_in`, build the pipeline.
+
+`pretrained` is a hub name (default `timbrooks/instruct-pix2pix`) or a local diffusers folder
+(the tiny ones of `pecn_ml.models.tiny` included). A Stable Diffusion checkpoint (4-channel UNet)
+becomes an InstructPix2Pix UNet by `widen_conv_in`: 8 input channels (noisy latents + input-image
+latents), the 4 new ones zero-initialised, so the widened UNet starts as the pretrained one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+DEFAULT_PRETRAINED = "timbrooks/instruct-pix2pix"
+IP2P_IN_CHANNELS = 8   # 4 noisy latent channels + 4 input-image latent channels
+SD_IN_CHANNELS = 4
+
+
+def widen_conv_in(unet: Any, in_channels: int = IP2P_IN_CHANNELS) -> Any:
+    """Widen `unet.conv_in` to `in_channels` in place and return the UNet.
+
+    The old kernel fills the first input channels and the new ones are zero, and the old bias is
+    kept, so for zero extra input the output is unchanged. (The diffusers example leaves the new
+    layer's bias randomly initialised; we keep the pretrained one.) `unet.config.in_channels` is
+    updated so that `save_pretrained` writes the widened shape.
+    """
+    old: nn.Conv2d = unet.conv_in
+    if old.in_channels >= in_channels:
+        raise ValueError(f"widen_conv_in: conv_in already has {old.in_channels} input channels "
+                         f"(asked for {in_channels})")
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    old.dilation, old.groups, bias=old.bias is not None,
+                    padding_mode=old.padding_mode, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()                                # (C_out, in_channels, k, k)
+        new.weight[:, : old.in_channels].copy_(old.weight)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+    return unet
+
+
+@dataclass
+class Pix2PixComponents:
+    """The parts the training loop needs, loaded from one pretrained folder or hub name."""
+
+    pretrained: str
+    tokenizer: Any
+    text_encoder: Any      # CLIPTextModel (frozen)
+    vae: Any               # AutoencoderKL (frozen)
+    unet: Any              # UNet2DConditionModel with 8 input channels (trained)
+    noise_scheduler: Any   # DDPMScheduler from the folder's scheduler config
+    widened: bool          # True when the UNet came from a 4-channel SD checkpoint
+
+
+def _check_local(pretrained: str) -> None:
+    path = Path(pretrained)
+    looks_local = path.is_absolute() or pretrained.startswith(".") or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: pretrained model folder does not exist")
+        for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            if not (path / sub).is_dir():
+                raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no {sub}/)")
+
+
+def load_pix2pix_components(pretrained: str | Path = DEFAULT_PRETRAINED, *,
+                            revision: Optional[str] = None) -> Pix2PixComponents:
+    """Load tokenizer, text encoder, VAE, UNet and a DDPM noise scheduler like the diffusers example.
+
+    A 4-channel UNet (Stable Diffusion) is widened to 8 channels; an 8-channel one
+    (InstructPix2Pix) is used as is; anything else is an error. The VAE and text encoder are
+    frozen (`requires_grad_(False)`); device and dtype are left to the caller.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    name = str(pretrained)
+    _check_local(name)
+    noise_scheduler = DDPMScheduler.from_pretrained(name, subfolder="scheduler")
+    tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", revision=revision)
+    text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", revision=revision)
+    vae = AutoencoderKL.from_pretrained(name, subfolder="vae", revision=revision)
+    unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", revision=revision)
+    in_ch = unet.config.in_channels
+    if in_ch == SD_IN_CHANNELS:
+        widen_conv_in(unet, IP2P_IN_CHANNELS)
+    elif in_ch != IP2P_IN_CHANNELS:
+        raise ValueError(f"{name}: UNet has {in_ch} input channels; expected 4 (Stable Diffusion) "
+                         f"or 8 (InstructPix2Pix)")
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    return Pix2PixComponents(name, tokenizer, text_encoder, vae, unet, noise_scheduler,
+                             widened=in_ch == SD_IN_CHANNELS)
+
+
+def build_pipeline(pretrained: str | Path, *, unet: Any, vae: Any = None, text_encoder: Any = None,
+                   tokenizer: Any = None, torch_dtype: Optional[torch.dtype] = None) -> Any:
+    """A `StableDiffusionInstructPix2PixPipeline` around `unet`, the other parts from `pretrained`
+    unless given (its inference scheduler too: Euler ancestral for InstructPix2Pix folders).
+
+    No safety checker, as in the seed.
+    """
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    parts = {k: v for k, v in (("vae", vae), ("text_encoder", text_encoder),
+                               ("tokenizer", tokenizer)) if v is not None}
+    kwargs = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        str(pretrained), unet=unet, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False, **parts, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tokenize_prompts(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's max length, as the diffusers example does. (B, L) long."""
+    assert len(prompts) > 0, "tokenize_prompts: no prompts"
+    return tokenizer(list(prompts), max_length=tokenizer.model_max_length, padding="max_length",
+                     truncation=True, return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_token_ids(text_encoder: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L) token ids -> (B, L, D) last hidden states, on the encoder's device and dtype."""
+    assert input_ids.ndim == 2, f"expected (B, L) token ids, got {tuple(input_ids.shape)}"
+    return text_encoder(input_ids.to(text_encoder.device))[0]
+
+
+def encode_prompts(tokenizer: Any, text_encoder: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """Prompts -> (B, L, D) text embeddings (the UNet's `encoder_hidden_states`)."""
+    return encode_token_ids(text_encoder, tokenize_prompts(tokenizer, prompts))

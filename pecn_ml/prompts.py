@@ -1,0 +1,54 @@
+"""The InstructPix2Pix instruction text: one function for training and evaluation alike.
+
+The seed's prompts (PECN README, "Progress-Enhanced Training"):
+
+- without progress: ``Generate a future frame of this action: moving something from left to right``
+- with progress:    ``Generate a future frame of this action: moving something from left to right.
+  And 60% of the action has been completed.``
+
+and ``progress = int((input_frame_idx / total_frames) * 100)``.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Optional
+
+PROMPT_PREFIX = "Generate a future frame of this action: "
+PROGRESS_SUFFIX = ". And {p}% of the action has been completed."
+
+
+def progress_percent(input_idx: int, num_frames: int) -> int:
+    """Percent of the video before frame `input_idx` (0-based), exactly as the seed computes it.
+
+    `int(input_idx / num_frames * 100)` -- float division then truncation, so the prompts are
+    byte-identical to the seed's (e.g. 20 of 35 frames -> 57).
+    """
+    if isinstance(input_idx, bool) or not isinstance(input_idx, int) or input_idx < 0:
+        raise ValueError(f"progress_percent: input_idx must be an int >= 0, got {input_idx!r}")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames <= 0:
+        raise ValueError(f"progress_percent: num_frames must be an int > 0, got {num_frames!r}")
+    if input_idx >= num_frames:
+        raise ValueError(f"progress_percent: input frame {input_idx} is outside a video of "
+                         f"{num_frames} frames")
+    return int((input_idx / num_frames) * 100)
+
+
+def build_prompt(label: str, progress_percent: Optional[Real] = None) -> str:
+    """The instruction for `label`, with ``. And {p}% of the action has been completed.`` appended
+    when `progress_percent` is given.
+
+    A non-integer percent (PAC-Net's estimate) is truncated with `int()`, like the seed's formula.
+    """
+    if not isinstance(label, str) or not label.strip():
+        raise ValueError(f"build_prompt: label must be a non-empty string, got {label!r}")
+    text = PROMPT_PREFIX + label
+    if progress_percent is None:
+        return text
+    if isinstance(progress_percent, bool) or not isinstance(progress_percent, Real):
+        raise ValueError(f"build_prompt: progress_percent must be a number, got {progress_percent!r}")
+    if not math.isfinite(progress_percent) or not 0 <= progress_percent <= 100:
+        raise ValueError(f"build_prompt: progress_percent must be within [0, 100], "
+                         f"got {progress_percent!r}")
+    return text + PROGRESS_SUFFIX.format(p=int(progress_percent))

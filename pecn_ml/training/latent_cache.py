@@ -1,0 +1,220 @@
+"""Encode frames and prompts once, reuse them across epochs and variants.
+
+The VAE and the text encoder are frozen and the frames are not augmented, so their outputs
+depend only on (weights, dtype, device kind, frame bytes, token ids). What is cached, and why it
+is exact:
+
+- Frames: the VAE posterior *parameters* (mean, logvar), not a latent sample. The diffusers
+  example uses ``latent_dist.mode()`` (= mean) for the input frame and ``latent_dist.sample()``
+  (= mean + exp(logvar / 2) * eps) for the target; the training step draws eps afresh every step
+  from the cached parameters, which is the same distribution, step for step, as re-encoding.
+- Prompts: the text encoder's last hidden states, keyed by the token ids.
+
+Layout under `root` (safetensors shards, written atomically, one per encode call)::
+
+    vae-{sha16}-{dtype}-{device}/v{frame-cache version sha12}-r{R}/f{idx:03d}-{ids sha16}.safetensors
+    text-{sha16}-{dtype}-{device}/p-{keys sha16}.safetensors
+
+A shard lists its video ids (or prompt keys) in its metadata; a later run (another variant, more
+epochs) loads what is there and encodes only what is missing. Cached tensors stay on the CPU;
+the training loop moves one batch at a time to the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from pecn_ml.data.pairs import frame_to_tensor
+from pecn_ml.models.pix2pix import encode_token_ids, tokenize_prompts
+from pecn_ml.utils.files import atomic_path
+from pecn_ml.utils.progress import ProgressMeter
+
+LogFn = Callable[[str], None]
+
+
+def module_sha256(module: torch.nn.Module) -> str:
+    """Hex sha256 of a module's state dict (names, dtypes, shapes, bytes), in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@torch.no_grad()
+def encode_pixels(vae: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, R, R) in [-1, 1] -> VAE posterior (mean, logvar), each (B, 4, R/f, R/f), on the VAE's
+    device and dtype (logvar clamped to [-30, 20], as diffusers does)."""
+    assert pixels.ndim == 4 and pixels.shape[1] == 3, f"expected (B, 3, R, R), got {tuple(pixels.shape)}"
+    dist = vae.encode(pixels.to(vae.device, dtype=vae.dtype)).latent_dist
+    return dist.mean, dist.logvar
+
+
+def sample_latents(mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """A posterior sample ``mean + exp(logvar / 2) * eps`` (diffusers' `latent_dist.sample()`)."""
+    assert mean.shape == logvar.shape == eps.shape, "mean, logvar and eps must have one shape"
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
+@dataclass
+class PairLatents:
+    """Encoded pairs of a dataset, on the CPU, in the dataset's order."""
+
+    target_mean: torch.Tensor    # (N, 4, h, w) posterior mean of the target frame
+    target_logvar: torch.Tensor  # (N, 4, h, w)
+    image_latents: torch.Tensor  # (N, 4, h, w) posterior mode (= mean) of the input frame
+    prompt_embeds: torch.Tensor  # (P, L, D) unique prompts
+    prompt_index: torch.Tensor   # (N,) long, row of prompt_embeds for each pair
+
+    def __len__(self) -> int:
+        return self.target_mean.shape[0]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (
+            self.target_mean, self.target_logvar, self.image_latents, self.prompt_embeds))
+
+
+class LatentStore:
+    """The shard folder of one VAE + text encoder (at their current dtype and device kind)."""
+
+    def __init__(self, root: str | Path, vae: Any, tokenizer: Any, text_encoder: Any, *,
+                 batch_size: int = 16, log: Optional[LogFn] = None):
+        self.root = Path(root)
+        self.vae, self.tokenizer, self.text_encoder = vae, tokenizer, text_encoder
+        self.batch_size = batch_size
+        self.log = log
+        self.encoded = {"frames": 0, "prompts": 0}   # encoded by this store (cache misses)
+        self.loaded = {"frames": 0, "prompts": 0}    # taken from shards (cache hits)
+        dev = torch.device(vae.device).type
+        self.vae_dir = self.root / f"vae-{module_sha256(vae)[:16]}-{_dtype_name(vae.dtype)}-{dev}"
+        tdev = torch.device(text_encoder.device).type
+        self.text_dir = self.root / (f"text-{module_sha256(text_encoder)[:16]}-"
+                                     f"{_dtype_name(text_encoder.dtype)}-{tdev}")
+
+    # --- shards -------------------------------------------------------------------------------
+    @staticmethod
+    def _read_shards(paths: Sequence[Path], wanted: set[str]) -> dict[str, dict[str, torch.Tensor]]:
+        from safetensors import safe_open
+
+        found: dict[str, dict[str, torch.Tensor]] = {}
+        for path in paths:
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    keys = json.loads(f.metadata()["keys"])
+                    rows = [i for i, k in enumerate(keys) if k in wanted and k not in found]
+                    if not rows:
+                        continue
+                    tensors = {name: f.get_tensor(name) for name in f.keys()}
+            except Exception as e:  # a damaged shard is named, never trusted
+                raise ValueError(f"{path}: unreadable latent-cache shard ({e}); delete it") from e
+            for i in rows:
+                found[keys[i]] = {name: t[i] for name, t in tensors.items()}
+        return found
+
+    @staticmethod
+    def _write_shard(folder: Path, prefix: str, keys: list[str],
+                     tensors: dict[str, torch.Tensor]) -> Path:
+        from safetensors.torch import save_file
+
+        path = folder / f"{prefix}-{_sha(json.dumps(keys))[:16]}.safetensors"
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                      metadata={"keys": json.dumps(keys)})
+        return path
+
+    # --- frames -------------------------------------------------------------------------------
+    def frame_latents(self, read_frame: Callable[[str, int], Any], source: str,
+                      video_ids: Sequence[str], frame_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior (mean, logvar), each (N, 4, h, w) on the CPU, of frame `frame_idx` of each video.
+
+        `read_frame(video_id, idx) -> (R, R, 3) uint8`; `source` names the frame data (see
+        `frame_source_key`) so that shards of another frame-cache version are never mixed in.
+        """
+        assert len(video_ids) > 0, "frame_latents: no videos"
+        folder = self.vae_dir / source
+        shards = sorted(folder.glob(f"f{frame_idx:03d}-*.safetensors"))
+        found = self._read_shards(shards, set(video_ids))
+        self.loaded["frames"] += len(found)
+        missing = [v for v in dict.fromkeys(video_ids) if v not in found]
+        if missing:
+            meter = ProgressMeter(f"encode frame {frame_idx} latents", len(missing), self.log,
+                                  unit="frames")
+            means, logvars = [], []
+            for s in range(0, len(missing), self.batch_size):
+                chunk = missing[s: s + self.batch_size]
+                pixels = torch.stack([frame_to_tensor(read_frame(v, frame_idx)) for v in chunk])
+                mean, logvar = encode_pixels(self.vae, pixels)  # (b, 4, h, w) each
+                means.append(mean.cpu())
+                logvars.append(logvar.cpu())
+                meter.update(len(chunk))
+            mean, logvar = torch.cat(means), torch.cat(logvars)
+            self._write_shard(folder, f"f{frame_idx:03d}", missing, {"mean": mean, "logvar": logvar})
+            for i, v in enumerate(missing):
+                found[v] = {"mean": mean[i], "logvar": logvar[i]}
+            self.encoded["frames"] += len(missing)
+        mean = torch.stack([found[v]["mean"] for v in video_ids])        # (N, 4, h, w)
+        logvar = torch.stack([found[v]["logvar"] for v in video_ids])    # (N, 4, h, w)
+        return mean, logvar
+
+    # --- prompts ------------------------------------------------------------------------------
+    def prompt_embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unique-prompt embeddings (P, L, D) on the CPU and the (N,) index of each prompt."""
+        assert len(prompts) > 0, "prompt_embeddings: no prompts"
+        unique = list(dict.fromkeys(prompts))
+        ids = torch.cat([tokenize_prompts(self.tokenizer, unique[s: s + 256])
+                         for s in range(0, len(unique), 256)])            # (P, L)
+        keys = [hashlib.sha256(row.numpy().tobytes()).hexdigest() for row in ids]
+        found = self._read_shards(sorted(self.text_dir.glob("p-*.safetensors")), set(keys))
+        self.loaded["prompts"] += len(found)
+        miss_keys = [k for k in dict.fromkeys(keys) if k not in found]
+        if miss_keys:
+            first: dict[str, int] = {}
+            for i, k in enumerate(keys):
+                first.setdefault(k, i)
+            rows = [first[k] for k in miss_keys]
+            meter = ProgressMeter("encode prompts", len(rows), self.log, unit="prompts")
+            out = []
+            for s in range(0, len(rows), self.batch_size * 4):
+                chunk = rows[s: s + self.batch_size * 4]
+                out.append(encode_token_ids(self.text_encoder, ids[chunk]).cpu())
+                meter.update(len(chunk))
+            embeds = torch.cat(out)                                         # (M, L, D)
+            self._write_shard(self.text_dir, "p", miss_keys, {"embeds": embeds})
+            for i, k in enumerate(miss_keys):
+                found[k] = {"embeds": embeds[i]}
+            self.encoded["prompts"] += len(miss_keys)
+        table = torch.stack([found[k]["embeds"] for k in keys])             # (P, L, D)
+        pos = {p: i for i, p in enumerate(unique)}
+        index = torch.tensor([pos[p] for p in prompts], dtype=torch.long)   # (N,)
+        return table, index
+
+
+def frame_source_key(cache: Any) -> str:
+    """Folder name for a frame cache's data: its version (hashed) and resolution."""
+    return f"v{_sha(str(cache.version))[:12]}-r{int(cache.resolution)}"
+
+
+def encode_dataset(store: LatentStore, dataset: Any) -> PairLatents:
+    """Encode (or load) every pair of a `FramePairDataset`: target and input frame latents, prompts."""
+    assert len(dataset) > 0, "encode_dataset: empty dataset"
+    ids = list(dataset.video_ids)
+    source = frame_source_key(dataset.cache)
+    t_mean, t_logvar = store.frame_latents(dataset.frame, source, ids, dataset.target_idx)
+    i_mean, _ = store.frame_latents(dataset.frame, source, ids, dataset.input_idx)
+    embeds, index = store.prompt_embeddings(list(dataset.prompts))
+    return PairLatents(t_mean, t_logvar, i_mean, embeds, index)

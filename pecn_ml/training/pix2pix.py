@@ -1,0 +1,668 @@
+"""InstructPix2Pix fine-tuning, after the internals of diffusers'
+`examples/instruct_pix2pix/train_instruct_pix2pix.py`, split into testable parts:
+
+- `Pix2PixTrainConfig`: the run's parameters (defaults = the seed's table: 224 px, batch 4,
+  accumulation 4, lr 5e-6, 40 epochs, FP16, validation every 10 epochs on 2 samples);
+- `conditioning_dropout_masks`, `draw_step_randomness`, `training_step`: one noise-prediction loss;
+- `train_pix2pix`: the loop (accelerate for mixed precision and gradient accumulation, TensorBoard,
+  rotating checkpoints and resume, validation grids, final `save_pretrained` pipeline).
+
+As in the example: frozen VAE and text encoder cast to the weight dtype, UNet master weights in
+fp32 under autocast, DDPM noise from the folder's scheduler config, the target frame's latents
+sampled from the VAE posterior, the input frame's taken at the mode, conditioning dropout of
+paper §3.2.1. Deliberate differences: the empty-prompt embedding is computed once; the
+randomness of each micro-batch comes from a generator seeded by (run seed, micro-batch number),
+so a resumed run repeats an uninterrupted one exactly; no seed means a random one, recorded in
+the checkpoints; latents and prompt embeddings can be cached (`latent_cache.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pecn_ml.data.pairs import collate_pairs
+from pecn_ml.models.pix2pix import (DEFAULT_PRETRAINED, build_pipeline, encode_prompts,
+                                    load_pix2pix_components)
+from pecn_ml.training import pix2pix_checkpoints as ckpt
+from pecn_ml.training.latent_cache import (LatentStore, PairLatents, encode_dataset,
+                                           encode_pixels, sample_latents)
+from pecn_ml.utils.files import atomic_path, sha256_file, sha256_json
+from pecn_ml.utils.progress import ProgressMeter
+
+LogFn = Callable[[str], None]
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Pix2PixTrainConfig:
+    """Parameters of one InstructPix2Pix fine-tuning run (defaults: the seed's experiments)."""
+
+    resolution: int = 224
+    train_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    learning_rate: float = 5e-6
+    num_train_epochs: int = 40
+    max_train_steps: Optional[int] = None          # optimizer steps; overrides num_train_epochs
+    lr_scheduler: str = "constant"                 # a diffusers.optimization.get_scheduler name
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    conditioning_dropout_prob: float = 0.05
+    mixed_precision: str = "fp16"                  # "no" | "fp16" | "bf16"; fp16 -> "no" off CUDA
+    seed: Optional[int] = 42                       # None: a random seed, kept in checkpoints
+    cache_latents: bool = True                     # encode frames/prompts once (exact, see latent_cache)
+    latent_cache_dir: Optional[str] = None         # shared folder; None: {out_dir}/latent_cache
+    encode_batch_size: int = 16
+    dataloader_num_workers: int = 0
+    gradient_checkpointing: bool = False
+    allow_tf32: bool = True
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: Optional[int] = 2
+    validation_epochs: int = 10
+    num_validation_samples: int = 2
+    validation_inference_steps: int = 20
+    validation_guidance_scale: float = 7.0
+    validation_image_guidance_scale: float = 1.5
+    force_cpu: bool = False
+    torch_threads: Optional[int] = None            # CPU threads while training (None: torch's)
+    log_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.resolution > 0 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8"),
+            (self.train_batch_size >= 1, "train_batch_size must be >= 1"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.num_train_epochs >= 1, "num_train_epochs must be >= 1"),
+            (self.max_train_steps is None or self.max_train_steps >= 1, "max_train_steps must be >= 1"),
+            (0 <= self.conditioning_dropout_prob <= 1 / 3, "conditioning_dropout_prob must be in [0, 1/3]"),
+            (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
+            (self.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
+            (self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
+             "checkpoints_total_limit must be >= 1 or None"),
+            (self.validation_epochs >= 1, "validation_epochs must be >= 1"),
+            (self.num_validation_samples >= 0, "num_validation_samples must be >= 0"),
+            (self.torch_threads is None or self.torch_threads >= 1, "torch_threads must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"Pix2PixTrainConfig: {message}")
+
+    @classmethod
+    def demo(cls, **overrides: Any) -> "Pix2PixTrainConfig":
+        """Sized for the tiny model on ~100 demo videos at 96 px: 6 epochs of 25 micro-batches,
+        78 optimizer steps, 2 validation grids; measured ~60 s per variant on the shared 2-core
+        machine with one torch thread (loss 1.12 -> 0.41). Share `latent_cache_dir` between the
+        variants so frame 20 and the prompts are encoded once."""
+        values: dict[str, Any] = dict(
+            resolution=96, train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-4,
+            num_train_epochs=6, mixed_precision="no", seed=0, checkpointing_steps=40,
+            checkpoints_total_limit=1, validation_epochs=3, num_validation_samples=2,
+            validation_inference_steps=8, log_every_s=5.0)
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Pix2PixTrainResult:
+    """What a run produced; paths are inside `out_dir`."""
+
+    final_loss: float              # mean loss of the last epoch's worth of optimizer steps
+    steps: int                     # optimizer steps done (accumulation respected)
+    epochs: int
+    loss_curve: list[float]        # one value per optimizer step (mean over its micro-batches)
+    model_dir: Path                # save_pretrained pipeline folder
+    unet_sha256: str               # of model_dir/unet/diffusion_pytorch_model.safetensors
+    validation_grid: Optional[Path]  # Input | GT | Output PNG of the last validation
+    loss_curve_png: Path
+    tensorboard_dir: Path
+    resumed_from_step: Optional[int] = None
+    seconds: float = 0.0
+    latent_cache: dict[str, Any] = field(default_factory=dict)
+
+
+# --- one step --------------------------------------------------------------------------------
+
+@dataclass
+class LatentBatch:
+    """The encoded conditioning and target of one micro-batch, on the training device."""
+
+    target_mean: torch.Tensor    # (B, 4, h, w) VAE posterior mean of the target frame
+    target_logvar: torch.Tensor  # (B, 4, h, w)
+    image_latents: torch.Tensor  # (B, 4, h, w) posterior mode of the input frame (unscaled)
+    prompt_embeds: torch.Tensor  # (B, L, D)
+
+
+@dataclass
+class StepDraws:
+    """All the randomness of one micro-batch."""
+
+    latent_eps: torch.Tensor  # (B, 4, h, w) for the posterior sample of the target latents
+    noise: torch.Tensor       # (B, 4, h, w) diffusion noise
+    timesteps: torch.Tensor   # (B,) long
+    dropout_u: torch.Tensor   # (B,) uniform draws of the conditioning dropout
+
+
+def step_generator(base_seed: int, micro_index: int, device: torch.device) -> torch.Generator:
+    """The generator of micro-batch `micro_index`: a pure function of (seed, index)."""
+    seed = (int(base_seed) * 1_000_003 + int(micro_index)) % (2 ** 63)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def draw_step_randomness(latent_shape: Sequence[int], num_train_timesteps: int, *,
+                         generator: torch.Generator, dtype: torch.dtype,
+                         device: torch.device) -> StepDraws:
+    """Draw eps, noise, timesteps and the dropout uniforms, in that order, from `generator`."""
+    b = latent_shape[0]
+    eps = torch.randn(tuple(latent_shape), generator=generator, device=device, dtype=dtype)
+    noise = torch.randn(tuple(latent_shape), generator=generator, device=device, dtype=dtype)
+    timesteps = torch.randint(0, num_train_timesteps, (b,), generator=generator, device=device)
+    u = torch.rand(b, generator=generator, device=device)
+    return StepDraws(eps, noise, timesteps.long(), u)
+
+
+def conditioning_dropout_masks(u: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(drop_prompt, drop_image) bool masks (B,) from one uniform draw per sample (paper §3.2.1).
+
+    u < p: prompt only; p <= u < 2p: both; 2p <= u < 3p: image only -- each with probability p,
+    as in the diffusers example.
+    """
+    assert u.ndim == 1, f"expected (B,) uniforms, got {tuple(u.shape)}"
+    drop_prompt = u < 2 * prob
+    drop_image = (u >= prob) & (u < 3 * prob)
+    return drop_prompt, drop_image
+
+
+def training_step(unet: Any, noise_scheduler: Any, batch: LatentBatch, draws: StepDraws, *,
+                  empty_prompt_embeds: torch.Tensor, conditioning_dropout_prob: float,
+                  scaling_factor: float) -> torch.Tensor:
+    """The noise-prediction loss of one micro-batch (forward only; the loop does backward).
+
+    `empty_prompt_embeds` (1, L, D) is the embedding of "" (computed once by the caller).
+    """
+    b = batch.target_mean.shape[0]
+    assert batch.image_latents.shape == batch.target_mean.shape, "input/target latent shapes differ"
+    assert batch.prompt_embeds.shape[0] == b and draws.timesteps.shape == (b,), "batch sizes differ"
+    latents = sample_latents(batch.target_mean, batch.target_logvar, draws.latent_eps) * scaling_factor
+    noisy = noise_scheduler.add_noise(latents, draws.noise, draws.timesteps)  # (B, 4, h, w)
+    hidden, image = batch.prompt_embeds, batch.image_latents
+    if conditioning_dropout_prob > 0:
+        drop_prompt, drop_image = conditioning_dropout_masks(draws.dropout_u, conditioning_dropout_prob)
+        empty = empty_prompt_embeds.to(hidden.dtype).expand_as(hidden)       # (B, L, D)
+        hidden = torch.where(drop_prompt[:, None, None], empty, hidden)
+        image = image * (~drop_image).to(image.dtype)[:, None, None, None]
+    model_input = torch.cat([noisy, image], dim=1)                          # (B, 8, h, w)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = draws.noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, draws.noise, draws.timesteps)
+    else:
+        raise ValueError(f"unknown prediction type {prediction_type!r}")
+    pred = unet(model_input, draws.timesteps, hidden).sample                # (B, 4, h, w)
+    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def encode_pair_batch(vae: Any, tokenizer: Any, text_encoder: Any, batch: dict[str, Any]
+                      ) -> LatentBatch:
+    """Encode a collated `FramePairDataset` batch (the uncached path)."""
+    b = batch["input"].shape[0]
+    mean, logvar = encode_pixels(vae, torch.cat([batch["target"], batch["input"]]))  # (2B, 4, h, w)
+    embeds = encode_prompts(tokenizer, text_encoder, batch["prompt"])               # (B, L, D)
+    return LatentBatch(mean[:b], logvar[:b], mean[b:], embeds)
+
+
+def cached_pair_batch(latents: PairLatents, index: torch.Tensor, device: torch.device) -> LatentBatch:
+    """Gather micro-batch `index` (B,) from cached latents and move it to `device`."""
+    index = index.cpu()
+    prompt_rows = latents.prompt_index[index]
+    return LatentBatch(latents.target_mean[index].to(device, non_blocking=True),
+                       latents.target_logvar[index].to(device, non_blocking=True),
+                       latents.image_latents[index].to(device, non_blocking=True),
+                       latents.prompt_embeds[prompt_rows].to(device, non_blocking=True))
+
+
+# --- data order -------------------------------------------------------------------------------
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation per epoch, a pure function of (seed, epoch): resumable without RNG state."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed((self.seed * 7919 + self.epoch) % (2 ** 63))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _IndexDataset(Dataset):
+    """Items are their own indices (the cached path gathers tensors per batch)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _collate_index(items: list[int]) -> torch.Tensor:
+    return torch.tensor(items, dtype=torch.long)
+
+
+# --- images -----------------------------------------------------------------------------------
+
+def _text_width(draw: Any, text: str) -> int:
+    left, _, right, _ = draw.textbbox((0, 0), text)
+    return right - left
+
+
+def make_grid(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str] = ("Input", "GT", "Output"),
+              captions: Optional[Sequence[str]] = None, pad: int = 4) -> Any:
+    """A PIL image: one row per sample of (R, R, 3) uint8 images, headed by `headers`."""
+    from PIL import Image, ImageDraw
+
+    assert rows and all(len(r) == len(headers) for r in rows), "each row needs one image per header"
+    r = rows[0][0].shape[0]
+    head, cap = 14, (12 if captions else 0)
+    w = len(headers) * (r + pad) + pad
+    h = head + len(rows) * (r + cap + pad) + pad
+    grid = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for j, name in enumerate(headers):
+        x = pad + j * (r + pad)
+        draw.text((x + max(0, (r - _text_width(draw, name)) // 2), 1), name, fill=(0, 0, 0))
+    for i, images in enumerate(rows):
+        y = head + i * (r + cap + pad)
+        for j, img in enumerate(images):
+            grid.paste(Image.fromarray(img), (pad + j * (r + pad), y))
+        if captions:
+            draw.text((pad, y + r), captions[i][: max(8, w // 6)], fill=(60, 60, 60))
+    return grid
+
+
+def plot_loss_curve(losses: Sequence[float], path: str | Path, title: str = "train loss",
+                    size: tuple[int, int] = (640, 360)) -> Path:
+    """Draw the loss per optimizer step (and a moving average) as a PNG, with PIL only."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    left, right, top, bottom = 60, 15, 25, 35
+    img = Image.new("RGB", size, (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    d.text((left, 6), title, fill=(0, 0, 0))
+    d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
+    vals = [float(v) for v in losses if math.isfinite(v)]
+    if vals:
+        lo, hi = min(vals), max(vals)
+        hi = hi if hi > lo else lo + 1e-8
+        n = len(losses)
+
+        def xy(i: int, v: float) -> tuple[float, float]:
+            x = left + (w - right - left) * (i / max(1, n - 1))
+            y = (h - bottom) - (h - bottom - top) * ((v - lo) / (hi - lo))
+            return x, y
+
+        pts = [xy(i, v) for i, v in enumerate(losses) if math.isfinite(v)]
+        if len(pts) > 1:
+            d.line(pts, fill=(150, 170, 220), width=1)
+        k = max(1, n // 20)
+        avg = [float(np.mean(vals[max(0, i - k + 1): i + 1])) for i in range(len(vals))]
+        if len(avg) > 1:
+            d.line([xy(i, v) for i, v in enumerate(avg)], fill=(20, 60, 200), width=2)
+        for v in (lo, hi):
+            d.text((4, xy(0, v)[1] - 6), f"{v:.4g}", fill=(0, 0, 0))
+        d.text((left, h - bottom + 4), "0", fill=(0, 0, 0))
+        d.text((w - right - 40, h - bottom + 4), f"{n} steps", fill=(0, 0, 0))
+    else:
+        d.text((left + 10, top + 10), "no steps", fill=(0, 0, 0))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
+
+
+@torch.no_grad()
+def render_validation(pipe: Any, dataset: Any, n: int, *, steps: int, guidance_scale: float,
+                      image_guidance_scale: float, seed: int, device: torch.device,
+                      autocast_dtype: Optional[torch.dtype]) -> Any:
+    """Run the pipeline on the first `n` pairs of `dataset`; a PIL Input | GT | Output grid."""
+    from PIL import Image
+
+    n = min(n, len(dataset))
+    assert n > 0, "render_validation: empty validation dataset"
+    pairs = [dataset.frames_uint8(i) for i in range(n)]
+    prompts = [dataset.prompts[i] for i in range(n)]
+    generator = torch.Generator(device=device).manual_seed(int(seed) % (2 ** 63))
+    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    with amp:
+        out = pipe(prompts, image=[Image.fromarray(p[0]) for p in pairs], num_inference_steps=steps,
+                   guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale,
+                   generator=generator, output_type="np").images      # (n, R, R, 3) float in [0, 1]
+    outputs = [(np.clip(o, 0, 1) * 255).round().astype(np.uint8) for o in out]
+    return make_grid([[p[0], p[1], o] for p, o in zip(pairs, outputs)],
+                     captions=[dataset.video_ids[i] for i in range(n)])
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+_FINGERPRINT_FIELDS = ("resolution", "train_batch_size", "gradient_accumulation_steps",
+                       "learning_rate", "lr_scheduler", "lr_warmup_steps", "conditioning_dropout_prob",
+                       "mixed_precision", "seed", "adam_weight_decay", "max_grad_norm")
+
+
+def _fingerprint(config: Pix2PixTrainConfig, pretrained: str, dataset: Any,
+                 max_train_steps: int) -> dict[str, Any]:
+    return {**{k: getattr(config, k) for k in _FINGERPRINT_FIELDS}, "pretrained": pretrained,
+            "pairs": sha256_json([list(dataset.video_ids), list(dataset.prompts),
+                                  dataset.input_idx, dataset.target_idx]),
+            "max_train_steps": max_train_steps}
+
+
+def _resolve_mixed_precision(config: Pix2PixTrainConfig, log: LogFn) -> str:
+    mp = config.mixed_precision
+    if mp == "fp16" and (config.force_cpu or not torch.cuda.is_available()):
+        log("mixed_precision fp16 needs CUDA; training in fp32 on this machine")
+        return "no"
+    return mp
+
+
+def _make_accelerator(config: Pix2PixTrainConfig, log: LogFn) -> Any:
+    """An Accelerator for this run. accelerate keeps process-wide state: when an earlier run in
+    this process chose another precision or device, that state is reset first."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    kwargs = dict(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                  mixed_precision=_resolve_mixed_precision(config, log), cpu=config.force_cpu)
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as e:
+        if "already been initialized" not in str(e):
+            raise
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(**kwargs)
+
+
+def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path) -> Path:
+    """`save_pretrained` of a pipeline with the trained UNet and the pretrained (fp32) frozen parts,
+    written beside `model_dir` and renamed onto it."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", dir=model_dir.parent))
+    try:
+        pipe = build_pipeline(pretrained, unet=unet)
+        pipe.save_pretrained(tmp)
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        tmp.rename(model_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return model_dir
+
+
+def _make_loader(config: Pix2PixTrainConfig, dataset: Any, parts: Any, out_dir: Path,
+                 base_seed: int, device: torch.device, log: LogFn
+                 ) -> tuple[DataLoader, Optional[PairLatents], dict[str, Any]]:
+    """The micro-batch loader: indices into cached latents, or collated pixel pairs."""
+    info: dict[str, Any] = {"enabled": config.cache_latents}
+    cached: Optional[PairLatents] = None
+    if config.cache_latents:
+        t0 = time.perf_counter()
+        store = LatentStore(config.latent_cache_dir or out_dir / "latent_cache", parts.vae,
+                            parts.tokenizer, parts.text_encoder, batch_size=config.encode_batch_size,
+                            log=log)
+        cached = encode_dataset(store, dataset)
+        info.update(dir=str(store.root), seconds=round(time.perf_counter() - t0, 3),
+                    encoded=dict(store.encoded), loaded=dict(store.loaded),
+                    megabytes=round(cached.nbytes() / 2 ** 20, 2))
+        log(f"latent cache: {info}")
+        data: Dataset = _IndexDataset(len(dataset))
+        collate: Callable = _collate_index
+    else:
+        data, collate = dataset, collate_pairs
+    loader = DataLoader(data, batch_size=config.train_batch_size,
+                        sampler=EpochShuffleSampler(len(dataset), base_seed), collate_fn=collate,
+                        num_workers=config.dataloader_num_workers, pin_memory=device.type == "cuda")
+    return loader, cached, info
+
+
+def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfig,
+                  out_dir: str | Path, *, val_dataset: Any = None, log: Optional[LogFn] = None,
+                  resume: bool = True) -> Pix2PixTrainResult:
+    """Fine-tune InstructPix2Pix on a `FramePairDataset`; write checkpoints, TensorBoard logs,
+    validation grids and the final pipeline (`{out_dir}/model`) under `out_dir`.
+
+    `pretrained`: an InstructPix2Pix folder or hub name (default `timbrooks/instruct-pix2pix`), or
+    a Stable Diffusion one (its UNet is widened). `resume=True` continues from the latest complete
+    checkpoint in `out_dir` when it is of the same run (config, pretrained model, pairs and
+    prompts); a checkpoint of another run is logged, deleted and training starts over.
+    `resume=False` deletes old checkpoints and starts over.
+    `config.torch_threads` sets torch's CPU threads for the run (restored afterwards): on a
+    shared machine one thread per run avoids OpenMP threads spinning against each other.
+    """
+    threads = torch.get_num_threads()
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
+    try:
+        return _train(pretrained, train_dataset, config, out_dir, val_dataset=val_dataset,
+                      log=log, resume=resume)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfig,
+           out_dir: str | Path, *, val_dataset: Any, log: Optional[LogFn],
+           resume: bool) -> Pix2PixTrainResult:
+    from diffusers.optimization import get_scheduler
+    from torch.utils.tensorboard import SummaryWriter
+
+    t0 = time.perf_counter()
+    log = log or (lambda _msg: None)
+    pretrained = str(pretrained or DEFAULT_PRETRAINED)
+    if len(train_dataset) == 0:
+        raise ValueError("train_pix2pix: the training dataset is empty")
+    for name, ds in (("training", train_dataset), ("validation", val_dataset)):
+        if ds is not None and ds.resolution != config.resolution:
+            raise ValueError(f"train_pix2pix: {name} frames are {ds.resolution} px but "
+                             f"config.resolution is {config.resolution}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        ckpt.clear_checkpoints(out_dir)
+    resume_from = ckpt.latest_checkpoint(out_dir) if resume else None
+    prior = ckpt.read_training_state(resume_from) if resume_from else None
+
+    accelerator = _make_accelerator(config, log)
+    if accelerator.num_processes > 1:
+        raise RuntimeError("train_pix2pix runs in one process (the seed's single-GPU setup); "
+                           f"got {accelerator.num_processes}")
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
+                                                                        torch.float32)
+    if config.allow_tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    ckpt.register_unet_hooks(accelerator)
+
+    parts = load_pix2pix_components(pretrained)
+    tokenizer, text_encoder, vae, unet, noise_scheduler = (
+        parts.tokenizer, parts.text_encoder, parts.vae, parts.unet, parts.noise_scheduler)
+    if parts.widened:
+        log(f"{pretrained}: 4-channel UNet widened to 8 input channels (new weights zero)")
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    for frozen in (vae, text_encoder):  # inference only: cast to the weight dtype like the example
+        frozen.to(device)
+        if weight_dtype != torch.float32:
+            frozen.to(dtype=weight_dtype)
+        frozen.eval()
+    unet.train()
+    scaling_factor = float(vae.config.scaling_factor)
+    empty_prompt_embeds = encode_prompts(tokenizer, text_encoder, [""])       # (1, L, D), once
+
+    base_seed = (prior["base_seed"] if prior else
+                 config.seed if config.seed is not None else secrets.randbits(62))
+
+    loader, cached, cache_info = _make_loader(config, train_dataset, parts, out_dir, base_seed,
+                                              device, log)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate,
+                                  betas=(config.adam_beta1, config.adam_beta2),
+                                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    steps_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
+    max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=config.lr_warmup_steps,
+                                 num_training_steps=max_steps)
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+
+    fingerprint = _fingerprint(config, pretrained, train_dataset, max_steps)
+    global_step, loss_curve, resumed_step = 0, [], None
+    if resume_from is not None:
+        diff = sorted(k for k, v in fingerprint.items() if prior["fingerprint"].get(k) != v)
+        if diff:  # another config, data or model: its checkpoints cannot continue this run
+            log(f"{resume_from}: checkpoint is of another run (differs in {diff}); starting over")
+            ckpt.clear_checkpoints(out_dir)
+            resume_from = None
+    if resume_from is not None:
+        ckpt.load_checkpoint(accelerator, resume_from)
+        global_step = resumed_step = int(prior["global_step"])
+        loss_curve = [float(v) for v in prior["loss_curve"]]
+        log(f"resumed from {resume_from} (step {global_step}/{max_steps})")
+    first_epoch = global_step // steps_per_epoch
+    skip_micro = (global_step % steps_per_epoch) * config.gradient_accumulation_steps
+
+    tb_dir = out_dir / "tensorboard"
+    writer = SummaryWriter(log_dir=str(tb_dir))
+    try:
+        log(f"pix2pix: {len(train_dataset)} pairs, {num_epochs} epochs, {max_steps} optimizer steps "
+            f"(batch {config.train_batch_size} x accumulation {config.gradient_accumulation_steps}), "
+            f"device {device}, precision {accelerator.mixed_precision}, seed {base_seed}")
+        meter = ProgressMeter("pix2pix train", max_steps - global_step, log,
+                              every_s=config.log_every_s, unit="steps")
+        validation_grid: Optional[Path] = None
+        validated_at = -1
+        autocast_dtype = weight_dtype if weight_dtype != torch.float32 else None
+
+        def validate(tag: str) -> Optional[Path]:
+            if val_dataset is None or len(val_dataset) == 0 or config.num_validation_samples == 0:
+                return None
+            model = accelerator.unwrap_model(unet)
+            model.eval()
+            pipe = build_pipeline(pretrained, unet=model, vae=vae, text_encoder=text_encoder,
+                                  tokenizer=tokenizer)
+            grid = render_validation(pipe, val_dataset, config.num_validation_samples,
+                                     steps=config.validation_inference_steps,
+                                     guidance_scale=config.validation_guidance_scale,
+                                     image_guidance_scale=config.validation_image_guidance_scale,
+                                     seed=base_seed, device=device, autocast_dtype=autocast_dtype)
+            model.train()
+            path = out_dir / "validation" / f"{tag}.png"
+            with atomic_path(path) as tmp:
+                grid.save(tmp, format="PNG")
+            writer.add_image("validation", np.asarray(grid), global_step, dataformats="HWC")
+            log(f"validation grid {path}")
+            return path
+
+        for epoch in range(first_epoch, num_epochs):
+            if global_step >= max_steps:
+                break
+            unet.train()
+            loader.set_epoch(epoch)
+            skip = skip_micro if epoch == first_epoch else 0
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            if skip:
+                batches.set_epoch(epoch)
+            group: list[float] = []
+            for micro, batch in enumerate(batches, start=skip):
+                micro_index = epoch * len(loader) + micro
+                with accelerator.accumulate(unet):
+                    if cached is not None:
+                        inputs = cached_pair_batch(cached, batch, device)
+                    else:
+                        inputs = encode_pair_batch(vae, tokenizer, text_encoder, batch)
+                    draws = draw_step_randomness(
+                        inputs.target_mean.shape, noise_scheduler.config.num_train_timesteps,
+                        generator=step_generator(base_seed, micro_index, device),
+                        dtype=inputs.target_mean.dtype, device=device)
+                    loss = training_step(unet, noise_scheduler, inputs, draws,
+                                         empty_prompt_embeds=empty_prompt_embeds,
+                                         conditioning_dropout_prob=config.conditioning_dropout_prob,
+                                         scaling_factor=scaling_factor)
+                    group.append(loss.detach().item())
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    global_step += 1
+                    step_loss = float(np.mean(group))
+                    group = []
+                    loss_curve.append(step_loss)
+                    writer.add_scalar("train_loss", step_loss, global_step)
+                    writer.add_scalar("lr", lr_scheduler.get_last_lr()[0], global_step)
+                    meter.update(1, extra=f"loss {step_loss:.4f} epoch {epoch + 1}/{num_epochs}")
+                    if global_step % config.checkpointing_steps == 0 and global_step < max_steps:
+                        ckpt.save_checkpoint(accelerator, out_dir, global_step,
+                                             {"base_seed": base_seed, "epoch": epoch,
+                                              "loss_curve": loss_curve, "fingerprint": fingerprint},
+                                             total_limit=config.checkpoints_total_limit, log=log)
+                    if global_step >= max_steps:
+                        break
+            if (epoch + 1) % config.validation_epochs == 0:
+                grid = validate(f"epoch_{epoch + 1:03d}")
+                if grid is not None:
+                    validation_grid, validated_at = grid, global_step
+
+        accelerator.wait_for_everyone()
+        model = accelerator.unwrap_model(unet)
+        model_dir = _save_final_pipeline(pretrained, model, out_dir / "model")
+        unet_sha = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
+        if validated_at != global_step:
+            grid = validate("final")
+            validation_grid = grid or validation_grid
+        curve_png = plot_loss_curve(loss_curve, out_dir / "loss_curve.png",
+                                    title=f"InstructPix2Pix train loss ({global_step} steps)")
+        accelerator.end_training()
+        final_loss = float(np.mean(loss_curve[-steps_per_epoch:])) if loss_curve else float("nan")
+        seconds = time.perf_counter() - t0
+        log(f"pix2pix done: {global_step} steps, final loss {final_loss:.4f}, {seconds:.1f}s, "
+            f"model {model_dir}")
+        return Pix2PixTrainResult(final_loss=final_loss, steps=global_step, epochs=num_epochs,
+                                  loss_curve=loss_curve, model_dir=model_dir, unet_sha256=unet_sha,
+                                  validation_grid=validation_grid, loss_curve_png=curve_png,
+                                  tensorboard_dir=tb_dir, resumed_from_step=resumed_step,
+                                  seconds=round(seconds, 3), latent_cache=cache_info)
+    finally:
+        writer.close()
+
+
+def config_dict(config: Pix2PixTrainConfig) -> dict[str, Any]:
+    """The config as a plain dict (for metadata and logs)."""
+    return asdict(config)

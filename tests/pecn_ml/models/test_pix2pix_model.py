@@ -1,0 +1,98 @@
+"""InstructPix2Pix model construction: conv_in widening and loading from tiny local folders."""
+
+import pytest
+import torch
+
+from pecn_ml.models.pix2pix import (build_pipeline, encode_prompts, load_pix2pix_components,
+                                    tokenize_prompts, widen_conv_in)
+from pecn_ml.models.tiny import build_tiny_models
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    # one shared folder per session: build_tiny_models reuses what is already there
+    return build_tiny_models(tmp_path_factory.getbasetemp() / "tiny-models")
+
+
+def small_unet(in_channels=4):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
+        attention_head_dim=4, norm_num_groups=4).eval()
+
+
+def test_widen_conv_in_keeps_old_weights_and_zeroes_new_ones():
+    unet = small_unet(4)
+    old_w = unet.conv_in.weight.detach().clone()
+    old_b = unet.conv_in.bias.detach().clone()
+    assert widen_conv_in(unet) is unet
+    w = unet.conv_in.weight
+    assert w.shape == (old_w.shape[0], 8, *old_w.shape[2:])
+    assert unet.config.in_channels == 8 and unet.conv_in.in_channels == 8
+    torch.testing.assert_close(w[:, :4], old_w, rtol=0, atol=0)
+    assert torch.count_nonzero(w[:, 4:]) == 0
+    torch.testing.assert_close(unet.conv_in.bias, old_b, rtol=0, atol=0)
+    assert w.requires_grad  # trainable
+
+
+def test_widened_unet_output_unchanged_for_zero_extra_input():
+    ref = small_unet(4)
+    wide = widen_conv_in(small_unet(4))
+    x = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([10, 500])
+    h = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        expected = ref(x, t, h).sample
+        got = wide(torch.cat([x, torch.zeros_like(x)], dim=1), t, h).sample
+        other = wide(torch.cat([x, torch.ones_like(x)], dim=1), t, h).sample
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(other, expected)  # zero kernels: extra channels have no effect yet
+
+
+def test_widen_twice_is_an_error():
+    unet = widen_conv_in(small_unet(4))
+    with pytest.raises(ValueError, match="already has 8"):
+        widen_conv_in(unet)
+
+
+def test_load_sd_checkpoint_widens_and_ip2p_is_kept(tiny_models):
+    sd = load_pix2pix_components(tiny_models.sd_unet4)
+    assert sd.widened and sd.unet.config.in_channels == 8
+    assert torch.count_nonzero(sd.unet.conv_in.weight[:, 4:]) == 0
+    ip2p = load_pix2pix_components(tiny_models.pix2pix)
+    assert not ip2p.widened and ip2p.unet.config.in_channels == 8
+    assert type(ip2p.noise_scheduler).__name__ == "DDPMScheduler"
+    assert ip2p.noise_scheduler.config.num_train_timesteps == 1000
+    assert not any(p.requires_grad for p in ip2p.vae.parameters())
+    assert not any(p.requires_grad for p in ip2p.text_encoder.parameters())
+    assert all(p.requires_grad for p in ip2p.unet.parameters())
+
+
+def test_missing_or_wrong_folder_is_a_clear_error(tmp_path, tiny_models):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pix2pix_components(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no unet/"):
+        load_pix2pix_components(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no unet/"):
+        load_pix2pix_components(tiny_models.resnet)
+
+
+def test_prompt_encoding_and_pipeline(tiny_models):
+    parts = load_pix2pix_components(tiny_models.pix2pix)
+    ids = tokenize_prompts(parts.tokenizer, ["moving something up", ""])
+    assert ids.shape == (2, parts.tokenizer.model_max_length)
+    emb = encode_prompts(parts.tokenizer, parts.text_encoder, ["moving something up", ""])
+    assert emb.shape == (2, parts.tokenizer.model_max_length, parts.text_encoder.config.hidden_size)
+    assert not torch.allclose(emb[0], emb[1])
+    pipe = build_pipeline(tiny_models.pix2pix, unet=parts.unet, vae=parts.vae,
+                          text_encoder=parts.text_encoder, tokenizer=parts.tokenizer)
+    assert pipe.unet is parts.unet
+    assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    image = torch.zeros(1, 3, 32, 32)
+    out = pipe("moving something up", image=image, num_inference_steps=2, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 32, 32, 3)

@@ -1,0 +1,37 @@
+"""The full profile is the seed's experiment; demo and smoke differ only in settings."""
+
+import pytest
+
+from pecn_ml.profiles import CLIP_NAME, PIX2PIX_BASE, RESNET_NAME, get_profile
+
+
+def test_full_profile_matches_the_seed_tables():
+    full = get_profile("full")
+    assert full.data_dir == "data/sthv2" and not full.tiny_models and full.synthetic is None
+    assert (full.filter.train_per_task, full.filter.val_per_task, full.filter.seed) == (2000, 100, 42)
+    t = full.pix2pix_train
+    assert (full.pix2pix_resolution, t.resolution, t.train_batch_size, t.gradient_accumulation_steps,
+            t.learning_rate, t.num_train_epochs, t.validation_epochs, t.mixed_precision) == \
+        (224, 224, 4, 4, 5e-6, 40, 10, "fp16")
+    p = full.pacnet_train
+    assert (p.epochs, p.batch_size, p.lr, p.weight_decay, p.backbone_lr_mult) == (30, 8, 5e-5, 5e-5, 0.2)
+    s = full.sampling
+    assert (s.input_idx, s.num_samples, s.num_inference_steps, s.image_guidance_scale, s.seed) == \
+        (20, 100, 25, 1.5, 42)
+    assert PIX2PIX_BASE == "timbrooks/instruct-pix2pix"
+    assert (RESNET_NAME, CLIP_NAME) == ("microsoft/resnet-50", "openai/clip-vit-base-patch32")
+
+
+@pytest.mark.parametrize("name", ["demo", "smoke"])
+def test_small_profiles_use_local_models_and_synthetic_data(name):
+    profile = get_profile(name)
+    assert profile.tiny_models and profile.synthetic is not None
+    assert profile.resolutions == get_profile("full").resolutions
+
+
+def test_profile_from_environment(monkeypatch):
+    monkeypatch.setenv("PECN_PROFILE", "full")
+    assert get_profile().name == "full"
+    monkeypatch.setenv("PECN_PROFILE", "nope")
+    with pytest.raises(ValueError, match="unknown PECN profile 'nope'"):
+        get_profile()

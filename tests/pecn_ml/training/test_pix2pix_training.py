@@ -1,0 +1,345 @@
+"""InstructPix2Pix training: dropout masks, the step, latent caching, the loop, resume, save/load."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pecn_ml.data.pairs import FramePairDataset, collate_pairs
+from pecn_ml.models.pix2pix import encode_prompts, load_pix2pix_components
+from pecn_ml.models.tiny import build_tiny_models
+from pecn_ml.training import pix2pix_checkpoints as ckpt
+from pecn_ml.training.latent_cache import LatentStore, encode_dataset
+from pecn_ml.training.pix2pix import (EpochShuffleSampler, LatentBatch, Pix2PixTrainConfig,
+                                      cached_pair_batch, conditioning_dropout_masks,
+                                      draw_step_randomness, encode_pair_batch, step_generator,
+                                      train_pix2pix, training_step)
+from pecn_ml.utils.files import sha256_file
+
+R = 32  # frames; the tiny VAE downsamples 4x -> 8x8 latents
+
+
+class FakeFrameCache:
+    """In-memory frame cache (the contract of pecn_ml.data.frame_cache): a square moving right."""
+
+    def __init__(self, lengths, resolution=R, version="fake-v1"):
+        self.lengths, self.resolution, self.version = dict(lengths), resolution, version
+
+    def num_frames(self, video_id):
+        return self.lengths[video_id]
+
+    def frame(self, video_id, idx):
+        n, r = self.lengths[video_id], self.resolution
+        assert 0 <= idx < n
+        img = np.zeros((r, r, 3), np.uint8)
+        img[..., 0] = (int(video_id) * 37) % 200
+        img[..., 2] = np.linspace(0, 255, r, dtype=np.uint8)[None, :]
+        x = int(idx / n * (r - 8))
+        img[r // 3: r // 3 + 8, x: x + 8, 1] = 255
+        return img
+
+
+def make_dataset(n=10, version="fake-v1", **kw):
+    cache = FakeFrameCache({str(i): 30 + i for i in range(n)}, version=version)
+    ann = [{"id": str(i), "label": "pushing something from left to right"} for i in range(n)]
+    return FramePairDataset(cache, ann, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    return build_tiny_models(tmp_path_factory.getbasetemp() / "tiny-models")
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_models):
+    return load_pix2pix_components(tiny_models.pix2pix)
+
+
+def small_config(**kw):
+    values = dict(resolution=R, train_batch_size=4, gradient_accumulation_steps=2, num_train_epochs=4,
+                  learning_rate=1e-4, checkpointing_steps=3, checkpoints_total_limit=2,
+                  num_validation_samples=0, validation_inference_steps=2, seed=3, torch_threads=1,
+                  mixed_precision="fp16")  # fp16 falls back to fp32 without CUDA
+    values.update(kw)
+    return Pix2PixTrainConfig(**values)
+
+
+# --- conditioning dropout -----------------------------------------------------------------------
+
+def test_dropout_masks_follow_the_paper_cases():
+    u = torch.tensor([0.01, 0.07, 0.12, 0.2, 0.049, 0.05, 0.1, 0.15])
+    drop_prompt, drop_image = conditioning_dropout_masks(u, 0.05)
+    assert drop_prompt.tolist() == [True, True, False, False, True, True, False, False]
+    assert drop_image.tolist() == [False, True, True, False, False, True, True, False]
+
+
+def test_dropout_statistics_with_a_fixed_generator():
+    g = torch.Generator().manual_seed(1234)
+    u = draw_step_randomness((200_000, 4, 1, 1), 1000, generator=g, dtype=torch.float32,
+                             device=torch.device("cpu")).dropout_u
+    drop_prompt, drop_image = conditioning_dropout_masks(u, 0.05)
+    prompt_only = (drop_prompt & ~drop_image).float().mean().item()
+    both = (drop_prompt & drop_image).float().mean().item()
+    image_only = (~drop_prompt & drop_image).float().mean().item()
+    for frac in (prompt_only, both, image_only):
+        assert abs(frac - 0.05) < 0.003
+    assert abs((~drop_prompt & ~drop_image).float().mean().item() - 0.85) < 0.005
+
+
+def test_step_randomness_is_a_function_of_seed_and_index():
+    cpu = torch.device("cpu")
+    a = draw_step_randomness((3, 4, 8, 8), 1000, generator=step_generator(7, 5, cpu),
+                             dtype=torch.float32, device=cpu)
+    b = draw_step_randomness((3, 4, 8, 8), 1000, generator=step_generator(7, 5, cpu),
+                             dtype=torch.float32, device=cpu)
+    c = draw_step_randomness((3, 4, 8, 8), 1000, generator=step_generator(7, 6, cpu),
+                             dtype=torch.float32, device=cpu)
+    assert torch.equal(a.noise, b.noise) and torch.equal(a.timesteps, b.timesteps)
+    assert not torch.equal(a.noise, c.noise)
+    assert a.timesteps.dtype == torch.long and int(a.timesteps.max()) < 1000
+
+
+class RecordingUNet(torch.nn.Module):
+    """Stands in for the UNet: records its inputs, predicts zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen = None
+
+    def forward(self, x, t, hidden):
+        self.seen = (x.detach(), t, hidden.detach())
+        return type("Out", (), {"sample": x[:, :4] * self.w})()
+
+
+def test_training_step_applies_dropout_and_concatenates_the_image(parts):
+    b = 6
+    batch = LatentBatch(torch.randn(b, 4, 8, 8), torch.full((b, 4, 8, 8), -2.0),
+                        torch.randn(b, 4, 8, 8), torch.randn(b, 77, 32))
+    g = torch.Generator().manual_seed(0)
+    draws = draw_step_randomness((b, 4, 8, 8), 1000, generator=g, dtype=torch.float32,
+                                 device=torch.device("cpu"))
+    draws.dropout_u = torch.tensor([0.01, 0.07, 0.12, 0.5, 0.9, 0.3])  # prompt, both, image, -, -, -
+    empty = torch.full((1, 77, 32), 7.0)
+    unet = RecordingUNet()
+    loss = training_step(unet, parts.noise_scheduler, batch, draws, empty_prompt_embeds=empty,
+                         conditioning_dropout_prob=0.05, scaling_factor=0.5)
+    x, t, hidden = unet.seen
+    assert x.shape == (b, 8, 8, 8) and torch.equal(t, draws.timesteps)
+    latents = (batch.target_mean + torch.exp(torch.tensor(-1.0)) * draws.latent_eps) * 0.5
+    torch.testing.assert_close(x[:, :4], parts.noise_scheduler.add_noise(latents, draws.noise, draws.timesteps))
+    for i, (prompt_dropped, image_dropped) in enumerate([(1, 0), (1, 1), (0, 1), (0, 0), (0, 0), (0, 0)]):
+        assert torch.equal(hidden[i], empty[0] if prompt_dropped else batch.prompt_embeds[i])
+        expected_image = torch.zeros(4, 8, 8) if image_dropped else batch.image_latents[i]
+        assert torch.equal(x[i, 4:], expected_image)
+    torch.testing.assert_close(loss, (draws.noise ** 2).mean())  # zero prediction vs noise target
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_models):
+    torch.manual_seed(0)
+    p = load_pix2pix_components(tiny_models.pix2pix)
+    emb = encode_prompts(p.tokenizer, p.text_encoder, ["pushing something from left to right"] * 4)
+    empty = encode_prompts(p.tokenizer, p.text_encoder, [""])
+    batch = LatentBatch(torch.randn(4, 4, 8, 8), torch.full((4, 4, 8, 8), -4.0),
+                        torch.randn(4, 4, 8, 8), emb)
+    draws = draw_step_randomness((4, 4, 8, 8), 1000, generator=torch.Generator().manual_seed(1),
+                                 dtype=torch.float32, device=torch.device("cpu"))
+    opt = torch.optim.AdamW(p.unet.parameters(), lr=2e-3)
+    p.unet.train()
+    losses = []
+    for _ in range(12):
+        loss = training_step(p.unet, p.noise_scheduler, batch, draws, empty_prompt_embeds=empty,
+                             conditioning_dropout_prob=0.05, scaling_factor=0.18215)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# --- latent cache -------------------------------------------------------------------------------
+
+def test_cached_latents_give_the_same_loss_as_encoding(parts, tmp_path):
+    ds = make_dataset(6, add_progress=True)
+    store = LatentStore(tmp_path / "cache", parts.vae, parts.tokenizer, parts.text_encoder, batch_size=4)
+    cached = encode_dataset(store, ds)
+    assert store.encoded == {"frames": 12, "prompts": len(set(ds.prompts))}
+    assert cached.image_latents.shape == (6, 4, 8, 8) and cached.prompt_embeds.ndim == 3
+    idx = torch.tensor([4, 1, 2])
+    from_cache = cached_pair_batch(cached, idx, torch.device("cpu"))
+    encoded = encode_pair_batch(parts.vae, parts.tokenizer, parts.text_encoder,
+                                collate_pairs([ds[i] for i in idx.tolist()]))
+    for name in ("target_mean", "target_logvar", "image_latents", "prompt_embeds"):
+        torch.testing.assert_close(getattr(from_cache, name), getattr(encoded, name),
+                                   rtol=1e-5, atol=1e-5)
+    empty = encode_prompts(parts.tokenizer, parts.text_encoder, [""])
+    losses = []
+    for batch in (from_cache, encoded):
+        draws = draw_step_randomness(batch.target_mean.shape, 1000,
+                                     generator=step_generator(0, 3, torch.device("cpu")),
+                                     dtype=torch.float32, device=torch.device("cpu"))
+        with torch.no_grad():
+            losses.append(training_step(parts.unet, parts.noise_scheduler, batch, draws,
+                                        empty_prompt_embeds=empty, conditioning_dropout_prob=0.05,
+                                        scaling_factor=parts.vae.config.scaling_factor).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_latent_cache_is_reused_across_variants_and_keyed_by_version(parts, tmp_path):
+    root = tmp_path / "cache"
+    first = LatentStore(root, parts.vae, parts.tokenizer, parts.text_encoder)
+    a = encode_dataset(first, make_dataset(5, target_idx=21))
+    # next5 with progress: frame 20 and every video known; only frame 25 and new prompts encoded
+    second = LatentStore(root, parts.vae, parts.tokenizer, parts.text_encoder)
+    b = encode_dataset(second, make_dataset(5, target_idx=25, add_progress=True))
+    assert second.loaded["frames"] == 5 and second.encoded["frames"] == 5
+    assert second.encoded["prompts"] == 5  # each video has its own progress percent
+    assert torch.equal(a.image_latents, b.image_latents)
+    # the same variant again: nothing to encode
+    third = LatentStore(root, parts.vae, parts.tokenizer, parts.text_encoder)
+    c = encode_dataset(third, make_dataset(5, target_idx=21))
+    assert third.encoded == {"frames": 0, "prompts": 0}
+    assert torch.equal(c.target_logvar, a.target_logvar) and torch.equal(c.prompt_embeds, a.prompt_embeds)
+    # another frame-cache version must not reuse those latents
+    fourth = LatentStore(root, parts.vae, parts.tokenizer, parts.text_encoder)
+    encode_dataset(fourth, make_dataset(5, target_idx=21, version="fake-v2"))
+    assert fourth.encoded["frames"] == 10
+
+
+def test_damaged_cache_shard_is_named(parts, tmp_path):
+    store = LatentStore(tmp_path / "cache", parts.vae, parts.tokenizer, parts.text_encoder)
+    encode_dataset(store, make_dataset(2))
+    shard = next((tmp_path / "cache").rglob("f021-*.safetensors"))
+    shard.write_bytes(b"garbage")
+    again = LatentStore(tmp_path / "cache", parts.vae, parts.tokenizer, parts.text_encoder)
+    with pytest.raises(ValueError, match="unreadable latent-cache shard"):
+        encode_dataset(again, make_dataset(2))
+
+
+def test_epoch_sampler_is_a_function_of_seed_and_epoch():
+    s = EpochShuffleSampler(20, seed=5)
+    s.set_epoch(0)
+    e0 = list(s)
+    s.set_epoch(1)
+    e1 = list(s)
+    assert sorted(e0) == list(range(20)) and e0 != e1
+    t = EpochShuffleSampler(20, seed=5)
+    t.set_epoch(1)
+    assert list(t) == e1
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_models, tmp_path):
+    ds = make_dataset(10)            # 3 micro-batches of 4 per epoch, 2 optimizer steps per epoch
+    val = make_dataset(2)
+    cfg = small_config(num_validation_samples=2)
+    full = train_pix2pix(tiny_models.pix2pix, ds, cfg, tmp_path / "full", val_dataset=val)
+    assert full.steps == 8 and full.epochs == 4 and len(full.loss_curve) == 8
+    assert all(np.isfinite(full.loss_curve))
+
+    def stop_after_step_3(msg):     # step 3 is mid-epoch: resume must skip 2 micro-batches
+        if msg.startswith("saved checkpoint") and msg.endswith("checkpoint-3"):
+            raise Interrupt(msg)
+
+    with pytest.raises(Interrupt):
+        train_pix2pix(tiny_models.pix2pix, ds, cfg, tmp_path / "cut", val_dataset=val,
+                      log=stop_after_step_3)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut")] == [3]
+    assert not (tmp_path / "cut" / "model").exists()
+    resumed = train_pix2pix(tiny_models.pix2pix, ds, cfg, tmp_path / "cut", val_dataset=val)
+    assert resumed.resumed_from_step == 3
+    assert resumed.unet_sha256 == full.unet_sha256
+    assert resumed.loss_curve == full.loss_curve
+    assert resumed.final_loss == pytest.approx(full.final_loss)
+    # rotation: limit 2, checkpoints at steps 3 and 6
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut")] == [3, 6]
+
+    # the outputs
+    assert sha256_file(full.model_dir / "unet" / "diffusion_pytorch_model.safetensors") == full.unet_sha256
+    from PIL import Image
+    grid = Image.open(full.validation_grid)
+    assert grid.width > 3 * R and grid.height > 2 * R
+    assert Image.open(full.loss_curve_png).size == (640, 360)
+    assert list(full.tensorboard_dir.glob("events.out.tfevents.*"))
+    assert full.latent_cache["enabled"] and full.latent_cache["encoded"]["frames"] == 20
+
+    # save/load round trip: the pipeline loads and holds the trained UNet
+    from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(full.model_dir)
+    assert pipe.unet.config.in_channels == 8
+    saved = UNet2DConditionModel.from_pretrained(resumed.model_dir, subfolder="unet").state_dict()
+    pretrained = UNet2DConditionModel.from_pretrained(tiny_models.pix2pix, subfolder="unet").state_dict()
+    for k, v in pipe.unet.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    assert any(not torch.equal(v, pretrained[k]) for k, v in saved.items())  # it did train
+    vae0 = load_pix2pix_components(tiny_models.pix2pix).vae.state_dict()
+    assert all(torch.equal(v, vae0[k]) for k, v in pipe.vae.state_dict().items())  # frozen, fp32
+    out = pipe("pushing something from left to right", image=torch.zeros(1, 3, R, R),
+               num_inference_steps=2, output_type="np").images
+    assert out.shape == (1, R, R, 3)
+
+    # a checkpoint of another run (other data here) is not resumed: training starts over
+    lines = []
+    other = train_pix2pix(tiny_models.pix2pix, make_dataset(9), cfg, tmp_path / "cut",
+                          log=lines.append)
+    assert other.resumed_from_step is None and other.unet_sha256 != full.unet_sha256
+    assert any("checkpoint is of another run (differs in ['pairs'" in line for line in lines)
+
+
+def test_train_from_sd_checkpoint_uncached_without_seed(tiny_models, tmp_path):
+    ds = make_dataset(5, target_idx=25, add_progress=True)
+    cfg = small_config(seed=None, cache_latents=False, max_train_steps=2, gradient_accumulation_steps=1,
+                       checkpointing_steps=1, checkpoints_total_limit=1)
+    lines = []
+    res = train_pix2pix(tiny_models.sd_unet4, ds, cfg, tmp_path / "sd", log=lines.append)
+    assert res.steps == 2 and res.validation_grid is None
+    assert json.loads((res.model_dir / "unet" / "config.json").read_text())["in_channels"] == 8
+    assert any("widened to 8 input channels" in line for line in lines)
+    assert any(line.startswith("pix2pix train: 2/2 steps") and "loss" in line for line in lines)
+    state = ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path / "sd"))
+    assert isinstance(state["base_seed"], int)   # a random seed, recorded for resume
+    assert res.latent_cache == {"enabled": False}
+
+
+def test_config_validation_and_demo():
+    with pytest.raises(ValueError, match="mixed_precision"):
+        Pix2PixTrainConfig(mixed_precision="fp8")
+    with pytest.raises(ValueError, match="conditioning_dropout_prob"):
+        Pix2PixTrainConfig(conditioning_dropout_prob=0.5)
+    d = Pix2PixTrainConfig()
+    assert (d.resolution, d.train_batch_size, d.gradient_accumulation_steps, d.learning_rate,
+            d.num_train_epochs, d.mixed_precision, d.validation_epochs, d.num_validation_samples) == (
+        224, 4, 4, 5e-6, 40, "fp16", 10, 2)
+    assert Pix2PixTrainConfig.demo().resolution == 96
+    with pytest.raises(ValueError, match="resolution"):
+        train_pix2pix("unused", make_dataset(2), Pix2PixTrainConfig.demo(), "/nonexistent/never")
+
+
+def test_gpu_benchmark_runs_its_tiny_cpu_smoke_check(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_pix2pix_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_pix2pix_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--tiny", "--steps", "1", "--warmup", "1", "--repeat", "1", "--pairs", "4",
+                      "--json", str(tmp_path / "gpu.json")])
+    assert out["device"] == "cpu" and out["tiny"]
+    assert out["ours"]["steps_per_s"] > 0 and out["reference"]["steps_per_s"] > 0
+    assert json.loads((tmp_path / "gpu.json").read_text())["ratio"] == out["ratio"]
+
+
+def test_accelerator_state_of_an_earlier_run_is_replaced():
+    from pecn_ml.training.pix2pix import _make_accelerator
+
+    earlier = _make_accelerator(small_config(mixed_precision="bf16"), print)  # another run, bf16
+    assert earlier.mixed_precision == "bf16"
+    acc = _make_accelerator(small_config(mixed_precision="no", gradient_accumulation_steps=3), print)
+    assert acc.mixed_precision == "no" and acc.gradient_accumulation_steps == 3
