@@ -166,7 +166,7 @@ def test_cluster_instance_config_is_valid_for_dagster(monkeypatch):
     storage = process_config(DagsterPostgresStorage.config_type(), config["storage"]["postgres"])
     assert storage.success, storage.errors
     url = pg_url_from_config(storage.value)  # what the storage would connect to (env resolved)
-    assert url.startswith("postgresql://dagster:secret@pecn-postgresql:5432/dagster")
+    assert url.startswith("postgresql+psycopg2://dagster:secret@pecn-postgresql:5432/dagster")
     assert config["concurrency"]["pools"]["default_limit"] >= 1
 
 

@@ -1,0 +1,249 @@
+"""The Dagster web UI on the smoke graph, used as a person uses it, in Debian's Chromium (Playwright).
+
+A real webserver (tests/pecn_assets/ui_server.py) serves a copy of the smoke graph's DAGSTER_HOME
+with the smoke environment. Headless Chromium (/usr/bin/chromium, never a downloaded browser, a
+fresh profile) then: opens the global asset lineage, selects `filtered_annotations` and clicks
+"Materialize selected" (the run must succeed); opens an `evaluation` partition and reads the
+checkpoint sha256 in its metadata (it must be the sha the `ip2p_model` materialisation recorded)
+and Dagster's `input_data_version/ip2p_model` lineage tag; opens the `comparison_grid` Markdown and checks that its data-URI image
+renders at the stored size. Screenshots go to test-artifacts/ui/ (kept by CI, ignored by git).
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/pecn_assets/test_ui_browser.py -m "slow or not slow"
+Needs /usr/bin/chromium (`sudo bash .ci/services.sh` installs it); skipped with that reason without it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import io
+import re
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("smoke_graph")]
+
+CHROMIUM = "/usr/bin/chromium"
+# As root in CI: no sandbox; no GPU; no connections to Google's services (the network is closed).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
+VIEWPORT = {"width": 1400, "height": 900}
+RUN_TIMEOUT_S = 300
+
+
+def _load_ui_server():
+    """tests/pecn_assets/ui_server.py (not importable by name under --import-mode=importlib)."""
+    name = "pecn_tests_ui_server"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("ui_server.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+ui_server = _load_ui_server()
+SHOTS = ui_server.ARTIFACTS / "ui"
+
+
+@pytest.fixture(scope="module")
+def ui(smoke_graph, tmp_path_factory, pytestconfig):
+    return ui_server.shared_webserver(smoke_graph, tmp_path_factory, pytestconfig)
+
+
+@pytest.fixture(scope="module")
+def instance(ui):
+    """The webserver's instance (SQLite in its DAGSTER_HOME), read from the test process."""
+    with dg.DagsterInstance.from_config(str(ui.dagster_home)) as inst:
+        yield inst
+
+
+@pytest.fixture(scope="module")
+def page(ui, tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium): run `sudo bash .ci/services.sh`")
+    from playwright.sync_api import sync_playwright
+
+    # The UI greets a new instance on localhost with a "Join the Dagster community" dialog over
+    # the page; record it as seen (what its Skip button does) so that it does not cover clicks.
+    ui_server.graphql(ui.url, "mutation { setNuxSeen }")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_ARGS, viewport=VIEWPORT)
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        try:
+            yield page
+        finally:
+            context.close()
+
+
+def _shot(page, name: str) -> Path:
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def _metadata_row(page, label: str):
+    """The row of the metadata table (asset overview or partition page) whose key is `label`."""
+    row = page.locator("tr").filter(has=page.get_by_text(label, exact=True)).first
+    row.wait_for()
+    return row
+
+
+def _metadata_text(page, label: str) -> str:
+    """The value shown for a metadata key: the row's last non-empty cell (after key, timestamp)."""
+    cells = [t.strip() for t in _metadata_row(page, label).locator("td").all_inner_texts()]
+    values = [t for t in cells if t and t != label]
+    assert values, f"metadata row {label!r} shows no value (cells {cells})"
+    return values[-1]
+
+
+def _latest(instance, asset: str, partition: str | None = None) -> dg.EventLogRecord:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
+                              asset_partitions=[partition] if partition else None), limit=1).records
+    assert records, f"{asset} {partition or ''} was never materialised in {instance.root_directory}"
+    return records[0]
+
+
+def _first_evaluation_partition() -> tuple[str, str, str]:
+    """(partition key, eval_set, variant) of the first `evaluation` partition, e.g. basic|next1."""
+    from pecn_assets.partitions import evaluation_partitions
+
+    key = evaluation_partitions.get_partition_keys()[0]
+    dims = key.keys_by_dimension
+    return str(key), dims["eval_set"], dims["variant"]
+
+
+def test_materialize_filtered_annotations_from_the_asset_graph(ui, page, instance):
+    known = {r.run_id for r in instance.get_runs()}
+    before = _latest(instance, "filtered_annotations").asset_materialization
+
+    page.goto(ui.url + "/asset-groups")  # Lineage: the global asset graph, groups collapsed
+    page.get_by_text("Global asset lineage").first.wait_for()
+    page.locator('[data-tooltip="data"]').wait_for()
+    page.locator("button:has([aria-label='settings'])").last.click()  # graph settings (gear)
+    page.get_by_role("menuitem", name="Expand all groups").click()
+    page.keyboard.press("Escape")
+    for asset in ("raw_annotations", "frame_cache", "pacnet", "ip2p_model", "evaluation", "t_tests",
+                  "summary_report"):
+        page.get_by_text(asset, exact=True).first.wait_for()
+    _shot(page, "asset_graph")
+
+    page.locator("button:has([aria-label='arrow_drop_down'])").first.click()  # open `data` in the tree
+    page.get_by_role("button", name="filtered_annotations").first.click()  # selects the graph node
+    page.get_by_text("View in Asset Catalog").wait_for()  # its panel: description, latest materialisation
+    page.get_by_text("Latest materialization").first.wait_for()
+    _shot(page, "asset_selected")
+    page.get_by_role("button", name="Materialize selected").click()
+
+    run = ui_server.wait_for_new_run(instance, known)
+    assert run.asset_selection == {dg.AssetKey("filtered_annotations")}
+    run = ui_server.wait_for_run(instance, run.run_id, timeout_s=RUN_TIMEOUT_S)
+    assert run.status == dg.DagsterRunStatus.SUCCESS, ui_server.run_failure_report(instance, run.run_id, ui)
+
+    page.goto(f"{ui.url}/runs/{run.run_id}")
+    page.get_by_text("Success", exact=True).first.wait_for()
+    page.get_by_text("RUN_SUCCESS").first.wait_for()
+    _shot(page, "run_success")
+
+    after = _latest(instance, "filtered_annotations")
+    assert after.run_id == run.run_id
+    # Same raw annotations and seed: the same filtered files, hence the same data version.
+    assert after.asset_materialization.tags["dagster/data_version"] == before.tags["dagster/data_version"]
+    assert (after.asset_materialization.tags["dagster/input_data_version/raw_annotations"]
+            == before.tags["dagster/input_data_version/raw_annotations"])
+
+
+def test_evaluation_partition_shows_the_checkpoint_sha256(ui, page, instance, smoke_graph):
+    assert smoke_graph.ok, "the smoke graph did not materialise completely (see the smoke_graph fixture log)"
+    partition, eval_set, variant = _first_evaluation_partition()
+    model_record = _latest(instance, "ip2p_model", variant)
+    expected = model_record.asset_materialization.metadata["checkpoint_sha256"].value
+    assert re.fullmatch(r"[0-9a-f]{64}", expected), expected
+    evaluation = _latest(instance, "evaluation", partition)
+
+    page.goto(ui.url + "/assets/evaluation")
+    page.get_by_role("tab", name="Partitions").click()
+    page.get_by_text(eval_set, exact=True).first.click()
+    page.get_by_text(variant, exact=True).first.click()
+    page.get_by_text(partition, exact=True).first.wait_for()  # the partition's own heading
+    shown = _metadata_text(page, "checkpoint_sha256")
+    assert shown == expected, f"UI shows checkpoint_sha256 {shown!r}; ip2p_model/{variant} recorded {expected!r}"
+    # the training run, shown as a link to its page
+    assert _metadata_text(page, "ip2p_model_run_id") == model_record.run_id
+
+    assert _metadata_text(page, "ip2p_model_data_version") == expected
+
+    # Dagster's own lineage tag. For a partitioned upstream it is not the upstream's data version
+    # itself but sha256 over the (sorted, concatenated) data versions of the upstream partitions
+    # the partition mapping selects: here the one ip2p_model partition of this variant.
+    expected_tag = hashlib.sha256(expected.encode()).hexdigest()
+    assert evaluation.asset_materialization.tags["dagster/input_data_version/ip2p_model"] == expected_tag
+    page.get_by_text(re.compile(r"^Show tags")).click()
+    tag_row = page.locator("tr").filter(has=page.get_by_text("input_data_version/ip2p_model", exact=True))
+    assert tag_row.first.inner_text().split()[-1] == expected_tag
+    page.locator("tr").filter(has=page.get_by_text("checkpoint_sha256", exact=True)).first.evaluate(
+        "row => row.scrollIntoView({block: 'center', inline: 'nearest'})")
+    _shot(page, "evaluation_partition")
+
+    page.get_by_role("tab", name="Lineage").click()  # upstream and downstream of `evaluation`
+    for asset in ("frame_cache", "ip2p_model", "t_tests", "summary_report"):
+        page.get_by_text(asset, exact=True).first.wait_for()
+    _shot(page, "evaluation_lineage")
+
+
+def test_comparison_grid_image_renders(ui, page, instance, smoke_graph):
+    from PIL import Image
+
+    assert smoke_graph.ok, "the smoke graph did not materialise completely (see the smoke_graph fixture log)"
+    partition, _, _ = _first_evaluation_partition()
+    markdown = _latest(instance, "evaluation", partition).asset_materialization.metadata["comparison_grid"].value
+    found = re.search(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert found, f"comparison_grid of evaluation/{partition} embeds no PNG data URI: {markdown[:200]}"
+    stored = Image.open(io.BytesIO(base64.b64decode(found.group(1))))
+
+    page.goto(f"{ui.url}/assets/evaluation?view=partitions&partition={partition.replace('|', '%7C')}")
+    _metadata_row(page, "comparison_grid").get_by_text("[Show Markdown]").click()
+    dialog = page.get_by_role("dialog")
+    image = dialog.locator("img").first
+    image.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    width, height, src = image.evaluate("img => [img.naturalWidth, img.naturalHeight, img.src]")
+    assert src.startswith("data:image/png;base64,")
+    assert (width, height) == stored.size
+    box = image.bounding_box()
+    assert box and box["width"] > 0 and box["height"] > 0  # laid out, not hidden
+    assert "Input | GT | Output" in dialog.inner_text()
+    _shot(page, "comparison_grid")
+    dialog.get_by_role("button", name="Close").click()
+
+
+def test_summary_report_renders_its_tables(ui, page, instance, smoke_graph):
+    from pecn_assets.partitions import evaluation_partitions, variant_partitions
+
+    assert smoke_graph.ok, "the smoke graph did not materialise completely (see the smoke_graph fixture log)"
+    shas = {v: _latest(instance, "ip2p_model", v).asset_materialization.metadata["checkpoint_sha256"].value
+            for v in variant_partitions.get_partition_keys()}
+
+    page.goto(ui.url + "/assets/summary_report")
+    listed = _metadata_text(page, "model_checkpoint_sha256")
+    for variant, sha in shas.items():
+        assert sha in listed, f"summary_report does not list the checkpoint sha of {variant}"
+    _metadata_row(page, "summary").get_by_text("[Show Markdown]").click()
+    dialog = page.get_by_role("dialog")
+    tables = dialog.locator("table")
+    tables.first.wait_for()
+    assert tables.count() == 2  # evaluations, t-tests
+    rows = tables.first.locator("tbody tr")
+    assert rows.count() == len(evaluation_partitions.get_partition_keys())
+    assert {rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())} == set(shas)
+    _shot(page, "summary_report")
+    dialog.get_by_role("button", name="Close").click()
