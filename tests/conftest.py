@@ -8,12 +8,14 @@ Tests that use `smoke_graph` carry `pytest.mark.xdist_group("smoke_graph")` so t
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).parent))  # tests/pecn_test_support
 
 
 @dataclass(frozen=True)

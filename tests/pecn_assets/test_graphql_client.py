@@ -1,6 +1,6 @@
 """Launching runs on a running PECN webserver with Dagster's Python GraphQL client.
 
-The webserver (tests/pecn_assets/ui_server.py) serves a copy of the smoke graph's DAGSTER_HOME.
+The webserver (tests/pecn_test_support/ui_server.py) serves a copy of the smoke graph's DAGSTER_HOME.
 Its dagster.yaml uses the `DefaultRunCoordinator`: a submitted run is launched by the webserver at
 once. (With the default `QueuedRunCoordinator` the run would wait in the queue for the daemon,
 which only `dagster dev` or `dagster-daemon run` starts; see ui_server.py for why the tests do
@@ -13,13 +13,12 @@ without the daemon.)
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
+
+from pecn_test_support import ui_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke_graph")]
 
@@ -28,23 +27,6 @@ RUN_TIMEOUT_S = 300
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
-def _load_ui_server():
-    """tests/pecn_assets/ui_server.py (not importable by name under --import-mode=importlib)."""
-    name = "pecn_tests_ui_server"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("ui_server.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-ui_server = _load_ui_server()
-
-
-@pytest.fixture(scope="module")
-def ui(smoke_graph, tmp_path_factory, pytestconfig):
-    return ui_server.shared_webserver(smoke_graph, tmp_path_factory, pytestconfig)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The Dagster web UI on the smoke graph, used as a person uses it, in Debian's Chromium (Playwright).
 
-A real webserver (tests/pecn_assets/ui_server.py) serves a copy of the smoke graph's DAGSTER_HOME
+A real webserver (tests/pecn_test_support/ui_server.py) serves a copy of the smoke graph's DAGSTER_HOME
 with the smoke environment. Headless Chromium (/usr/bin/chromium, never a downloaded browser, a
 fresh profile) then: opens the global asset lineage, selects `filtered_annotations` and clicks
 "Materialize selected" (the run must succeed); opens an `evaluation` partition and reads the
@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import io
 import re
-import sys
 from pathlib import Path
 
 import dagster as dg
 import pytest
+
+from pecn_test_support import ui_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("smoke_graph")]
 
@@ -35,24 +35,7 @@ VIEWPORT = {"width": 1400, "height": 900}
 RUN_TIMEOUT_S = 300
 
 
-def _load_ui_server():
-    """tests/pecn_assets/ui_server.py (not importable by name under --import-mode=importlib)."""
-    name = "pecn_tests_ui_server"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("ui_server.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-ui_server = _load_ui_server()
 SHOTS = ui_server.ARTIFACTS / "ui"
-
-
-@pytest.fixture(scope="module")
-def ui(smoke_graph, tmp_path_factory, pytestconfig):
-    return ui_server.shared_webserver(smoke_graph, tmp_path_factory, pytestconfig)
 
 
 @pytest.fixture(scope="module")
