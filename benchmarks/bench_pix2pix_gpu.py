@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pecn_ml.models.pix2pix import encode_prompts, tokenize_prompts  # noqa: E402
 from pecn_ml.training.latent_cache import encode_pixels  # noqa: E402
+from pecn_ml.utils.accel import make_accelerator  # noqa: E402
 from pecn_ml.training.pix2pix import (LatentBatch, draw_step_randomness, step_generator,  # noqa: E402
                                       training_step)
 
@@ -93,13 +94,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from accelerate import Accelerator
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("fp16" if device.type == "cuda" else "no")
     res = args.resolution or (64 if args.tiny else 224)
     steps = args.steps or (4 if args.tiny else 20)
-    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    accelerator = make_accelerator(mixed_precision=precision, cpu=device.type == "cpu")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

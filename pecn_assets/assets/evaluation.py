@@ -110,8 +110,7 @@ def _evaluations(context) -> dict:
     out = {}
     for key in evaluation_partitions.get_partition_keys():
         up = latest_upstream(context.instance, "evaluation", key)
-        dims = key.keys_by_dimension if hasattr(key, "keys_by_dimension") else \
-            evaluation_partitions.get_partition_key_from_str(key).keys_by_dimension
+        dims = key.keys_by_dimension
         results = json.loads(Path(up.metadata["results_json"]).read_text(encoding="utf-8"))
         out[(dims["variant"], dims["eval_set"])] = (up, results)
     return out
@@ -147,13 +146,14 @@ def summary_report(context: dg.AssetExecutionContext, settings: PecnSettings) ->
                      "baseline_ssim": results["baseline_mean"]["ssim"],
                      "baseline_psnr": results["baseline_mean"]["psnr"],
                      "checkpoint_sha256": up.metadata["checkpoint_sha256"]})
-    tests = json.loads((seed_dir(settings) / "t_test_results.json").read_text(encoding="utf-8"))
-    tests = tests["tests"] if isinstance(tests, dict) else tests
+    t_test_record = latest_upstream(context.instance, "t_tests")
+    tests = json.loads(Path(t_test_record.metadata["t_test_results"]).read_text(encoding="utf-8"))["tests"]
     path = write_summary_workbook(rows, tests, seed_dir(settings) / "t_test_summary.xlsx")
     return dg.MaterializeResult(
         metadata={"workbook": dg.MetadataValue.path(str(path)),
                   "summary": dg.MetadataValue.md(markdown_summary(rows, tests)),
                   "model_checkpoint_sha256": dg.MetadataValue.json(
-                      {f"{r['variant']}/{r['eval_set']}": r["checkpoint_sha256"] for r in rows})},
+                      {f"{r['variant']}/{r['eval_set']}": r["checkpoint_sha256"] for r in rows}),
+                  **t_test_record.as_metadata("t_tests")},
         data_version=dg.DataVersion(sha256_file(path)),
     )

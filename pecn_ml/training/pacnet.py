@@ -31,6 +31,7 @@ from pecn_ml.models.pacnet import (PacNet, PacNetConfig, _replace_dir, load_pacn
                                    read_pacnet_config, write_pacnet_files, WEIGHTS_NAME)
 from pecn_ml.training.pacnet_data import PacNetCropDataset, check_entries, crop_indices
 from pecn_ml.utils.files import sha256_file, sha256_json, write_json_atomic
+from pecn_ml.utils.accel import make_accelerator
 from pecn_ml.utils.progress import LogFn, ProgressMeter
 
 STATE_FORMAT = "pecn.pacnet.train.v1"
@@ -190,17 +191,7 @@ def mae_percent(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def _make_accelerator(mixed_precision: str, cpu: bool):
-    """An Accelerator; resets accelerate's process-wide state if an earlier run set another one."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    try:
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-    except ValueError as e:
-        if "already been initialized" not in str(e):
-            raise
-        AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    return make_accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from pecn_ml.training import pix2pix_checkpoints as ckpt
 from pecn_ml.training.latent_cache import (LatentStore, PairLatents, encode_dataset,
                                            encode_pixels, sample_latents)
 from pecn_ml.utils.files import atomic_path, sha256_file, sha256_json
+from pecn_ml.utils.accel import make_accelerator
 from pecn_ml.utils.progress import ProgressMeter
 
 LogFn = Callable[[str], None]
@@ -395,18 +396,9 @@ def _resolve_mixed_precision(config: Pix2PixTrainConfig, log: LogFn) -> str:
 def _make_accelerator(config: Pix2PixTrainConfig, log: LogFn) -> Any:
     """An Accelerator for this run. accelerate keeps process-wide state: when an earlier run in
     this process chose another precision or device, that state is reset first."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
     kwargs = dict(gradient_accumulation_steps=config.gradient_accumulation_steps,
                   mixed_precision=_resolve_mixed_precision(config, log), cpu=config.force_cpu)
-    try:
-        return Accelerator(**kwargs)
-    except ValueError as e:
-        if "already been initialized" not in str(e):
-            raise
-        AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(**kwargs)
+    return make_accelerator(**kwargs)
 
 
 def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path) -> Path:
