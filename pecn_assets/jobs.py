@@ -22,7 +22,7 @@ variant: evaluations are requested only once that checkpoint has been materialis
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Optional
 
 import dagster as dg
@@ -111,7 +111,7 @@ def build_sweep_schedule() -> dg.ScheduleDefinition:
                  description="Retrain every ip2p_model variant; sweep_evaluations then evaluates each "
                              "one on both eval sets. Cron: PECN_SWEEP_CRON.")
     def experiment_sweep(context: dg.ScheduleEvaluationContext):
-        when = context.scheduled_execution_time or datetime.now(timezone.utc)
+        when = context.scheduled_execution_time  # set by the daemon and by the UI's "test schedule"
         sweep_id = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%MZ")
         for variant in variant_partitions.get_partition_keys():
             yield dg.RunRequest(run_key=f"{sweep_id}:{variant}", partition_key=variant,
