@@ -21,8 +21,7 @@ class PecnSettings(dg.ConfigurableResource):
 
     profile: str = Field(default_factory=lambda: os.environ.get("PECN_PROFILE", "demo"),
                          description="`demo` or `full` (see pecn_ml/profiles.py)")
-    data_dir: str = Field(default_factory=lambda: os.environ.get("PECN_DATA_DIR", ""),
-                          description="SSv2 folder; empty: PECN_DATA_DIR or the profile's")
+    data_dir: str = Field(default="", description="SSv2 folder; empty: PECN_DATA_DIR or the profile's")
     outputs_dir: str = Field(default_factory=lambda: os.environ.get("PECN_OUTPUTS_DIR", ""),
                              description="trained models; empty: PECN_OUTPUTS_DIR or the profile's")
     results_dir: str = Field(default_factory=lambda: os.environ.get("PECN_RESULTS_DIR", ""),

@@ -30,8 +30,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,7 +40,8 @@ import numpy as np
 from pecn_ml.images import comparison_grid, load_png, save_png, stack_vertical
 from pecn_ml.metrics import METRIC_SETTINGS, mean_std, psnr, ssim
 from pecn_ml.prompts import build_prompt, progress_percent
-from pecn_ml.utils.files import sha256_file, sha256_json, write_json_atomic
+from pecn_ml.utils.files import (atomic_dir, clean_stale_tmp_dirs, sha256_file, sha256_json,
+                                 write_json_atomic)
 from pecn_ml.utils.progress import ProgressMeter
 
 LogFn = Callable[[str], None]
@@ -310,24 +309,6 @@ def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
         yield items[i:i + size]
 
 
-def _clean_stale_tmp(out_dir: Path) -> None:
-    """Delete temp folders of earlier runs into `out_dir` that were killed before renaming."""
-    if out_dir.parent.is_dir():
-        for p in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Replace `out_dir` by the finished `tmp` folder (two renames; the old one is deleted after)."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-old-", dir=out_dir.parent))
-        os.replace(out_dir, old / "x")
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[Mapping],
                    config: SamplingConfig, out_dir: str | os.PathLike, *,
                    progress_override: Optional[Mapping[str, float]] = None,
@@ -356,10 +337,8 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
         log(f"evaluating {model_dir} on {len(chosen)} samples ({len(skipped)} skipped), "
             f"frames {config.input_idx}->{config.target_idx}, {device} {str(dtype).replace('torch.', '')}")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_tmp(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    clean_stale_tmp_dirs(out_dir)
+    with atomic_dir(out_dir) as tmp:
         for sub in SUBDIRS:
             (tmp / sub).mkdir()
         rows: list[dict] = []
@@ -411,10 +390,6 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
             "metadata": json.loads(json.dumps(dict(extra_metadata or {}), default=str)),
         }
         write_json_atomic(tmp / "results.json", results)
-        _swap_into_place(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     if log:
         log(f"{out_dir}: SSIM {mean['ssim']:.4f} +- {std['ssim']:.4f}, PSNR {mean['psnr']:.2f} +- "
             f"{std['psnr']:.2f} dB (copy-frame {base_mean['ssim']:.4f} / {base_mean['psnr']:.2f} dB), n={len(rows)}")

@@ -24,6 +24,7 @@ class SmokeGraph:
     dagster_home: Path
     data_dir: Path
     env: dict
+    resources: dict   # the `settings` and `models` resources pointing at `root`
     instance: object  # dagster.DagsterInstance
     ok: bool
 
@@ -68,4 +69,4 @@ def smoke_graph(tmp_path_factory) -> SmokeGraph:
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     ok = materialize_all(instance, resources=resources, log=print)
     return SmokeGraph(root=root, dagster_home=Path(env["DAGSTER_HOME"]), data_dir=Path(env["PECN_DATA_DIR"]),
-                      env=env, instance=instance, ok=ok)
+                      env=env, resources=resources, instance=instance, ok=ok)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pecn_ml.utils.files import write_json_atomic
+from pecn_ml.utils.files import atomic_dir, write_json_atomic
 
 CHECKPOINT_FORMAT = "pecn.pacnet.v1"
 WEIGHTS_NAME = "model.safetensors"
@@ -316,19 +314,6 @@ class PacNet(nn.Module):
 # Checkpoints
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished temp folder onto `target`; an old `target` is removed only afterwards."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_pacnet_files(model: PacNet, folder: str | os.PathLike) -> Path:
     """Write the model files into an existing folder (no atomicity; see `save_pacnet`)."""
     from safetensors.torch import save_file
@@ -348,14 +333,8 @@ def write_pacnet_files(model: PacNet, folder: str | os.PathLike) -> Path:
 def save_pacnet(model: PacNet, out_dir: str | os.PathLike) -> Path:
     """Write a self-contained checkpoint folder atomically (temp folder + rename); returns it."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         write_pacnet_files(model, tmp)
-        _replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -7,10 +7,7 @@ through the very same path. Builds are deterministic for a seed and atomic (temp
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +15,7 @@ from typing import Callable
 import torch
 
 from pecn_ml.data.templates import load_templates
+from pecn_ml.utils.files import atomic_dir
 
 # Words the tokenizer learns whole-word merges for; everything else falls back to bytes.
 _PROMPT_WORDS = (
@@ -161,17 +159,9 @@ def _build_once(target: Path, builder: Callable[[Path], Path]) -> Path:
     """Build into a temp folder beside `target`, then rename: a crash leaves no half model."""
     if (target / ".complete").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         builder(tmp)
         (tmp / ".complete").write_text("ok\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

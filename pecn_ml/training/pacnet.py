@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from pecn_ml.models.pacnet import (PacNet, PacNetConfig, _replace_dir, load_pacnet,
+from pecn_ml.models.pacnet import (PacNet, PacNetConfig, load_pacnet,
                                    read_pacnet_config, write_pacnet_files, WEIGHTS_NAME)
 from pecn_ml.training.pacnet_data import PacNetCropDataset, check_entries, crop_indices
-from pecn_ml.utils.files import sha256_file, sha256_json, write_json_atomic
+from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
 from pecn_ml.utils.accel import make_accelerator
 from pecn_ml.utils.progress import LogFn, ProgressMeter
 
@@ -236,14 +235,8 @@ def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _write_dir_atomic(target: Path, write: Callable[[Path], None]) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         write(tmp)
-        _replace_dir(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +37,7 @@ from pecn_ml.models.pix2pix import (DEFAULT_PRETRAINED, build_pipeline, encode_p
 from pecn_ml.training import pix2pix_checkpoints as ckpt
 from pecn_ml.training.latent_cache import (LatentStore, PairLatents, encode_dataset,
                                            encode_pixels, sample_latents)
-from pecn_ml.utils.files import atomic_path, sha256_file, sha256_json
+from pecn_ml.utils.files import atomic_dir, atomic_path, sha256_file, sha256_json
 from pecn_ml.utils.accel import make_accelerator
 from pecn_ml.utils.progress import ProgressMeter
 
@@ -404,16 +402,8 @@ def _make_accelerator(config: Pix2PixTrainConfig, log: LogFn) -> Any:
 def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path) -> Path:
     """`save_pretrained` of a pipeline with the trained UNet and the pretrained (fp32) frozen parts,
     written beside `model_dir` and renamed onto it."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", dir=model_dir.parent))
-    try:
-        pipe = build_pipeline(pretrained, unet=unet)
-        pipe.save_pretrained(tmp)
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        tmp.rename(model_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(model_dir) as tmp:
+        build_pipeline(pretrained, unet=unet).save_pretrained(tmp)
     return model_dir
 
 

@@ -72,13 +72,8 @@ def test_evaluation_records_the_checkpoint_it_sampled(smoke_graph):
 def test_retrained_model_changes_the_recorded_sha(smoke_graph):
     """Retrain one variant with another seed: its evaluation then records the new sha."""
     from pecn_assets.definitions import ASSETS
-    from pecn_assets.resources import PecnSettings, TinyLocalModels
 
-    inst, env = smoke_graph.instance, smoke_graph.env
-    resources = {"settings": PecnSettings(profile="smoke", data_dir=env["PECN_DATA_DIR"],
-                                          outputs_dir=env["PECN_OUTPUTS_DIR"],
-                                          results_dir=env["PECN_RESULTS_DIR"]),
-                 "models": TinyLocalModels(root=env["PECN_TINY_MODELS"])}
+    inst, resources = smoke_graph.instance, smoke_graph.resources
     before = meta(latest(inst, "ip2p_model", "next1"))["checkpoint_sha256"]
     assert meta(latest(inst, "evaluation", "basic|next1"))["checkpoint_sha256"] == before
     dg.materialize(ASSETS, selection=["ip2p_model"], partition_key="next1", instance=inst,

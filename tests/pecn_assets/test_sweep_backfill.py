@@ -8,7 +8,6 @@ import pytest
 
 from pecn_assets.definitions import ASSETS, JOBS
 from pecn_assets.jobs import SWEEP_TAG, experiment_sweep, sweep_evaluations
-from pecn_assets.resources import PecnSettings, TinyLocalModels
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")
 
@@ -26,12 +25,8 @@ def _run_requests(defs, job_name, requests, instance):
 
 
 def test_sweep_backfill_runs_in_dependency_order(smoke_graph):
-    env, inst = smoke_graph.env, smoke_graph.instance
-    resources = {"settings": PecnSettings(profile="smoke", data_dir=env["PECN_DATA_DIR"],
-                                          outputs_dir=env["PECN_OUTPUTS_DIR"],
-                                          results_dir=env["PECN_RESULTS_DIR"]),
-                 "models": TinyLocalModels(root=env["PECN_TINY_MODELS"])}
-    defs = dg.Definitions(assets=ASSETS, jobs=JOBS, resources=resources)
+    inst = smoke_graph.instance
+    defs = dg.Definitions(assets=ASSETS, jobs=JOBS, resources=smoke_graph.resources)
 
     # a sensor cursor at "now": only the sweep's own materialisations count
     last = inst.fetch_materializations(dg.AssetKey("ip2p_model"), limit=1).records[0].storage_id

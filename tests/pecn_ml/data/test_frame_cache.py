@@ -260,7 +260,7 @@ def test_bad_ids_are_refused_before_any_work(data):
 
 
 def test_workers_give_the_same_cache(data, tmp_path):
-    one = build_frame_cache(data, R, list(LENGTHS), workers=1)
+    build_frame_cache(data, R, list(LENGTHS), workers=1)
     other = make_data(tmp_path / "copy")
     two = build_frame_cache(other, R, list(LENGTHS) + ["77"], workers=2)
     assert two.decoded == 4 and set(two.failed) == {"77"}
