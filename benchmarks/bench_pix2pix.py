@@ -111,7 +111,7 @@ def make_caches(work: Path, n: int, resolutions: list[int], log) -> tuple[dict, 
 
 
 def annotations(ids: list[str]) -> list[dict]:
-    return [{"id": v, "label": LABELS[i % len(LABELS)], "template": "", "placeholders": [],
+    return [{"id": v, "label": LABELS[i % len(LABELS)], "template": LABELS[i % len(LABELS)], "placeholders": [],
              "task": ""} for i, v in enumerate(ids)]
 
 

@@ -24,6 +24,9 @@ def plan(partitions) -> list[tuple[str, list]]:
     return [
         ("filtered_annotations", [None]),
         ("frame_cache", partitions.resolution_partitions.get_partition_keys()),
+        ("pix2pix_base", [None]),
+        ("resnet_base", [None]),
+        ("clip_text_base", [None]),
         ("pacnet", partitions.head_partitions.get_partition_keys()),
         ("progress_estimates", [None]),
         ("copy_frame_baseline", partitions.eval_set_partitions.get_partition_keys()),

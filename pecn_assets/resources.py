@@ -1,14 +1,10 @@
-"""Resources: where things live (settings) and where pretrained weights come from (models).
-
-`HubModels` names the real pretrained weights (loaded with `from_pretrained`); `TinyLocalModels`
-builds tiny random models locally and returns their folders, which load through the same path.
-"""
+"""Resources: where things live (settings) and which hub weights the real run starts from (models)."""
 
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 from pydantic import Field
@@ -43,59 +39,23 @@ class PecnSettings(dg.ConfigurableResource):
         return self.data_path() / "annotations"
 
 
-class PretrainedModels(dg.ConfigurableResource, ABC):
-    """Names or folders passed to `from_pretrained` for each pretrained component."""
+class PretrainedModels(dg.ConfigurableResource):
+    """The hub weights the real run starts from, by name and revision (branch, tag or commit).
 
-    @abstractmethod
-    def pix2pix(self) -> str: ...
+    Used when the profile has no stand-ins (`full`): the `pretrained` assets resolve each name to
+    one commit's files (downloading into the HF cache if needed) and record commit and sha. A
+    local folder works too. The demo trains stand-ins instead and does not read these.
+    """
 
-    @abstractmethod
-    def resnet(self) -> str: ...
-
-    @abstractmethod
-    def clip_text(self) -> str: ...
-
-
-class HubModels(PretrainedModels):
-    """The real pretrained weights on the Hugging Face hub (needs internet or a filled HF cache)."""
-
-    pix2pix_name: str = PIX2PIX_BASE
-    resnet_name: str = RESNET_NAME
-    clip_name: str = CLIP_NAME
-
-    def pix2pix(self) -> str:
-        return self.pix2pix_name
-
-    def resnet(self) -> str:
-        return self.resnet_name
-
-    def clip_text(self) -> str:
-        return self.clip_name
-
-
-class TinyLocalModels(PretrainedModels):
-    """Tiny random models built once under `root` (demo and tests; no hub)."""
-
-    root: str = Field(default_factory=lambda: os.environ.get("PECN_TINY_MODELS", ".tiny_models"),
-                      description="folder the tiny models are built in (PECN_TINY_MODELS)")
-
-    def _built(self):
-        from pecn_ml.models.tiny import build_tiny_models
-
-        return build_tiny_models(Path(self.root).absolute())
-
-    def pix2pix(self) -> str:
-        return str(self._built().pix2pix)
-
-    def resnet(self) -> str:
-        return str(self._built().resnet)
-
-    def clip_text(self) -> str:
-        return str(self._built().clip_text)
+    pix2pix: str = Field(default=PIX2PIX_BASE, description="InstructPix2Pix pipeline (hub id or folder)")
+    pix2pix_revision: Optional[str] = Field(default=None, description="revision; empty: the default branch")
+    resnet: str = Field(default=RESNET_NAME, description="PAC-Net frame encoder (hub id or folder)")
+    resnet_revision: Optional[str] = Field(default=None, description="revision; empty: the default branch")
+    clip_text: str = Field(default=CLIP_NAME, description="PAC-Net text encoder + tokenizer (hub id or folder)")
+    clip_text_revision: Optional[str] = Field(default=None, description="revision; empty: the default branch")
 
 
 def default_resources(profile: Profile | None = None) -> dict:
-    """Resources for a profile: tiny local models for the demo, hub names for the real run."""
+    """Resources for a profile: its settings and the hub names of the real run's weights."""
     profile = profile or get_profile()
-    models = TinyLocalModels() if profile.tiny_models else HubModels()
-    return {"settings": PecnSettings(profile=profile.name), "models": models}
+    return {"settings": PecnSettings(profile=profile.name), "models": PretrainedModels()}

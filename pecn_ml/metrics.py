@@ -11,6 +11,18 @@ SSIM (`torchmetrics.functional.structural_similarity_index_measure`), exactly:
   statistics exist at every pixel; the SSIM map is averaged over all H x W pixels and the 3
   channels (each channel filtered separately) -> one score per image. Identical images give 1.0.
 
+How this differs from scikit-image (`skimage.metrics.structural_similarity`), so numbers can be
+compared with papers that used it. skimage's *defaults* are another SSIM: a 7 x 7 *uniform*
+window (`win_size=7, gaussian_weights=False`), sample covariances (`use_sample_covariance=True`,
+divides by N - 1), no padding (the mean is taken over the image minus a 3 px border), and color
+only with `channel_axis=-1` (without it an (H, W, 3) array is treated as a 3-D volume). On
+natural frames the default typically scores lower than ours (flat windows weigh edges more).
+The closest skimage call to ours is `structural_similarity(a, b, gaussian_weights=True,
+sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=-1)` on float images in
+[0, 1] (the Wang et al. 2004 setting): the same 11 x 11 Gaussian and constants; it still
+averages only the interior (5 px border cropped) where we pad by reflection and average every
+pixel, so the two agree closely but not to the last digit. Never mix the two in one table.
+
 PSNR (`torchmetrics.functional.peak_signal_noise_ratio`):
   10 * log10(1 / MSE), MSE over all H x W x 3 values of one image, data_range = 1.0 (torchmetrics
   converts ln to log10 with a float32 constant: results agree with numpy to ~1e-6 dB).

@@ -5,7 +5,7 @@ Two profiles, one code path:
 | setting              | `demo` (CPU, minutes)                   | `full` (the seed's experiment, GPU)      |
 |----------------------|-----------------------------------------|------------------------------------------|
 | data                 | synthetic SSv2, generated locally       | real SSv2 under `data/sthv2`             |
-| pretrained weights   | tiny random models built locally        | timbrooks/instruct-pix2pix, microsoft/resnet-50, openai/clip-vit-base-patch32 |
+| pretrained weights   | small stand-ins trained on the synthetic training videos (`models/standins.py`) | timbrooks/instruct-pix2pix, microsoft/resnet-50, openai/clip-vit-base-patch32, pinned to a hub commit |
 | sampling per task    | all of the small synthetic set          | 2,000 train / 100 validation, seed 42    |
 | PAC-Net / IP2P input | 96 px frame cache                       | 224 px frame cache                       |
 | training length      | a few epochs                            | the seed's table (30 / 40 epochs)        |
@@ -25,6 +25,7 @@ from typing import Optional
 
 from pecn_ml.data.annotations import FilterConfig
 from pecn_ml.data.synthetic import SyntheticConfig
+from pecn_ml.models.standins import StandinConfig
 from pecn_ml.sampling import SamplingConfig
 from pecn_ml.training.pacnet import PacNetTrainConfig
 from pecn_ml.training.pix2pix import Pix2PixTrainConfig
@@ -46,7 +47,7 @@ class Profile:
     outputs_dir: str                    # trained models (the seed's outputs/)
     results_dir: str                    # evaluations (the seed's test_result/)
     synthetic: Optional[SyntheticConfig]  # demo: the data is generated before the graph runs
-    tiny_models: bool                   # build tiny random models locally instead of the hub
+    standins: Optional[StandinConfig]   # demo: train stand-ins for the pretrained weights; None: hub
     filter: FilterConfig
     pacnet_resolution: int
     pix2pix_resolution: int
@@ -54,6 +55,7 @@ class Profile:
     pix2pix_train: Pix2PixTrainConfig
     sampling: SamplingConfig
     resolutions: tuple[int, ...] = field(default=RESOLUTIONS)
+    prompt_text: str = "class"          # action text in prompts: "class" (seed's examples) or "label"
 
     def resolve_data_dir(self) -> str:
         return os.environ.get("PECN_DATA_DIR") or self.data_dir
@@ -67,7 +69,7 @@ def demo_profile() -> Profile:
         outputs_dir="outputs/demo",
         results_dir="test_result/demo",
         synthetic=SyntheticConfig.demo(),
-        tiny_models=True,
+        standins=StandinConfig.demo(),
         filter=FilterConfig(),
         pacnet_resolution=96,
         pix2pix_resolution=96,
@@ -85,7 +87,7 @@ def full_profile() -> Profile:
         outputs_dir="outputs",
         results_dir="test_result",
         synthetic=None,
-        tiny_models=False,
+        standins=None,
         filter=FilterConfig(),
         pacnet_resolution=224,
         pix2pix_resolution=224,
@@ -104,6 +106,7 @@ def smoke_profile() -> Profile:
         outputs_dir="outputs/smoke",
         results_dir="test_result/smoke",
         synthetic=SyntheticConfig.tiny(),
+        standins=StandinConfig.smoke(),
         pacnet_train=PacNetTrainConfig.demo(epochs=1),
         pix2pix_train=Pix2PixTrainConfig.demo(num_train_epochs=1, max_train_steps=2, validation_epochs=1,
                                               num_validation_samples=1, validation_inference_steps=2),

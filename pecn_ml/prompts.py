@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Optional
+from typing import Any, Mapping, Optional
+
+from pecn_ml.data.templates import label_key_of
 
 PROMPT_PREFIX = "Generate a future frame of this action: "
 PROGRESS_SUFFIX = ". And {p}% of the action has been completed."
@@ -52,3 +54,22 @@ def build_prompt(label: str, progress_percent: Optional[Real] = None) -> str:
         raise ValueError(f"build_prompt: progress_percent must be within [0, 100], "
                          f"got {progress_percent!r}")
     return text + PROGRESS_SUFFIX.format(p=int(progress_percent))
+
+
+# The action text in the prompt: the seed's examples use the class text ("moving something from
+# left to right": the template without brackets, lowercased), not the filled-in label ("moving a
+# cup from left to right"). `label` is kept as an option.
+PROMPT_TEXTS = ("class", "label")
+
+
+def action_text(entry: Mapping[str, Any], prompt_text: str = "class") -> str:
+    """The action text of an annotation entry for the prompt: its class text or its label."""
+    if prompt_text not in PROMPT_TEXTS:
+        raise ValueError(f"prompt_text must be one of {PROMPT_TEXTS}, got {prompt_text!r}")
+    if prompt_text == "label":
+        return entry["label"]
+    template = entry.get("template")
+    if not isinstance(template, str) or not template.strip():
+        raise ValueError(f"video {entry.get('id')!r}: no 'template' for a class-text prompt "
+                         f"(prompt_text='class'); use filtered annotations or prompt_text='label'")
+    return label_key_of(template).lower()

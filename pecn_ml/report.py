@@ -2,7 +2,10 @@
 
 Evaluation rows (one per variant x eval set) use the keys of `EVAL_COLUMNS`: variant, model,
 eval_set, target_idx, progress, n, ssim_mean, ssim_std, psnr_mean, psnr_std, baseline_ssim,
-baseline_psnr, checkpoint_sha256 (`evaluation_row` builds one from a results.json dict).
+baseline_psnr, autoencoder_ssim, autoencoder_psnr, checkpoint_sha256 (`evaluation_row` builds one
+from a results.json dict). Each model is shown between what it must beat (the copy-frame baseline)
+and what it cannot beat (the autoencoder ceiling: its VAE's round trip of the target); at the demo's
+scale the copy-frame baseline lies above the ceiling, so it is not expected to be beaten there.
 t-test rows are those of `pecn_ml.stats.t_test_table` (or read back from t_test_results.json).
 Unknown keys are kept as extra columns at the end; missing keys are blank cells.
 """
@@ -41,6 +44,8 @@ EVAL_COLUMNS = (
     Column("psnr_text", "PSNR dB (mean ± std)", None, 20),
     Column("baseline_ssim", "Copy-frame SSIM", SSIM_FMT, 16),
     Column("baseline_psnr", "Copy-frame PSNR (dB)", PSNR_FMT, 20),
+    Column("autoencoder_ssim", "VAE ceiling SSIM", SSIM_FMT, 17),
+    Column("autoencoder_psnr", "VAE ceiling PSNR (dB)", PSNR_FMT, 21),
     Column("checkpoint_sha256", "Checkpoint sha256", None, 66),
 )
 
@@ -105,6 +110,8 @@ def evaluation_row(variant: str, eval_set: str, results: Mapping[str, Any], *, m
             "ssim_mean": results["mean"]["ssim"], "ssim_std": results["std"]["ssim"],
             "psnr_mean": results["mean"]["psnr"], "psnr_std": results["std"]["psnr"],
             "baseline_ssim": results["baseline_mean"]["ssim"], "baseline_psnr": results["baseline_mean"]["psnr"],
+            "autoencoder_ssim": results.get("autoencoder_mean", {}).get("ssim"),
+            "autoencoder_psnr": results.get("autoencoder_mean", {}).get("psnr"),
             "checkpoint_sha256": results.get("checkpoint_sha256")}
 
 
@@ -207,10 +214,13 @@ def markdown_summary(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence
             r = _with_text(r)
             rows.append([_md(r.get("variant")), _md(r.get("eval_set")), _md(r.get("target_idx")),
                          _md(r.get("progress")), _md(r.get("n")), _md(r.get("ssim_text")),
-                         _md(r.get("psnr_text")), _md(r.get("baseline_ssim"), 4), _md(r.get("baseline_psnr"), 2)])
+                         _md(r.get("psnr_text")), _md(r.get("baseline_ssim"), 4), _md(r.get("baseline_psnr"), 2),
+                         _md(r.get("autoencoder_ssim"), 4), _md(r.get("autoencoder_psnr"), 2)])
         parts.append("### Evaluations\n\n" + _table(
             ["Variant", "Eval set", "Target", "Progress", "n", "SSIM", "PSNR (dB)", "Copy-frame SSIM",
-             "Copy-frame PSNR"], rows))
+             "Copy-frame PSNR", "VAE ceiling SSIM", "VAE ceiling PSNR"], rows)
+            + "\n\nCopy-frame: the input frame unchanged (what a model must beat). VAE ceiling: the "
+              "target through the model's own autoencoder (what no latent model can beat).")
     if t_tests:
         rows = []
         for r in t_tests:

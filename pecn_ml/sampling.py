@@ -17,10 +17,16 @@ What the seed's evaluate.sh + sample_from_pix2pix.py + ssim.py do, as library co
   The same config on the same machine and dtype gives bit-identical images; fp16 and fp32 give
   different images (do not compare runs across dtypes; the dtype is recorded in results.json).
 * metrics: SSIM and PSNR (`pecn_ml.metrics`, settings there) per sample, computed from the saved
-  8-bit PNGs, at the cache resolution; the same metrics for "output = input frame" (baseline).
+  8-bit PNGs, at the cache resolution; the same metrics for "output = input frame" (the copy-frame
+  baseline, what a model must beat) and for "output = decode(encode(target))" through the model's
+  own VAE (the autoencoder ceiling: a latent model cannot reproduce the target better than its VAE
+  round trip, so this bounds every output; at the demo's scale the copy-frame baseline lies above
+  that ceiling and is not expected to be beaten).
 
-Output folder (the seed's layout plus `input/`; written to a temp folder, renamed at the end):
-  input/{id}.png  target/{id}.png  output/{id}.png  comparison/{id}.png (Input | GT | Output)
+Output folder (the seed's layout plus `input/` and `autoencoder/`; written to a temp folder, renamed
+at the end):
+  input/{id}.png  target/{id}.png  output/{id}.png  autoencoder/{id}.png (VAE round trip of the target)
+  comparison/{id}.png (Input | GT | Output | VAE(GT))
   comparison_grid.png (first GRID_ROWS comparisons)  results.json (written last).
 """
 
@@ -39,7 +45,8 @@ import numpy as np
 
 from pecn_ml.images import comparison_grid, load_png, save_png, stack_vertical
 from pecn_ml.metrics import METRIC_SETTINGS, mean_std, psnr, ssim
-from pecn_ml.prompts import build_prompt, progress_percent
+from pecn_ml.training.autoencoder import roundtrip
+from pecn_ml.prompts import PROMPT_TEXTS, action_text, build_prompt, progress_percent
 from pecn_ml.utils.files import (atomic_dir, clean_stale_tmp_dirs, sha256_file, sha256_json,
                                  write_json_atomic)
 from pecn_ml.utils.progress import ProgressMeter
@@ -49,7 +56,7 @@ LogFn = Callable[[str], None]
 DEFAULT_RESULTS_ROOT = "test_result"
 RESULTS_FORMAT_VERSION = 1
 GRID_ROWS = 4                     # comparisons stacked in comparison_grid.png
-SUBDIRS = ("input", "target", "output", "comparison")
+SUBDIRS = ("input", "target", "output", "autoencoder", "comparison")
 METRICS = ("ssim", "psnr")
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 
@@ -68,6 +75,7 @@ class SamplingConfig:
     seed: int = 42
     batch_size: int = 8                  # samples per pipeline call
     add_progress: bool = False           # append "And N% of the action has been completed."
+    prompt_text: str = "class"           # action text: "class" (template, seed) or "label"
     device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"                  # "auto" (fp16 on cuda, fp32 on cpu), "float32", "float16", "bfloat16"
 
@@ -81,6 +89,8 @@ class SamplingConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"SamplingConfig.{name} must be an int >= 1, got {v!r}")
+        if self.prompt_text not in PROMPT_TEXTS:
+            raise ValueError(f"SamplingConfig.prompt_text must be one of {PROMPT_TEXTS}, got {self.prompt_text!r}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"SamplingConfig.dtype must be auto/float32/float16/bfloat16, got {self.dtype!r}")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
@@ -88,9 +98,9 @@ class SamplingConfig:
 
     @classmethod
     def demo(cls, **overrides: Any) -> "SamplingConfig":
-        """Small enough that 8 evaluations of the tiny model at 96 px take about 2 minutes on 2 CPU
-        cores: 8 samples, 10 denoising steps, batches of 4."""
-        return replace(cls(num_samples=8, num_inference_steps=10, batch_size=4), **overrides)
+        """8 evaluations of the demo's models at 96 px in about a minute on 2 CPU cores: 24
+        samples, 10 denoising steps, batches of 8."""
+        return replace(cls(num_samples=24, num_inference_steps=10, batch_size=8), **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,6 +117,8 @@ class EvalResult:
     std: dict[str, float]
     baseline_mean: dict[str, float]
     baseline_std: dict[str, float]
+    autoencoder_mean: dict[str, float]       # the VAE round trip of the targets (the ceiling)
+    autoencoder_std: dict[str, float]
     n: int
     samples: list[dict]                      # rows of results.json "samples"
     skipped: dict[str, str]                  # video id -> reason
@@ -131,11 +143,12 @@ class Selected:
     video_id: str
     label: str
     task: str
+    text: str                         # the action text in the prompt (class text or label)
     num_frames: int
     progress_percent: Optional[int]   # the number in the prompt; None without progress
 
 
-def _entry_fields(entry: Any, i: int) -> tuple[str, str, str]:
+def _entry_fields(entry: Any, i: int, prompt_text: str = "class") -> tuple[str, str, str, str]:
     if not isinstance(entry, Mapping) or "id" not in entry or "label" not in entry:
         raise ValueError(f"eval annotations entry {i} is not a dict with 'id' and 'label': {entry!r:.200}")
     vid, label = entry["id"], entry["label"]
@@ -143,7 +156,11 @@ def _entry_fields(entry: Any, i: int) -> tuple[str, str, str]:
         raise ValueError(f"eval annotations entry {i} has an invalid video id {vid!r}")
     if not isinstance(label, str) or not label.strip():
         raise ValueError(f"eval annotations entry {i} (video {vid}) has an empty label")
-    return vid, label, str(entry.get("task", ""))
+    try:
+        text = action_text(entry, prompt_text)
+    except ValueError as e:
+        raise ValueError(f"eval annotations entry {i}: {e}") from None
+    return vid, label, str(entry.get("task", "")), text
 
 
 def _cached_num_frames(cache: Any, video_id: str) -> Optional[int]:
@@ -160,7 +177,7 @@ def _cached_num_frames(cache: Any, video_id: str) -> Optional[int]:
 def select_samples(cache: Any, entries: Sequence[Mapping], input_idx: int, target_idx: int,
                    num_samples: int, *, add_progress: bool = False,
                    progress_override: Optional[Mapping[str, float]] = None,
-                   ) -> tuple[list[Selected], dict[str, str]]:
+                   prompt_text: str = "class") -> tuple[list[Selected], dict[str, str]]:
     """The first `num_samples` eligible entries in file order, and {video_id: reason} of the
     entries passed over before the selection was complete (see the module docstring)."""
     assert 0 <= input_idx < target_idx, (input_idx, target_idx)
@@ -170,7 +187,7 @@ def select_samples(cache: Any, entries: Sequence[Mapping], input_idx: int, targe
     for i, entry in enumerate(entries):
         if len(chosen) >= num_samples:
             break
-        vid, label, task = _entry_fields(entry, i)
+        vid, label, task, text = _entry_fields(entry, i, prompt_text)
         if vid in seen:
             skipped.setdefault(vid, f"duplicate id (entry {i})")
             continue
@@ -194,7 +211,7 @@ def select_samples(cache: Any, entries: Sequence[Mapping], input_idx: int, targe
                 progress = int(est)
             else:
                 progress = progress_percent(input_idx, n)
-        chosen.append(Selected(vid, label, task, n, progress))
+        chosen.append(Selected(vid, label, task, text, n, progress))
     return chosen, skipped
 
 
@@ -216,7 +233,8 @@ def copy_frame_baseline(cache: Any, entries: Sequence[Mapping], input_idx: int, 
     Returns {"samples": [{"video_id", "task", "label", "ssim", "psnr"}], "mean", "std", "n",
     "n_requested", "skipped", "config"}; metric dicts are keyed "ssim", "psnr".
     """
-    chosen, skipped = select_samples(cache, entries, input_idx, target_idx, num_samples)
+    chosen, skipped = select_samples(cache, entries, input_idx, target_idx, num_samples,
+                                     prompt_text="label")  # no prompt here: any entry will do
     meter = ProgressMeter(f"copy-frame baseline {input_idx}->{target_idx}", len(chosen), log, unit="samples")
     rows = []
     for s in chosen:
@@ -325,7 +343,8 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     chosen, skipped = select_samples(cache, entries, config.input_idx, config.target_idx, config.num_samples,
-                                     add_progress=config.add_progress, progress_override=progress_override)
+                                     add_progress=config.add_progress, progress_override=progress_override,
+                                     prompt_text=config.prompt_text)
     if not chosen:
         reasons = sorted(set(skipped.values()))[:5]
         raise ValueError(f"no eligible sample among {len(entries)} eval entries for frames "
@@ -347,13 +366,14 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
         for batch in _chunks(chosen, config.batch_size):
             inputs = [cache.frame(s.video_id, config.input_idx) for s in batch]    # (R, R, 3) each
             targets = [cache.frame(s.video_id, config.target_idx) for s in batch]  # (R, R, 3) each
-            prompts = [build_prompt(s.label, s.progress_percent) for s in batch]
+            prompts = [build_prompt(s.text, s.progress_percent) for s in batch]
             outputs = predict_batch(pipe, inputs, prompts, [sample_seed(config.seed, s.video_id) for s in batch],
                                     config)  # (B, R, R, 3)
-            for s, inp, tgt, out, prompt in zip(batch, inputs, targets, outputs, prompts):
-                for sub, img in (("input", inp), ("target", tgt), ("output", out)):
+            ceiling = roundtrip(pipe.vae, np.stack(targets))                       # (B, R, R, 3)
+            for s, inp, tgt, out, ae, prompt in zip(batch, inputs, targets, outputs, ceiling, prompts):
+                for sub, img in (("input", inp), ("target", tgt), ("output", out), ("autoencoder", ae)):
                     save_png(img, tmp / sub / f"{s.video_id}.png")
-                grid = comparison_grid([inp, tgt, out], ["Input", "GT", "Output"])
+                grid = comparison_grid([inp, tgt, out, ae], ["Input", "GT", "Output", "VAE(GT)"])
                 save_png(grid, tmp / "comparison" / f"{s.video_id}.png")
                 if len(grid_rows) < GRID_ROWS:
                     grid_rows.append(grid)
@@ -361,22 +381,26 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
                              "progress_percent": s.progress_percent, "num_frames": s.num_frames})
             # Metrics from the saved files, so anyone can recompute them from the PNGs.
             saved = {sub: np.stack([load_png(tmp / sub / f"{s.video_id}.png") for s in batch])
-                     for sub in ("input", "target", "output")}  # each (B, R, R, 3)
+                     for sub in ("input", "target", "output", "autoencoder")}  # each (B, R, R, 3)
             scores = {"ssim": ssim(saved["output"], saved["target"]), "psnr": psnr(saved["output"], saved["target"]),
                       "baseline_ssim": ssim(saved["input"], saved["target"]),
-                      "baseline_psnr": psnr(saved["input"], saved["target"])}
+                      "baseline_psnr": psnr(saved["input"], saved["target"]),
+                      "autoencoder_ssim": ssim(saved["autoencoder"], saved["target"]),
+                      "autoencoder_psnr": psnr(saved["autoencoder"], saved["target"])}
             for j, row in enumerate(rows[-len(batch):]):
                 row.update({k: float(v[j]) for k, v in scores.items()})
             meter.update(len(batch), extra=f"last SSIM {rows[-1]['ssim']:.4f}")
 
         mean, std = _summary(rows)
         base_mean, base_std = _summary(rows, "baseline_")
+        ae_mean, ae_std = _summary(rows, "autoencoder_")
         save_png(stack_vertical(grid_rows), tmp / "comparison_grid.png")
         resolved = {"device": str(device), "dtype": str(dtype).replace("torch.", "")}
         results = {
             "format_version": RESULTS_FORMAT_VERSION,
             "samples": rows, "n": len(rows), "n_requested": config.num_samples,
             "mean": mean, "std": std, "baseline_mean": base_mean, "baseline_std": base_std,
+            "autoencoder_mean": ae_mean, "autoencoder_std": ae_std,
             "config": {**config.to_dict(), **{f"resolved_{k}": v for k, v in resolved.items()},
                        "progress_source": (None if not config.add_progress else
                                            "PAC-Net estimate" if progress_override is not None else "frame count"),
@@ -392,8 +416,9 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
         write_json_atomic(tmp / "results.json", results)
     if log:
         log(f"{out_dir}: SSIM {mean['ssim']:.4f} +- {std['ssim']:.4f}, PSNR {mean['psnr']:.2f} +- "
-            f"{std['psnr']:.2f} dB (copy-frame {base_mean['ssim']:.4f} / {base_mean['psnr']:.2f} dB), n={len(rows)}")
+            f"{std['psnr']:.2f} dB (copy-frame {base_mean['ssim']:.4f} / {base_mean['psnr']:.2f} dB, VAE ceiling "
+            f"{ae_mean['ssim']:.4f} / {ae_mean['psnr']:.2f} dB), n={len(rows)}")
     return EvalResult(out_dir=out_dir, results_json=out_dir / "results.json",
                       grid_png=out_dir / "comparison_grid.png", mean=mean, std=std, baseline_mean=base_mean,
-                      baseline_std=base_std, n=len(rows), samples=rows, skipped=skipped,
+                      baseline_std=base_std, autoencoder_mean=ae_mean, autoencoder_std=ae_std, n=len(rows), samples=rows, skipped=skipped,
                       checkpoint_sha256=ckpt_sha, config=results["config"])

@@ -24,7 +24,7 @@ class SmokeGraph:
     dagster_home: Path
     data_dir: Path
     env: dict
-    resources: dict   # the `settings` and `models` resources pointing at `root`
+    resources: dict   # the `settings` (pointing at `root`) and `models` resources
     instance: object  # dagster.DagsterInstance
     ok: bool
 
@@ -36,7 +36,6 @@ def smoke_env(root: Path) -> dict:
         "PECN_DATA_DIR": str(root / "data"),
         "PECN_OUTPUTS_DIR": str(root / "outputs"),
         "PECN_RESULTS_DIR": str(root / "test_result"),
-        "PECN_TINY_MODELS": str(root / "tiny_models"),
         "DAGSTER_HOME": str(root / "dagster_home"),
     }
 
@@ -54,7 +53,7 @@ def smoke_graph(tmp_path_factory) -> SmokeGraph:
     import dagster as dg
 
     from pecn_assets.demo import ensure_synthetic_data, materialize_all
-    from pecn_assets.resources import PecnSettings, TinyLocalModels
+    from pecn_assets.resources import PecnSettings, PretrainedModels
     from pecn_ml.profiles import get_profile
 
     root = tmp_path_factory.mktemp("smoke")
@@ -64,7 +63,7 @@ def smoke_graph(tmp_path_factory) -> SmokeGraph:
     resources = {
         "settings": PecnSettings(profile="smoke", data_dir=env["PECN_DATA_DIR"],
                                  outputs_dir=env["PECN_OUTPUTS_DIR"], results_dir=env["PECN_RESULTS_DIR"]),
-        "models": TinyLocalModels(root=env["PECN_TINY_MODELS"]),
+        "models": PretrainedModels(),
     }
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     ok = materialize_all(instance, resources=resources, log=print)

@@ -55,7 +55,7 @@ def evaluation(context: dg.AssetExecutionContext, config: ProgressSourceConfig,
     entries = load_filtered(settings.annotations_path() / EVAL_SETS[eval_set])
     override, progress_meta = estimator_override(context, config.use_progress_estimator)
     sampling = replace(profile.sampling, input_idx=variant.input_idx, target_idx=variant.target_idx,
-                       add_progress=variant.add_progress)
+                       add_progress=variant.add_progress, prompt_text=profile.prompt_text)
     annotations = latest_upstream(context.instance, "filtered_annotations")
     lineage = {"checkpoint": checkpoint, "checkpoint_sha256": sha, "ip2p_model_run_id": model.run_id,
                "frame_cache_version": cache.version, "annotations_version": annotations.data_version}
@@ -68,15 +68,19 @@ def evaluation(context: dg.AssetExecutionContext, config: ProgressSourceConfig,
             "ssim_std": float(result.std["ssim"]), "psnr_std": float(result.std["psnr"]),
             "baseline_ssim_mean": float(result.baseline_mean["ssim"]),
             "baseline_psnr_mean": float(result.baseline_mean["psnr"]),
+            "autoencoder_ssim_mean": float(result.autoencoder_mean["ssim"]),
+            "autoencoder_psnr_mean": float(result.autoencoder_mean["psnr"]),
+            "ssim_vs_ceiling": float(result.mean["ssim"] / result.autoencoder_mean["ssim"]),
             "n": result.n,
             "checkpoint_sha256": sha,
             "checkpoint": dg.MetadataValue.path(checkpoint),
             **model.as_metadata("ip2p_model"),
+            "pix2pix_base_sha256": model.metadata.get("pix2pix_base_sha256", ""),
             "results_json": dg.MetadataValue.path(str(result.results_json)),
             "frame_cache_version": cache.version,
             "annotations_version": annotations.data_version or "",
             "sampling_config": dg.MetadataValue.json(json.loads(json.dumps(asdict(sampling), default=str))),
-            "comparison_grid": dg.MetadataValue.md(image_md([result.grid_png], "Input | GT | Output"))
+            "comparison_grid": dg.MetadataValue.md(image_md([result.grid_png], "Input | GT | Output | VAE(GT)"))
             if result.grid_png else "none",
             "comparison_dir": dg.MetadataValue.path(str(out_dir / "comparison")),
             **progress_meta,
@@ -145,6 +149,8 @@ def summary_report(context: dg.AssetExecutionContext, settings: PecnSettings) ->
                      "psnr_mean": results["mean"]["psnr"], "psnr_std": results["std"]["psnr"],
                      "baseline_ssim": results["baseline_mean"]["ssim"],
                      "baseline_psnr": results["baseline_mean"]["psnr"],
+                     "autoencoder_ssim": results["autoencoder_mean"]["ssim"],
+                     "autoencoder_psnr": results["autoencoder_mean"]["psnr"],
                      "checkpoint_sha256": up.metadata["checkpoint_sha256"]})
     t_test_record = latest_upstream(context.instance, "t_tests")
     tests = json.loads(Path(t_test_record.metadata["t_test_results"]).read_text(encoding="utf-8"))["tests"]

@@ -9,11 +9,12 @@ import dagster as dg
 from pydantic import Field
 
 from pecn_assets.assets.data import filtered_annotations, frame_cache
+from pecn_assets.assets.pretrained import base_weights, pix2pix_base
 from pecn_assets.gpu import gpu_asset_args
 from pecn_assets.lineage import latest_upstream
 from pecn_assets.metadata import image_md
 from pecn_assets.partitions import PROFILE, from_resolution, variant_partitions
-from pecn_assets.resources import PecnSettings, PretrainedModels
+from pecn_assets.resources import PecnSettings
 from pecn_ml.data.annotations import load_filtered
 from pecn_ml.data.frame_cache import open_frame_cache
 from pecn_ml.data.pairs import FramePairDataset
@@ -48,12 +49,12 @@ def estimator_override(context, config_flag: bool) -> tuple[dict | None, dict]:
 
 @dg.asset(
     group_name="pix2pix", partitions_def=variant_partitions, kinds={"pytorch"}, code_version="1",
-    deps=[filtered_annotations,
+    deps=[filtered_annotations, pix2pix_base,
           dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pix2pix_resolution))],
     **gpu_asset_args(),
 )
-def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, settings: PecnSettings,
-               models: PretrainedModels) -> dg.MaterializeResult:
+def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig,
+               settings: PecnSettings) -> dg.MaterializeResult:
     """InstructPix2Pix fine-tuned on the four-task training set for one variant (partition)."""
     profile = settings.get_profile()
     variant = VARIANTS[context.partition_key]
@@ -64,7 +65,8 @@ def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, sett
     def pairs(name: str) -> FramePairDataset:
         return FramePairDataset(cache, load_filtered(ann / name), input_idx=variant.input_idx,
                                 target_idx=variant.target_idx, add_progress=variant.add_progress,
-                                progress_estimates=override if variant.add_progress else None)
+                                progress_estimates=override if variant.add_progress else None,
+                                prompt_text=profile.prompt_text)
 
     train, val = pairs(TRAIN_FILE), pairs(EVAL_SETS["basic"])
     annotations = latest_upstream(context.instance, "filtered_annotations")
@@ -72,7 +74,8 @@ def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, sett
         profile.pix2pix_train, seed=config.seed)
     if train_config.latent_cache_dir is None:  # one exact latent cache shared by the four variants
         train_config = replace(train_config, latent_cache_dir=str(settings.outputs_path() / "latent_cache"))
-    result = train_pix2pix(models.pix2pix(), train, train_config,
+    base, base_meta = base_weights(context, "pix2pix_base")
+    result = train_pix2pix(base, train, train_config,
                            settings.outputs_path() / variant.seed_name, val_dataset=val,
                            log=context.log.info, resume=True)
     return dg.MaterializeResult(
@@ -90,7 +93,10 @@ def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, sett
             if result.validation_grid else "none",
             "config": dg.MetadataValue.json(json.loads(json.dumps(
                 {"variant": asdict(variant), "train": asdict(train_config),
-                 "pretrained": models.pix2pix()}, default=str))),
+                 "pretrained": base}, default=str))),
+            "prompt_text": profile.prompt_text,
+            "first_loss": float(result.loss_curve[0]) if result.loss_curve else float("nan"),
+            **base_meta,
             "frame_cache_version": cache.version,
             "annotations_version": annotations.data_version or "",
             **progress_meta,

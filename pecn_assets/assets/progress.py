@@ -6,11 +6,12 @@ import json
 import dagster as dg
 
 from pecn_assets.assets.data import filtered_annotations, frame_cache
+from pecn_assets.assets.pretrained import base_weights, clip_text_base, resnet_base
 from pecn_assets.gpu import gpu_asset_args
 from pecn_assets.lineage import latest_upstream
 from pecn_assets.metadata import table_md
 from pecn_assets.partitions import PROFILE, from_resolution, head_partitions
-from pecn_assets.resources import PecnSettings, PretrainedModels
+from pecn_assets.resources import PecnSettings
 from pecn_ml.data.annotations import load_filtered
 from pecn_ml.data.frame_cache import open_frame_cache
 from pecn_ml.models.pacnet import PacNetConfig, load_pacnet
@@ -19,11 +20,11 @@ from pecn_ml.training.pacnet import train_pacnet
 from pecn_ml.utils.files import sha256_file, write_json_atomic
 from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
 
-def pacnet_model_config(settings: PecnSettings, models: PretrainedModels, head: str) -> PacNetConfig:
-    """The model config of a profile: tiny local backbones (demo) or the pretrained ones."""
-    if settings.get_profile().tiny_models:
-        return PacNetConfig.tiny(models.resnet(), models.clip_text(), head=head)
-    return PacNetConfig(resnet_name=models.resnet(), clip_name=models.clip_text(), head=head)
+def pacnet_model_config(settings: PecnSettings, resnet: str, clip_text: str, head: str) -> PacNetConfig:
+    """The model config of a profile: the small preset over the stand-ins (demo) or the seed's."""
+    if settings.get_profile().standins is not None:
+        return PacNetConfig.tiny(resnet, clip_text, head=head)
+    return PacNetConfig(resnet_name=resnet, clip_name=clip_text, head=head)
 
 
 def val_entries(settings: PecnSettings) -> list[dict]:
@@ -34,17 +35,18 @@ def val_entries(settings: PecnSettings) -> list[dict]:
 @dg.asset(
     group_name="progress", partitions_def=head_partitions, kinds={"pytorch"}, code_version="1",
     **gpu_asset_args(),
-    deps=[filtered_annotations,
+    deps=[filtered_annotations, resnet_base, clip_text_base,
           dg.AssetDep(frame_cache, partition_mapping=from_resolution(PROFILE.pacnet_resolution))],
 )
-def pacnet(context: dg.AssetExecutionContext, settings: PecnSettings,
-           models: PretrainedModels) -> dg.MaterializeResult:
+def pacnet(context: dg.AssetExecutionContext, settings: PecnSettings) -> dg.MaterializeResult:
     """PAC-Net (ResNet frames + Transformer + CLIP text) trained with dynamic temporal cropping."""
     profile = settings.get_profile()
     head = context.partition_key
     cache = open_frame_cache(settings.data_path(), profile.pacnet_resolution)
     train = load_filtered(settings.annotations_path() / TRAIN_FILE)
-    model_config = pacnet_model_config(settings, models, head)
+    resnet, resnet_meta = base_weights(context, "resnet_base")
+    clip_text, clip_meta = base_weights(context, "clip_text_base")
+    model_config = pacnet_model_config(settings, resnet, clip_text, head)
     out_dir = settings.outputs_path() / f"pacnet_{head}"
     result = train_pacnet(model_config, profile.pacnet_train, cache, train, val_entries(settings),
                           out_dir, log=context.log.info, resume="auto")
@@ -61,6 +63,7 @@ def pacnet(context: dg.AssetExecutionContext, settings: PecnSettings,
             "config": dg.MetadataValue.json({"model": _jsonable(model_config),
                                              "train": _jsonable(profile.pacnet_train)}),
             "frame_cache_version": cache.version,
+            **resnet_meta, **clip_meta,
         },
         data_version=dg.DataVersion(result.weights_sha256),
     )

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pecn_ml.prompts import build_prompt, progress_percent
+from pecn_ml.prompts import PROMPT_TEXTS, action_text, build_prompt, progress_percent
 
 SKIP_REASONS = ("duplicate", "not_cached", "too_short", "no_progress_estimate")
 
@@ -68,15 +68,20 @@ class FramePairDataset(Dataset):
 
     Progress (`add_progress=True`) comes from the cache's frame count via the seed's
     `progress_percent(input_idx, num_frames)`, or, when `progress_estimates` (video id ->
-    estimated percent, e.g. PAC-Net's) is given, from that mapping.
+    estimated percent, e.g. PAC-Net's) is given, from that mapping. `prompt_text` picks the
+    action text: "class" (the template without brackets, as in the seed's examples) or "label".
     """
 
     def __init__(self, cache: Any, annotations: Sequence[Mapping[str, Any]] | str | Path, *,
                  input_idx: int = 20, target_idx: int = 21, add_progress: bool = False,
-                 progress_estimates: Optional[Mapping[str, float]] = None):
+                 progress_estimates: Optional[Mapping[str, float]] = None,
+                 prompt_text: str = "class"):
         if not 0 <= input_idx < target_idx:
             raise ValueError(f"FramePairDataset: need 0 <= input_idx < target_idx, "
                              f"got {input_idx}, {target_idx}")
+        if prompt_text not in PROMPT_TEXTS:
+            raise ValueError(f"FramePairDataset: prompt_text must be one of {PROMPT_TEXTS}, "
+                             f"got {prompt_text!r}")
         if progress_estimates is not None and not add_progress:
             raise ValueError("FramePairDataset: progress_estimates given but add_progress=False")
         entries, self.source = load_annotation_entries(annotations)
@@ -84,6 +89,7 @@ class FramePairDataset(Dataset):
         self.resolution = int(cache.resolution)
         self.input_idx, self.target_idx = input_idx, target_idx
         self.add_progress = add_progress
+        self.prompt_text = prompt_text
         self.progress_from = ("none" if not add_progress
                               else "estimates" if progress_estimates is not None else "frame_count")
         self.skipped: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
@@ -117,16 +123,17 @@ class FramePairDataset(Dataset):
             self.video_ids.append(vid)
             self.labels.append(e["label"])
             self.num_frames.append(n)
-            self.prompts.append(build_prompt(e["label"], pct))
+            self.prompts.append(build_prompt(action_text(e, prompt_text), pct))
 
     @classmethod
     def for_variant(cls, cache: Any, annotations: Sequence[Mapping[str, Any]] | str | Path,
-                    variant: Any, progress_estimates: Optional[Mapping[str, float]] = None
-                    ) -> "FramePairDataset":
+                    variant: Any, progress_estimates: Optional[Mapping[str, float]] = None,
+                    prompt_text: str = "class") -> "FramePairDataset":
         """The pairs of a `pecn_ml.variants.Variant` (its frames and whether prompts carry progress)."""
         return cls(cache, annotations, input_idx=variant.input_idx, target_idx=variant.target_idx,
                    add_progress=variant.add_progress,
-                   progress_estimates=progress_estimates if variant.add_progress else None)
+                   progress_estimates=progress_estimates if variant.add_progress else None,
+                   prompt_text=prompt_text)
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -139,7 +146,8 @@ class FramePairDataset(Dataset):
         """Counts for logs and asset metadata."""
         return {"pairs": len(self), "skipped": {k: len(v) for k, v in self.skipped.items()},
                 "input_idx": self.input_idx, "target_idx": self.target_idx,
-                "resolution": self.resolution, "progress_from": self.progress_from}
+                "resolution": self.resolution, "progress_from": self.progress_from,
+                "prompt_text": self.prompt_text}
 
     def frame(self, vid: str, idx: int) -> np.ndarray:
         """Frame `idx` of video `vid` from the cache, checked to be (R, R, 3) uint8."""

@@ -114,9 +114,10 @@ class SyntheticConfig:
 
     @classmethod
     def demo(cls, seed: int = 0, **kw) -> "SyntheticConfig":
-        """Demo size: 24 task templates x (3 train + 2 val), 20 others x (2 + 1), 10 test ids."""
-        base = dict(seed=seed, task_train_per_template=3, task_val_per_template=2,
-                    other_train_per_template=2, other_val_per_template=1,
+        """Demo size: 24 task templates x (6 train + 3 val), 20 others x (1 + 1), 10 test ids:
+        144 training videos of the four tasks, 63 basic and 9 back-and-forth validation videos."""
+        base = dict(seed=seed, task_train_per_template=6, task_val_per_template=3,
+                    other_train_per_template=1, other_val_per_template=1,
                     num_other_templates=20, num_test=10)
         return cls(**{**base, **kw})
 

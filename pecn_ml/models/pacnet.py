@@ -50,6 +50,7 @@ class PacNetConfig:
     head: str = "regression"      # "regression" | "classification"
     image_size: Optional[int] = None  # resize frames to this square size; None = cache resolution
     frame_diff: bool = False      # also encode each frame's change since the first frame
+    pool_grid: int = 1            # ResNet features average-pooled to a g x g grid (1 = global)
     max_text_len: int = 77
 
     def __post_init__(self):
@@ -64,6 +65,8 @@ class PacNetConfig:
             raise ValueError(f"PacNetConfig.num_classes must be >= 2, got {self.num_classes}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"PacNetConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.pool_grid < 1:
+            raise ValueError(f"PacNetConfig.pool_grid must be >= 1, got {self.pool_grid}")
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"PacNetConfig.image_size must be >= 8 or None, got {self.image_size}")
 
@@ -126,18 +129,21 @@ def uniform_indices(last: int, num: int) -> np.ndarray:
 
 
 class FrameEncoder(nn.Module):
-    """ResNet per frame, globally pooled, projected: (B, T, 3, H, W) -> (B, T, D).
+    """ResNet per frame, pooled, projected: (B, T, 3, H, W) -> (B, T, D).
 
-    With `diff=True` the same ResNet also encodes each frame's change since frame 0
-    (x_t - x_0, an RGB-difference stream as in TSN), projected separately and added: global
-    pooling keeps what is in a frame but mostly loses where it moved, which the difference
-    keeps. Both go through one backbone call so BatchNorm statistics cover both.
+    `pool_grid=1` pools globally (the seed's ResNet-50 feature); `g > 1` average-pools the last
+    feature map to g x g cells and concatenates them, keeping where things are (a small backbone
+    has too little depth to encode position in its channels). With `diff=True` the same ResNet
+    also encodes each frame's change since frame 0 (x_t - x_0, an RGB-difference stream as in
+    TSN), projected separately and added. Both go through one backbone call so BatchNorm
+    statistics cover both.
     """
 
-    def __init__(self, resnet: nn.Module, hidden_dim: int, diff: bool = False):
+    def __init__(self, resnet: nn.Module, hidden_dim: int, diff: bool = False, pool_grid: int = 1):
         super().__init__()
         self.backbone = resnet
-        feat = resnet.config.hidden_sizes[-1]
+        self.pool_grid = pool_grid
+        feat = resnet.config.hidden_sizes[-1] * pool_grid * pool_grid
         self.proj = nn.Linear(feat, hidden_dim)
         self.diff_proj = nn.Linear(feat, hidden_dim) if diff else None
 
@@ -146,7 +152,12 @@ class FrameEncoder(nn.Module):
         x = frames.flatten(0, 1)                                       # (B*T, 3, H, W)
         if self.diff_proj is not None:
             x = torch.cat([x, (frames - frames[:, :1]).flatten(0, 1)])  # (2*B*T, 3, H, W)
-        pooled = self.backbone(pixel_values=x).pooler_output.flatten(1)  # (N, C)
+        out = self.backbone(pixel_values=x)
+        if self.pool_grid == 1:
+            pooled = out.pooler_output.flatten(1)                                     # (N, C)
+        else:
+            grid = F.adaptive_avg_pool2d(out.last_hidden_state, self.pool_grid)       # (N, C, g, g)
+            pooled = grid.flatten(1)                                                  # (N, C*g*g)
         feats = self.proj(pooled[:B * T])                               # (B*T, D)
         if self.diff_proj is not None:
             feats = feats + self.diff_proj(pooled[B * T:])
@@ -241,7 +252,7 @@ class PacNet(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         D = config.hidden_dim
-        self.frame_encoder = FrameEncoder(resnet, D, config.frame_diff)
+        self.frame_encoder = FrameEncoder(resnet, D, config.frame_diff, config.pool_grid)
         self.temporal = TemporalEncoder(D, config.num_frames, config.temporal_layers,
                                         config.heads, config.dropout)
         self.text_encoder = TextEncoder(clip_text, D)

@@ -106,43 +106,75 @@ def build_tiny_resnet(out_dir: str | Path, seed: int = 0) -> Path:
     return Path(out_dir)
 
 
-def build_tiny_pix2pix(out_dir: str | Path, in_channels: int = 8, seed: int = 0) -> Path:
-    """A small `StableDiffusionInstructPix2PixPipeline` folder (like `timbrooks/instruct-pix2pix`).
+def tiny_unet(in_channels: int = 8, block_out_channels: tuple[int, ...] = (32, 64),
+              cross_attention_dim: int = 32):
+    """A two-level `UNet2DConditionModel` (cross-attention at the lower level), random weights."""
+    from diffusers import UNet2DConditionModel
 
-    `in_channels=8` is an InstructPix2Pix UNet (noisy latents + image latents); `in_channels=4`
-    is a plain Stable Diffusion UNet, for testing `conv_in` widening. The VAE downsamples 4x.
-    """
-    from diffusers import (AutoencoderKL, EulerAncestralDiscreteScheduler,
-                           StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel)
-    from transformers import CLIPTextModel
-
-    out_dir = Path(out_dir)
-    tok_dir = out_dir / "tokenizer"
-    tok = build_tiny_tokenizer(tok_dir)
-    torch.manual_seed(seed)
-    hidden = 32
-    text_encoder = CLIPTextModel(_clip_text_config(len(tok), hidden, tok.model_max_length))
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=24, in_channels=in_channels, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=hidden,
+        block_out_channels=tuple(block_out_channels),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross_attention_dim,
         attention_head_dim=8, norm_num_groups=8,
     )
-    vae = AutoencoderKL(
+
+
+def tiny_vae():
+    """A three-level `AutoencoderKL` (4x downsampling, 4 latent channels), random weights."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
         block_out_channels=(16, 32, 32), norm_num_groups=8, sample_size=96,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
     )
-    scheduler = EulerAncestralDiscreteScheduler(
+
+
+def tiny_text_encoder(tokenizer, hidden: int = 32):
+    """A two-layer `CLIPTextModel` for `tokenizer`, random weights."""
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(_clip_text_config(len(tokenizer), hidden, tokenizer.model_max_length))
+
+
+def ip2p_scheduler():
+    """The inference scheduler an InstructPix2Pix folder ships (Euler ancestral, SD's betas)."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    return EulerAncestralDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         num_train_timesteps=1000, prediction_type="epsilon",
     )
+
+
+def save_pix2pix_pipeline(out_dir: str | Path, *, vae, text_encoder, tokenizer, unet) -> Path:
+    """`save_pretrained` of a `StableDiffusionInstructPix2PixPipeline` of these parts (no safety
+    checker) into `out_dir`, laid out like `timbrooks/instruct-pix2pix`."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
     pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=ip2p_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir)
-    return out_dir
+    return Path(out_dir)
+
+
+def build_tiny_pix2pix(out_dir: str | Path, in_channels: int = 8, seed: int = 0) -> Path:
+    """A small random `StableDiffusionInstructPix2PixPipeline` folder (like `timbrooks/instruct-pix2pix`).
+
+    `in_channels=8` is an InstructPix2Pix UNet (noisy latents + image latents); `in_channels=4`
+    is a plain Stable Diffusion UNet, for testing `conv_in` widening. The VAE downsamples 4x.
+    """
+    out_dir = Path(out_dir)
+    tok = build_tiny_tokenizer(out_dir / "tokenizer")
+    torch.manual_seed(seed)
+    text_encoder = tiny_text_encoder(tok)
+    unet = tiny_unet(in_channels)
+    return save_pix2pix_pipeline(out_dir, vae=tiny_vae(), text_encoder=text_encoder,
+                                 tokenizer=tok, unet=unet)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import pytest
 
 from pecn_assets.gpu import GPU_POOL, GPU_RETRY
 
-GROUPS = {"data", "progress", "pix2pix", "evaluation"}
+GROUPS = {"data", "pretrained", "progress", "pix2pix", "evaluation"}
 GPU_ASSETS = {"pacnet", "progress_estimates", "ip2p_model", "evaluation"}
 SOURCES = {"raw_annotations", "raw_videos"}
 

@@ -103,7 +103,7 @@ def pg_slice(postgres_url, tmp_path_factory):
     """Materialise the slice into the PostgreSQL instance; yield (home, settings, run ids)."""
     from pecn_assets import definitions
     from pecn_assets.demo import ensure_synthetic_data, materialize_all
-    from pecn_assets.resources import PecnSettings, TinyLocalModels
+    from pecn_assets.resources import PecnSettings, PretrainedModels
     from pecn_ml.data.templates import load_task_map
 
     root = tmp_path_factory.mktemp("pg_slice")
@@ -113,7 +113,7 @@ def pg_slice(postgres_url, tmp_path_factory):
     synthetic = replace(get_profile("smoke").synthetic, templates=one_per_task, task_train_per_template=2,
                         num_test=1, max_frames=40)
     ensure_synthetic_data(settings.data_path(), synthetic)
-    resources = {"settings": settings, "models": TinyLocalModels(root=str(root / "tiny_models"))}
+    resources = {"settings": settings, "models": PretrainedModels()}
     defs = dg.Definitions(assets=definitions.ASSETS, jobs=definitions.JOBS, resources=resources)
     home = _postgres_home(root / "dagster_home", postgres_url)
 

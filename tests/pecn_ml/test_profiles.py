@@ -7,7 +7,8 @@ from pecn_ml.profiles import CLIP_NAME, PIX2PIX_BASE, RESNET_NAME, get_profile
 
 def test_full_profile_matches_the_seed_tables():
     full = get_profile("full")
-    assert full.data_dir == "data/sthv2" and not full.tiny_models and full.synthetic is None
+    assert full.data_dir == "data/sthv2" and full.standins is None and full.synthetic is None
+    assert full.prompt_text == "class"  # the seed's example prompts use the class text
     assert (full.filter.train_per_task, full.filter.val_per_task, full.filter.seed) == (2000, 100, 42)
     t = full.pix2pix_train
     assert (full.pix2pix_resolution, t.resolution, t.train_batch_size, t.gradient_accumulation_steps,
@@ -23,9 +24,9 @@ def test_full_profile_matches_the_seed_tables():
 
 
 @pytest.mark.parametrize("name", ["demo", "smoke"])
-def test_small_profiles_use_local_models_and_synthetic_data(name):
+def test_small_profiles_train_standins_on_synthetic_data(name):
     profile = get_profile(name)
-    assert profile.tiny_models and profile.synthetic is not None
+    assert profile.standins is not None and profile.synthetic is not None
     assert profile.resolutions == get_profile("full").resolutions
 
 

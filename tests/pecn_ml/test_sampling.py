@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from pecn_ml.images import load_png
 from pecn_ml.metrics import psnr, ssim
 from pecn_ml.models.tiny import build_tiny_pix2pix
-from pecn_ml.sampling import (SamplingConfig, copy_frame_baseline, evaluate_model, sample_seed,
+from pecn_ml.training.autoencoder import roundtrip
+from pecn_ml.sampling import (SamplingConfig, copy_frame_baseline, evaluate_model, load_pipeline, sample_seed,
                               select_samples)
 
 R = 96
@@ -150,19 +152,19 @@ def test_output_folder_contents(evaluated):
     res, logs = evaluated
     out = res.out_dir
     ids = ["13", "14", "15"]
-    assert sorted(p.name for p in out.iterdir()) == ["comparison", "comparison_grid.png", "input", "output",
-                                                      "results.json", "target"]
-    for sub in ("input", "target", "output", "comparison"):
+    assert sorted(p.name for p in out.iterdir()) == ["autoencoder", "comparison", "comparison_grid.png", "input",
+                                                      "output", "results.json", "target"]
+    for sub in ("input", "target", "output", "autoencoder", "comparison"):
         assert sorted(p.name for p in (out / sub).iterdir()) == [f"{i}.png" for i in ids]
     assert load_png(out / "output" / "13.png").shape == (R, R, 3)
     comp = load_png(out / "comparison" / "13.png")
-    assert comp.shape[1] > 3 * R and comp.shape[0] > R  # Input | GT | Output with a label strip
+    assert comp.shape[1] > 4 * R and comp.shape[0] > R  # Input | GT | Output | VAE(GT), label strip
     assert res.grid_png == out / "comparison_grid.png" and load_png(res.grid_png).shape[0] > 3 * R
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
     assert any("sampling" in line and "3/3" in line for line in logs)
 
 
-def test_results_json_schema_and_metrics_from_files(evaluated, cache):
+def test_results_json_schema_and_metrics_from_files(evaluated, cache, model_dir):
     res, _ = evaluated
     data = json.loads(res.results_json.read_text(encoding="utf-8"))
     assert {"samples", "mean", "std", "baseline_mean", "n", "config", "skipped", "checkpoint_sha256"} <= set(data)
@@ -175,9 +177,9 @@ def test_results_json_schema_and_metrics_from_files(evaluated, cache):
     out = res.out_dir
     for row in data["samples"]:
         assert set(row) >= {"video_id", "task", "label", "prompt", "progress_percent", "ssim", "psnr",
-                            "baseline_ssim", "baseline_psnr"}
+                            "baseline_ssim", "baseline_psnr", "autoencoder_ssim", "autoencoder_psnr"}
         vid = row["video_id"]
-        assert row["prompt"] == "Generate a future frame of this action: moving pen up"
+        assert row["prompt"] == "Generate a future frame of this action: moving something up"  # class text
         assert row["progress_percent"] is None
         pred, tgt, inp = (load_png(out / s / f"{vid}.png") for s in ("output", "target", "input"))
         assert np.array_equal(tgt, cache.frame(vid, 25)) and np.array_equal(inp, cache.frame(vid, 20))
@@ -186,9 +188,17 @@ def test_results_json_schema_and_metrics_from_files(evaluated, cache):
         # the baseline is "output = input frame"
         assert row["baseline_ssim"] == pytest.approx(ssim(inp, tgt), abs=1e-12)
         assert row["baseline_psnr"] == pytest.approx(psnr(inp, tgt), abs=1e-12)
+        # the ceiling is the model's own VAE round trip of the target
+        ae = load_png(out / "autoencoder" / f"{vid}.png")
+        again = roundtrip(load_pipeline(model_dir, "cpu", torch.float32).vae, tgt[None])[0]
+        assert np.abs(ae.astype(int) - again).max() <= 1  # batch of 3 vs 1: an 8-bit rounding may flip
+        assert row["autoencoder_ssim"] == pytest.approx(ssim(ae, tgt), abs=1e-12)
+        assert row["autoencoder_psnr"] == pytest.approx(psnr(ae, tgt), abs=1e-12)
     assert data["mean"]["ssim"] == pytest.approx(np.mean([r["ssim"] for r in data["samples"]]))
     assert data["std"]["psnr"] == pytest.approx(np.std([r["psnr"] for r in data["samples"]]))
     assert res.baseline_mean["ssim"] == pytest.approx(np.mean([r["baseline_ssim"] for r in data["samples"]]))
+    assert data["autoencoder_mean"]["psnr"] == res.autoencoder_mean["psnr"] == pytest.approx(
+        np.mean([r["autoencoder_psnr"] for r in data["samples"]]))
     baseline = copy_frame_baseline(cache, ENTRIES, 20, 25, 3)
     assert baseline["mean"]["psnr"] == pytest.approx(data["baseline_mean"]["psnr"], abs=1e-12)
 
@@ -220,7 +230,7 @@ def test_progress_prompts_and_rerun_replaces_folder(model_dir, cache, tmp_path):
     assert not (out / "output" / "stale.png").exists()
     assert sorted(p.name for p in (out / "output").iterdir()) == ["13.png", "15.png"]
     data = json.loads(res.results_json.read_text(encoding="utf-8"))
-    assert data["samples"][0]["prompt"] == ("Generate a future frame of this action: moving pen up. "
+    assert data["samples"][0]["prompt"] == ("Generate a future frame of this action: moving something up. "
                                             "And 37% of the action has been completed.")
     assert [r["progress_percent"] for r in data["samples"]] == [37, 81]
     assert data["config"]["progress_source"] == "PAC-Net estimate"

@@ -43,10 +43,15 @@ def cache():
 
 
 def test_items_are_normalised_pairs_from_the_cache(cache):
-    ds = FramePairDataset(cache, [entry("1", "dropping a pen onto a box")], input_idx=20, target_idx=21)
+    ds = FramePairDataset(cache, [entry("1", "moving a pen up")], input_idx=20, target_idx=21)
     item = ds[0]
     assert item["video_id"] == "1"
-    assert item["prompt"] == "Generate a future frame of this action: dropping a pen onto a box"
+    # the class text (template without brackets), as in the seed's example prompts
+    assert item["prompt"] == "Generate a future frame of this action: moving something up"
+    by_label = FramePairDataset(cache, [entry("1", "moving a pen up")], prompt_text="label")
+    assert by_label.prompts == ["Generate a future frame of this action: moving a pen up"]
+    with pytest.raises(ValueError, match="prompt_text"):
+        FramePairDataset(cache, [entry("1")], prompt_text="template")
     for key, idx in (("input", 20), ("target", 21)):
         x = item[key]
         assert x.shape == (3, 16, 16) and x.dtype == torch.float32

@@ -42,7 +42,8 @@ class FakeFrameCache:
 
 def make_dataset(n=10, version="fake-v1", **kw):
     cache = FakeFrameCache({str(i): 30 + i for i in range(n)}, version=version)
-    ann = [{"id": str(i), "label": "pushing something from left to right"} for i in range(n)]
+    ann = [{"id": str(i), "label": "pushing a cup from left to right",
+            "template": "Pushing [something] from left to right"} for i in range(n)]
     return FramePairDataset(cache, ann, **kw)
 
 

@@ -1,0 +1,138 @@
+"""Train a Stable-Diffusion-style `AutoencoderKL` on video frames (the demo's stand-in VAE).
+
+The real run inherits Stable Diffusion's VAE through `timbrooks/instruct-pix2pix`; it was trained on
+natural images and reconstructs them closely. A randomly initialised tiny VAE reconstructs nothing,
+so no latent diffusion model on top of it can produce a frame. The demo therefore trains its VAE
+first, on the synthetic training frames, like SD's: a posterior sample is decoded, the loss is
+MSE + L1 on pixels plus a small KL term (SD used 1e-6) that keeps the posterior near N(0, 1)
+without blurring. Being fully convolutional, it trains on random `crop` x `crop` patches (cheap)
+and is used on whole frames.
+
+`latent_scaling_factor` then measures the std of the posterior means over the training frames and
+returns 1/std: the VAE config's `scaling_factor` (SD's 0.18215), which gives the diffusion model
+unit-variance latents. `roundtrip` is decode(encode(x)) at the posterior mode: the best any model
+working in this latent space can do on a frame (the "autoencoder ceiling" of the evaluations).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pecn_ml.utils.progress import ProgressMeter
+
+LogFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    """How the stand-in VAE is trained (defaults: the demo's, ~2 minutes on 2 CPU cores)."""
+
+    steps: int = 1200
+    batch_size: int = 48
+    crop: int = 32                 # random square patches; must be a multiple of the VAE's factor
+    learning_rate: float = 3e-3    # AdamW, cosine-annealed to 0 over `steps`
+    l1_weight: float = 1.0         # loss = MSE + l1_weight * L1 + kl_weight * KL
+    kl_weight: float = 1e-6
+    seed: int = 0
+    log_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.crop < 8:
+            raise ValueError("AutoencoderTrainConfig: steps, batch_size >= 1 and crop >= 8 needed")
+        if self.learning_rate <= 0 or self.l1_weight < 0 or self.kl_weight < 0:
+            raise ValueError("AutoencoderTrainConfig: learning_rate > 0, weights >= 0 needed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainResult:
+    losses: list[float]            # one per step
+    seconds: float
+
+
+def frames_to_pixels(frames: np.ndarray) -> torch.Tensor:
+    """(B, R, R, 3) uint8 -> (B, 3, R, R) float32 in [-1, 1] (the pipelines' normalisation)."""
+    assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8, frames.shape
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def pixels_to_frames(pixels: torch.Tensor) -> np.ndarray:
+    """(B, 3, R, R) float in [-1, 1] -> (B, R, R, 3) uint8, rounded like diffusers' conversion."""
+    x = ((pixels.detach().float().cpu().clamp(-1, 1) + 1.0) / 2.0 * 255.0).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def _vae_factor(vae: Any) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def train_autoencoder(vae: Any, frames: np.ndarray, config: AutoencoderTrainConfig, *,
+                      log: Optional[LogFn] = None) -> AutoencoderTrainResult:
+    """Train `vae` in place on random crops of `frames` (N, R, R, 3) uint8; CPU or its device."""
+    if len(frames) == 0:
+        raise ValueError("train_autoencoder: no frames")
+    r = frames.shape[1]
+    if config.crop > r or config.crop % _vae_factor(vae):
+        raise ValueError(f"train_autoencoder: crop {config.crop} must be <= {r} and a multiple of "
+                         f"the VAE's downsampling factor {_vae_factor(vae)}")
+    device = next(vae.parameters()).device
+    g = torch.Generator().manual_seed(config.seed)
+    noise_g = torch.Generator(device=device).manual_seed(config.seed + 1)
+    opt = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps))))
+    vae.train()
+    vae.requires_grad_(True)
+    losses: list[float] = []
+    meter = ProgressMeter("autoencoder train", config.steps, log, every_s=config.log_every_s,
+                          unit="steps")
+    t0 = time.perf_counter()
+    for _ in range(config.steps):
+        idx = torch.randint(0, len(frames), (config.batch_size,), generator=g)
+        i, j = torch.randint(0, r - config.crop + 1, (2,), generator=g).tolist()
+        x = frames_to_pixels(frames[idx.numpy(), i:i + config.crop, j:j + config.crop]).to(device)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=noise_g)).sample          # (B, 3, c, c)
+        loss = (F.mse_loss(recon, x) + config.l1_weight * F.l1_loss(recon, x)
+                + config.kl_weight * posterior.kl().mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        meter.update(1, extra=f"loss {np.mean(losses[-20:]):.4f}")
+    vae.eval()
+    vae.requires_grad_(False)
+    return AutoencoderTrainResult(losses=losses, seconds=round(time.perf_counter() - t0, 3))
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: Any, frames: np.ndarray, batch_size: int = 64) -> float:
+    """1 / std of the posterior means of `frames` (SD's `scaling_factor`, 0.18215 for its VAE)."""
+    device = next(vae.parameters()).device
+    means = [vae.encode(frames_to_pixels(frames[s:s + batch_size]).to(device)).latent_dist.mean
+             .float().cpu() for s in range(0, len(frames), batch_size)]
+    std = float(torch.cat(means).std())
+    if not math.isfinite(std) or std <= 0:
+        raise ValueError(f"latent_scaling_factor: latent std is {std}")
+    return 1.0 / std
+
+
+@torch.no_grad()
+def roundtrip(vae: Any, frames: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """decode(encode(x)) at the posterior mode: (B, R, R, 3) uint8 in, same out."""
+    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+    out = []
+    for s in range(0, len(frames), batch_size):
+        x = frames_to_pixels(frames[s:s + batch_size]).to(device, dtype)
+        out.append(pixels_to_frames(vae.decode(vae.encode(x).latent_dist.mode()).sample))
+    return np.concatenate(out)

@@ -1,0 +1,130 @@
+"""Instruct-pretraining of the demo's stand-in InstructPix2Pix UNet on generic frame pairs.
+
+`timbrooks/instruct-pix2pix` arrives already able to edit an image as told; the seed fine-tunes
+that ability. The demo's stand-in must arrive the same way, or fine-tuning starts from noise. So,
+before any variant is trained, its UNet learns a *generic* task on the training videos: from
+frame i, produce frame i + k (k = 1 .. `max_offset`), told only "show this k frames later" --
+never the action text or the progress, which stay for the fine-tuning to teach.
+
+The loss is the variants' own (`pix2pix.training_step`: noise prediction, conditioning dropout),
+on latents of the frozen, already trained VAE; every frame is encoded once (posterior mean and
+log-variance; a fresh posterior sample per step, as `latent_cache` does).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from pecn_ml.models.pix2pix import encode_prompts
+from pecn_ml.training.autoencoder import frames_to_pixels
+from pecn_ml.training.latent_cache import encode_pixels
+from pecn_ml.training.pix2pix import (LatentBatch, draw_step_randomness, step_generator,
+                                      training_step)
+from pecn_ml.utils.progress import ProgressMeter
+
+LogFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class InstructPretrainConfig:
+    """How the stand-in UNet is pretrained (defaults: the demo's)."""
+
+    steps: int = 600
+    batch_size: int = 32
+    learning_rate: float = 1e-3            # AdamW, cosine-annealed to 0 over `steps`
+    max_offset: int = 5                    # target frame = input frame + k, k in 1..max_offset
+    conditioning_dropout_prob: float = 0.05
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    log_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.max_offset < 1:
+            raise ValueError("InstructPretrainConfig: steps, batch_size, max_offset must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError("InstructPretrainConfig: learning_rate must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def generic_instruction(k: int) -> str:
+    """The pretraining prompt for a k-frame step (no action text, no progress)."""
+    return f"show this {k} frames later"
+
+
+@dataclass
+class FrameLatents:
+    """Posterior parameters of every frame of some videos, and the (input, target, k) pairs."""
+
+    mean: torch.Tensor      # (N, 4, h, w) all frames, video after video
+    logvar: torch.Tensor    # (N, 4, h, w)
+    pairs: torch.Tensor     # (P, 3) long: input row, target row, k
+
+
+@torch.no_grad()
+def encode_videos(vae: Any, videos: Sequence[np.ndarray], max_offset: int,
+                  batch_size: int = 64, log: Optional[LogFn] = None) -> FrameLatents:
+    """Encode every frame of `videos` (each (T, R, R, 3) uint8) once; list the usable pairs."""
+    means, logvars, pairs, row = [], [], [], 0
+    meter = ProgressMeter("encode frames", sum(len(v) for v in videos), log, unit="frames")
+    for frames in videos:
+        for s in range(0, len(frames), batch_size):
+            mean, logvar = encode_pixels(vae, frames_to_pixels(frames[s:s + batch_size]))
+            means.append(mean.float().cpu())
+            logvars.append(logvar.float().cpu())
+            meter.update(len(mean))
+        t = len(frames)
+        pairs += [(row + i, row + i + k, k) for k in range(1, max_offset + 1) for i in range(t - k)]
+        row += t
+    if not pairs:
+        raise ValueError("encode_videos: no video has two frames")
+    return FrameLatents(torch.cat(means), torch.cat(logvars), torch.tensor(pairs, dtype=torch.long))
+
+
+def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: Any,
+                           noise_scheduler: Any, videos: Sequence[np.ndarray],
+                           config: InstructPretrainConfig, *, log: Optional[LogFn] = None
+                           ) -> list[float]:
+    """Train `unet` (8 input channels) in place on generic frame pairs; returns the step losses."""
+    device = next(unet.parameters()).device
+    latents = encode_videos(vae, videos, config.max_offset, log=log)
+    prompts = encode_prompts(tokenizer, text_encoder,
+                             [generic_instruction(k) for k in range(1, config.max_offset + 1)])
+    empty = encode_prompts(tokenizer, text_encoder, [""])                      # (1, L, D)
+    scaling = float(vae.config.scaling_factor)
+    opt = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps))))
+    g = torch.Generator().manual_seed(config.seed)
+    unet.train()
+    losses: list[float] = []
+    meter = ProgressMeter("instruct pretraining", config.steps, log, every_s=config.log_every_s,
+                          unit="steps")
+    for step in range(config.steps):
+        pick = latents.pairs[torch.randint(0, len(latents.pairs), (config.batch_size,), generator=g)]
+        inp, tgt, k = pick[:, 0], pick[:, 1], pick[:, 2]                       # (B,) each
+        batch = LatentBatch(latents.mean[tgt].to(device), latents.logvar[tgt].to(device),
+                            latents.mean[inp].to(device), prompts[k - 1].to(device))
+        draws = draw_step_randomness(batch.target_mean.shape,
+                                     noise_scheduler.config.num_train_timesteps,
+                                     generator=step_generator(config.seed, step, device),
+                                     dtype=batch.target_mean.dtype, device=device)
+        loss = training_step(unet, noise_scheduler, batch, draws, empty_prompt_embeds=empty,
+                             conditioning_dropout_prob=config.conditioning_dropout_prob,
+                             scaling_factor=scaling)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        meter.update(1, extra=f"loss {np.mean(losses[-20:]):.4f}")
+    unet.eval()
+    return losses

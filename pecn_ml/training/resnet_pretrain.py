@@ -1,0 +1,105 @@
+"""Self-supervised pretraining of the demo's stand-in ResNet (PAC-Net's frame encoder).
+
+The real PAC-Net starts from `microsoft/resnet-50`, whose ImageNet features already tell objects
+from background. A random tiny ResNet tells nothing, and the demo's few hundred videos are too
+few to learn it inside PAC-Net. So the stand-in is pretrained on the synthetic training videos,
+without labels, on "what moves and where": a frame's moving region is where it differs from the
+video's per-pixel median (the static background), by more than `motion_threshold` levels in any
+channel. From one frame (ImageNet-normalised, as PAC-Net feeds it) the ResNet learns to predict
+
+- that region's coarse mask from its last feature map (1x1 conv, BCE), and
+- the region's centroid (x, y) and size sqrt(area) from its pooled feature (linear, MSE),
+
+so PAC-Net's pooled per-frame features carry object position, which progress depends on. The two
+heads are discarded; `save_pretrained` writes the ResNet alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pecn_ml.models.pacnet import frames_to_input
+from pecn_ml.utils.progress import ProgressMeter
+
+LogFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ResnetPretrainConfig:
+    steps: int = 600
+    batch_size: int = 64
+    learning_rate: float = 2e-3      # AdamW, cosine-annealed to 0
+    motion_threshold: int = 25       # levels (0..255) from the median that count as moving
+    centroid_weight: float = 10.0    # loss = BCE(mask) + centroid_weight * MSE(centroid, size)
+    seed: int = 0
+    log_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or not 0 < self.motion_threshold < 255:
+            raise ValueError("ResnetPretrainConfig: steps, batch_size >= 1 and 0 < threshold < 255")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def motion_masks(frames: np.ndarray, threshold: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, H, W) float32 1 where a frame differs from the median frame."""
+    median = np.median(frames, axis=0)                                            # (H, W, 3)
+    return (np.abs(frames.astype(np.float32) - median).max(axis=-1) > threshold).astype(np.float32)
+
+
+def region_stats(masks: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) masks -> (B, 3): centroid x, y in [0, 1] and sqrt(area fraction)."""
+    b, h, w = masks.shape
+    ys = torch.linspace(0, 1, h).view(1, h, 1)
+    xs = torch.linspace(0, 1, w).view(1, 1, w)
+    area = masks.sum((1, 2)).clamp(min=1.0)
+    return torch.stack([(masks * xs).sum((1, 2)) / area, (masks * ys).sum((1, 2)) / area,
+                        (area / (h * w)).sqrt()], dim=1)
+
+
+def pretrain_resnet(resnet: Any, videos: Sequence[np.ndarray], config: ResnetPretrainConfig, *,
+                    log: Optional[LogFn] = None) -> list[float]:
+    """Train `resnet` (transformers `ResNetModel`) in place; returns the step losses."""
+    if not videos:
+        raise ValueError("pretrain_resnet: no videos")
+    frames = np.concatenate(videos)                                                # (N, H, W, 3)
+    masks = torch.from_numpy(np.concatenate([motion_masks(v, config.motion_threshold)
+                                             for v in videos]))                   # (N, H, W)
+    stats = region_stats(masks)                                                    # (N, 3)
+    channels = resnet.config.hidden_sizes[-1]
+    torch.manual_seed(config.seed)
+    mask_head = torch.nn.Conv2d(channels, 1, 1)
+    stats_head = torch.nn.Linear(channels, 3)
+    params = [*resnet.parameters(), *mask_head.parameters(), *stats_head.parameters()]
+    opt = torch.optim.AdamW(params, lr=config.learning_rate)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps))))
+    g = torch.Generator().manual_seed(config.seed)
+    resnet.train()
+    losses: list[float] = []
+    meter = ProgressMeter("resnet pretraining", config.steps, log, every_s=config.log_every_s,
+                          unit="steps")
+    for _ in range(config.steps):
+        idx = torch.randint(0, len(frames), (config.batch_size,), generator=g)
+        x = frames_to_input(torch.from_numpy(frames[idx.numpy()])[:, None])[:, 0]  # (B, 3, H, W)
+        out = resnet(pixel_values=x)
+        fmap = out.last_hidden_state                                               # (B, C, h, w)
+        target_mask = F.adaptive_avg_pool2d(masks[idx][:, None], fmap.shape[-2:])  # (B, 1, h, w)
+        loss = (F.binary_cross_entropy_with_logits(mask_head(fmap), target_mask)
+                + config.centroid_weight * F.mse_loss(stats_head(out.pooler_output.flatten(1)),
+                                                      stats[idx]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        meter.update(1, extra=f"loss {np.mean(losses[-20:]):.4f}")
+    resnet.eval()
+    return losses
