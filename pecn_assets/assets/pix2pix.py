@@ -83,7 +83,7 @@ def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig,
             "checkpoint": dg.MetadataValue.path(str(result.model_dir)),
             "checkpoint_sha256": result.unet_sha256,
             "final_loss": float(result.final_loss),
-            "steps": result.steps, "epochs": result.epochs,
+            "steps": result.steps, "epochs": result.epochs, "seed": result.seed,
             "train_pairs": len(train), "skipped": dg.MetadataValue.json(
                 {k: len(v) for k, v in train.skipped.items()}),
             "loss_curve": dg.MetadataValue.md(image_md([result.loss_curve_png], "training loss")),

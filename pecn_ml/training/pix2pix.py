@@ -133,6 +133,7 @@ class Pix2PixTrainResult:
     resumed_from_step: Optional[int] = None
     seconds: float = 0.0
     latent_cache: dict[str, Any] = field(default_factory=dict)
+    seed: Optional[int] = None     # the base seed the run trained with (config's, resumed or random)
 
 
 # --- one step --------------------------------------------------------------------------------
@@ -382,6 +383,25 @@ def _fingerprint(config: Pix2PixTrainConfig, pretrained: str, dataset: Any,
             "max_train_steps": max_train_steps}
 
 
+def _checkpoint_to_resume(out_dir: Path, fingerprint: dict[str, Any], resume: bool, log: LogFn
+                          ) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
+    """The latest checkpoint in `out_dir` and its training state when it is of this same run
+    (equal fingerprint); else (None, None). `resume=False` or a checkpoint of another run deletes
+    every checkpoint: nothing of another run (its seed included) carries over."""
+    latest = ckpt.latest_checkpoint(out_dir) if resume else None
+    if latest is None:
+        if not resume:
+            ckpt.clear_checkpoints(out_dir)
+        return None, None
+    prior = ckpt.read_training_state(latest)
+    diff = sorted(k for k, v in fingerprint.items() if prior["fingerprint"].get(k) != v)
+    if diff:  # another config, data or model: its checkpoints cannot continue this run
+        log(f"{latest}: checkpoint is of another run (differs in {diff}); starting over")
+        ckpt.clear_checkpoints(out_dir)
+        return None, None
+    return latest, prior
+
+
 def _resolve_mixed_precision(config: Pix2PixTrainConfig, log: LogFn) -> str:
     mp = config.mixed_precision
     if mp == "fp16" and (config.force_cpu or not torch.cuda.is_available()):
@@ -473,10 +493,15 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
                              f"config.resolution is {config.resolution}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        ckpt.clear_checkpoints(out_dir)
-    resume_from = ckpt.latest_checkpoint(out_dir) if resume else None
-    prior = ckpt.read_training_state(resume_from) if resume_from else None
+    micro_per_epoch = math.ceil(len(train_dataset) / config.train_batch_size)  # = len(loader)
+    steps_per_epoch = math.ceil(micro_per_epoch / config.gradient_accumulation_steps)
+    max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    fingerprint = _fingerprint(config, pretrained, train_dataset, max_steps)
+    # Decided before the seed: only a checkpoint of this same run lends its seed to the run.
+    resume_from, prior = _checkpoint_to_resume(out_dir, fingerprint, resume, log)
+    base_seed = (prior["base_seed"] if prior else
+                 config.seed if config.seed is not None else secrets.randbits(62))
 
     accelerator = _make_accelerator(config, log)
     if accelerator.num_processes > 1:
@@ -505,30 +530,18 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
     scaling_factor = float(vae.config.scaling_factor)
     empty_prompt_embeds = encode_prompts(tokenizer, text_encoder, [""])       # (1, L, D), once
 
-    base_seed = (prior["base_seed"] if prior else
-                 config.seed if config.seed is not None else secrets.randbits(62))
-
     loader, cached, cache_info = _make_loader(config, train_dataset, parts, out_dir, base_seed,
                                               device, log)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate,
                                   betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
-    steps_per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
-    max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    assert len(loader) == micro_per_epoch, (len(loader), micro_per_epoch)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=max_steps)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
 
-    fingerprint = _fingerprint(config, pretrained, train_dataset, max_steps)
     global_step, loss_curve, resumed_step = 0, [], None
-    if resume_from is not None:
-        diff = sorted(k for k, v in fingerprint.items() if prior["fingerprint"].get(k) != v)
-        if diff:  # another config, data or model: its checkpoints cannot continue this run
-            log(f"{resume_from}: checkpoint is of another run (differs in {diff}); starting over")
-            ckpt.clear_checkpoints(out_dir)
-            resume_from = None
     if resume_from is not None:
         ckpt.load_checkpoint(accelerator, resume_from)
         global_step = resumed_step = int(prior["global_step"])
@@ -639,7 +652,8 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
                                   loss_curve=loss_curve, model_dir=model_dir, unet_sha256=unet_sha,
                                   validation_grid=validation_grid, loss_curve_png=curve_png,
                                   tensorboard_dir=tb_dir, resumed_from_step=resumed_step,
-                                  seconds=round(seconds, 3), latent_cache=cache_info)
+                                  seconds=round(seconds, 3), latent_cache=cache_info,
+                                  seed=base_seed)
     finally:
         writer.close()
 

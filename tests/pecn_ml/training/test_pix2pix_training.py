@@ -1,6 +1,7 @@
 """InstructPix2Pix training: dropout masks, the step, latent caching, the loop, resume, save/load."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -291,6 +292,30 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_models, tmp_path)
                           log=lines.append)
     assert other.resumed_from_step is None and other.unet_sha256 != full.unet_sha256
     assert any("checkpoint is of another run (differs in ['pairs'" in line for line in lines)
+
+
+def test_another_seed_in_the_same_folder_trains_with_that_seed(tiny_models, tmp_path):
+    """A checkpoint of another run lends it nothing, its seed included; one of the same run does."""
+    ds = make_dataset(4)             # one micro-batch per epoch: 2 optimizer steps, checkpoint-1 kept
+    cfg = small_config(max_train_steps=2, gradient_accumulation_steps=1, checkpointing_steps=1,
+                       checkpoints_total_limit=1, seed=0)
+    out = tmp_path / "next1"
+    first = train_pix2pix(tiny_models.pix2pix, ds, cfg, out)
+    assert first.seed == 0 and ckpt.read_training_state(ckpt.latest_checkpoint(out))["base_seed"] == 0
+
+    lines = []
+    seven = train_pix2pix(tiny_models.pix2pix, ds, replace(cfg, seed=7), out,
+                          log=lines.append)
+    assert any("checkpoint is of another run (differs in ['seed'])" in line for line in lines)
+    assert seven.resumed_from_step is None and seven.seed == 7
+    assert any(line.endswith("seed 7") for line in lines)
+    assert ckpt.read_training_state(ckpt.latest_checkpoint(out))["base_seed"] == 7
+    assert seven.unet_sha256 != first.unet_sha256
+
+    # a retried step of the seed-7 run resumes its checkpoint and keeps its seed
+    again = train_pix2pix(tiny_models.pix2pix, ds, replace(cfg, seed=7), out)
+    assert again.resumed_from_step == 1 and again.seed == 7
+    assert again.unet_sha256 == seven.unet_sha256
 
 
 def test_train_from_sd_checkpoint_uncached_without_seed(tiny_models, tmp_path):
