@@ -11,6 +11,8 @@ and the sha256 of every weight file are recorded.
   local folder is used as it is. Either way the weight files are hashed.
 - `weights_sha256(folder)`: one sha over the weight files' shas (relative path -> sha256), the
   data version of a base-weights asset.
+- `weights_identity(name)`: what a training checkpoint's fingerprint records of its pretrained
+  weights: that sha for a local folder (never the folder's path), the hub id otherwise.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def weights_sha256(folder: str | os.PathLike) -> str:
     if not files:
         raise FileNotFoundError(f"{folder}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
     return sha256_json(files)
+
+
+def weights_identity(name: str | os.PathLike) -> str:
+    """`sha256:<weights_sha256>` of a local folder, so that the same weights in a moved or copied
+    folder are the same weights to a resume check; a hub repository id as it is."""
+    return f"sha256:{weights_sha256(name)}" if is_local(str(name)) else str(name)
 
 
 def is_local(name: str) -> bool:

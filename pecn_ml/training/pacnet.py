@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from pecn_ml.models.pacnet import (PacNet, PacNetConfig, load_pacnet,
                                    read_pacnet_config, write_pacnet_files, WEIGHTS_NAME)
+from pecn_ml.models.weights import weights_identity
 from pecn_ml.training.pacnet_data import PacNetCropDataset, check_entries, crop_indices
 from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
 from pecn_ml.utils.accel import make_accelerator
@@ -37,6 +38,8 @@ STATE_FORMAT = "pecn.pacnet.train.v1"
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # Fields that do not change the result; a resumed run may differ in these.
 _NON_RESULT_FIELDS = {"num_workers", "log_every_s"}
+# Pretrained folders: in a fingerprint by their weights' sha (see `_model_identity`).
+_PRETRAINED_FIELDS = ("resnet_name", "clip_name")
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,20 @@ def _result_fields(cfg: PacNetTrainConfig) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if k not in _NON_RESULT_FIELDS}
 
 
+def _model_identity(config: PacNetConfig) -> dict:
+    """The model config with the pretrained ResNet and CLIP counted by their weights' sha, not by
+    their folders: a moved project still resumes its checkpoints."""
+    return {**config.to_dict(), **{k: weights_identity(getattr(config, k)) for k in _PRETRAINED_FIELDS}}
+
+
+def _fingerprint(model_config: PacNetConfig, cfg: PacNetTrainConfig, train: Sequence[Mapping],
+                 val: Sequence[Mapping]) -> dict:
+    """What decides the run's result; a `last/` with another fingerprint is of another run."""
+    return {"model_config": _model_identity(model_config), "train_config": _result_fields(cfg),
+            "train_ids": sha256_json([e["id"] for e in train]),
+            "val_ids": sha256_json([e["id"] for e in val])}
+
+
 def _save_last(last_dir: Path, model, optimizer, scheduler, accelerator, state: dict) -> None:
     from safetensors.torch import save_file
 
@@ -331,9 +348,7 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
     mean_progress = float(np.mean([train_ds.targets(ep) for ep in range(1, cfg.epochs + 1)]))
     val_targets = val_ds.targets()
     baseline = mae_percent(np.full_like(val_targets, mean_progress), val_targets)
-    fingerprint = {"model_config": model_config.to_dict(), "train_config": _result_fields(cfg),
-                   "train_ids": sha256_json([e["id"] for e in train]),
-                   "val_ids": sha256_json([e["id"] for e in val])}
+    fingerprint = _fingerprint(model_config, cfg, train, val)
 
     last = _find_last(out_dir) if resume else None
     state = None
@@ -357,8 +372,11 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
     torch.manual_seed(cfg.seed)
     if state is not None:
         model = load_pacnet(last, device="cpu")
-        if read_pacnet_config(last) != model_config:
+        # Equal but for the pretrained folders' paths (their weights' shas matched above).
+        here = {k: getattr(model_config, k) for k in _PRETRAINED_FIELDS}
+        if replace(read_pacnet_config(last), **here) != model_config:
             raise ValueError(f"{last}: model config differs from this run's")
+        model.config = model_config  # later checkpoints name this run's folders
     else:
         model = PacNet(model_config)
     if cfg.freeze_text_encoder:

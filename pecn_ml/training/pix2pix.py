@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pecn_ml.data.pairs import collate_pairs
 from pecn_ml.models.pix2pix import (DEFAULT_PRETRAINED, build_pipeline, encode_prompts,
                                     load_pix2pix_components)
+from pecn_ml.models.weights import weights_identity
 from pecn_ml.training import pix2pix_checkpoints as ckpt
 from pecn_ml.training.latent_cache import (LatentStore, PairLatents, encode_dataset,
                                            encode_pixels, sample_latents)
@@ -377,7 +378,10 @@ _FINGERPRINT_FIELDS = ("resolution", "train_batch_size", "gradient_accumulation_
 
 def _fingerprint(config: Pix2PixTrainConfig, pretrained: str, dataset: Any,
                  max_train_steps: int) -> dict[str, Any]:
-    return {**{k: getattr(config, k) for k in _FINGERPRINT_FIELDS}, "pretrained": pretrained,
+    """What decides the run's result; a checkpoint with another fingerprint is not resumed. The
+    pretrained model counts by its weights' sha (a hub id by its name), not by its folder."""
+    return {**{k: getattr(config, k) for k in _FINGERPRINT_FIELDS},
+            "pretrained": weights_identity(pretrained),
             "pairs": sha256_json([list(dataset.video_ids), list(dataset.prompts),
                                   dataset.input_idx, dataset.target_idx]),
             "max_train_steps": max_train_steps}

@@ -1,6 +1,7 @@
 """InstructPix2Pix training: dropout masks, the step, latent caching, the loop, resume, save/load."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -316,6 +317,27 @@ def test_another_seed_in_the_same_folder_trains_with_that_seed(tiny_models, tmp_
     again = train_pix2pix(tiny_models.pix2pix, ds, replace(cfg, seed=7), out)
     assert again.resumed_from_step == 1 and again.seed == 7
     assert again.unet_sha256 == seven.unet_sha256
+
+
+def test_checkpoint_resumes_after_the_pretrained_folder_moved(tiny_models, tmp_path):
+    """The fingerprint holds the pretrained weights' sha, not their folder's path."""
+    ds = make_dataset(4)
+    cfg = small_config(max_train_steps=2, gradient_accumulation_steps=1, checkpointing_steps=1,
+                       checkpoints_total_limit=1)
+    out = tmp_path / "next1"
+    first = train_pix2pix(tiny_models.pix2pix, ds, cfg, out)
+    moved = shutil.copytree(tiny_models.pix2pix, tmp_path / "moved" / "pix2pix")
+    lines = []
+    again = train_pix2pix(moved, ds, cfg, out, log=lines.append)
+    assert not [line for line in lines if "another run" in line]
+    assert again.resumed_from_step == 1 and again.unet_sha256 == first.unet_sha256
+    # other weights in that same folder are another run
+    shutil.rmtree(moved)
+    shutil.copytree(tiny_models.sd_unet4, moved)
+    lines = []
+    other = train_pix2pix(moved, ds, cfg, out, log=lines.append)
+    assert other.resumed_from_step is None
+    assert any("differs in ['pretrained']" in line for line in lines)
 
 
 def test_train_from_sd_checkpoint_uncached_without_seed(tiny_models, tmp_path):
