@@ -57,6 +57,11 @@ def filtered_video_ids(settings: PecnSettings) -> list[str]:
     return list(seen)
 
 
+def preview_indices(num_frames: int, middle: int = 20) -> list[int]:
+    """Frames 0, `middle` and the last, of those the video has (a short one shows fewer)."""
+    return sorted({0, min(middle, num_frames - 1), num_frames - 1})
+
+
 @dg.asset(
     group_name="data", deps=[filtered_annotations, raw_videos], partitions_def=resolution_partitions,
     kinds={"numpy"}, code_version="1",
@@ -74,10 +79,12 @@ def frame_cache(context: dg.AssetExecutionContext, settings: PecnSettings) -> dg
     failures = cache.failures()
     unaccounted = [v for v in ids if v not in cached and v not in failures]
     short = [v for v in ids if v in cached and cache.num_frames(v) <= 25]
-    preview = []
+    preview, caption = [], ""
     if cached:
         first = next(v for v in ids if v in cached)
-        preview = cache.export_pngs(first, cache.root / "_preview", indices=[0, 20, cache.num_frames(first) - 1])
+        shown = preview_indices(cache.num_frames(first))
+        preview = cache.export_pngs(first, cache.root / "_preview", indices=shown)
+        caption = f"video {first}: frames {', '.join(map(str, shown))} of {cache.num_frames(first)}"
     failure_rows = [{"video_id": v, "reason": r} for v, r in sorted(failures.items())]
     return dg.MaterializeResult(
         metadata={
@@ -87,7 +94,7 @@ def frame_cache(context: dg.AssetExecutionContext, settings: PecnSettings) -> dg
             "frames_per_s": round(report.frames_written / report.seconds, 1) if report.seconds else 0.0,
             "failures": dg.MetadataValue.md(table_md(failure_rows) if failure_rows else "none"),
             "cache_dir": dg.MetadataValue.path(str(cache.root)),
-            "preview": dg.MetadataValue.md(image_md(preview, "frames 0, 20 and last")) if preview else "",
+            "preview": dg.MetadataValue.md(image_md(preview, caption)) if preview else "",
         },
         data_version=dg.DataVersion(cache.version),
         check_results=[
