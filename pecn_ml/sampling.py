@@ -47,8 +47,7 @@ from pecn_ml.images import comparison_grid, load_png, save_png, stack_vertical
 from pecn_ml.metrics import METRIC_SETTINGS, mean_std, psnr, ssim
 from pecn_ml.training.autoencoder import roundtrip
 from pecn_ml.prompts import PROMPT_TEXTS, action_text, build_prompt, progress_percent
-from pecn_ml.utils.files import (atomic_dir, clean_stale_tmp_dirs, sha256_file, sha256_json,
-                                 write_json_atomic)
+from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
 from pecn_ml.utils.progress import ProgressMeter
 
 LogFn = Callable[[str], None]
@@ -356,8 +355,7 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
         log(f"evaluating {model_dir} on {len(chosen)} samples ({len(skipped)} skipped), "
             f"frames {config.input_idx}->{config.target_idx}, {device} {str(dtype).replace('torch.', '')}")
 
-    clean_stale_tmp_dirs(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:  # also removes temp folders of killed writers
         for sub in SUBDIRS:
             (tmp / sub).mkdir()
         rows: list[dict] = []

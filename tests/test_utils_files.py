@@ -1,8 +1,19 @@
-"""Atomic writes: a folder or file replaces its target only when complete."""
+"""Atomic writes: a folder or file replaces its target only when complete; temp folders of
+killed writers are removed, those of running writers never."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
 from pecn_ml.utils.files import atomic_dir, clean_stale_tmp_dirs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):
@@ -20,10 +31,83 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or old folder left
 
 
-def test_stale_temp_folders_are_cleaned(tmp_path):
+# A writer in another process: enters atomic_dir, says so, then either dies there (kill -9) or
+# waits for the word to finish its write.
+WRITER = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from pecn_ml.utils.files import atomic_dir
+    target, mode = Path(sys.argv[1]), sys.argv[2]
+    with atomic_dir(target) as tmp:
+        (tmp / "by.txt").write_text(mode)
+        print(tmp.name, flush=True)
+        if mode == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        sys.stdin.readline()
+""")
+
+
+def _writer(target, mode):
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(target), mode], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def test_temp_folder_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "model"
+    dead = _writer(target, "die")
+    left = dead.stdout.readline().strip()
+    assert dead.wait(timeout=60) == -signal.SIGKILL
+    assert left.startswith(".model.tmp-") and (tmp_path / left / "by.txt").is_file()
+    with atomic_dir(target) as tmp:
+        (tmp / "by.txt").write_text("next")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert (target / "by.txt").read_text() == "next"
+
+
+def test_temp_folders_of_running_writers_are_kept(tmp_path):
+    target = tmp_path / "model"
+    other = _writer(target, "finish")          # another process, in the middle of its write
+    try:
+        theirs = tmp_path / other.stdout.readline().strip()
+        with atomic_dir(target) as mine:        # this process, in the middle of its write
+            with atomic_dir(target) as tmp:     # a third write (another thread, say) completes
+                (tmp / "by.txt").write_text("third")
+            assert mine.is_dir() and (theirs / "by.txt").is_file()
+            (mine / "by.txt").write_text("mine")
+        assert theirs.is_dir() and (target / "by.txt").read_text() == "mine"
+        other.stdin.write("go\n")
+        other.stdin.flush()
+        assert other.wait(timeout=60) == 0
+    finally:
+        other.kill()
+    assert (target / "by.txt").read_text() == "finish"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_unchecked_temp_folders_are_removed_only_when_old(tmp_path):
     target = tmp_path / "out"
-    stale = tmp_path / ".out.tmp-abc123"   # what a process killed before its rename leaves
-    stale.mkdir()
-    (tmp_path / ".other.tmp-x").mkdir()
-    clean_stale_tmp_dirs(target)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-x"]
+    names = {"legacy_old": ".out.tmp-abc123", "legacy_new": ".out.tmp-def456",
+             "foreign_old": ".out.tmp-0123abcd-17-99-xyz", "foreign_new": ".out.tmp-0123abcd-18-99-xyz",
+             "unrelated": ".other.tmp-x"}
+    for name in names.values():
+        (tmp_path / name).mkdir()
+    two_days_ago = time.time() - 2 * 86400
+    for key in ("legacy_old", "foreign_old"):
+        os.utime(tmp_path / names[key], (two_days_ago, two_days_ago))
+    removed = clean_stale_tmp_dirs(target)
+    assert sorted(p.name for p in removed) == sorted([names["legacy_old"], names["foreign_old"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        names[k] for k in ("legacy_new", "foreign_new", "unrelated"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process start times need /proc")
+def test_a_reused_pid_does_not_keep_a_dead_writers_folder(tmp_path):
+    from pecn_ml.utils import files
+
+    pid = os.getpid()
+    alive = tmp_path / f".out.tmp-{files._host_tag()}-{pid}-{files._start_ticks(pid)}-a"
+    reused = tmp_path / f".out.tmp-{files._host_tag()}-{pid}-1-b"   # this pid, an earlier process
+    alive.mkdir()
+    reused.mkdir()
+    assert clean_stale_tmp_dirs(tmp_path / "out") == [reused]
+    assert alive.is_dir()

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from pecn_ml.utils.files import atomic_dir, clean_stale_tmp_dirs, write_json_atomic
+from pecn_ml.utils.files import atomic_dir, write_json_atomic
 
 LogFn = Callable[[str], None]
 PREFIX = "checkpoint-"
@@ -114,7 +114,6 @@ def save_checkpoint(accelerator: Any, out_dir: str | Path, step: int, state: dic
     root.mkdir(parents=True, exist_ok=True)
     rotate_checkpoints(out_dir, total_limit, log)
     final = root / f"{PREFIX}{step}"
-    clean_stale_tmp_dirs(final)
     with atomic_dir(final) as tmp:
         accelerator.save_state(str(tmp))
         write_json_atomic(tmp / STATE_FILE, {**state, "global_step": step})

@@ -5,11 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+# A temp folder of `atomic_dir` whose writer cannot be checked (another machine sharing the
+# folder, or a name from before writers were named) is stale only after this long.
+UNCHECKED_STALE_AFTER_S = 24 * 3600
+_WRITER = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d*)-")
 
 
 @contextmanager
@@ -28,19 +36,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _start_ticks(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, Linux); "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2:].split()[19]  # field 22, counted after "pid (comm) "
+
+
+def _writer_alive(pid: int, start: str) -> bool:
+    """Whether process `pid` of this machine runs, and is the one that started at `start`."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: alive
+    now = _start_ticks(pid)
+    return not (start and now and now != start)  # else the pid was reused by a later process
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temp folder beside `path`; if the block succeeds it replaces `path` (an old
-    `path` is moved aside first and deleted after), otherwise it is removed. Temp folders are named
-    `.{name}.tmp-*`, so `clean_stale_tmp_dirs(path)` finds those a killed process left behind."""
+    `path` is moved aside first and deleted after), otherwise it is removed.
+
+    Temp folders are named `.{name}.tmp-{host}-{pid}-{start}-*` after their writer; a writer killed
+    before its rename leaves one, which the next `atomic_dir` of `path` removes (see
+    `clean_stale_tmp_dirs`), never one of a writer that still runs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    clean_stale_tmp_dirs(path)
+    pid = os.getpid()
+    prefix = f".{path.name}.tmp-{_host_tag()}-{pid}-{_start_ticks(pid)}-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     try:
         yield tmp
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-old-", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=prefix + "old-", dir=path.parent))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:
@@ -50,12 +89,33 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def clean_stale_tmp_dirs(path: str | os.PathLike) -> None:
-    """Delete `atomic_dir` temp folders of `path` left by a process killed before its rename."""
+def clean_stale_tmp_dirs(path: str | os.PathLike,
+                         unchecked_after_s: float = UNCHECKED_STALE_AFTER_S) -> list[Path]:
+    """Delete the `atomic_dir` temp folders of `path` whose writer is gone; return them.
+
+    Gone: a writer of this machine whose process no longer runs (or whose pid now belongs to a
+    later process). A folder of another machine, or with an unnamed writer, is deleted only when
+    untouched for `unchecked_after_s`. A folder of a running writer is never deleted."""
     path = Path(path)
-    if path.parent.is_dir():
-        for p in path.parent.glob(f".{path.name}.tmp-*"):
+    if not path.parent.is_dir():
+        return []
+    prefix, host, now = f".{path.name}.tmp-", _host_tag(), time.time()
+    removed = []
+    for p in path.parent.iterdir():
+        if not (p.name.startswith(prefix) and p.is_dir()):
+            continue
+        writer = _WRITER.match(p.name[len(prefix):])
+        if writer and writer["host"] == host:
+            stale = not _writer_alive(int(writer["pid"]), writer["start"])
+        else:
+            try:
+                stale = now - p.stat().st_mtime > unchecked_after_s
+            except FileNotFoundError:  # its writer just renamed or removed it
+                continue
+        if stale:
             shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Path:
