@@ -6,7 +6,8 @@ Layout of `data_dir/frames_{R}x{R}/`:
   {id}.npy        (T, R, R, 3) uint8, uncompressed, C order: frame i is R*R*3 bytes at
                   offset + i*R*R*3 (offset recorded in the manifest), one `pread` away;
                   any numpy can also `np.load(path, mmap_mode="r")` it.
-  .lock           held (flock) while a build runs; two builds of one cache never interleave.
+  .lock           held (flock) while a build runs; two builds of one cache never interleave:
+                  a second one waits for the first (then reuses its work), `lock_timeout_s` at most.
 
 Why .npy per video (numbers: benchmarks/bench_frame_cache.py): frames stream from the decoder
 into the file, so the build runs at 0.6-0.9x the speed of bare decoding (the seed's PIL resize +
@@ -30,6 +31,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import socket
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ FORMAT = "pecn-frame-cache"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+LOCK_TIMEOUT_S = 6 * 3600.0  # how long a second build of one cache waits for the first
 NPY_HEADER_BYTES = 128  # .npy 1.0 header of (T, R, R, 3) uint8, padded to 64-byte alignment
 
 
@@ -116,23 +119,52 @@ class CacheBuildReport:
 
 
 class _Lock:
-    """Exclusive, non-blocking flock on `root/.lock` for the duration of a build."""
+    """Exclusive flock on `root/.lock` for the duration of a build. A second builder waits (polling,
+    with one log line naming the holder) up to `timeout_s`, then raises TimeoutError."""
 
-    def __init__(self, root: Path):
-        self.path = root / LOCK
+    def __init__(self, root: Path, timeout_s: float = LOCK_TIMEOUT_S, log: Optional[LogFn] = None,
+                 poll_s: float = 0.5):
+        self.path, self.timeout_s, self.log, self.poll_s = root / LOCK, timeout_s, log, poll_s
         self.fd: Optional[int] = None
+
+    def _try(self) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8").strip() or "unknown"
+        except OSError:
+            return "unknown"
 
     def __enter__(self):
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise RuntimeError(f"another build_frame_cache is running on {self.path.parent} "
-                               f"(lock {self.path} is held)") from None
+        t0 = time.monotonic()
+        if not self._try():
+            if self.log:
+                self.log(f"frame cache {self.path.parent}: waiting for another builder "
+                         f"({self._holder()}) to finish, up to {self.timeout_s:.0f}s")
+            while not self._try():
+                if time.monotonic() - t0 >= self.timeout_s:
+                    holder = self._holder()
+                    os.close(self.fd)
+                    raise TimeoutError(
+                        f"another build_frame_cache ({holder}) still holds {self.path} after "
+                        f"{self.timeout_s:.0f}s of waiting; if no such build runs any more, its "
+                        f"lock went with its process: retry")
+                time.sleep(self.poll_s)
+            if self.log:
+                self.log(f"frame cache {self.path.parent}: the other builder finished after "
+                         f"{time.monotonic() - t0:.1f}s of waiting; building")
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         return self
 
     def __exit__(self, *exc):
+        os.ftruncate(self.fd, 0)
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
 
@@ -230,7 +262,8 @@ def _fsync_files(paths: list[Path]) -> None:
 
 def build_frame_cache(data_dir: str | os.PathLike, resolution: int, video_ids: Iterable[str], *,
                       log: Optional[LogFn] = None, workers: int = 1, threads: Optional[int] = None,
-                      flush_every_s: float = 30.0) -> CacheBuildReport:
+                      flush_every_s: float = 30.0,
+                      lock_timeout_s: float = LOCK_TIMEOUT_S) -> CacheBuildReport:
     """Decode each of `video_ids` (from `data_dir/videos/{id}.webm`) once into the R x R cache.
 
     Incremental: a video whose source sha256 matches its manifest entry is reused (also a recorded
@@ -238,6 +271,8 @@ def build_frame_cache(data_dir: str | os.PathLike, resolution: int, video_ids: I
     workers: decoding processes (1 = in this process). threads: FFmpeg threads per decode
     (default: FFmpeg's choice with one worker, 1 with several).
     Videos already in the manifest but not requested are kept (and count in the version).
+    While another build of the same cache runs, this one waits for it (logging that it does) up
+    to `lock_timeout_s`, then raises TimeoutError.
     """
     assert isinstance(resolution, int) and resolution > 0, f"resolution must be a positive int: {resolution!r}"
     assert workers >= 1, f"workers must be >= 1, got {workers}"
@@ -248,7 +283,7 @@ def build_frame_cache(data_dir: str | os.PathLike, resolution: int, video_ids: I
     root = cache_dir(data_dir, resolution)
     root.mkdir(parents=True, exist_ok=True)
 
-    with _Lock(root):
+    with _Lock(root, lock_timeout_s, log):
         header = _header(resolution)
         old = _read_manifest(root)
         if old is not None and any(old.get(k) != v for k, v in header.items()):

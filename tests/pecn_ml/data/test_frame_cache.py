@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import pickle
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -244,12 +247,53 @@ def test_manifest_of_other_format_or_corrupt_means_rebuild(data):
     assert build_frame_cache(data, R, ["11"]).decoded == 1
 
 
-def test_second_concurrent_build_is_refused(data):
+def test_second_concurrent_build_waits_for_the_first(data):
+    root = cache_dir(data, R)
+    root.mkdir(parents=True)
+    logs, result = [], {}
+    with fc._Lock(root):            # a first builder holds the cache
+        second = threading.Thread(target=lambda: result.update(
+            report=build_frame_cache(data, R, ["11"], log=logs.append)))
+        second.start()
+        deadline = time.monotonic() + 30
+        while not any("waiting for another builder" in line for line in logs):
+            assert time.monotonic() < deadline and second.is_alive(), logs
+            time.sleep(0.05)
+        assert f"(pid {os.getpid()} on " in logs[0]  # names the holder
+        time.sleep(0.3)
+        assert second.is_alive() and not (root / "manifest.json").exists()
+    second.join(timeout=60)
+    assert result["report"].decoded == 1
+    assert any("the other builder finished" in line for line in logs)
+
+
+def test_two_builders_at_once_both_succeed_and_decode_each_video_once(data):
+    start = threading.Barrier(2)
+    reports, errors = [], []
+
+    def build():
+        start.wait()
+        try:
+            reports.append(build_frame_cache(data, R, list(LENGTHS)))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(reports) == 2
+    assert sorted((r.decoded, r.reused) for r in reports) == [(0, 4), (4, 0)]
+    assert reports[0].version == reports[1].version == open_frame_cache(data, R).version
+
+
+def test_waiting_builder_times_out_with_a_clear_error(data):
     root = cache_dir(data, R)
     root.mkdir(parents=True)
     with fc._Lock(root):
-        with pytest.raises(RuntimeError, match="another build_frame_cache is running"):
-            build_frame_cache(data, R, ["11"])
+        with pytest.raises(TimeoutError, match=r"another build_frame_cache \(pid \d+ on .*\) still holds"):
+            build_frame_cache(data, R, ["11"], lock_timeout_s=0.5)
     assert build_frame_cache(data, R, ["11"]).decoded == 1
 
 
