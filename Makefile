@@ -28,8 +28,10 @@ test: setup
 test-slow: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "slow" $(PYTEST_ARGS)
 
+# Through pecn_assets.ui: started in the background (SIGINT ignored), dagster dev would ignore
+# SIGINT and SIGTERM; with both reset it stops on either (docs/UI.md, "Stopping the UI").
 ui: setup
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+	exec $(PY) -m pecn_assets.ui $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 bench: setup
 	$(PY) benchmarks/bench_frame_cache.py

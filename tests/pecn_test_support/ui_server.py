@@ -104,18 +104,24 @@ class UiServer:
 
     def stop(self, grace_s: float = 15.0) -> None:
         """End the webserver's whole process group (webserver, code server, run workers)."""
-        if self.process.poll() is None or _group_alive(self.process.pid):
-            _signal_group(self.process.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline and _group_alive(self.process.pid):
-                self.process.poll()
-                time.sleep(0.2)
-            if _group_alive(self.process.pid):
-                _signal_group(self.process.pid, signal.SIGKILL)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_group(self.process, grace_s)
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """End the process group that `process` leads (started with `start_new_session=True`): SIGTERM
+    to the group, SIGKILL to what is left after `grace_s`. docs/UI.md documents this way."""
+    if process.poll() is None or group_alive(process.pid):
+        _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and group_alive(process.pid):
+            process.poll()
+            time.sleep(0.2)
+        if group_alive(process.pid):
+            _signal_group(process.pid, signal.SIGKILL)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -125,7 +131,7 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
         return True
