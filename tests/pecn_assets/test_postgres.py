@@ -8,8 +8,9 @@ DAGSTER_HOME whose dagster.yaml is the repository's plus `storage: {postgres: {p
 on a database created for this test run and dropped afterwards.
 
 Server: `PECN_TEST_POSTGRES_URL`, default postgresql://pecn:pecn@127.0.0.1:5432/pecn_test (what
-`.ci/services.sh` creates; the role needs CREATEDB). The postgres tests are skipped only when
-nothing answers at that address; any other problem (login, SQL) fails them.
+`.ci/services.sh` creates; the role needs CREATEDB). When nothing answers at that address the
+postgres tests are skipped, or fail under CI=true (pecn_test_support/services.py); any other
+problem (login, SQL) fails them.
 
 Driver: SQLAlchemy 2.1 reads a plain `postgresql://` URL as psycopg 3, which dagster-postgres does
 not install; the instance is given `postgresql+psycopg2://...` (psycopg2-binary, a dependency of
@@ -30,6 +31,7 @@ import pytest
 import yaml
 
 from pecn_ml.profiles import get_profile
+from pecn_test_support.services import require_service
 
 REPO = Path(__file__).resolve().parents[2]
 URL_ENV = "PECN_TEST_POSTGRES_URL"
@@ -70,8 +72,8 @@ def postgres_url():
     """A fresh, empty database on the test server for this module; dropped at the end."""
     base = os.environ.get(URL_ENV, DEFAULT_URL)
     reason = _unreachable(base)
-    if reason:
-        pytest.skip(f"no PostgreSQL server answers at {_redacted(base)} ({reason}); "
+    require_service("PostgreSQL", None if reason is None else
+                    f"no server answers at {_redacted(base)} ({reason}); "
                     f"run `sudo bash .ci/services.sh` or set {URL_ENV}")
     import psycopg2
 

@@ -9,7 +9,8 @@ and Dagster's `input_data_version/ip2p_model` lineage tag; opens the `comparison
 renders at the stored size. Screenshots go to test-artifacts/ui/ (kept by CI, ignored by git).
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/pecn_assets/test_ui_browser.py -m "slow or not slow"
-Needs /usr/bin/chromium (`sudo bash .ci/services.sh` installs it); skipped with that reason without it.
+Needs /usr/bin/chromium (`sudo bash .ci/services.sh` installs it); skipped with that reason without
+it, or failed under CI=true (pecn_test_support/services.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import dagster as dg
 import pytest
 
 from pecn_test_support import ui_server
+from pecn_test_support.services import require_service
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.xdist_group("smoke_graph")]
 
@@ -45,10 +47,16 @@ def instance(ui):
         yield inst
 
 
+@pytest.fixture(scope="session", autouse=True)
+def chromium():
+    """Chromium is there, checked first (session scope: before the smoke graph is built); its
+    absence skips these tests, or fails them under CI=true."""
+    require_service("Chromium", None if Path(CHROMIUM).exists() else
+                    f"{CHROMIUM} is not installed (Debian package chromium): run `sudo bash .ci/services.sh`")
+
+
 @pytest.fixture(scope="module")
 def page(ui, tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium): run `sudo bash .ci/services.sh`")
     from playwright.sync_api import sync_playwright
 
     # The UI greets a new instance on localhost with a "Join the Dagster community" dialog over
