@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pecn_assets.resources import PecnSettings
 
+    t0 = time.perf_counter()
     settings = PecnSettings()
     profile = settings.get_profile()
     if profile.synthetic is not None and not args.only:
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ok:
         print(f"stopped at a failed run: see it in `make ui` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
         return 1
+    print(f"demo done in {time.perf_counter() - t0:.1f}s (data and graph)")
     print("Open the UI: make ui  (http://127.0.0.1:3000)")
     return 0
 

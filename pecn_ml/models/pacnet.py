@@ -75,12 +75,15 @@ class PacNetConfig:
              head: str = "regression", **overrides) -> "PacNetConfig":
         """Small preset over the tiny local models (`pecn_ml.models.tiny`), for tests and the demo.
 
-        Uses the frame-difference stream: the tiny backbones are random, and on the synthetic
-        demo data globally pooled random features alone carry no usable progress signal.
+        Uses the frame-difference stream (globally pooled features of small backbones carry
+        little progress signal on the synthetic data), 48 px frames (four times cheaper than 96:
+        more epochs in the demo's minute, which mattered more than detail), features pooled to a
+        2 x 2 grid (where things are) and no dropout (measured on the demo data, regression head:
+        val MAE / mean predictor 0.551 -> 0.535 without dropout -> 0.533 with the grid).
         """
         base = dict(resnet_name=str(resnet_path), clip_name=str(clip_path), hidden_dim=64,
-                    num_frames=8, temporal_layers=1, heads=4, dropout=0.1, head=head,
-                    frame_diff=True)
+                    num_frames=8, temporal_layers=1, heads=4, dropout=0.0, head=head,
+                    frame_diff=True, image_size=48, pool_grid=2)
         base.update(overrides)
         return cls(**base)
 

@@ -84,9 +84,11 @@ class PacNetTrainConfig:
 
     @classmethod
     def demo(cls, **overrides) -> "PacNetTrainConfig":
-        """For the demo data (144 training videos, small stand-in backbones, 2 CPU cores): about
-        a minute per head. The stand-ins are small, so they learn at a much higher rate."""
-        base = dict(epochs=25, batch_size=8, lr=1e-3, backbone_lr_mult=0.2,
+        """For the demo data (240 training videos, small stand-in backbones, 2 CPU cores): about
+        a minute per head. The stand-ins are small, so they learn at a much higher rate; a near-L1
+        loss (beta 0.02 on progress in [0, 1]) fits the MAE it is judged by (beta 1 is MSE there:
+        val MAE / mean predictor 0.533 vs 0.513 in one measured pair of runs)."""
+        base = dict(epochs=40, batch_size=8, lr=1e-3, backbone_lr_mult=0.2, smooth_l1_beta=0.02,
                     max_grad_norm=1.0, log_every_s=15.0)
         base.update(overrides)
         return cls(**base)

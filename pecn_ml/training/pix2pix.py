@@ -106,12 +106,12 @@ class Pix2PixTrainConfig:
 
     @classmethod
     def demo(cls, **overrides: Any) -> "Pix2PixTrainConfig":
-        """Sized for the demo's stand-in (instruct-pretrained) at 96 px on 144 training videos: 8
-        epochs of 36 micro-batches, 144 optimizer steps; about 20 s per variant on 2 CPU cores.
+        """Sized for the demo's stand-in (instruct-pretrained) at 96 px on 240 training videos: 5
+        epochs of 60 micro-batches, 150 optimizer steps; about 30 s per variant on 2 CPU cores.
         Share `latent_cache_dir` between the variants so frame 20 and the prompts are encoded once."""
         values: dict[str, Any] = dict(
             resolution=96, train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-4,
-            num_train_epochs=8, mixed_precision="no", seed=0, checkpointing_steps=50,
+            num_train_epochs=5, mixed_precision="no", seed=0, checkpointing_steps=50,
             checkpoints_total_limit=1, validation_epochs=4, num_validation_samples=2,
             validation_inference_steps=8, log_every_s=5.0)
         values.update(overrides)

@@ -386,5 +386,5 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 def test_presets_sizes():
     demo = syn.video_specs(syn.SyntheticConfig.demo())
     splits = {sp: sum(s.split == sp for s in demo) for sp in syn.SPLITS}
-    assert splits == {"train": 24 * 6 + 20, "validation": 24 * 3 + 20, "test": 10}
+    assert splits == {"train": 24 * 10 + 20, "validation": 24 * 3 + 20, "test": 10}
     assert syn.ssv2_json_text([]) == "[]\r\n"

@@ -20,7 +20,7 @@ def tiny(tmp_path_factory):
 
 
 def _config(tiny, **kw):
-    base = dict(hidden_dim=32, num_frames=4, heads=4)
+    base = dict(hidden_dim=32, num_frames=4, heads=4, image_size=None)
     base.update(kw)
     return PacNetConfig.tiny(tiny.resnet, tiny.clip_text, **base)
 
