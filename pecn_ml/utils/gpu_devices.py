@@ -1,0 +1,240 @@
+"""Which GPUs a step may use: exclusive device claims that survive a killed holder.
+
+A machine offers a set of devices (`PECN_GPU_DEVICES`, e.g. "0,1,2,3"; default every CUDA device
+visible to this process; none on a CPU machine). A GPU step takes `n` of them with
+`claim_devices`, runs its work with `CUDA_VISIBLE_DEVICES` set to its claim, and gives them back
+when the block ends.
+
+Each device is one lock file, `{lock_dir}/gpu-{id}.lock`, held with an exclusive, non-blocking
+`fcntl.flock`. The lock belongs to the open file, not to a pid written somewhere: when a holder
+dies, however it dies (SIGKILL, OOM killer), the kernel closes its files and the device is free
+again; nothing stale is left to clean up. Locks are per open file, so two threads of one process
+exclude each other just like two processes. A launched child that should keep the claim alive
+even if its parent is killed gets the descriptors with `subprocess.Popen(pass_fds=claim.fds)`.
+flock needs a local file system (or NFSv4 with working locks) under `lock_dir`: put it on the
+machine that owns the GPUs (`$DAGSTER_HOME/gpu_locks` on a workstation).
+
+On a CPU machine set `PECN_GPU_DEVICES` (or pass `devices=`) to simulate devices: the claims
+behave the same, and `CUDA_VISIBLE_DEVICES` of a CPU-only child changes nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Optional, Sequence
+
+DEVICES_ENV = "PECN_GPU_DEVICES"
+CUDA_ENV = "CUDA_VISIBLE_DEVICES"
+LOCK_PREFIX = "gpu-"
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")  # an index, or a GPU/MIG UUID
+
+LogFn = Callable[[str], None]
+
+
+def parse_devices(text: str, what: str = DEVICES_ENV) -> list[str]:
+    """"0,1, 3" -> ["0", "1", "3"]; empty -> []. Rejects repeats and odd characters."""
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [d for d in devices if not _DEVICE_ID.match(d)]
+    if bad:
+        raise ValueError(f"{what}: invalid device id(s) {bad} in {text!r} (expected e.g. '0,1,2,3')")
+    if len(set(devices)) != len(devices):
+        raise ValueError(f"{what}: a device is listed twice in {text!r}")
+    return devices
+
+
+def _cuda_device_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def device_set(environ: Optional[Mapping[str, str]] = None,
+               cuda_count: Optional[Callable[[], int]] = None) -> list[str]:
+    """The devices this machine offers to GPU steps.
+
+    `PECN_GPU_DEVICES` when set (also to simulate devices on a CPU machine; "" means none);
+    else the devices CUDA shows this process: the entries of `CUDA_VISIBLE_DEVICES` when it is set
+    (a child must be given the same physical ids), else 0..count-1; none without CUDA."""
+    env = os.environ if environ is None else environ
+    if DEVICES_ENV in env:
+        return parse_devices(env[DEVICES_ENV])
+    count = (cuda_count or _cuda_device_count)()
+    if count <= 0:
+        return []
+    if env.get(CUDA_ENV, "").strip():
+        return parse_devices(env[CUDA_ENV], CUDA_ENV)[:count]
+    return [str(i) for i in range(count)]
+
+
+@dataclass
+class DeviceClaim:
+    """Devices held by one claimant until its `claim_devices` block ends (or it dies)."""
+
+    devices: tuple[str, ...]
+    lock_paths: tuple[Path, ...] = ()
+    waited_s: float = 0.0
+    fds: tuple[int, ...] = field(default=(), repr=False)
+
+    @property
+    def cuda_visible_devices(self) -> Optional[str]:
+        """The child's `CUDA_VISIBLE_DEVICES` ("2,3"); None when nothing was claimed."""
+        return ",".join(self.devices) if self.devices else None
+
+    def env(self) -> dict[str, str]:
+        """Environment for the child: {"CUDA_VISIBLE_DEVICES": ...}, or {} without a claim."""
+        value = self.cuda_visible_devices
+        return {CUDA_ENV: value} if value is not None else {}
+
+    def metadata(self) -> dict:
+        """What a step records: `gpu_devices` (list) and how long it waited for them."""
+        return {"gpu_devices": list(self.devices), "gpu_wait_s": round(self.waited_s, 3)}
+
+
+def lock_path(lock_dir: str | os.PathLike, device: str) -> Path:
+    return Path(lock_dir) / f"{LOCK_PREFIX}{device}.lock"
+
+
+def _try_lock(path: Path) -> Optional[int]:
+    """An fd holding an exclusive flock on `path`, or None when another open file holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_holder(fd: int, holder: Mapping[str, object]) -> None:
+    """Who holds the device, for people reading the lock file (the lock itself is the flock)."""
+    data = json.dumps(holder, sort_keys=True).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data + b"\n", 0)
+
+
+def _release(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)  # closing the last descriptor of the open file drops the flock
+
+
+def read_holders(lock_dir: str | os.PathLike, devices: Sequence[str]) -> dict[str, dict]:
+    """{device: holder info} from the lock files of `devices` that name a holder (may be stale:
+    only a held flock counts; see `free_devices`)."""
+    out = {}
+    for d in devices:
+        try:
+            text = lock_path(lock_dir, d).read_text()
+            out[d] = json.loads(text) if text.strip() else {}
+        except (OSError, ValueError):
+            continue
+    return {d: h for d, h in out.items() if h}
+
+
+def free_devices(lock_dir: str | os.PathLike, devices: Optional[Sequence[str]] = None) -> list[str]:
+    """The devices nobody holds right now (probes each lock and lets go at once)."""
+    devices = device_set() if devices is None else list(devices)
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    free = []
+    for d in devices:
+        fd = _try_lock(lock_path(lock_dir, d))
+        if fd is not None:
+            os.close(fd)
+            free.append(d)
+    return free
+
+
+def _try_claim(lock_dir: Path, devices: Sequence[str], n: int, holder: Mapping[str, object]
+               ) -> Optional[tuple[list[str], list[int]]]:
+    """n free devices, lowest first, all or nothing (a partial claim is let go at once, so two
+    claimants never sit on half a claim each)."""
+    got, fds = [], []
+    for d in devices:
+        fd = _try_lock(lock_path(lock_dir, d))
+        if fd is None:
+            continue
+        got.append(d)
+        fds.append(fd)
+        if len(got) == n:
+            for fd_ in fds:
+                _write_holder(fd_, {**holder, "devices": got})
+            return got, fds
+    _release(fds)
+    return None
+
+
+@contextmanager
+def claim_devices(n: int, lock_dir: str | os.PathLike, timeout_s: Optional[float] = None,
+                  log: Optional[LogFn] = None, *, devices: Optional[Sequence[str]] = None,
+                  poll_s: float = 1.0, log_every_s: float = 60.0, set_env: bool = False,
+                  holder: Optional[Mapping[str, object]] = None) -> Iterator[DeviceClaim]:
+    """Hold `n` devices of `devices` (default `device_set()`) exclusively for the block.
+
+    Waits, logging who holds them, while fewer than `n` are free; raises TimeoutError after
+    `timeout_s` (None: wait for ever). With no devices at all (a CPU machine) or `n == 0` the
+    block runs with an empty claim (`env()` is {}): whether a step may run without a GPU is the
+    caller's decision (`pecn_ml.utils.cuda.require_cuda`). `n` larger than the device set raises
+    ValueError at once: it could never be met. `set_env=True` also sets CUDA_VISIBLE_DEVICES in
+    this process for the block (restored after); a child launched with `claim.env()` needs no
+    such global change. `holder` (e.g. the run id and step) is written into the lock files.
+    """
+    devices = device_set() if devices is None else list(devices)
+    if n < 0:
+        raise ValueError(f"claim_devices: n must be >= 0, got {n}")
+    if n == 0 or not devices:
+        yield DeviceClaim(devices=())
+        return
+    if n > len(devices):
+        raise ValueError(f"claim_devices: {n} device(s) asked for, but this machine offers "
+                         f"{len(devices)} ({DEVICES_ENV}={','.join(devices)})")
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), **(holder or {})}
+    t0 = time.monotonic()
+    last_log = -float("inf")
+    while True:
+        got = _try_claim(lock_dir, devices, n, info)
+        if got is not None:
+            break
+        waited = time.monotonic() - t0
+        if timeout_s is not None and waited >= timeout_s:
+            raise TimeoutError(f"claim_devices: no {n} free device(s) of {devices} after "
+                               f"{waited:.0f}s; held by {read_holders(lock_dir, devices)}")
+        if log is not None and time.monotonic() - last_log >= log_every_s:
+            last_log = time.monotonic()
+            log(f"waiting for {n} free GPU device(s) of {','.join(devices)} "
+                f"(waited {waited:.0f}s; held by {read_holders(lock_dir, devices)})")
+        time.sleep(poll_s if timeout_s is None else max(0.0, min(poll_s, timeout_s - waited)))
+    claimed, fds = got
+    claim = DeviceClaim(devices=tuple(claimed), lock_paths=tuple(lock_path(lock_dir, d) for d in claimed),
+                        waited_s=time.monotonic() - t0, fds=tuple(fds))
+    if log is not None:
+        log(f"claimed GPU device(s) {claim.cuda_visible_devices} after {claim.waited_s:.1f}s")
+    old = os.environ.get(CUDA_ENV)
+    try:
+        if set_env:
+            os.environ[CUDA_ENV] = claim.cuda_visible_devices or ""
+        yield claim
+    finally:
+        if set_env:
+            if old is None:
+                os.environ.pop(CUDA_ENV, None)
+            else:
+                os.environ[CUDA_ENV] = old
+        _release(fds)

@@ -1,0 +1,39 @@
+"""require_cuda: fail fast without a GPU unless the CPU was explicitly allowed."""
+
+import pytest
+import torch
+
+from pecn_ml.utils.cuda import ALLOW_CPU_ENV, CudaRequiredError, allow_cpu_from_env, require_cuda
+
+
+def test_without_cuda_it_fails_fast_with_a_clear_message(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CudaRequiredError) as e:
+        require_cuda(False, "ip2p_model (full profile)")
+    message = str(e.value)
+    assert "ip2p_model (full profile) needs a CUDA GPU" in message
+    assert f"{ALLOW_CPU_ENV}=1" in message
+    if torch.version.cuda is None:
+        assert "CPU-only build" in message
+
+
+def test_an_empty_cuda_visible_devices_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(CudaRequiredError, match="CUDA_VISIBLE_DEVICES is set but empty"):
+        require_cuda(False, "pacnet")
+
+
+def test_opt_in_allows_the_cpu_and_cuda_passes(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert require_cuda(True, "pacnet") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert require_cuda(False, "pacnet") == "cuda"
+
+
+@pytest.mark.parametrize("value,expected", [("1", True), ("true", True), ("YES", True), ("on", True),
+                                            ("0", False), ("", False), ("no", False)])
+def test_opt_in_from_the_environment(value, expected):
+    assert allow_cpu_from_env({ALLOW_CPU_ENV: value}) is expected
+    assert allow_cpu_from_env({}) is False
