@@ -1,0 +1,361 @@
+"""Training in a launched process: the child side of Dagster Pipes.
+
+    python -m pecn_assets.pipes_child pix2pix|pacnet|check --config JSON   (or --config @job.json)
+
+The JSON is a `Pix2PixJob` / `PacNetJob` (below): where the data and the pretrained weights are,
+the trainer's config as a dict, the output folder. The child rebuilds the datasets and configs,
+calls `pecn_ml.training.pix2pix.train_pix2pix` / `pecn_ml.training.pacnet.train_pacnet`, and
+reports the result's metadata with `report_asset_materialization`. `check` trains nothing: it
+tests a K-process launch (all-reduce + one data-parallel step).
+
+Started by `accelerate launch` / `torchrun` with K processes, every rank inherits the Pipes
+environment; only rank 0 (env `RANK`) opens Pipes, logs through it and reports, so one writer
+uses the message channel. The other ranks log to stderr (the step's compute log) and leave a
+small record (`rank-{r}.json` under `{out_dir}/.pipes_ranks/{launch_id}/`) that rank 0 waits for
+and reports as `ranks`: evidence that every rank trained.
+
+This module imports `dagster_pipes`, never `dagster` (the launching side is `pipes_launch.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from pecn_ml.utils.cuda import require_cuda
+from pecn_ml.utils.usage import bytes_on_disk, prune_training_state, usage_metadata
+
+TRAINERS = ("pix2pix", "pacnet", "check")
+RANKS_DIR = ".pipes_ranks"
+LogFn = Callable[[str], None]
+
+
+def _from_dict(cls: type, data: dict, what: str) -> Any:
+    """`cls(**data)` with a clear error for unknown or missing fields."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown {cls.__name__} fields {unknown}")
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What every job shares: the output folder, resuming, the GPU check, pruning."""
+
+    out_dir: str
+    resume: Any = True                  # bool, or "auto" (PAC-Net)
+    require_cuda: bool = False          # the full profile: fail at once without a GPU ...
+    allow_cpu: bool = False             # ... unless the CPU was explicitly allowed
+    prune_training_state: bool = False  # remove optimizer state after the final save
+    launch_id: str = ""                 # names this launch's rank records
+
+
+@dataclass(frozen=True)
+class Pix2PixJob:
+    """One InstructPix2Pix fine-tuning: `train_pix2pix(pretrained, pairs(train), config, out_dir)`."""
+
+    pretrained: str
+    data_dir: str                        # frame cache: {data_dir}/frames_{R}x{R}
+    train_annotations: str               # filtered annotation files
+    val_annotations: Optional[str]
+    train_config: dict                   # Pix2PixTrainConfig fields
+    options: dict                        # LaunchOptions fields
+    input_idx: int = 20
+    target_idx: int = 21
+    add_progress: bool = False
+    progress_estimates: Optional[dict] = None   # video id -> percent (PAC-Net), else frame count
+    prompt_text: str = "class"
+
+
+@dataclass(frozen=True)
+class PacNetJob:
+    """One PAC-Net training: `train_pacnet(model_config, train_config, cache, train, val, out_dir)`."""
+
+    model_config: dict                   # PacNetConfig fields
+    train_config: dict                   # PacNetTrainConfig fields
+    data_dir: str
+    resolution: int
+    train_annotations: str
+    val_annotations: list = field(default_factory=list)   # files, concatenated
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckJob:
+    """A launch check without a model: every rank makes an Accelerator, the ranks sum their
+    numbers (all-reduce) and take one data-parallel step on a 4-weight model. Run it with the
+    step's K and devices to see that a K-process launch works before hours of training."""
+
+    options: dict = field(default_factory=dict)
+
+
+JOBS = {"pix2pix": Pix2PixJob, "pacnet": PacNetJob, "check": CheckJob}
+
+
+def job_to_json(job: Any) -> str:
+    return json.dumps(asdict(job), sort_keys=True, default=str)
+
+
+def job_from_json(trainer: str, text: str) -> Any:
+    if trainer not in JOBS:
+        raise ValueError(f"unknown trainer {trainer!r}; choose one of {TRAINERS}")
+    return _from_dict(JOBS[trainer], json.loads(text), f"{trainer} job")
+
+
+# --- ranks ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current_rank(environ: Optional[dict] = None) -> Rank:
+    """This process's rank from the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, as set by
+    torchrun and accelerate launch); a plain process is rank 0 of 1."""
+    env = os.environ if environ is None else environ
+    return Rank(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        i = torch.cuda.current_device()
+        return f"cuda:{i} ({torch.cuda.get_device_name(i)})"
+    return "cpu"
+
+
+def _rank_dir(options: LaunchOptions) -> Path:
+    return Path(options.out_dir) / RANKS_DIR / (options.launch_id or "default")
+
+
+def write_rank_record(options: LaunchOptions, rank: Rank, record: dict) -> None:
+    path = _rank_dir(options) / f"rank-{rank.rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def gather_rank_records(options: LaunchOptions, rank: Rank, own: dict, timeout_s: float = 300.0,
+                        log: Optional[LogFn] = None) -> list[dict]:
+    """Rank 0: its own record plus the other ranks' files (waiting for them), then cleans up."""
+    folder = _rank_dir(options)
+    want = [folder / f"rank-{r}.json" for r in range(1, rank.world_size)]
+    t0 = time.monotonic()
+    while not all(p.is_file() for p in want) and time.monotonic() - t0 < timeout_s:
+        time.sleep(0.2)
+    records = [own]
+    for p in want:
+        if p.is_file():
+            records.append(json.loads(p.read_text(encoding="utf-8")))
+        elif log is not None:
+            log(f"rank record {p.name} missing after {timeout_s:.0f}s")
+    shutil.rmtree(folder, ignore_errors=True)
+    return records
+
+
+# --- the two trainers ------------------------------------------------------------------------------
+
+def _options(job: Any) -> LaunchOptions:
+    return _from_dict(LaunchOptions, job.options, "launch options")
+
+
+def run_pix2pix(job: Pix2PixJob, log: LogFn) -> tuple[dict, str]:
+    """Train; return (metadata, data version = the UNet's sha256)."""
+    from pecn_ml.data.annotations import load_filtered
+    from pecn_ml.data.frame_cache import open_frame_cache
+    from pecn_ml.data.pairs import FramePairDataset
+    from pecn_ml.training.pix2pix import Pix2PixTrainConfig, train_pix2pix
+
+    opts = _options(job)
+    config = _from_dict(Pix2PixTrainConfig, job.train_config, "pix2pix train_config")
+    cache = open_frame_cache(job.data_dir, config.resolution)
+
+    def pairs(path: str) -> FramePairDataset:
+        return FramePairDataset(cache, load_filtered(path), input_idx=job.input_idx,
+                                target_idx=job.target_idx, add_progress=job.add_progress,
+                                progress_estimates=job.progress_estimates if job.add_progress else None,
+                                prompt_text=job.prompt_text)
+
+    train = pairs(job.train_annotations)
+    val = pairs(job.val_annotations) if job.val_annotations else None
+    result = train_pix2pix(job.pretrained, train, config, opts.out_dir, val_dataset=val, log=log,
+                           resume=bool(opts.resume))
+    meta = {
+        "checkpoint": {"raw_value": str(result.model_dir), "type": "path"},
+        "checkpoint_sha256": result.unet_sha256,
+        "final_loss": float(result.final_loss),
+        "first_loss": float(result.loss_curve[0]) if result.loss_curve else float("nan"),
+        "steps": result.steps, "epochs": result.epochs, "seed": result.seed,
+        "resumed_from_step": result.resumed_from_step,
+        "train_pairs": len(train),
+        "skipped": {k: len(v) for k, v in train.skipped.items()},
+        "loss_values": [round(float(x), 5) for x in result.loss_curve],
+        "loss_curve_png": str(result.loss_curve_png),
+        "validation_grid_png": str(result.validation_grid) if result.validation_grid else "",
+        "latent_cache": result.latent_cache,
+        "train_seconds": result.seconds,
+        "seconds_per_step": round(result.seconds / result.steps, 4) if result.steps else float("nan"),
+        "global_batch_size": config.train_batch_size * config.gradient_accumulation_steps,
+        "model_bytes_on_disk": bytes_on_disk(result.model_dir),
+    }
+    return meta, result.unet_sha256
+
+
+def run_pacnet(job: PacNetJob, log: LogFn) -> tuple[dict, str]:
+    """Train; return (metadata, data version = the best weights' sha256)."""
+    from pecn_ml.data.annotations import load_filtered
+    from pecn_ml.data.frame_cache import open_frame_cache
+    from pecn_ml.models.pacnet import PacNetConfig
+    from pecn_ml.training.pacnet import PacNetTrainConfig, train_pacnet
+
+    opts = _options(job)
+    if current_rank().world_size > 1:  # measured: K = 2 raced on last/ and trained the same batches
+        raise RuntimeError("train_pacnet runs in one process: its DataLoader is not sharded "
+                           "(every rank would train on the same batches) and every rank writes "
+                           "best/ and last/; launch PAC-Net with num_processes=1")
+    model_config = PacNetConfig.from_dict(job.model_config, "pacnet model_config")
+    config = _from_dict(PacNetTrainConfig, job.train_config, "pacnet train_config")
+    cache = open_frame_cache(job.data_dir, job.resolution)
+    train = load_filtered(job.train_annotations)
+    val = [e for path in job.val_annotations for e in load_filtered(path)]
+    result = train_pacnet(model_config, config, cache, train, val, opts.out_dir, log=log,
+                          resume=opts.resume)
+    meta = {
+        "checkpoint": {"raw_value": str(result.best_dir), "type": "path"},
+        "checkpoint_sha256": result.weights_sha256,
+        "val_mae": float(result.val_mae), "baseline_mae": float(result.baseline_mae),
+        "epochs": result.epochs_run, "best_epoch": result.best_epoch,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "history": result.history, "num_train": result.num_train, "num_val": result.num_val,
+        "global_batch_size": config.batch_size,
+        "model_bytes_on_disk": bytes_on_disk(result.best_dir),
+    }
+    return meta, result.weights_sha256
+
+
+def run_check(job: CheckJob, log: LogFn) -> tuple[dict, str]:
+    """All-reduce of the ranks' numbers and one DDP step; the weights must agree afterwards."""
+    import torch
+
+    from pecn_ml.utils.accel import make_accelerator
+
+    accelerator = make_accelerator()
+    n, rank = accelerator.num_processes, accelerator.process_index
+    total = accelerator.reduce(torch.tensor([rank + 1.0], device=accelerator.device), "sum")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    x = torch.full((2, 4), float(rank + 1), device=accelerator.device)  # different data per rank
+    accelerator.backward(model(x).pow(2).mean())
+    optimizer.step()
+    weights = accelerator.unwrap_model(model).weight.detach().reshape(1, -1)
+    gathered = accelerator.gather(weights)                             # (n, 4)
+    agree = bool(torch.allclose(gathered, gathered[:1].expand_as(gathered)))
+    log(f"check: rank {rank}/{n} on {accelerator.device}, {accelerator.distributed_type}, "
+        f"all-reduce sum {float(total):g}, weights agree: {agree}")
+    meta = {"reduce_sum": float(total), "expected_sum": n * (n + 1) / 2,
+            "weights_agree": agree, "distributed_type": str(accelerator.distributed_type),
+            "backend": str(accelerator.state.backend), "device": str(accelerator.device)}
+    accelerator.end_training()
+    return meta, f"check-{n}"
+
+
+RUNNERS: dict[str, Callable[[Any, LogFn], tuple[dict, str]]] = {
+    "pix2pix": run_pix2pix, "pacnet": run_pacnet, "check": run_check}
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+def train(trainer: str, job: Any, log: LogFn, rank: Rank) -> tuple[dict, str]:
+    """Everything a rank does: GPU check, training, and (rank 0) pruning, sizes and usage."""
+    opts = _options(job)
+    device = require_cuda(opts.allow_cpu, f"{trainer} training") if opts.require_cuda else None
+    t0 = time.perf_counter()
+    meta, version = RUNNERS[trainer](job, log)
+    meta["child_seconds"] = round(time.perf_counter() - t0, 3)
+    if device is not None:
+        meta["device_check"] = device
+    if rank.is_main and trainer != "check":
+        if opts.prune_training_state:
+            meta.update(prune_training_state(opts.out_dir, log=log).metadata())
+        meta["bytes_on_disk"] = bytes_on_disk(opts.out_dir)
+    meta.update(usage_metadata())
+    return meta, version
+
+
+def _rank_record(rank: Rank, meta: dict) -> dict:
+    return {"rank": rank.rank, "local_rank": rank.local_rank, "pid": os.getpid(),
+            "host": socket.gethostname(), "device": _device_name(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "peak_rss_bytes": meta.get("peak_rss_bytes"), "cuda_peak_bytes": meta.get("cuda_peak_bytes")}
+
+
+def pipes_metadata(meta: dict) -> dict:
+    """Metadata in Pipes' form: dicts and lists as JSON values, `{raw_value, type}` entries kept."""
+    out = {}
+    for key, value in meta.items():
+        typed = isinstance(value, dict) and set(value) == {"raw_value", "type"}
+        out[key] = value if typed or not isinstance(value, (dict, list, tuple)) else {
+            "raw_value": json.loads(json.dumps(value, default=str)), "type": "json"}
+    return out
+
+
+def _parse(argv: Optional[list[str]]) -> tuple[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m pecn_assets.pipes_child",
+                                     description="Train one model as a Dagster Pipes child.")
+    parser.add_argument("trainer", choices=TRAINERS)
+    parser.add_argument("--config", required=True, help="the job as JSON, or @path of a JSON file")
+    args, _ = parser.parse_known_args(argv)  # Pipes may append its own --dagster-pipes-* args
+    text = args.config
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    return args.trainer, job_from_json(args.trainer, text)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    trainer, job = _parse(argv)
+    rank = current_rank()
+    opts = _options(job)
+    if not rank.is_main:
+        def log(msg: str) -> None:
+            print(f"[rank {rank.rank}/{rank.world_size}] {msg}", file=sys.stderr, flush=True)
+
+        meta, _ = train(trainer, job, log, rank)
+        write_rank_record(opts, rank, _rank_record(rank, meta))
+        return 0
+
+    from dagster_pipes import open_dagster_pipes
+
+    with open_dagster_pipes() as pipes:
+        log = pipes.log.info
+        log(f"{trainer}: rank 0 of {rank.world_size} process(es), "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}")
+        meta, version = train(trainer, job, log, rank)
+        ranks = gather_rank_records(opts, rank, _rank_record(rank, meta), log=log)
+        meta.update(num_processes=rank.world_size, ranks=ranks)
+        if "global_batch_size" in meta:  # per optimizer step, all ranks together
+            meta["global_batch_size"] *= rank.world_size
+        pipes.report_asset_materialization(metadata=pipes_metadata(meta), data_version=version)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

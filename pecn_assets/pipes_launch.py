@@ -1,0 +1,173 @@
+"""Training in a launched process: the Dagster side (command, environment, Pipes session).
+
+A GPU asset claims its devices (`pecn_ml.utils.gpu_devices.claim_devices`), builds the job
+(`pecn_assets.pipes_child.Pix2PixJob` / `PacNetJob`) and calls `run_training`:
+
+- K == 1: `python -m pecn_assets.pipes_child TRAINER --config JSON`;
+- K > 1 on GPUs: `accelerate launch --multi_gpu --num_processes K --main_process_port P -m ...`;
+- K > 1 on the CPU (tests, CI): `torchrun --standalone --nproc_per_node K -m ...` with
+  `ACCELERATE_USE_CPU=true`, so accelerate's processes talk through gloo (`accelerate launch --cpu`
+  starts a single process unless MPI is installed).
+
+`run_training` is `PipesSubprocessClient.run` plus what training needs: the child inherits the
+device locks (`pass_fds`), so a claim outlives a killed step process until the child exits too;
+a failed child fails the step with the tail of its stderr in the error; an interrupted step
+sends SIGINT to the child, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import replace
+from typing import Any, Mapping, Optional, Sequence
+
+import dagster as dg
+
+from pecn_assets.pipes_child import job_to_json
+
+CHILD_MODULE = "pecn_assets.pipes_child"
+STDERR_TAIL_LINES = 60
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (for the rendezvous of one K > 1 launch)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_command(trainer: str, job_json: str, num_processes: int = 1, *, cpu: bool = False,
+                  python: str = sys.executable, port: Optional[int] = None) -> list[str]:
+    """The command line of a training child with `num_processes` ranks."""
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    module = ["-m", CHILD_MODULE, trainer, "--config", job_json]
+    if num_processes == 1:
+        return [python, *module]
+    if cpu:
+        return [python, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(num_processes), *module]
+    return [python, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(num_processes), "--num_machines", "1",
+            "--main_process_port", str(port or free_port()),
+            "--mixed_precision", "no",  # the trainer's Accelerator(mixed_precision=...) decides
+            "--dynamo_backend", "no", *module]
+
+
+def child_env(claim_env: Mapping[str, str], num_processes: int = 1, *, cpu: bool = False,
+              threads_per_process: Optional[int] = None) -> dict[str, str]:
+    """Environment on top of the step's: the claim's CUDA_VISIBLE_DEVICES, the CPU switch for
+    K > 1 without GPUs, and OMP threads per rank."""
+    env = dict(claim_env)
+    if cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+    if threads_per_process is not None:
+        env["OMP_NUM_THREADS"] = str(threads_per_process)
+    return env
+
+
+def with_launch_id(job: Any) -> Any:
+    """The job with a fresh `launch_id` in its options (names this launch's rank records)."""
+    return replace(job, options={**job.options, "launch_id": uuid.uuid4().hex[:12]})
+
+
+def _pump(stream, tail: collections.deque) -> None:
+    """Copy the child's stderr to ours line by line (the step's compute log), keeping a tail."""
+    sink = getattr(sys.stderr, "buffer", None)
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace")
+        if sink is not None:
+            sink.write(raw)
+        else:
+            sys.stderr.write(line)
+        sys.stderr.flush()
+        tail.append(line.rstrip("\n"))
+    stream.close()
+
+
+def _stop(process: subprocess.Popen, grace_s: float) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_pipes_command(context: dg.AssetExecutionContext, command: Sequence[str], *,
+                      env: Optional[Mapping[str, str]] = None, pass_fds: Sequence[int] = (),
+                      cwd: Optional[str] = None, termination_grace_s: float = 30.0,
+                      extras: Optional[Mapping[str, Any]] = None,
+                      metadata: Optional[Mapping[str, Any]] = None
+                      ) -> dg.PipesClientCompletedInvocation:
+    """Run `command` as a Pipes child of this step and return its results.
+
+    Raises `dg.Failure` with the exit code and the last `STDERR_TAIL_LINES` lines of stderr when
+    the child fails (metadata `stderr_tail`, `exit_code`). `metadata` is added to every result."""
+    tail: collections.deque = collections.deque(maxlen=STDERR_TAIL_LINES)
+    with dg.open_pipes_session(context=context, context_injector=dg.PipesTempFileContextInjector(),
+                               message_reader=dg.PipesTempFileMessageReader(),
+                               extras=dict(extras or {})) as session:
+        process = subprocess.Popen(
+            list(command), cwd=cwd, stderr=subprocess.PIPE, pass_fds=tuple(pass_fds),
+            env={**os.environ, **(env or {}), **session.get_bootstrap_env_vars()})
+        pump = threading.Thread(target=_pump, args=(process.stderr, tail), daemon=True)
+        pump.start()
+        try:
+            code = process.wait()
+        except BaseException:  # interrupted (run terminated): stop the child, then re-raise
+            context.log.info("[pipes] step interrupted: stopping the training child")
+            _stop(process, termination_grace_s)
+            raise
+        finally:
+            pump.join(timeout=10)
+        if code != 0:
+            text = "\n".join(tail)
+            raise dg.Failure(
+                description=f"training child failed with exit code {code}; last stderr lines:\n{text}",
+                metadata={"exit_code": code, "stderr_tail": dg.MetadataValue.md(f"```\n{text}\n```"),
+                          "command": " ".join(command[:8]) + (" ..." if len(command) > 8 else "")})
+    return dg.PipesClientCompletedInvocation(session, metadata=metadata)
+
+
+def run_training(context: dg.AssetExecutionContext, trainer: str, job: Any, *,
+                 num_processes: int = 1, claim: Any = None, cpu: Optional[bool] = None,
+                 threads_per_process: Optional[int] = None) -> dg.MaterializeResult:
+    """Train `job` in a child with `num_processes` ranks on the devices of `claim`
+    (a `DeviceClaim`, or None: no GPU claim) and return the child's materialisation, with the
+    claim's `gpu_devices` added to the child's metadata (which has `num_processes`, `ranks`).
+
+    `cpu` (K > 1 over gloo) defaults to: no devices claimed, or no CUDA here (simulated devices)."""
+    devices = tuple(claim.devices) if claim is not None else ()
+    if cpu is None:
+        import torch
+
+        cpu = not devices or not torch.cuda.is_available()
+    if devices and num_processes > len(devices):
+        raise dg.Failure(f"{num_processes} training processes need as many GPUs; the claim holds "
+                         f"{len(devices)} ({','.join(devices)})")
+    job = with_launch_id(job)
+    command = child_command(trainer, job_to_json(job), num_processes, cpu=cpu)
+    env = child_env(claim.env() if claim is not None else {}, num_processes, cpu=cpu,
+                    threads_per_process=threads_per_process)
+    context.log.info(f"launching {trainer} training: {num_processes} process(es), "
+                     f"devices {','.join(devices) or 'none (CPU)'}")
+    invocation = run_pipes_command(context, command, env=env,
+                                   pass_fds=claim.fds if claim is not None else (),
+                                   metadata={"gpu_devices": list(devices)})
+    return invocation.get_materialize_result()
+
+
+def add_metadata(result: dg.MaterializeResult, extra: Mapping[str, Any]) -> dg.MaterializeResult:
+    """`result` with more metadata (e.g. the asset's own lineage and images)."""
+    return dg.MaterializeResult(asset_key=result.asset_key,
+                                metadata={**(result.metadata or {}), **extra},
+                                check_results=result.check_results,
+                                data_version=result.data_version, tags=result.tags)
