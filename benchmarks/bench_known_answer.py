@@ -15,7 +15,7 @@ differ only in the prompts (same data, stand-in base, steps and seeds):
   shuffled   the same sentence with N taken from another training video      (negative control)
 
 Each arm fine-tunes the demo's stand-in base (`pecn_ml.models.standins`, built here on the
-training videos) for --steps optimizer steps per training seed, then samples every validation
+training videos, or --base) for --steps optimizer steps per training seed, then samples every validation
 video (frame 20 -> 25) with --sample-seeds sampling seeds; a video's score is its SSIM averaged
 over training and sampling seeds. The paired t-test (`pecn_ml.stats.paired_test`) compares
 progress - plain and shuffled - plain per video. Expected: progress > plain with p < 0.05;
@@ -113,6 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-seeds", type=int, default=1)
     ap.add_argument("--sample-seeds", type=int, default=2)
     ap.add_argument("--data-seed", type=int, default=7)
+    ap.add_argument("--base", type=Path, default=None,
+                    help="an InstructPix2Pix folder to start from (e.g. the demo's pix2pix_base stand-in); "
+                         "default: build the stand-in on this benchmark's training videos")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -121,8 +124,11 @@ def main(argv=None) -> int:
     cache, train, val = make_data(root, args)
     print(f"data: {len(train)} train / {len(val)} val videos of {len(TEMPLATES)} templates in "
           f"{time.perf_counter() - t0:.0f}s ({root})", flush=True)
-    videos = [cache.frames(e["id"]) for e in train]
-    base = build_standin_pix2pix(root / "pretrained", videos, StandinConfig.demo(), "known-answer").path
+    if args.base:
+        base = args.base
+    else:
+        videos = [cache.frames(e["id"]) for e in train]
+        base = build_standin_pix2pix(root / "pretrained", videos, StandinConfig.demo(), "known-answer").path
     per_arm: dict[str, dict[str, float]] = {}
     for arm in ARMS:
         runs = [run_arm(arm, base, cache, train, val, root, args, s) for s in range(args.train_seeds)]
