@@ -1,26 +1,93 @@
-"""The one `Definitions` of PECN (loaded by workspace.yaml and `dagster dev`)."""
+"""The one `Definitions` of PECN (loaded by workspace.yaml and `dagster dev`).
+
+The deployment is chosen here, once: `deployment_from_env()` reads the environment
+
+    PECN_PROFILE        demo (default) | full | smoke          (pecn_ml/profiles.py)
+    PECN_SEEDS          training seeds, e.g. "0,1,2" (default: the profile's pix2pix seed)
+    PECN_DATA_DIR, PECN_OUTPUTS_DIR, PECN_RESULTS_DIR          folders (default: the profile's)
+    PECN_TRACKING       tensorboard (default) | mlflow | none
+    MLFLOW_TRACKING_URI with mlflow: e.g. sqlite:////abs/mlflow.db (default: MLflow's own)
+    PECN_ARTIFACTS_DIR  where the artifact I/O manager keeps its JSON handles
+                        (default: {outputs}/_artifacts, beside the checkpoints they name, so
+                        every step pod that sees the outputs sees them too)
+
+and `build_definitions(profile, seeds, ...)` builds partitions, assets, checks, jobs and resources
+from that one choice: nothing else reads the profile, so they cannot disagree.
+"""
 
 from __future__ import annotations
 
+import os
+from typing import Mapping, Optional
+
 import dagster as dg
 
-from pecn_assets.assets import data, evaluation, pix2pix, pretrained, progress
-from pecn_assets.jobs import EXECUTOR, JOBS, SCHEDULES, SENSORS
-from pecn_assets.resources import default_resources
+from pecn_assets.assets.data import build_data_assets, raw_annotations, raw_videos
+from pecn_assets.assets.evaluation import build_evaluation_assets
+from pecn_assets.assets.pix2pix import build_pix2pix_assets
+from pecn_assets.assets.pretrained import build_pretrained_assets
+from pecn_assets.assets.progress import build_progress_assets
+from pecn_assets.checks import build_checks
+from pecn_assets.io_manager import ArtifactIOManager
+from pecn_assets.jobs import build_jobs, pecn_executor
+from pecn_assets.partitions import Partitions
+from pecn_assets.resources import PecnSettings, PretrainedModels, Tracking
+from pecn_ml.profiles import Profile, get_profile
+from pecn_ml.training.tracking import BACKENDS
 
-ASSETS = [
-    data.raw_annotations, data.raw_videos, data.filtered_annotations, data.frame_cache,
-    pretrained.pix2pix_base, pretrained.resnet_base, pretrained.clip_text_base,
-    progress.pacnet, progress.progress_estimates,
-    pix2pix.ip2p_model,
-    evaluation.evaluation, evaluation.copy_frame_baseline, evaluation.t_tests, evaluation.summary_report,
-]
 
-defs = dg.Definitions(
-    assets=ASSETS,
-    jobs=JOBS,
-    schedules=SCHEDULES,
-    sensors=SENSORS,
-    resources=default_resources(),
-    executor=EXECUTOR,
-)
+def default_seeds(profile: Profile) -> tuple[int, ...]:
+    """One training seed: the profile's InstructPix2Pix seed (0 when it has none)."""
+    seed = profile.pix2pix_train.seed
+    return (int(seed) if seed is not None else 0,)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """"0,1, 2" -> (0, 1, 2); a clear error for anything else."""
+    try:
+        return tuple(int(s) for s in text.replace(" ", "").split(",") if s)
+    except ValueError:
+        raise ValueError(f"PECN_SEEDS={text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+def deployment_from_env(env: Mapping[str, str] = os.environ) -> dict:
+    """The keyword arguments of `build_definitions` that the environment chooses (module docstring)."""
+    profile = get_profile(env.get("PECN_PROFILE") or "demo")
+    seeds = parse_seeds(env.get("PECN_SEEDS", "")) or default_seeds(profile)
+    settings = PecnSettings.for_profile(profile, env.get("PECN_DATA_DIR"), env.get("PECN_OUTPUTS_DIR"),
+                                        env.get("PECN_RESULTS_DIR"))
+    tracking = Tracking(backend=env.get("PECN_TRACKING") or "tensorboard",
+                        mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""))
+    return {"profile": profile, "seeds": seeds, "settings": settings, "tracking": tracking,
+            "artifacts_dir": env.get("PECN_ARTIFACTS_DIR") or None}
+
+
+def build_assets(parts: Partitions) -> list:
+    """Every asset of one deployment, the observable sources first."""
+    return [raw_annotations, raw_videos, *build_data_assets(parts), *build_pretrained_assets(parts),
+            *build_progress_assets(parts), *build_pix2pix_assets(parts), *build_evaluation_assets(parts)]
+
+
+def build_definitions(profile: Profile, seeds: Optional[tuple[int, ...]] = None, *,
+                      settings: Optional[PecnSettings] = None, models: Optional[PretrainedModels] = None,
+                      tracking: Optional[Tracking] = None, artifacts_dir: Optional[str] = None) -> dg.Definitions:
+    """The Definitions of one deployment: `profile`, training `seeds` (default: the profile's one),
+    folders (`settings`, default: the profile's), hub weights, tracking, and artifact storage."""
+    parts = Partitions.build(profile, seeds or default_seeds(profile))
+    settings = settings or PecnSettings.for_profile(profile)
+    artifacts_dir = artifacts_dir or str(settings.outputs_path() / "_artifacts")
+    assets = build_assets(parts)
+    frame_cache = next(a for a in assets if isinstance(a, dg.AssetsDefinition) and a.key == dg.AssetKey("frame_cache"))
+    jobs, schedules, sensors = build_jobs(parts, frame_cache)
+    if tracking is not None and tracking.backend not in BACKENDS:
+        raise ValueError(f"tracking backend {tracking.backend!r}: expected one of {', '.join(BACKENDS)}")
+    return dg.Definitions(
+        assets=assets, asset_checks=build_checks(parts), jobs=jobs, schedules=schedules, sensors=sensors,
+        executor=pecn_executor(),
+        resources={"settings": settings, "models": models or PretrainedModels(),
+                   "tracking": tracking or Tracking(), "io_manager": ArtifactIOManager(root=artifacts_dir)},
+        metadata={"pecn/profile": profile.name, "pecn/seeds": ",".join(str(s) for s in parts.seeds)},
+    )
+
+
+defs = build_definitions(**deployment_from_env())

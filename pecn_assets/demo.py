@@ -18,23 +18,25 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import dagster as dg
 
-def plan(partitions) -> list[tuple[str, list]]:
-    """(asset, partition keys) in dependency order; `[None]` for unpartitioned assets."""
-    return [
-        ("filtered_annotations", [None]),
-        ("frame_cache", partitions.resolution_partitions.get_partition_keys()),
-        ("pix2pix_base", [None]),
-        ("resnet_base", [None]),
-        ("clip_text_base", [None]),
-        ("pacnet", partitions.head_partitions.get_partition_keys()),
-        ("progress_estimates", [None]),
-        ("copy_frame_baseline", partitions.eval_set_partitions.get_partition_keys()),
-        ("ip2p_model", partitions.variant_partitions.get_partition_keys()),
-        ("evaluation", partitions.evaluation_partitions.get_partition_keys()),
-        ("t_tests", [None]),
-        ("summary_report", [None]),
-    ]
+
+ORDER = ("filtered_annotations", "frame_cache", "pix2pix_base", "resnet_base", "clip_text_base", "pacnet",
+         "progress_estimates", "copy_frame_baseline", "ip2p_model", "evaluation", "t_tests", "summary_report")
+
+
+def plan(defs) -> list[tuple[str, list]]:
+    """(asset, partition keys) in dependency order, every materialisable asset of `defs` once;
+    `[None]` for unpartitioned assets. (ip2p_model and evaluation: one key per seed x variant.)"""
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.materializable_asset_keys}
+    missing = keys - set(ORDER)
+    assert not missing, f"demo plan: no place for {sorted(missing)} in ORDER"
+    out = []
+    for asset in ORDER:
+        partitions_def = graph.get(dg.AssetKey(asset)).partitions_def
+        out.append((asset, partitions_def.get_partition_keys() if partitions_def else [None]))
+    return out
 
 
 def ensure_synthetic_data(data_dir: Path, config) -> None:
@@ -63,8 +65,6 @@ def release_stale_runs(instance, log=print) -> int:
     which would block every later GPU step. Only runs this script launched (tag `pecn/demo_pid`)
     whose process is gone are touched.
     """
-    import dagster as dg
-
     released = 0
     for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED,
                                                          dg.DagsterRunStatus.STARTING])):
@@ -88,34 +88,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def materialize_all(instance, defs=None, only: list[str] | None = None, resources: dict | None = None,
+def materialize_all(instance, defs, only: list[str] | None = None, run_config: dict | None = None,
                     log=print) -> bool:
-    """Observe the raw sources, then materialise every asset/partition in order, one run each.
+    """Observe the raw sources, then materialise every asset/partition of `defs` in order (with
+    its asset checks), one run each. `run_config`: {asset: op config} for the runs of that asset.
 
-    Returns False at the first failed run (its events are in `instance`).
+    Returns False at the first failed run, a failed blocking check included (its events are in
+    `instance`).
     """
-    import dagster as dg
-
-    from pecn_assets import partitions
-
-    if defs is None:
-        from pecn_assets import definitions
-
-        defs = definitions.defs if resources is None else dg.Definitions(
-            assets=definitions.ASSETS, jobs=definitions.JOBS, resources=resources)
     job = defs.resolve_implicit_global_asset_job_def()
     t_start = time.perf_counter()
     release_stale_runs(instance, log=log)
     tags = {PID_TAG: str(os.getpid())}
     if not only:
         defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, tags=tags)
-    for asset, keys in plan(partitions):
+    for asset, keys in plan(defs):
         if only and asset not in only:
             continue
+        config = {"ops": {asset: {"config": run_config[asset]}}} if run_config and asset in run_config else None
         for key in keys:
             t0 = time.perf_counter()
             result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(asset)],
-                                            partition_key=key, raise_on_error=False, tags=tags)
+                                            partition_key=key, raise_on_error=False, tags=tags, run_config=config)
             status = "ok" if result.success else "FAILED"
             log(f"[{time.perf_counter() - t_start:7.1f}s] {asset}{'/' + str(key) if key else ''}: "
                 f"{status} in {time.perf_counter() - t0:.1f}s (run {result.run_id})")
@@ -133,17 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(Path("dagster_home").absolute()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 
-    import dagster as dg
-
-    from pecn_assets.resources import PecnSettings
+    from pecn_assets.definitions import build_definitions, deployment_from_env
 
     t0 = time.perf_counter()
-    settings = PecnSettings()
-    profile = settings.get_profile()
+    deployment = deployment_from_env(os.environ)
+    profile, settings = deployment["profile"], deployment["settings"]
     if profile.synthetic is not None and not args.only:
         ensure_synthetic_data(settings.data_path(), profile.synthetic)
-    ok = materialize_all(dg.DagsterInstance.get(), only=args.only,
-                         log=lambda line: print(line, flush=True))
+    with dg.DagsterInstance.get() as instance:
+        ok = materialize_all(instance, build_definitions(**deployment), only=args.only,
+                             log=lambda line: print(line, flush=True))
     if not ok:
         print(f"stopped at a failed run: see it in `make ui` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
         return 1

@@ -1,15 +1,17 @@
 """Jobs, schedules and sensors, and the executor every job runs on.
 
 - `experiment_sweep` (schedule, cron `PECN_SWEEP_CRON`, default weekly; starts stopped): one
-  `ip2p_model` run per variant, tagged `pecn/sweep`.
+  `ip2p_model` run per training seed x variant, tagged `pecn/sweep`.
 - `sweep_evaluations` (sensor, running): when a `pecn/sweep` run materialises
-  `ip2p_model/<variant>`, requests `evaluation` of that variant on every eval set.
+  `ip2p_model/<seed>|<variant>`, requests `evaluation` of the same partition (every eval set).
 - `refresh_frame_cache` (schedule, cron `PECN_FRAME_CACHE_CRON`, default hourly; stopped):
   `frame_cache` partitions never built or whose upstream data version or code version changed.
 - `annotations_changed` (sensor, stopped): the raw annotation files hash to a new version:
   observe `raw_annotations`, re-materialise `filtered_annotations`.
 - `pecn_automation` (automation sensor, running unless `PECN_AUTOMATION=off`): evaluates the
   assets' `automation_condition`s (frame_cache: eager).
+- `cleanup_checkpoints` (job): deletes training-run folders that no latest materialisation of any
+  asset refers to; a dry run unless its config says `dry_run: false` (pecn_assets/cleanup.py).
 
 The sweep is two steps because an `evaluation` partition reads the `ip2p_model` checkpoint of its
 variant: evaluations are requested only once that checkpoint has been materialised. (In Dagster
@@ -17,6 +19,7 @@ variant: evaluations are requested only once that checkpoint has been materialis
 
 `PECN_EXECUTOR` picks the executor: `multiprocess` (default; `in_process` via run config),
 `in_process`, or `k8s` (`dagster_k8s.k8s_job_executor`: each step in its own pod, see deploy/).
+The environment is read when `build_jobs` runs (from `pecn_assets.definitions`), not at import.
 """
 
 import hashlib
@@ -27,8 +30,8 @@ from typing import Optional
 
 import dagster as dg
 
-from pecn_assets.assets.data import frame_cache
-from pecn_assets.partitions import evaluation_partitions, resolution_partitions, variant_partitions
+from pecn_assets.cleanup import cleanup_checkpoints_job
+from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings
 from pecn_ml.data.versions import annotations_version
 
@@ -66,26 +69,9 @@ def pecn_executor() -> dg.ExecutorDefinition:
     raise ValueError(f"{EXECUTOR_ENV}={choice!r}: expected one of multiprocess, in_process, k8s")
 
 
-EXECUTOR = pecn_executor()
-
-
-def _job(name: str, keys: list[str], description: str):
+def _job(name: str, keys: list[str], description: str, executor: dg.ExecutorDefinition):
     return dg.define_asset_job(name, selection=dg.AssetSelection.keys(*keys), description=description,
-                               executor_def=EXECUTOR)
-
-
-observe_sources_job = _job(
-    "observe_sources", ["raw_annotations", "raw_videos"],
-    "Observe the raw SSv2 annotations and videos (data versions from file hashes).")
-refilter_job = _job(
-    "refilter_annotations", ["raw_annotations", "filtered_annotations"],
-    "Observe the raw annotations, then filter them to the four tasks again.")
-frame_cache_job = _job(
-    "build_frame_cache", ["frame_cache"], "Build one resolution of the frame cache (partition = R).")
-sweep_train_job = _job(
-    "sweep_train", ["ip2p_model"], "Fine-tune one InstructPix2Pix variant (partition = variant).")
-sweep_evaluate_job = _job(
-    "sweep_evaluate", ["evaluation"], "Evaluate one variant on one eval set (partition = eval_set|variant).")
+                               executor_def=executor)
 
 
 def _cron(env: str, default: str) -> str:
@@ -102,52 +88,52 @@ def _cron(env: str, default: str) -> str:
 # The experiment sweep: train every variant (schedule), then evaluate each trained one (sensor).
 # ---------------------------------------------------------------------------------------------
 
-def build_sweep_schedule() -> dg.ScheduleDefinition:
+def build_sweep_schedule(parts: Partitions, sweep_train_job) -> dg.ScheduleDefinition:
     """The `experiment_sweep` schedule at the cron in `PECN_SWEEP_CRON` (default weekly)."""
 
     @dg.schedule(cron_schedule=_cron(SWEEP_CRON_ENV, DEFAULT_SWEEP_CRON), job=sweep_train_job,
                  name="experiment_sweep", execution_timezone="UTC",
                  default_status=dg.DefaultScheduleStatus.STOPPED,
-                 description="Retrain every ip2p_model variant; sweep_evaluations then evaluates each "
-                             "one on both eval sets. Cron: PECN_SWEEP_CRON.")
+                 description="Retrain ip2p_model for every training seed and variant; sweep_evaluations "
+                             "then evaluates each one on both eval sets. Cron: PECN_SWEEP_CRON.")
     def experiment_sweep(context: dg.ScheduleEvaluationContext):
         when = context.scheduled_execution_time  # set by the daemon and by the UI's "test schedule"
         sweep_id = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%MZ")
-        for variant in variant_partitions.get_partition_keys():
-            yield dg.RunRequest(run_key=f"{sweep_id}:{variant}", partition_key=variant,
-                                tags={SWEEP_TAG: sweep_id})
+        for key in parts.model_keys():
+            yield dg.RunRequest(run_key=f"{sweep_id}:{key}", partition_key=key, tags={SWEEP_TAG: sweep_id})
 
     return experiment_sweep
 
 
-@dg.sensor(job=sweep_evaluate_job, name="sweep_evaluations", minimum_interval_seconds=60,
-           default_status=dg.DefaultSensorStatus.RUNNING,
-           description="When a run tagged pecn/sweep materialises ip2p_model/<variant>, requests "
-                       "evaluation for that variant on every eval set. Cursor: event storage id.")
-def sweep_evaluations(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    after = int(context.cursor) if context.cursor else None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=IP2P_MODEL, after_storage_id=after), limit=200, ascending=True,
-    ).records
-    if not records:
-        return dg.SensorResult(skip_reason="no new ip2p_model materialisation", cursor=context.cursor)
-    latest_by_variant: dict[str, str] = {}
-    for record in records:
-        run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
-        sweep = run.tags.get(SWEEP_TAG) if run else None
-        if sweep and record.partition_key:
-            latest_by_variant[record.partition_key] = sweep
-    cursor = str(max(r.storage_id for r in records))
-    requests = [
-        dg.RunRequest(run_key=f"{sweep}:{key}", partition_key=key, tags={SWEEP_TAG: sweep})
-        for variant, sweep in latest_by_variant.items()
-        for key in evaluation_partitions.get_partition_keys()
-        if evaluation_partitions.get_partition_key_from_str(key).keys_by_dimension["variant"] == variant
-    ]
-    if not requests:
-        return dg.SensorResult(skip_reason=f"{len(records)} new ip2p_model materialisation(s), none from "
-                                           f"a sweep run (tag {SWEEP_TAG})", cursor=cursor)
-    return dg.SensorResult(run_requests=requests, cursor=cursor)
+def build_sweep_sensor(sweep_evaluate_job) -> dg.SensorDefinition:
+    """`sweep_evaluations`: evaluate each model partition a sweep run trained."""
+
+    @dg.sensor(job=sweep_evaluate_job, name="sweep_evaluations", minimum_interval_seconds=60,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description="When a run tagged pecn/sweep materialises ip2p_model/<seed>|<variant>, requests "
+                           "evaluation of the same partition (every eval set). Cursor: event storage id.")
+    def sweep_evaluations(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        after = int(context.cursor) if context.cursor else None
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=IP2P_MODEL, after_storage_id=after), limit=200, ascending=True,
+        ).records
+        if not records:
+            return dg.SensorResult(skip_reason="no new ip2p_model materialisation", cursor=context.cursor)
+        latest_by_key: dict[str, str] = {}
+        for record in records:
+            run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
+            sweep = run.tags.get(SWEEP_TAG) if run else None
+            if sweep and record.partition_key:
+                latest_by_key[record.partition_key] = sweep
+        cursor = str(max(r.storage_id for r in records))
+        requests = [dg.RunRequest(run_key=f"{sweep}:{key}", partition_key=key, tags={SWEEP_TAG: sweep})
+                    for key, sweep in latest_by_key.items()]
+        if not requests:
+            return dg.SensorResult(skip_reason=f"{len(records)} new ip2p_model materialisation(s), none from "
+                                               f"a sweep run (tag {SWEEP_TAG})", cursor=cursor)
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+    return sweep_evaluations
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +153,8 @@ def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> Opti
     return event.tags.get(DATA_VERSION_TAG) if event is not None else None
 
 
-def stale_frame_cache_partitions(instance: dg.DagsterInstance) -> list[tuple[str, str, str]]:
+def stale_frame_cache_partitions(instance: dg.DagsterInstance, frame_cache: dg.AssetsDefinition
+                                 ) -> list[tuple[str, str, str]]:
     """(partition, reason, state) for each frame_cache partition that is missing or stale.
 
     Stale: an upstream's data version differs from the one recorded when the partition was
@@ -182,7 +169,7 @@ def stale_frame_cache_partitions(instance: dg.DagsterInstance) -> list[tuple[str
     state = hashlib.sha256(json.dumps({"upstream": current, "code_version": code_version},
                                       sort_keys=True).encode()).hexdigest()[:16]
     out = []
-    for partition in resolution_partitions.get_partition_keys():
+    for partition in frame_cache.partitions_def.get_partition_keys():
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
         if not records:
@@ -198,7 +185,7 @@ def stale_frame_cache_partitions(instance: dg.DagsterInstance) -> list[tuple[str
     return out
 
 
-def build_frame_cache_schedule() -> dg.ScheduleDefinition:
+def build_frame_cache_schedule(frame_cache: dg.AssetsDefinition, frame_cache_job) -> dg.ScheduleDefinition:
     """The `refresh_frame_cache` schedule at the cron in `PECN_FRAME_CACHE_CRON` (default hourly)."""
 
     @dg.schedule(cron_schedule=_cron(FRAME_CACHE_CRON_ENV, DEFAULT_FRAME_CACHE_CRON), job=frame_cache_job,
@@ -210,7 +197,7 @@ def build_frame_cache_schedule() -> dg.ScheduleDefinition:
         if current_data_version(context.instance, dg.AssetKey("filtered_annotations")) is None:
             yield dg.SkipReason("filtered_annotations has never been materialised: nothing to cache yet")
             return
-        stale = stale_frame_cache_partitions(context.instance)
+        stale = stale_frame_cache_partitions(context.instance, frame_cache)
         if not stale:
             yield dg.SkipReason("every frame_cache partition is up to date")
             return
@@ -234,7 +221,7 @@ def build_frame_cache_schedule() -> dg.ScheduleDefinition:
 # Raw annotations changed: observe them and filter again.
 # ---------------------------------------------------------------------------------------------
 
-@dg.sensor(job=refilter_job, name="annotations_changed", minimum_interval_seconds=300,
+@dg.sensor(job_name="refilter_annotations", name="annotations_changed", minimum_interval_seconds=300,
            default_status=dg.DefaultSensorStatus.STOPPED,
            description="Hashes the SSv2 annotation files; when their version differs from the last "
                        "one seen (cursor), observes raw_annotations and re-materialises "
@@ -263,15 +250,32 @@ def _automation_status() -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.STOPPED if off else dg.DefaultSensorStatus.RUNNING
 
 
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "pecn_automation", target=dg.AssetSelection.all(), default_status=_automation_status(),
-    minimum_interval_seconds=60,
-    description="Evaluates the assets' automation conditions (frame_cache: eager, i.e. rebuilt when "
-                "filtered_annotations or raw_videos change). PECN_AUTOMATION=off starts it stopped.")
+def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    return dg.AutomationConditionSensorDefinition(
+        "pecn_automation", target=dg.AssetSelection.all(), default_status=_automation_status(),
+        minimum_interval_seconds=60,
+        description="Evaluates the assets' automation conditions (frame_cache: eager, i.e. rebuilt when "
+                    "filtered_annotations or raw_videos change). PECN_AUTOMATION=off starts it stopped.")
 
-experiment_sweep = build_sweep_schedule()
-refresh_frame_cache = build_frame_cache_schedule()
 
-JOBS = [observe_sources_job, refilter_job, frame_cache_job, sweep_train_job, sweep_evaluate_job]
-SCHEDULES = [experiment_sweep, refresh_frame_cache]
-SENSORS = [sweep_evaluations, annotations_changed, automation_sensor]
+def build_jobs(parts: Partitions, frame_cache: dg.AssetsDefinition) -> tuple[list, list, list]:
+    """(jobs, schedules, sensors) of one deployment, with the executor `PECN_EXECUTOR` names."""
+    executor = pecn_executor()
+    jobs = [
+        _job("observe_sources", ["raw_annotations", "raw_videos"],
+             "Observe the raw SSv2 annotations and videos (data versions from file hashes).", executor),
+        _job("refilter_annotations", ["raw_annotations", "filtered_annotations"],
+             "Observe the raw annotations, then filter them to the four tasks again.", executor),
+        _job("build_frame_cache", ["frame_cache"], "Build one resolution of the frame cache (partition = R).",
+             executor),
+        _job("sweep_train", ["ip2p_model"],
+             "Fine-tune one InstructPix2Pix variant with one training seed (partition = seed|variant).", executor),
+        _job("sweep_evaluate", ["evaluation"],
+             "Evaluate one trained model on every eval set (partition = seed|variant).", executor),
+        cleanup_checkpoints_job,
+    ]
+    by_name = {j.name: j for j in jobs}
+    schedules = [build_sweep_schedule(parts, by_name["sweep_train"]),
+                 build_frame_cache_schedule(frame_cache, by_name["build_frame_cache"])]
+    sensors = [build_sweep_sensor(by_name["sweep_evaluate"]), annotations_changed, build_automation_sensor()]
+    return jobs, schedules, sensors

@@ -1,13 +1,19 @@
-"""Metadata helpers: Markdown tables and images (as data URIs) that the Dagster UI shows inline."""
+"""Metadata helpers: Markdown tables and images (as data URIs) that the Dagster UI shows inline, and
+the conversion of an artifact's plain metadata (pecn_ml.artifacts) into Dagster metadata values."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
+import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
+import dagster as dg
 from PIL import Image
+
+from pecn_ml.artifacts import Artifact, Markdown, Url
 
 
 def table_md(rows: Sequence[dict]) -> str:
@@ -35,3 +41,30 @@ def image_md(paths: Iterable[Path | str], caption: str = "", max_px: int = 768) 
     parts = [f"![{Path(p).name}]({_data_uri(Path(p), max_px)})" for p in paths]
     text = " ".join(parts)
     return f"{text}\n\n{caption}" if caption else text
+
+
+def dagster_value(value: Any) -> Any:
+    """An artifact's plain metadata value as Dagster shows it: Path -> path, Url -> url,
+    Markdown -> md, dict/list -> json; numbers, bools, strings and Dagster values as they are."""
+    if isinstance(value, dg.MetadataValue):
+        return value
+    if isinstance(value, Path):
+        return dg.MetadataValue.path(str(value))
+    if isinstance(value, Url):
+        return dg.MetadataValue.url(str(value))
+    if isinstance(value, Markdown):
+        return dg.MetadataValue.md(str(value))
+    if isinstance(value, (dict, list, tuple)):
+        return dg.MetadataValue.json(json.loads(json.dumps(value, default=str)))
+    if isinstance(value, float) and not math.isfinite(value):
+        return dg.MetadataValue.float(value)
+    return value
+
+
+def materialized(artifact: Artifact, version: str, *, check_results: Sequence[dg.AssetCheckResult] = (),
+                 **extra: Any) -> dg.MaterializeResult:
+    """The result of an asset that produced `artifact`: the artifact itself (stored by the
+    artifact I/O manager), its metadata plus `extra`, and `version` as the data version."""
+    metadata = {k: dagster_value(v) for k, v in {**artifact.metadata(), **extra}.items()}
+    return dg.MaterializeResult(value=artifact, metadata=metadata, data_version=dg.DataVersion(version),
+                                check_results=list(check_results))

@@ -1,39 +1,47 @@
-"""Resources: where things live (settings) and which hub weights the real run starts from (models)."""
+"""Resources: where things live (settings), which hub weights the real run starts from (models),
+and where training runs log (tracking). `pecn_assets.definitions` builds them once per deployment."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import dagster as dg
 from pydantic import Field
 
-from pecn_ml.profiles import CLIP_NAME, PIX2PIX_BASE, RESNET_NAME, Profile, get_profile
+from pecn_ml.profiles import CLIP_NAME, PIX2PIX_BASE, RESNET_NAME, Profile
+from pecn_ml.training.tracking import BACKENDS, TrackingConfig
 
 
 class PecnSettings(dg.ConfigurableResource):
-    """Profile (demo/full) and the folders for data, trained models and evaluation results."""
+    """The folders for data, trained models and evaluation results (`for_profile` fills them in)."""
 
-    profile: str = Field(default_factory=lambda: os.environ.get("PECN_PROFILE", "demo"),
-                         description="`demo` or `full` (see pecn_ml/profiles.py)")
-    data_dir: str = Field(default="", description="SSv2 folder; empty: PECN_DATA_DIR or the profile's")
-    outputs_dir: str = Field(default_factory=lambda: os.environ.get("PECN_OUTPUTS_DIR", ""),
-                             description="trained models; empty: PECN_OUTPUTS_DIR or the profile's")
-    results_dir: str = Field(default_factory=lambda: os.environ.get("PECN_RESULTS_DIR", ""),
-                             description="evaluation results; empty: PECN_RESULTS_DIR or the profile's")
+    data_dir: str = Field(default="", description="SSv2 folder (annotations/, videos/, frames_RxR/)")
+    outputs_dir: str = Field(default="", description="trained models, one folder per training run")
+    results_dir: str = Field(default="", description="evaluation results and reports")
 
-    def get_profile(self) -> Profile:
-        return get_profile(self.profile)
+    @classmethod
+    def for_profile(cls, profile: Profile, data_dir: Optional[str] = None, outputs_dir: Optional[str] = None,
+                    results_dir: Optional[str] = None) -> "PecnSettings":
+        """The profile's folders, each overridable (empty or None: the profile's)."""
+        return cls(data_dir=str(Path(data_dir or profile.data_dir).absolute()),
+                   outputs_dir=str(Path(outputs_dir or profile.outputs_dir).absolute()),
+                   results_dir=str(Path(results_dir or profile.results_dir).absolute()))
+
+    def _path(self, name: str) -> Path:
+        value = getattr(self, name)
+        if not value:
+            raise ValueError(f"PecnSettings.{name} is empty: build the settings with PecnSettings.for_profile")
+        return Path(value).absolute()
 
     def data_path(self) -> Path:
-        return Path(self.data_dir or self.get_profile().resolve_data_dir()).absolute()
+        return self._path("data_dir")
 
     def outputs_path(self) -> Path:
-        return Path(self.outputs_dir or self.get_profile().outputs_dir).absolute()
+        return self._path("outputs_dir")
 
     def results_path(self) -> Path:
-        return Path(self.results_dir or self.get_profile().results_dir).absolute()
+        return self._path("results_dir")
 
     def annotations_path(self) -> Path:
         return self.data_path() / "annotations"
@@ -55,7 +63,17 @@ class PretrainedModels(dg.ConfigurableResource):
     clip_text_revision: Optional[str] = Field(default=None, description="revision; empty: the default branch")
 
 
-def default_resources(profile: Profile | None = None) -> dict:
-    """Resources for a profile: its settings and the hub names of the real run's weights."""
-    profile = profile or get_profile()
-    return {"settings": PecnSettings(profile=profile.name), "models": PretrainedModels()}
+class Tracking(dg.ConfigurableResource):
+    """Where the trainers log, through accelerate's trackers: TensorBoard event files in each
+    training run's folder (default), or an MLflow tracking store (a local SQLite/file store or a
+    server; needs the `mlflow-skinny` package)."""
+
+    backend: str = Field(default="tensorboard", description=f"one of {', '.join(BACKENDS)}")
+    mlflow_tracking_uri: str = Field(default="", description="e.g. sqlite:////abs/path/mlflow.db or "
+                                     "http://host:5000; empty: MLflow's default")
+    experiment: str = Field(default="pecn", description="MLflow experiment name")
+
+    def for_run(self, run_name: str, tags: Mapping[str, str]) -> TrackingConfig:
+        """The trainer's tracking config of one Dagster step, tagged (run id, partition, ...)."""
+        return TrackingConfig(backend=self.backend, experiment=self.experiment, run_name=run_name,
+                              mlflow_tracking_uri=self.mlflow_tracking_uri or None, tags=dict(tags))

@@ -6,8 +6,12 @@ baseline_psnr, autoencoder_ssim, autoencoder_psnr, checkpoint_sha256 (`evaluatio
 from a results.json dict). Each model is shown between what it must beat (the copy-frame baseline)
 and what it cannot beat (the autoencoder ceiling: its VAE's round trip of the target); at the demo's
 scale the copy-frame baseline lies above the ceiling, so it is not expected to be beaten there.
-t-test rows are those of `pecn_ml.stats.t_test_table` (or read back from t_test_results.json).
-Unknown keys are kept as extra columns at the end; missing keys are blank cells.
+t-test rows are those of `pecn_ml.stats.t_test_table` / `seed_t_test_table` (or read back from
+t_test_results.json). Unknown keys are kept as extra columns at the end; missing keys are blank cells.
+
+Several training seeds: evaluation rows carry `seed`; `across_seeds(rows)` gives one row per
+variant x eval set with the mean and sd over seeds of each seed's mean (sheet "across_seeds"), and
+the copy-frame baseline on all eligible samples can be added (sheet "copy_frame_baseline").
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Column:
 
 EVAL_COLUMNS = (
     Column("variant", "Variant", None, 16),
+    Column("seed", "Training seed", INT_FMT, 9),
     Column("model", "Model", None, 36),
     Column("eval_set", "Eval set", None, 10),
     Column("target_idx", "Target frame", INT_FMT, 12),
@@ -50,6 +55,7 @@ EVAL_COLUMNS = (
 )
 
 T_TEST_COLUMNS = (
+    Column("seed", "Training seed", None, 12),
     Column("target_idx", "Target frame", INT_FMT, 12),
     Column("eval_set", "Eval set", None, 10),
     Column("metric", "Metric", None, 8),
@@ -78,6 +84,32 @@ T_TEST_COLUMNS = (
     Column("n_with", "n with", INT_FMT, 8),
     Column("checkpoint_sha256_without", "Checkpoint sha256 (without)", None, 66),
     Column("checkpoint_sha256_with", "Checkpoint sha256 (with)", None, 66),
+    Column("n_seeds", "Seeds", INT_FMT, 7),
+    Column("seed_mean_diff_mean", "Mean diff: mean over seeds", "metric", 16),
+    Column("seed_mean_diff_sd", "Mean diff: sd over seeds", "metric", 16),
+)
+
+ACROSS_COLUMNS = (
+    Column("variant", "Variant", None, 16),
+    Column("eval_set", "Eval set", None, 10),
+    Column("target_idx", "Target frame", INT_FMT, 12),
+    Column("progress", "Progress prompt", None, 15),
+    Column("n_seeds", "Seeds", INT_FMT, 7),
+    Column("seeds", "Training seeds", None, 16),
+    Column("ssim_mean", "SSIM: mean over seeds", SSIM_FMT, 14),
+    Column("ssim_sd", "SSIM: sd over seeds", SSIM_FMT, 14),
+    Column("psnr_mean", "PSNR: mean over seeds (dB)", PSNR_FMT, 16),
+    Column("psnr_sd", "PSNR: sd over seeds (dB)", PSNR_FMT, 16),
+    Column("baseline_ssim", "Copy-frame SSIM", SSIM_FMT, 16),
+    Column("autoencoder_ssim", "VAE ceiling SSIM", SSIM_FMT, 17),
+)
+
+BASELINE_COLUMNS = (
+    Column("eval_set", "Eval set", None, 10),
+    Column("target_idx", "Target frame", INT_FMT, 12),
+    Column("n", "n", INT_FMT, 6),
+    Column("ssim_mean", "Copy-frame SSIM", SSIM_FMT, 16),
+    Column("psnr_mean", "Copy-frame PSNR (dB)", PSNR_FMT, 20),
 )
 
 
@@ -113,6 +145,30 @@ def evaluation_row(variant: str, eval_set: str, results: Mapping[str, Any], *, m
             "autoencoder_ssim": results.get("autoencoder_mean", {}).get("ssim"),
             "autoencoder_psnr": results.get("autoencoder_mean", {}).get("psnr"),
             "checkpoint_sha256": results.get("checkpoint_sha256")}
+
+
+def across_seeds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (variant, eval set): mean and sd (ddof=1; NaN for one seed) over the seeds of
+    each seed's SSIM and PSNR means; the copy-frame baseline and VAE ceiling averaged likewise."""
+    import numpy as np
+
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r.get("variant"), r.get("eval_set")), []).append(r)
+    out = []
+    for (variant, eval_set), rs in groups.items():
+        def stat(key: str, fn) -> float:
+            vals = [v for v in (_num(r.get(key)) for r in rs) if v is not None]
+            return float(fn(vals)) if vals else float("nan")
+        sd = (lambda v: np.std(v, ddof=1) if len(v) > 1 else float("nan"))
+        out.append({"variant": variant, "eval_set": eval_set, "target_idx": rs[0].get("target_idx"),
+                    "progress": rs[0].get("progress"), "n_seeds": len(rs),
+                    "seeds": ", ".join(str(r.get("seed")) for r in rs),
+                    "ssim_mean": stat("ssim_mean", np.mean), "ssim_sd": stat("ssim_mean", sd),
+                    "psnr_mean": stat("psnr_mean", np.mean), "psnr_sd": stat("psnr_mean", sd),
+                    "baseline_ssim": stat("baseline_ssim", np.mean),
+                    "autoencoder_ssim": stat("autoencoder_ssim", np.mean)})
+    return out
 
 
 def _with_text(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,23 +221,27 @@ def _format_sheet(ws, rows: Sequence[Mapping[str, Any]], cols: Sequence[Column])
 
 
 def write_summary_workbook(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence[Mapping[str, Any]],
-                           path: str | os.PathLike) -> Path:
-    """Write the workbook: sheet "evaluations" (one row per variant x eval set) and sheet
-    "t_tests" (one row per target x eval set x metric), with headers, widths and number formats
-    (SSIM 0.0000, PSNR 0.00, p 0.0000). Atomic (temp file + rename)."""
+                           path: str | os.PathLike, *, across: Optional[Sequence[Mapping[str, Any]]] = None,
+                           baselines: Optional[Sequence[Mapping[str, Any]]] = None) -> Path:
+    """Write the workbook: sheet "evaluations" (one row per variant x eval set [x seed]) and sheet
+    "t_tests" (one row per target x eval set x metric [x seed]), plus "across_seeds" and
+    "copy_frame_baseline" when given, with headers, widths and number formats (SSIM 0.0000,
+    PSNR 0.00, p 0.0000). Atomic (temp file + rename)."""
     import pandas as pd
 
     from pecn_ml.utils.files import atomic_path
 
     path = Path(path)
-    eval_rows = [_with_text(r) for r in evaluations]
-    test_rows = [dict(r) for r in t_tests]
-    eval_df, eval_cols = _frame(eval_rows, EVAL_COLUMNS)
-    test_df, test_cols = _frame(test_rows, T_TEST_COLUMNS)
+    sheets = [("evaluations", [_with_text(r) for r in evaluations], EVAL_COLUMNS),
+              ("t_tests", [dict(r) for r in t_tests], T_TEST_COLUMNS)]
+    if across is not None:
+        sheets.append(("across_seeds", [dict(r) for r in across], ACROSS_COLUMNS))
+    if baselines is not None:
+        sheets.append(("copy_frame_baseline", [dict(r) for r in baselines], BASELINE_COLUMNS))
     with atomic_path(path) as tmp:
         with pd.ExcelWriter(tmp, engine="openpyxl") as xw:
-            for name, df, rows, cols in (("evaluations", eval_df, eval_rows, eval_cols),
-                                         ("t_tests", test_df, test_rows, test_cols)):
+            for name, rows, columns in sheets:
+                df, cols = _frame(rows, columns)
                 df.to_excel(xw, sheet_name=name, index=False)
                 _format_sheet(xw.sheets[name], rows, cols)
     return path
@@ -205,33 +265,42 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_summary(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown tables of the evaluations and the t-tests (sections with no rows are left out)."""
+def markdown_summary(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence[Mapping[str, Any]],
+                     across: Sequence[Mapping[str, Any]] = ()) -> str:
+    """Markdown tables of the evaluations (per seed), the means over seeds and the t-tests
+    (sections with no rows are left out)."""
     parts = []
     if evaluations:
         rows = []
         for r in evaluations:
             r = _with_text(r)
-            rows.append([_md(r.get("variant")), _md(r.get("eval_set")), _md(r.get("target_idx")),
+            rows.append([_md(r.get("variant")), _md(r.get("seed")), _md(r.get("eval_set")), _md(r.get("target_idx")),
                          _md(r.get("progress")), _md(r.get("n")), _md(r.get("ssim_text")),
                          _md(r.get("psnr_text")), _md(r.get("baseline_ssim"), 4), _md(r.get("baseline_psnr"), 2),
                          _md(r.get("autoencoder_ssim"), 4), _md(r.get("autoencoder_psnr"), 2)])
         parts.append("### Evaluations\n\n" + _table(
-            ["Variant", "Eval set", "Target", "Progress", "n", "SSIM", "PSNR (dB)", "Copy-frame SSIM",
+            ["Variant", "Seed", "Eval set", "Target", "Progress", "n", "SSIM", "PSNR (dB)", "Copy-frame SSIM",
              "Copy-frame PSNR", "VAE ceiling SSIM", "VAE ceiling PSNR"], rows)
             + "\n\nCopy-frame: the input frame unchanged (what a model must beat). VAE ceiling: the "
               "target through the model's own autoencoder (what no latent model can beat).")
+    if across:
+        rows = [[_md(r.get("variant")), _md(r.get("eval_set")), _md(r.get("n_seeds")),
+                 f"{_md(r.get('ssim_mean'), 4)} ± {_md(r.get('ssim_sd'), 4)}",
+                 f"{_md(r.get('psnr_mean'), 2)} ± {_md(r.get('psnr_sd'), 2)}", _md(r.get("baseline_ssim"), 4)]
+                for r in across]
+        parts.append("### Across training seeds (mean ± sd over seeds)\n\n" + _table(
+            ["Variant", "Eval set", "Seeds", "SSIM", "PSNR (dB)", "Copy-frame SSIM"], rows))
     if t_tests:
         rows = []
         for r in t_tests:
             d = 2 if str(r.get("metric", "")).lower() == "psnr" else 4
             ci = f"{_md(r.get('mean_diff'), d)} [{_md(r.get('ci95_low'), d)}, {_md(r.get('ci95_high'), d)}]"
             note = "; ".join(str(x) for x in (r.get("paired_reason"), r.get("welch_reason")) if x)
-            rows.append([_md(r.get("target_idx")), _md(r.get("eval_set")), _md(r.get("metric")),
+            rows.append([_md(r.get("seed")), _md(r.get("target_idx")), _md(r.get("eval_set")), _md(r.get("metric")),
                          _md(r.get("n_paired")), ci, _md(r.get("t"), 3), _md(r.get("p"), 4),
                          _md(r.get("cohen_dz"), 3), _md(r.get("welch_p"), 4), _md(r.get("hedges_g"), 3),
                          _md(note or None)])
         parts.append("### t-tests (with progress - without progress)\n\n" + _table(
-            ["Target", "Eval set", "Metric", "n", "Mean diff [95% CI]", "Paired t", "Paired p", "d_z",
+            ["Seed", "Target", "Eval set", "Metric", "n", "Mean diff [95% CI]", "Paired t", "Paired p", "d_z",
              "Welch p", "Hedges' g", "Note"], rows))
     return "\n\n".join(parts) if parts else "_No evaluations or t-tests yet._"

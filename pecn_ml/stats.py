@@ -12,6 +12,10 @@ Two tests per (target frame, eval set, metric), both two-sided, difference = wit
 
 A test that cannot be computed (n < 2, zero variance up to float rounding) returns NaN statistics and a `reason`
 instead of raising; JSON output stores those NaNs as null.
+
+Several training seeds (`seed_t_test_table`): the tests per seed, and the same tests on each
+video's score averaged over the seeds (paired by video), with the mean and sd over seeds of the
+per-seed mean differences beside them.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ METHOD = {
     "welch": "scipy.stats.ttest_ind(equal_var=False) over all samples of each run, two-sided; "
              "CI: Welch-Satterthwaite df; effect size Hedges' g (pooled sd, ddof=1, J = 1 - 3/(4(n1+n2)-9))",
     "confidence": 0.95,
+    "seeds": "rows with seed 'mean of N': the same tests on each video's score averaged over the N "
+             "training seeds (videos every seed scored); seed_mean_diff_mean/sd: mean and sd (ddof=1) "
+             "over seeds of the per-seed paired mean differences",
 }
 
 
@@ -195,11 +202,52 @@ def _json_safe(obj: Any) -> Any:
 
 def write_t_tests(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Write `t_test_results.json` atomically: {"format_version", "method", "n_tests", "tests": rows,
-    "checkpoint_sha256": {variant: sha}} with NaN stored as null."""
+    "checkpoint_sha256": {variant (or "{seed}|{variant}" for rows with a seed): sha}} with NaN
+    stored as null."""
     shas: dict[str, Optional[str]] = {}
     for r in rows:
-        shas.setdefault(str(r.get("without")), r.get("checkpoint_sha256_without"))
-        shas.setdefault(str(r.get("with")), r.get("checkpoint_sha256_with"))
+        if r.get("checkpoint_sha256_without") is None and r.get("checkpoint_sha256_with") is None:
+            continue  # means over seeds: no single model
+        prefix = f"{r['seed']}|" if "seed" in r else ""
+        shas.setdefault(prefix + str(r.get("without")), r.get("checkpoint_sha256_without"))
+        shas.setdefault(prefix + str(r.get("with")), r.get("checkpoint_sha256_with"))
     payload = {"format_version": T_TESTS_FORMAT_VERSION, "method": METHOD, "n_tests": len(rows),
                "checkpoint_sha256": shas, "tests": [dict(r) for r in rows]}
     return write_json_atomic(path, _json_safe(payload))
+
+
+# --- several training seeds ------------------------------------------------------------------------
+
+def mean_over_seeds(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A results-like dict whose samples are the per-video means over `results` (one results dict
+    per training seed), for the videos every seed scored; `n_seeds` says over how many."""
+    per_seed = [{str(s["video_id"]): s for s in r["samples"]} for r in results]
+    common = [vid for vid in per_seed[0] if all(vid in p for p in per_seed[1:])] if per_seed else []
+    samples = [{"video_id": vid, **{m: float(np.mean([p[vid][m] for p in per_seed])) for m in METRICS}}
+               for vid in common]
+    return {"samples": samples, "n_seeds": len(results), "checkpoint_sha256": None}
+
+
+def seed_t_test_table(results: Mapping[tuple[int, str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """`t_test_table` per training seed (rows carry `seed`), and with two or more seeds the same
+    tests on the per-video means over the seeds (rows with `seed` = "mean of N", `n_seeds`, and the
+    mean and sd over seeds of the per-seed paired mean differences).
+
+    `results` maps (seed, variant name, eval set) -> results dict."""
+    seeds = sorted({seed for seed, _, _ in results})
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        table = t_test_table({(v, s): r for (sd, v, s), r in results.items() if sd == seed})
+        rows += [{"seed": seed, "n_seeds": 1, **row} for row in table]
+    if len(seeds) < 2:
+        return rows
+    keys = {(v, s) for _, v, s in results}
+    complete = {k: [results[(seed, *k)] for seed in seeds] for k in keys
+                if all((seed, *k) in results for seed in seeds)}
+    for row in t_test_table({k: mean_over_seeds(rs) for k, rs in complete.items()}):
+        diffs = [r["mean_diff"] for r in rows if (r["target_idx"], r["eval_set"], r["metric"]) ==
+                 (row["target_idx"], row["eval_set"], row["metric"])]
+        rows.append({"seed": f"mean of {len(seeds)}", "n_seeds": len(seeds), **row,
+                     "seed_mean_diff_mean": float(np.mean(diffs)),
+                     "seed_mean_diff_sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else NAN})
+    return rows

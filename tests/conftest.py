@@ -1,5 +1,6 @@
 """Shared fixtures: the smoke graph (tiny synthetic SSv2 + tiny models, whole asset graph
-materialised once into a temporary DAGSTER_HOME), shared by the Dagster-level tests.
+materialised once into a temporary DAGSTER_HOME, two training seeds), shared by the Dagster-level
+tests.
 
 Tests that use `smoke_graph` carry `pytest.mark.xdist_group("smoke_graph")` so that under
 `pytest -n 2 --dist loadgroup` they run in one worker and the graph is built once.
@@ -24,9 +25,13 @@ class SmokeGraph:
     dagster_home: Path
     data_dir: Path
     env: dict
-    resources: dict   # the `settings` (pointing at `root`) and `models` resources
+    resources: dict   # the `settings` (pointing at `root`), `models` and `tracking` resources
     instance: object  # dagster.DagsterInstance
     ok: bool
+    defs: object      # dagster.Definitions of the smoke deployment (built from `env`)
+
+
+SMOKE_SEEDS = (0, 1)  # the demo runs one training seed; the smoke graph two
 
 
 def smoke_env(root: Path) -> dict:
@@ -36,6 +41,7 @@ def smoke_env(root: Path) -> dict:
         "PECN_DATA_DIR": str(root / "data"),
         "PECN_OUTPUTS_DIR": str(root / "outputs"),
         "PECN_RESULTS_DIR": str(root / "test_result"),
+        "PECN_SEEDS": ",".join(str(s) for s in SMOKE_SEEDS),
         "DAGSTER_HOME": str(root / "dagster_home"),
     }
 
@@ -52,20 +58,17 @@ def smoke_graph(tmp_path_factory) -> SmokeGraph:
     """The whole asset graph materialised on the smoke profile (tiny data, tiny models)."""
     import dagster as dg
 
+    from pecn_assets.definitions import build_definitions, deployment_from_env
     from pecn_assets.demo import ensure_synthetic_data, materialize_all
-    from pecn_assets.resources import PecnSettings, PretrainedModels
-    from pecn_ml.profiles import get_profile
 
     root = tmp_path_factory.mktemp("smoke")
     env = smoke_env(root)
     write_dagster_yaml(Path(env["DAGSTER_HOME"]))
-    ensure_synthetic_data(Path(env["PECN_DATA_DIR"]), get_profile("smoke").synthetic)
-    resources = {
-        "settings": PecnSettings(profile="smoke", data_dir=env["PECN_DATA_DIR"],
-                                 outputs_dir=env["PECN_OUTPUTS_DIR"], results_dir=env["PECN_RESULTS_DIR"]),
-        "models": PretrainedModels(),
-    }
+    deployment = deployment_from_env(env)  # the same choice the UI tests' webserver makes from `env`
+    ensure_synthetic_data(Path(env["PECN_DATA_DIR"]), deployment["profile"].synthetic)
+    defs = build_definitions(**deployment)
+    resources = {k: defs.resources[k] for k in ("settings", "models", "tracking")}
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
-    ok = materialize_all(instance, resources=resources, log=print)
+    ok = materialize_all(instance, defs, log=print)
     return SmokeGraph(root=root, dagster_home=Path(env["DAGSTER_HOME"]), data_dir=Path(env["PECN_DATA_DIR"]),
-                      env=env, resources=resources, instance=instance, ok=ok)
+                      env=env, resources=resources, instance=instance, ok=ok, defs=defs)

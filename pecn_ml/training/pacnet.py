@@ -4,7 +4,7 @@ Layout of `out_dir`:
   best/   the checkpoint with the lowest validation MAE (`load_pacnet` folder + metrics.json)
   last/   the latest finished epoch: model files + optimizer.safetensors/json, rng.safetensors,
           train_state.json (epoch, scheduler, history, configs); `resume=True` continues from it
-  logs/   TensorBoard events
+  logs/   TensorBoard events (through accelerate's trackers; or an MLflow run, see `tracking.py`)
 
 The MAE of the trivial predictor (always the mean training progress) on the same validation
 crops is reported beside the model's MAE: a model is only useful below that floor.
@@ -30,6 +30,8 @@ from pecn_ml.models.pacnet import (PacNet, PacNetConfig, load_pacnet,
                                    read_pacnet_config, write_pacnet_files, WEIGHTS_NAME)
 from pecn_ml.models.weights import weights_identity
 from pecn_ml.training.pacnet_data import PacNetCropDataset, check_entries, crop_indices
+from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs,
+                                       start_tracking, tag_run)
 from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
 from pecn_ml.utils.accel import make_accelerator
 from pecn_ml.utils.progress import LogFn, ProgressMeter
@@ -113,6 +115,7 @@ class PacNetTrainResult:
     weights_sha256: str = ""       # of best_dir/model.safetensors
     num_train: int = 0
     num_val: int = 0
+    tracking: Optional[TrackingInfo] = None   # where the run logged (None: nothing left to train)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,8 +195,8 @@ def mae_percent(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(pred) - np.asarray(target))) * 100.0)
 
 
-def _make_accelerator(mixed_precision: str, cpu: bool):
-    return make_accelerator(mixed_precision=mixed_precision, cpu=cpu)
+def _make_accelerator(mixed_precision: str, cpu: bool, **tracker_kwargs):
+    return make_accelerator(mixed_precision=mixed_precision, cpu=cpu, **tracker_kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,16 +329,18 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
                  train_entries: Sequence[Mapping], val_entries: Sequence[Mapping],
                  out_dir: str | os.PathLike, *, log: Optional[LogFn] = None,
                  resume: bool | str = True,
-                 on_epoch_end: Optional[Callable[[int, dict], None]] = None) -> PacNetTrainResult:
+                 on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+                 tracking: Optional[TrackingConfig] = None) -> PacNetTrainResult:
     """Train PAC-Net; returns the best validation MAE beside the mean-predictor floor.
 
     `resume=True` continues from out_dir/last (the last finished epoch) and gives the same
     result as an uninterrupted run; `resume=False` starts over; `resume="auto"` resumes only a
     run with the same configs and data (else starts over), as a retried Dagster step needs. `on_epoch_end(epoch, row)` is
     called after each epoch's checkpoints are written (an exception there stops the run).
+    `tracking`: where to log (default: TensorBoard in `{out_dir}/logs`); both configs are the run's
+    hyper-parameters, the best checkpoint's sha256 is added as a tag.
     """
     from safetensors.torch import load_file
-    from torch.utils.tensorboard import SummaryWriter
 
     cfg = train_config
     out_dir = Path(out_dir)
@@ -370,7 +375,10 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
         for sub in ("last", ".last.old", "best", "logs"):
             shutil.rmtree(out_dir / sub, ignore_errors=True)
 
-    accelerator = _make_accelerator(cfg.mixed_precision, cfg.cpu)
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    purge = int(state["epoch"]) * steps_per_epoch if state is not None else None
+    accelerator = _make_accelerator(cfg.mixed_precision, cfg.cpu,
+                                    **accelerator_kwargs(tracking, out_dir, "logs", purge_step=purge))
     torch.manual_seed(cfg.seed)
     if state is not None:
         model = load_pacnet(last, device="cpu")
@@ -385,7 +393,6 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
         model.text_encoder.backbone.requires_grad_(False)
     groups = layered_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=cfg.epochs * steps_per_epoch)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -412,7 +419,9 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
     say(f"pacnet: {len(train_ds)} train / {len(val_ds)} val videos, head={model_config.head}, "
         f"device={accelerator.device}, mixed_precision={cfg.mixed_precision}, "
         f"mean-progress baseline MAE {baseline:.2f} pp")
-    writer = SummaryWriter(str(out_dir / "logs"), purge_step=start_epoch * steps_per_epoch)
+    tracked = start_tracking(accelerator, tracking, "pacnet",
+                             {**cfg.to_dict(), **{f"model_{k}": v for k, v in fingerprint["model_config"].items()},
+                              "num_train": len(train), "num_val": len(val), "baseline_mae": baseline})
     epochs_meter = ProgressMeter(f"pacnet epochs {start_epoch + 1}..{cfg.epochs}",
                                  total=cfg.epochs - start_epoch, log=log, every_s=0,
                                  unit="epochs")
@@ -431,7 +440,7 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
                     scheduler.step()
                 losses.append(loss)
                 step = (epoch - 1) * steps_per_epoch + len(losses)
-                writer.add_scalar("train/loss", loss, step)
+                accelerator.log({"train/loss": loss}, step=step)
                 steps.update(len(batch["text"]), extra=f"loss={loss:.4f}")
             preds, targets = predict_loader(model, val_loader, accelerator)
             val_mae = mae_percent(preds, targets)
@@ -439,10 +448,9 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
                    "lr": float(scheduler.get_last_lr()[-1]),
                    "seconds": round(time.perf_counter() - t0, 3)}
             history.append(row)
-            writer.add_scalar("val/mae_pp", val_mae, epoch * steps_per_epoch)
-            writer.add_scalar("val/baseline_mae_pp", baseline, epoch * steps_per_epoch)
-            writer.add_scalar("train/epoch_loss", row["train_loss"], epoch * steps_per_epoch)
-            writer.add_scalar("train/lr", row["lr"], epoch * steps_per_epoch)
+            accelerator.log({"val/mae_pp": val_mae, "val/baseline_mae_pp": baseline,
+                             "train/epoch_loss": row["train_loss"], "train/lr": row["lr"]},
+                            step=epoch * steps_per_epoch)
             if val_mae < best_mae:
                 best_mae, best_epoch = val_mae, epoch
                 metrics = {"epoch": epoch, "val_mae": val_mae, "baseline_mae": baseline,
@@ -454,15 +462,16 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
                          best_epoch=best_epoch, baseline_mae=baseline,
                          mean_train_progress=mean_progress)
             _save_last(out_dir / "last", model, optimizer, scheduler, accelerator, state)
-            writer.flush()
             epochs_meter.update(1, extra=f"epoch {epoch}: train_loss={row['train_loss']:.4f} "
                                          f"val_mae={val_mae:.2f}pp baseline={baseline:.2f}pp "
                                          f"best={best_mae:.2f}pp@{best_epoch}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
+        result = _result(state, out_dir, start_epoch, len(train), len(val))
+        tag_run(accelerator, {"checkpoint_sha256": result.weights_sha256})
     finally:
-        writer.close()
-    return _result(state, out_dir, start_epoch, len(train), len(val))
+        accelerator.end_training()
+    return replace(result, tracking=tracked)
 
 
 __all__ = ["PacNetTrainConfig", "PacNetTrainResult", "train_pacnet", "layered_param_groups",

@@ -4,8 +4,9 @@
 - `Pix2PixTrainConfig`: the run's parameters (defaults = the seed's table: 224 px, batch 4,
   accumulation 4, lr 5e-6, 40 epochs, FP16, validation every 10 epochs on 2 samples);
 - `conditioning_dropout_masks`, `draw_step_randomness`, `training_step`: one noise-prediction loss;
-- `train_pix2pix`: the loop (accelerate for mixed precision and gradient accumulation, TensorBoard,
-  rotating checkpoints and resume, validation grids, final `save_pretrained` pipeline).
+- `train_pix2pix`: the loop (accelerate for mixed precision and gradient accumulation, accelerate's
+  trackers: TensorBoard or MLflow, see `tracking.py`; rotating checkpoints and resume, validation
+  grids, final `save_pretrained` pipeline).
 
 As in the example: frozen VAE and text encoder cast to the weight dtype, UNet master weights in
 fp32 under autocast, DDPM noise from the folder's scheduler config, the target frame's latents
@@ -38,6 +39,8 @@ from pecn_ml.models.weights import weights_identity
 from pecn_ml.training import pix2pix_checkpoints as ckpt
 from pecn_ml.training.latent_cache import (LatentStore, PairLatents, encode_dataset,
                                            encode_pixels, sample_latents)
+from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs, log_image,
+                                       start_tracking, tag_run)
 from pecn_ml.utils.files import atomic_dir, atomic_path, sha256_file, sha256_json
 from pecn_ml.utils.accel import make_accelerator
 from pecn_ml.utils.progress import ProgressMeter
@@ -137,6 +140,9 @@ class Pix2PixTrainResult:
     seconds: float = 0.0
     latent_cache: dict[str, Any] = field(default_factory=dict)
     seed: Optional[int] = None     # the base seed the run trained with (config's, resumed or random)
+    first_loss: float = float("nan")   # mean loss of the first `loss_window` optimizer steps
+    loss_window: int = 0           # an epoch's worth of steps, at most half of all steps
+    tracking: Optional[TrackingInfo] = None   # where the run logged (TensorBoard folder / MLflow run)
 
 
 # --- one step --------------------------------------------------------------------------------
@@ -416,12 +422,12 @@ def _resolve_mixed_precision(config: Pix2PixTrainConfig, log: LogFn) -> str:
     return mp
 
 
-def _make_accelerator(config: Pix2PixTrainConfig, log: LogFn) -> Any:
-    """An Accelerator for this run. accelerate keeps process-wide state: when an earlier run in
-    this process chose another precision or device, that state is reset first."""
+def _make_accelerator(config: Pix2PixTrainConfig, log: LogFn, **tracker_kwargs: Any) -> Any:
+    """An Accelerator for this run (with its trackers). accelerate keeps process-wide state: when
+    an earlier run in this process chose another precision or device, that state is reset first."""
     kwargs = dict(gradient_accumulation_steps=config.gradient_accumulation_steps,
                   mixed_precision=_resolve_mixed_precision(config, log), cpu=config.force_cpu)
-    return make_accelerator(**kwargs)
+    return make_accelerator(**kwargs, **tracker_kwargs)
 
 
 def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path) -> Path:
@@ -460,8 +466,8 @@ def _make_loader(config: Pix2PixTrainConfig, dataset: Any, parts: Any, out_dir: 
 
 def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfig,
                   out_dir: str | Path, *, val_dataset: Any = None, log: Optional[LogFn] = None,
-                  resume: bool = True) -> Pix2PixTrainResult:
-    """Fine-tune InstructPix2Pix on a `FramePairDataset`; write checkpoints, TensorBoard logs,
+                  resume: bool = True, tracking: Optional[TrackingConfig] = None) -> Pix2PixTrainResult:
+    """Fine-tune InstructPix2Pix on a `FramePairDataset`; write checkpoints, tracker logs,
     validation grids and the final pipeline (`{out_dir}/model`) under `out_dir`.
 
     `pretrained`: an InstructPix2Pix folder or hub name (default `timbrooks/instruct-pix2pix`), or
@@ -471,22 +477,23 @@ def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTra
     `resume=False` deletes old checkpoints and starts over.
     `config.torch_threads` sets torch's CPU threads for the run (restored afterwards): on a
     shared machine one thread per run avoids OpenMP threads spinning against each other.
+    `tracking`: where to log (default: TensorBoard in `{out_dir}/tensorboard`); the config, seed
+    and tags are the run's hyper-parameters, the final UNet's sha256 is added as a tag.
     """
     threads = torch.get_num_threads()
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
     try:
         return _train(pretrained, train_dataset, config, out_dir, val_dataset=val_dataset,
-                      log=log, resume=resume)
+                      log=log, resume=resume, tracking=tracking)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfig,
            out_dir: str | Path, *, val_dataset: Any, log: Optional[LogFn],
-           resume: bool) -> Pix2PixTrainResult:
+           resume: bool, tracking: Optional[TrackingConfig]) -> Pix2PixTrainResult:
     from diffusers.optimization import get_scheduler
-    from torch.utils.tensorboard import SummaryWriter
 
     t0 = time.perf_counter()
     log = log or (lambda _msg: None)
@@ -509,7 +516,8 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
     base_seed = (prior["base_seed"] if prior else
                  config.seed if config.seed is not None else secrets.randbits(62))
 
-    accelerator = _make_accelerator(config, log)
+    tb_dir = out_dir / "tensorboard"
+    accelerator = _make_accelerator(config, log, **accelerator_kwargs(tracking, out_dir, tb_dir.name))
     if accelerator.num_processes > 1:
         raise RuntimeError("train_pix2pix runs in one process (the seed's single-GPU setup); "
                            f"got {accelerator.num_processes}")
@@ -556,8 +564,10 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
     first_epoch = global_step // steps_per_epoch
     skip_micro = (global_step % steps_per_epoch) * config.gradient_accumulation_steps
 
-    tb_dir = out_dir / "tensorboard"
-    writer = SummaryWriter(log_dir=str(tb_dir))
+    tracked = start_tracking(accelerator, tracking, "pix2pix",
+                             {**asdict(config), "base_seed": base_seed, "max_train_steps_resolved": max_steps,
+                              "pretrained": fingerprint["pretrained"], "pairs_sha256": fingerprint["pairs"],
+                              "train_pairs": len(train_dataset)})
     try:
         log(f"pix2pix: {len(train_dataset)} pairs, {num_epochs} epochs, {max_steps} optimizer steps "
             f"(batch {config.train_batch_size} x accumulation {config.gradient_accumulation_steps}), "
@@ -584,7 +594,7 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
             path = out_dir / "validation" / f"{tag}.png"
             with atomic_path(path) as tmp:
                 grid.save(tmp, format="PNG")
-            writer.add_image("validation", np.asarray(grid), global_step, dataformats="HWC")
+            log_image(accelerator, "validation", np.asarray(grid), global_step)
             log(f"validation grid {path}")
             return path
 
@@ -625,8 +635,8 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
                     step_loss = float(np.mean(group))
                     group = []
                     loss_curve.append(step_loss)
-                    writer.add_scalar("train_loss", step_loss, global_step)
-                    writer.add_scalar("lr", lr_scheduler.get_last_lr()[0], global_step)
+                    accelerator.log({"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]},
+                                    step=global_step)
                     meter.update(1, extra=f"loss {step_loss:.4f} epoch {epoch + 1}/{num_epochs}")
                     if global_step % config.checkpointing_steps == 0 and global_step < max_steps:
                         ckpt.save_checkpoint(accelerator, out_dir, global_step,
@@ -649,8 +659,11 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
             validation_grid = grid or validation_grid
         curve_png = plot_loss_curve(loss_curve, out_dir / "loss_curve.png",
                                     title=f"InstructPix2Pix train loss ({global_step} steps)")
-        accelerator.end_training()
+        tag_run(accelerator, {"checkpoint_sha256": unet_sha})
         final_loss = float(np.mean(loss_curve[-steps_per_epoch:])) if loss_curve else float("nan")
+        # the first epoch's worth of steps, or the first half of a run shorter than two epochs
+        loss_window = max(1, min(steps_per_epoch, len(loss_curve) // 2))
+        first_loss = float(np.mean(loss_curve[:loss_window])) if loss_curve else float("nan")
         seconds = time.perf_counter() - t0
         log(f"pix2pix done: {global_step} steps, final loss {final_loss:.4f}, {seconds:.1f}s, "
             f"model {model_dir}")
@@ -659,9 +672,10 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
                                   validation_grid=validation_grid, loss_curve_png=curve_png,
                                   tensorboard_dir=tb_dir, resumed_from_step=resumed_step,
                                   seconds=round(seconds, 3), latent_cache=cache_info,
-                                  seed=base_seed)
+                                  seed=base_seed, first_loss=first_loss,
+                                  loss_window=loss_window, tracking=tracked)
     finally:
-        writer.close()
+        accelerator.end_training()
 
 
 def config_dict(config: Pix2PixTrainConfig) -> dict[str, Any]:

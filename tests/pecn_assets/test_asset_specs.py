@@ -55,3 +55,47 @@ def test_gpu_assets_carry_the_gpu_retry_policy(defs):
         assert op.retry_policy == GPU_RETRY, f"{key}: retry policy {op.retry_policy}"
         assert op.pool == GPU_POOL
     assert GPU_RETRY.max_retries >= 1  # a retried trainer resumes from its checkpoint (resume=True)
+
+
+def test_the_deployment_is_chosen_once_and_a_mismatch_fails_at_load(tmp_path):
+    from dataclasses import replace
+
+    from pecn_assets.definitions import build_definitions, deployment_from_env, parse_seeds
+    from pecn_ml.profiles import get_profile
+
+    deployment = deployment_from_env({"PECN_PROFILE": "smoke", "PECN_SEEDS": "3, 4",
+                                      "PECN_OUTPUTS_DIR": str(tmp_path / "out")})
+    defs = build_definitions(**deployment)
+    assert defs.get_assets_def("evaluation").partitions_def.get_partition_keys()[:2] == ["3|next1", "3|next1_progress"]
+    assert defs.resources["settings"].outputs_dir == str(tmp_path / "out")
+    assert defs.resources["io_manager"].root == str(tmp_path / "out" / "_artifacts")
+    assert defs.resources["settings"].data_dir.endswith(get_profile("smoke").data_dir)
+    assert build_definitions(get_profile("full")).get_assets_def("ip2p_model").partitions_def.get_partition_keys()[0] \
+        == "42|next1"  # one seed by default: the profile's
+    with pytest.raises(ValueError, match="pix2pix_resolution 64"):
+        build_definitions(replace(get_profile("smoke"), pix2pix_resolution=64))
+    with pytest.raises(ValueError, match="distinct"):
+        build_definitions(get_profile("smoke"), seeds=(1, 1))
+    with pytest.raises(ValueError, match="PECN_SEEDS"):
+        parse_seeds("0,one")
+    with pytest.raises(ValueError, match="unknown PECN profile"):
+        deployment_from_env({"PECN_PROFILE": "tiny"})
+
+
+def test_every_input_is_declared_and_no_dependency_is_unused(defs):
+    graph = defs.resolve_asset_graph()
+    parents = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
+               for k in graph.materializable_asset_keys}
+    assert "progress_estimates" in parents["ip2p_model"] and "progress_estimates" in parents["evaluation"]
+    assert parents["summary_report"] == {"t_tests", "evaluation", "copy_frame_baseline"}
+    assert parents["evaluation"] == {"ip2p_model", "filtered_annotations", "frame_cache", "progress_estimates"}
+    for key in graph.materializable_asset_keys:  # every upstream is an argument of the asset (or a source)
+        op_inputs = {k.to_user_string() for k in defs.get_assets_def(key).keys_by_input_name.values()}
+        assert parents[key.to_user_string()] - {"raw_annotations", "raw_videos"} <= op_inputs, key
+
+
+def test_model_and_evaluation_checks_are_registered(defs):
+    checks = {(k.asset_key.to_user_string(), k.name): spec.blocking
+              for c in defs.asset_checks for k, spec in zip(c.check_keys, c.check_specs)}
+    assert checks == {("ip2p_model", "loss_decreased"): True, ("pacnet", "beats_mean_predictor"): True,
+                      ("evaluation", "samples_and_ranges"): True, ("evaluation", "beats_copy_frame"): False}

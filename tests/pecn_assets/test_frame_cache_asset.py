@@ -5,10 +5,13 @@ import json
 import dagster as dg
 import numpy as np
 
-from pecn_assets.assets.data import frame_cache, preview_indices
-from pecn_assets.partitions import resolution_partitions
+from pecn_assets.assets.data import build_data_assets, filtered_artifact, preview_indices
+from pecn_assets.io_manager import ArtifactIOManager
+from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings
+from pecn_ml.artifacts import FilteredAnnotations
 from pecn_ml.data.video import encode_webm
+from pecn_ml.profiles import get_profile
 from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
 
 LENGTHS = {"101": 12, "102": 30}  # the first video has no frame 20
@@ -40,13 +43,26 @@ def test_preview_indices_exist_in_short_videos():
     assert preview_indices(1) == [0]
 
 
+@dg.asset(name="filtered_annotations")
+def filtered_annotations_as_written(settings: PecnSettings) -> FilteredAnnotations:
+    """The filtered files the test wrote, as the real asset's artifact."""
+    return filtered_artifact(settings)
+
+
 def test_short_first_video_gets_a_preview_of_frames_it_has(tmp_path):
-    settings = PecnSettings(profile="smoke", data_dir=str(_data(tmp_path / "data")),
-                            outputs_dir=str(tmp_path / "outputs"), results_dir=str(tmp_path / "results"))
-    partition = min(resolution_partitions.get_partition_keys(), key=int)
+    profile = get_profile("smoke")
+    settings = PecnSettings.for_profile(profile, data_dir=str(_data(tmp_path / "data")),
+                                        outputs_dir=str(tmp_path / "outputs"), results_dir=str(tmp_path / "results"))
+    parts = Partitions.build(profile, (0,))
+    frame_cache = next(a for a in build_data_assets(parts) if a.key == dg.AssetKey("frame_cache"))
+    partition = min(parts.resolution.get_partition_keys(), key=int)
+    resources = {"settings": settings, "io_manager": ArtifactIOManager(root=str(tmp_path / "artifacts"))}
+    instance = dg.DagsterInstance.ephemeral()
+    assets = [filtered_annotations_as_written, frame_cache]
+    assert dg.materialize(assets, selection=["filtered_annotations"], resources=resources, instance=instance).success
     for _ in range(2):  # a rerun reuses the cache and builds the same preview
-        result = dg.materialize([frame_cache], partition_key=partition, resources={"settings": settings},
-                                instance=dg.DagsterInstance.ephemeral())
+        result = dg.materialize(assets, selection=["frame_cache"], partition_key=partition, resources=resources,
+                                instance=instance)
         assert result.success
         meta = result.asset_materializations_for_node("frame_cache")[0].metadata
         assert meta["failed"].value == 0

@@ -1,5 +1,6 @@
-"""The whole asset graph on the smoke profile: every asset materialises, metadata contracts hold,
-and lineage answers "which checkpoint produced this number"."""
+"""The whole asset graph on the smoke profile (two training seeds): every asset materialises,
+metadata contracts hold, lineage answers "which checkpoint produced this number", a retrained
+variant leaves every earlier evaluation verifiable, and PAC-Net's estimates reach the prompts."""
 
 import json
 from pathlib import Path
@@ -7,9 +8,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from pecn_ml.artifacts import UNET_WEIGHTS
 from pecn_ml.utils.files import sha256_file
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")
+
+VARIANTS = ["next1", "next1_progress", "next5", "next5_progress"]
 
 
 def latest(instance, asset, partition=None):
@@ -22,6 +26,25 @@ def latest(instance, asset, partition=None):
 
 def meta(record) -> dict:
     return {k: getattr(v, "value", v) for k, v in record.asset_materialization.metadata.items()}
+
+
+def run(smoke_graph, asset: str, partition=None, config=None) -> dg.ExecuteInProcessResult:
+    """Materialise one asset partition (with its checks) in the smoke instance, as the UI would."""
+    job = smoke_graph.defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(instance=smoke_graph.instance, asset_selection=[dg.AssetKey(asset)],
+                                    partition_key=partition, raise_on_error=False,
+                                    run_config={"ops": {asset: {"config": config}}} if config else None)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return result
+
+
+def assert_verifiable(evaluation_meta: dict) -> None:
+    """An evaluation's numbers can be traced: its checkpoint exists and hashes to the recorded sha."""
+    checkpoint = Path(evaluation_meta["checkpoint"])
+    assert sha256_file(checkpoint / UNET_WEIGHTS) == evaluation_meta["checkpoint_sha256"]
+    for eval_set in ("basic", "backforth"):
+        results = json.loads(Path(evaluation_meta[f"{eval_set}_results_json"]).read_text())
+        assert results["checkpoint_sha256"] == evaluation_meta["checkpoint_sha256"]
 
 
 def test_definitions_load():
@@ -44,48 +67,108 @@ def test_whole_graph_materialises(smoke_graph):
         m = meta(latest(inst, "pacnet", head))
         assert {"val_mae", "baseline_mae", "checkpoint", "checkpoint_sha256"} <= set(m)
         assert m["checkpoint_sha256"] == sha256_file(Path(m["checkpoint"]) / "model.safetensors")
-    for variant in ["next1", "next1_progress", "next5", "next5_progress"]:
-        m = meta(latest(inst, "ip2p_model", variant))
-        assert {"checkpoint", "checkpoint_sha256", "final_loss"} <= set(m)
+    for seed in (0, 1):
+        for variant in VARIANTS:
+            m = meta(latest(inst, "ip2p_model", f"{seed}|{variant}"))
+            assert {"checkpoint", "checkpoint_sha256", "final_loss", "first_loss"} <= set(m)
+            assert m["seed"] == seed and f"/seed_{seed}/runs/" in m["checkpoint"]
     report = meta(latest(inst, "summary_report"))
     assert Path(report["workbook"]).exists()
     assert "next1" in report["summary"]
 
 
+def test_two_seeds_coexist_and_the_report_shows_both(smoke_graph):
+    inst = smoke_graph.instance
+    shas = {seed: meta(latest(inst, "ip2p_model", f"{seed}|next1"))["checkpoint_sha256"] for seed in (0, 1)}
+    assert shas[0] != shas[1]  # another seed, another model; neither replaced the other
+    summary = meta(latest(inst, "summary_report"))["summary"]
+    rows = [line for line in summary.splitlines() if line.startswith("| next1 |")]
+    assert {line.split("|")[2].strip() for line in rows} >= {"0", "1"}  # per seed
+    assert "Across training seeds (mean ± sd over seeds)" in summary
+    tests = json.loads(Path(meta(latest(inst, "t_tests"))["t_test_results"]).read_text())["tests"]
+    assert {r["seed"] for r in tests} == {0, 1, "mean of 2"}
+    across = [r for r in tests if r["seed"] == "mean of 2"]
+    assert across and all(r["n_seeds"] == 2 and "seed_mean_diff_sd" in r for r in across)
+    import openpyxl
+
+    workbook = openpyxl.load_workbook(meta(latest(inst, "summary_report"))["workbook"])
+    assert workbook.sheetnames == ["evaluations", "t_tests", "across_seeds", "copy_frame_baseline"]
+
+
 def test_evaluation_records_the_checkpoint_it_sampled(smoke_graph):
     inst = smoke_graph.instance
-    for eval_set in ["basic", "backforth"]:
+    for seed in (0, 1):
         for variant in ["next1", "next5_progress"]:
-            ev = meta(latest(inst, "evaluation", f"{eval_set}|{variant}"))
-            model_record = latest(inst, "ip2p_model", variant)
+            key = f"{seed}|{variant}"
+            ev = meta(latest(inst, "evaluation", key))
+            model_record = latest(inst, "ip2p_model", key)
             model = meta(model_record)
             assert ev["checkpoint_sha256"] == model["checkpoint_sha256"]
             assert ev["ip2p_model_run_id"] == model_record.run_id
-            results = json.loads(Path(ev["results_json"]).read_text())
-            assert results["n"] == ev["n"] > 0
-            assert results["metadata"]["checkpoint_sha256"] == model["checkpoint_sha256"]
+            for eval_set in ("basic", "backforth"):
+                results = json.loads(Path(ev[f"{eval_set}_results_json"]).read_text())
+                assert results["n"] == ev[f"{eval_set}_n"] > 0
+                assert results["metadata"]["checkpoint_sha256"] == model["checkpoint_sha256"]
             assert ev["frame_cache_version"] and ev["annotations_version"]
     shas = meta(latest(inst, "t_tests"))["model_checkpoint_sha256"]
-    assert shas["next1/basic"] == meta(latest(inst, "ip2p_model", "next1"))["checkpoint_sha256"]
+    assert shas["0|next1"] == meta(latest(inst, "ip2p_model", "0|next1"))["checkpoint_sha256"]
 
 
-def test_retrained_model_changes_the_recorded_sha(smoke_graph):
-    """Retrain one variant with another seed: its evaluation then records the new sha."""
-    from pecn_assets.definitions import ASSETS
+def test_retraining_twice_leaves_every_earlier_evaluation_verifiable(smoke_graph):
+    """Retrain one variant twice (other hyper-parameters from the run config, as the Launchpad
+    would): each training writes a new folder, and all three evaluations stay verifiable."""
+    inst, key = smoke_graph.instance, "0|next1"
+    evaluations = [meta(latest(inst, "evaluation", key))]
+    for learning_rate in (3e-4, 3e-3):
+        trained = run(smoke_graph, "ip2p_model", key, {"learning_rate": learning_rate})
+        model = meta(latest(inst, "ip2p_model", key))
+        assert model["train_config"]["learning_rate"] == learning_rate  # the value used is recorded
+        assert trained.run_id in model["checkpoint"]
+        run(smoke_graph, "evaluation", key)
+        evaluations.append(meta(latest(inst, "evaluation", key)))
+        assert evaluations[-1]["checkpoint_sha256"] == model["checkpoint_sha256"]
+        assert evaluations[-1]["ip2p_model_run_id"] == trained.run_id
+    assert len({e["checkpoint"] for e in evaluations}) == 3
+    assert len({e["checkpoint_sha256"] for e in evaluations}) == 3
+    for ev in evaluations:
+        assert_verifiable(ev)
 
-    inst, resources = smoke_graph.instance, smoke_graph.resources
-    before = meta(latest(inst, "ip2p_model", "next1"))["checkpoint_sha256"]
-    assert meta(latest(inst, "evaluation", "basic|next1"))["checkpoint_sha256"] == before
-    dg.materialize(ASSETS, selection=["ip2p_model"], partition_key="next1", instance=inst,
-                   resources=resources,
-                   run_config={"ops": {"ip2p_model": {"config": {"seed": 1234}}}})
-    after_record = latest(inst, "ip2p_model", "next1")
-    after = meta(after_record)["checkpoint_sha256"]
-    assert after != before
-    dg.materialize(ASSETS, selection=["evaluation"], partition_key="basic|next1", instance=inst,
-                   resources=resources)
-    ev_record = latest(inst, "evaluation", "basic|next1")
-    ev = meta(ev_record)
-    assert ev["checkpoint_sha256"] == after
-    assert ev["ip2p_model_run_id"] == after_record.run_id
-    assert ev["ip2p_model_event_storage_id"] == after_record.storage_id
+
+def test_progress_estimator_reaches_the_prompts_and_its_sha_is_recorded(smoke_graph):
+    """`use_progress_estimator`: PAC-Net's estimates (the progress_estimates input) are the
+    percentages in the training and evaluation prompts, and their shas are in the metadata."""
+    inst, key = smoke_graph.instance, "1|next1_progress"
+    estimates = meta(latest(inst, "progress_estimates"))
+    rows = json.loads(Path(estimates["path"]).read_text())["rows"]
+    percent = {r["video_id"]: int(r["estimate_percent"]) for r in rows}
+    estimates_sha = sha256_file(estimates["path"])
+    pacnet_sha = meta(latest(inst, "pacnet", "regression"))["checkpoint_sha256"]
+
+    run(smoke_graph, "ip2p_model", key, {"use_progress_estimator": True})
+    model = meta(latest(inst, "ip2p_model", key))
+    assert model["progress_source"] == "PAC-Net"
+    assert model["progress_estimates_sha256"] == estimates_sha and model["pacnet_checkpoint_sha256"] == pacnet_sha
+
+    run(smoke_graph, "evaluation", key, {"use_progress_estimator": True})
+    ev = meta(latest(inst, "evaluation", key))
+    assert ev["progress_source"] == "PAC-Net" and ev["progress_estimates_sha256"] == estimates_sha
+    results = json.loads(Path(ev["basic_results_json"]).read_text())
+    assert results["config"]["progress_source"] == "PAC-Net estimate"
+    for sample in results["samples"]:
+        assert sample["progress_percent"] == percent[sample["video_id"]]
+        assert f"And {percent[sample['video_id']]}% of the action has been completed." in sample["prompt"]
+    assert results["metadata"]["progress_estimates_sha256"] == estimates_sha
+
+
+def test_every_check_ran_and_the_blocking_ones_passed(smoke_graph):
+    inst = smoke_graph.instance
+    keys = [dg.AssetCheckKey(dg.AssetKey(asset), name) for asset, name in (
+        ("ip2p_model", "loss_decreased"), ("pacnet", "beats_mean_predictor"),
+        ("evaluation", "samples_and_ranges"), ("evaluation", "beats_copy_frame"))]
+    for key in keys:
+        history = inst.event_log_storage.get_asset_check_execution_history(key, limit=100)
+        assert history, f"{key.to_user_string()} never ran"
+        for record in history:
+            evaluation = record.event.dagster_event.event_specific_data if record.event else None
+            if evaluation is not None and not evaluation.passed:
+                assert evaluation.severity == dg.AssetCheckSeverity.WARN, (key, evaluation.description)

@@ -13,10 +13,14 @@ import dagster as dg
 import pytest
 
 from pecn_assets import jobs
-from pecn_assets.partitions import evaluation_partitions, resolution_partitions, variant_partitions
+from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings
 from pecn_ml.data.versions import annotations_version
-from pecn_ml.variants import EVAL_SETS, VARIANTS
+from pecn_ml.profiles import get_profile
+from pecn_ml.variants import VARIANTS
+
+PARTS = Partitions.build(get_profile("demo"), (0,))  # what pecn_assets.definitions builds by default
+resolution_partitions = PARTS.resolution
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +79,7 @@ def frame_cache_standin(code_version: str, fail: bool = False) -> dg.AssetsDefin
     return _frame_cache
 
 
-@dg.asset(name="ip2p_model", partitions_def=variant_partitions)
+@dg.asset(name="ip2p_model", partitions_def=PARTS.model)
 def ip2p_model_standin() -> dg.MaterializeResult:
     return dg.MaterializeResult(data_version=dg.DataVersion("unet-sha"))
 
@@ -112,19 +116,29 @@ def test_sweep_schedule_requests_one_training_run_per_variant(defs, persistent_i
     data = schedule.evaluate_tick(dg.build_schedule_context(
         instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()))
     requests = data.run_requests
-    assert sorted(r.partition_key for r in requests) == sorted(VARIANTS)
+    assert sorted(r.partition_key for r in requests) == sorted(f"0|{v}" for v in VARIANTS)
     assert {r.tags[jobs.SWEEP_TAG] for r in requests} == {"20260307T0300Z"}
     assert len({r.run_key for r in requests}) == len(VARIANTS)
 
 
+def test_sweep_trains_every_seed():
+    parts = Partitions.build(get_profile("demo"), (3, 7))
+    train_job = dg.define_asset_job("sweep_train", selection=["ip2p_model"])
+    schedule = jobs.build_sweep_schedule(parts, train_job)
+    when = datetime(2026, 3, 7, 3, 0, tzinfo=timezone.utc)
+    requests = list(schedule(dg.build_schedule_context(scheduled_execution_time=when)))
+    assert sorted(r.partition_key for r in requests) == sorted(f"{s}|{v}" for s in (3, 7) for v in VARIANTS)
+
+
 def test_sweep_cron_comes_from_the_environment(monkeypatch):
+    train_job = dg.define_asset_job("sweep_train", selection=["ip2p_model"])
     monkeypatch.setenv(jobs.SWEEP_CRON_ENV, "30 1 * * *")
-    assert jobs.build_sweep_schedule().cron_schedule == "30 1 * * *"
+    assert jobs.build_sweep_schedule(PARTS, train_job).cron_schedule == "30 1 * * *"
     monkeypatch.delenv(jobs.SWEEP_CRON_ENV)
-    assert jobs.build_sweep_schedule().cron_schedule == "0 3 * * 6"  # weekly
+    assert jobs.build_sweep_schedule(PARTS, train_job).cron_schedule == "0 3 * * 6"  # weekly
     monkeypatch.setenv(jobs.SWEEP_CRON_ENV, "every saturday")
     with pytest.raises(ValueError, match=jobs.SWEEP_CRON_ENV):
-        jobs.build_sweep_schedule()
+        jobs.build_sweep_schedule(PARTS, train_job)
 
 
 def test_sweep_evaluations_follow_each_trained_variant(defs, instance):
@@ -134,15 +148,15 @@ def test_sweep_evaluations_follow_each_trained_variant(defs, instance):
     first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, repository_def=repo))
     assert not first.run_requests and first.skip_message
 
-    trained, manual = "next5_progress", "next1"
+    trained, manual = "0|next5_progress", "0|next1"
     dg.materialize([ip2p_model_standin], partition_key=trained, instance=instance,
                    tags={jobs.SWEEP_TAG: "20260307T0300Z"})
     dg.materialize([ip2p_model_standin], partition_key=manual, instance=instance)  # not a sweep run
     second = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor,
                                                          repository_def=repo))
-    expected = {str(dg.MultiPartitionKey({"eval_set": s, "variant": trained})) for s in EVAL_SETS}
+    expected = {trained}  # the evaluation partition of the same seed and variant (every eval set)
     assert {str(r.partition_key) for r in second.run_requests} == expected
-    assert expected <= set(evaluation_partitions.get_partition_keys())
+    assert expected <= set(defs.get_assets_def("evaluation").partitions_def.get_partition_keys())
     assert {r.tags[jobs.SWEEP_TAG] for r in second.run_requests} == {"20260307T0300Z"}
     assert second.cursor and second.cursor != first.cursor
 
@@ -307,6 +321,7 @@ def test_executor_is_chosen_by_environment(monkeypatch):
 
 def test_definitions_load_with_every_job_schedule_and_sensor(defs):
     dg.Definitions.validate_loadable(defs)
-    assert {j.name for j in jobs.JOBS} <= {j.name for j in defs.jobs}
+    assert {"observe_sources", "refilter_annotations", "build_frame_cache", "sweep_train", "sweep_evaluate",
+            "cleanup_checkpoints"} <= {j.name for j in defs.jobs}
     assert {s.name for s in defs.schedules} == {"experiment_sweep", "refresh_frame_cache"}
     assert {"sweep_evaluations", "annotations_changed", "pecn_automation"} <= {s.name for s in defs.sensors}

@@ -102,31 +102,30 @@ def _postgres_home(home: Path, url: str) -> Path:
 
 @pytest.fixture(scope="module")
 def pg_slice(postgres_url, tmp_path_factory):
-    """Materialise the slice into the PostgreSQL instance; yield (home, settings, run ids)."""
-    from pecn_assets import definitions
+    """Materialise the slice into the PostgreSQL instance; yield (home, defs, frame_cache run id)."""
+    from pecn_assets.definitions import build_definitions
     from pecn_assets.demo import ensure_synthetic_data, materialize_all
-    from pecn_assets.resources import PecnSettings, PretrainedModels
+    from pecn_assets.resources import PecnSettings
     from pecn_ml.data.templates import load_task_map
 
     root = tmp_path_factory.mktemp("pg_slice")
-    settings = PecnSettings(profile="smoke", data_dir=str(root / "data"), outputs_dir=str(root / "outputs"),
-                            results_dir=str(root / "test_result"))
+    settings = PecnSettings.for_profile(get_profile("smoke"), data_dir=str(root / "data"),
+                                        outputs_dir=str(root / "outputs"), results_dir=str(root / "test_result"))
     one_per_task = tuple(keys[0] for keys in load_task_map().values())
     synthetic = replace(get_profile("smoke").synthetic, templates=one_per_task, task_train_per_template=2,
                         num_test=1, max_frames=40)
     ensure_synthetic_data(settings.data_path(), synthetic)
-    resources = {"settings": settings, "models": PretrainedModels()}
-    defs = dg.Definitions(assets=definitions.ASSETS, jobs=definitions.JOBS, resources=resources)
+    defs = build_definitions(get_profile("smoke"), settings=settings)
     home = _postgres_home(root / "dagster_home", postgres_url)
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         observed = defs.resolve_job_def("observe_sources").execute_in_process(instance=instance)
         assert observed.success
-        assert materialize_all(instance, defs=defs, only=["filtered_annotations"], log=print)
+        assert materialize_all(instance, defs, only=["filtered_annotations"], log=print)
         built = defs.resolve_implicit_global_asset_job_def().execute_in_process(
             instance=instance, asset_selection=[dg.AssetKey("frame_cache")], partition_key=RESOLUTION)
         assert built.success
-    yield home, settings, built.run_id
+    yield home, defs, built.run_id
 
 
 @pytest.fixture
@@ -181,7 +180,8 @@ def test_lineage_reads_back_from_postgres(pg_slice, instance):
     from pecn_ml.utils.files import sha256_file
     from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
 
-    _, settings, frame_cache_run = pg_slice
+    _, defs, frame_cache_run = pg_slice
+    settings = defs.resources["settings"]
     raw_annotations = _latest_observation_version(instance, "raw_annotations")
     raw_videos = _latest_observation_version(instance, "raw_videos")
     assert raw_annotations == annotations_version(settings.annotations_path())
@@ -192,7 +192,8 @@ def test_lineage_reads_back_from_postgres(pg_slice, instance):
     files = [settings.annotations_path() / name for name in (TRAIN_FILE, *EVAL_SETS.values())]
     assert mat.tags[DATA_VERSION] == "-".join(sha256_file(p)[:16] for p in files)
     assert mat.tags[INPUT_VERSION + "raw_annotations"] == raw_annotations
-    assert mat.tags["dagster/code_version"] == "1"
+    code_version = defs.get_assets_def("filtered_annotations").code_versions_by_key[dg.AssetKey("filtered_annotations")]
+    assert mat.tags["dagster/code_version"] == code_version
     assert mat.metadata["n_train"].value > 0
     assert mat.metadata["files"].value == [str(p) for p in files]
 
@@ -215,19 +216,21 @@ def test_lineage_reads_back_from_postgres(pg_slice, instance):
 @pytest.mark.postgres
 @pytest.mark.xdist_group("postgres")  # one database and data set per run
 def test_project_lineage_helpers_on_postgres(pg_slice, instance):
-    """The platform's own readers (latest_upstream, the frame-cache staleness check) on PostgreSQL."""
+    """The platform's own readers (the cleanup's latest materialisations and the paths they name,
+    the frame-cache staleness check) on PostgreSQL."""
+    from pecn_assets.cleanup import latest_materializations, referenced_paths
     from pecn_assets.jobs import stale_frame_cache_partitions
-    from pecn_assets.lineage import latest_upstream
-    from pecn_assets.partitions import resolution_partitions
 
-    _, _, frame_cache_run = pg_slice
-    up = latest_upstream(instance, "frame_cache", RESOLUTION)
-    assert up.run_id == frame_cache_run and up.data_version
-    with pytest.raises(dg.Failure, match="never been materialised"):
-        latest_upstream(instance, "ip2p_model", "next1")
+    _, defs, frame_cache_run = pg_slice
+    latest = dict(latest_materializations(instance))
+    assert latest[f"frame_cache/{RESOLUTION}"].run_id == frame_cache_run
+    assert latest[f"frame_cache/{RESOLUTION}"].asset_materialization.tags["dagster/data_version"]
+    assert not any(name.startswith("ip2p_model") for name in latest)  # never materialised here
+    assert any(who == f"frame_cache/{RESOLUTION}" for who in referenced_paths(instance).values())
 
-    stale = {partition: reason for partition, reason, _ in stale_frame_cache_partitions(instance)}
-    others = set(resolution_partitions.get_partition_keys()) - {RESOLUTION}
+    frame_cache = defs.get_assets_def("frame_cache")
+    stale = {partition: reason for partition, reason, _ in stale_frame_cache_partitions(instance, frame_cache)}
+    others = set(frame_cache.partitions_def.get_partition_keys()) - {RESOLUTION}
     assert stale == {key: "missing" for key in others}, stale
 
 

@@ -1,13 +1,13 @@
 """The experiment sweep run for real, in-process, on the smoke data: the schedule's run requests
-train the four variants, then the sensor's requests evaluate each on both eval sets."""
+train the four variants for both training seeds, then the sensor's requests evaluate each trained
+model on both eval sets."""
 
 from datetime import datetime, timezone
 
 import dagster as dg
 import pytest
 
-from pecn_assets.definitions import ASSETS, JOBS
-from pecn_assets.jobs import SWEEP_TAG, experiment_sweep, sweep_evaluations
+from pecn_assets.jobs import SWEEP_TAG
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")
 
@@ -25,8 +25,9 @@ def _run_requests(defs, job_name, requests, instance):
 
 
 def test_sweep_backfill_runs_in_dependency_order(smoke_graph):
-    inst = smoke_graph.instance
-    defs = dg.Definitions(assets=ASSETS, jobs=JOBS, resources=smoke_graph.resources)
+    inst, defs = smoke_graph.instance, smoke_graph.defs
+    experiment_sweep = defs.get_schedule_def("experiment_sweep")
+    sweep_evaluations = defs.get_sensor_def("sweep_evaluations")
 
     # a sensor cursor at "now": only the sweep's own materialisations count
     last = inst.fetch_materializations(dg.AssetKey("ip2p_model"), limit=1).records[0].storage_id
@@ -34,26 +35,26 @@ def test_sweep_backfill_runs_in_dependency_order(smoke_graph):
     train_requests = list(experiment_sweep(dg.build_schedule_context(instance=inst,
                                                                      scheduled_execution_time=tick)))
     assert sorted(r.partition_key for r in train_requests) == \
-        ["next1", "next1_progress", "next5", "next5_progress"]
+        [f"{seed}|{v}" for seed in (0, 1) for v in ("next1", "next1_progress", "next5", "next5_progress")]
     trained = _run_requests(defs, "sweep_train", train_requests, inst)
     sweep_id = train_requests[0].tags[SWEEP_TAG]
 
     result = sweep_evaluations(dg.build_sensor_context(instance=inst, cursor=str(last)))
     eval_keys = sorted(r.partition_key for r in result.run_requests)
-    assert len(eval_keys) == 8 and "backforth|next5_progress" in eval_keys
+    assert eval_keys == sorted(r.partition_key for r in train_requests)  # each trained model, once
     evaluated = _run_requests(defs, "sweep_evaluate", result.run_requests, inst)
 
     # each evaluation started after its variant's training finished, and used that checkpoint
     train_end = {r.dagster_run.tags["dagster/partition"]: inst.get_run_stats(r.run_id).end_time
                  for r in trained}
     for run in evaluated:
-        eval_set, variant = run.dagster_run.tags["dagster/partition"].split("|")  # dims by name
+        key = run.dagster_run.tags["dagster/partition"]  # seed|variant (dims by name)
         assert run.dagster_run.tags[SWEEP_TAG] == sweep_id
-        assert inst.get_run_stats(run.run_id).start_time >= train_end[variant]
+        assert inst.get_run_stats(run.run_id).start_time >= train_end[key]
         mats = run.get_asset_materialization_events()
-        sha = mats[0].step_materialization_data.materialization.metadata["checkpoint_sha256"].value
+        metadata = mats[0].step_materialization_data.materialization.metadata
         model = inst.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("ip2p_model"), asset_partitions=[variant]),
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("ip2p_model"), asset_partitions=[key]),
             limit=1).records[0]
-        assert sha == model.asset_materialization.metadata["checkpoint_sha256"].value
-        assert eval_set in ("basic", "backforth")
+        assert metadata["checkpoint_sha256"].value == model.asset_materialization.metadata["checkpoint_sha256"].value
+        assert {"basic_ssim_mean", "backforth_ssim_mean"} <= set(metadata)

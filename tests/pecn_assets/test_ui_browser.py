@@ -104,13 +104,11 @@ def _latest(instance, asset: str, partition: str | None = None) -> dg.EventLogRe
     return records[0]
 
 
-def _first_evaluation_partition() -> tuple[str, str, str]:
-    """(partition key, eval_set, variant) of the first `evaluation` partition, e.g. basic|next1."""
-    from pecn_assets.partitions import evaluation_partitions
-
-    key = evaluation_partitions.get_partition_keys()[0]
+def _first_evaluation_partition(smoke_graph) -> tuple[str, str, str]:
+    """(partition key, training seed, variant) of the first `evaluation` partition, e.g. 0|next1."""
+    key = smoke_graph.defs.get_assets_def("evaluation").partitions_def.get_partition_keys()[0]
     dims = key.keys_by_dimension
-    return str(key), dims["eval_set"], dims["variant"]
+    return str(key), dims["seed"], dims["variant"]
 
 
 def test_materialize_filtered_annotations_from_the_asset_graph(ui, page, instance):
@@ -155,27 +153,26 @@ def test_materialize_filtered_annotations_from_the_asset_graph(ui, page, instanc
 
 def test_evaluation_partition_shows_the_checkpoint_sha256(ui, page, instance, smoke_graph):
     assert smoke_graph.ok, "the smoke graph did not materialise completely (see the smoke_graph fixture log)"
-    partition, eval_set, variant = _first_evaluation_partition()
-    model_record = _latest(instance, "ip2p_model", variant)
+    partition, seed, variant = _first_evaluation_partition(smoke_graph)
+    model_record = _latest(instance, "ip2p_model", partition)  # the same seed|variant partition
     expected = model_record.asset_materialization.metadata["checkpoint_sha256"].value
     assert re.fullmatch(r"[0-9a-f]{64}", expected), expected
     evaluation = _latest(instance, "evaluation", partition)
 
     page.goto(ui.url + "/assets/evaluation")
     page.get_by_role("tab", name="Partitions").click()
-    page.get_by_text(eval_set, exact=True).first.click()
-    page.get_by_text(variant, exact=True).first.click()
+    page.get_by_text(variant, exact=True).first.wait_for()  # the seed x variant grid
+    page.goto(f"{ui.url}/assets/evaluation?view=partitions&partition={partition.replace('|', '%7C')}")
     page.get_by_text(partition, exact=True).first.wait_for()  # the partition's own heading
     shown = _metadata_text(page, "checkpoint_sha256")
-    assert shown == expected, f"UI shows checkpoint_sha256 {shown!r}; ip2p_model/{variant} recorded {expected!r}"
+    assert shown == expected, f"UI shows checkpoint_sha256 {shown!r}; ip2p_model/{partition} recorded {expected!r}"
     # the training run, shown as a link to its page
     assert _metadata_text(page, "ip2p_model_run_id") == model_record.run_id
-
-    assert _metadata_text(page, "ip2p_model_data_version") == expected
+    assert f"/seed_{seed}/runs/{model_record.run_id}/" in _metadata_text(page, "checkpoint")
 
     # Dagster's own lineage tag. For a partitioned upstream it is not the upstream's data version
     # itself but sha256 over the (sorted, concatenated) data versions of the upstream partitions
-    # the partition mapping selects: here the one ip2p_model partition of this variant.
+    # the partition mapping selects: here the one ip2p_model partition of this seed and variant.
     expected_tag = hashlib.sha256(expected.encode()).hexdigest()
     assert evaluation.asset_materialization.tags["dagster/input_data_version/ip2p_model"] == expected_tag
     page.get_by_text(re.compile(r"^Show tags")).click()
@@ -195,7 +192,7 @@ def test_comparison_grid_image_renders(ui, page, instance, smoke_graph):
     from PIL import Image
 
     assert smoke_graph.ok, "the smoke graph did not materialise completely (see the smoke_graph fixture log)"
-    partition, _, _ = _first_evaluation_partition()
+    partition, _, _ = _first_evaluation_partition(smoke_graph)
     markdown = _latest(instance, "evaluation", partition).asset_materialization.metadata["comparison_grid"].value
     found = re.search(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
     assert found, f"comparison_grid of evaluation/{partition} embeds no PNG data URI: {markdown[:200]}"
@@ -218,11 +215,10 @@ def test_comparison_grid_image_renders(ui, page, instance, smoke_graph):
 
 
 def test_summary_report_renders_its_tables(ui, page, instance, smoke_graph):
-    from pecn_assets.partitions import evaluation_partitions, variant_partitions
-
     assert smoke_graph.ok, "the smoke graph did not materialise completely (see the smoke_graph fixture log)"
-    shas = {v: _latest(instance, "ip2p_model", v).asset_materialization.metadata["checkpoint_sha256"].value
-            for v in variant_partitions.get_partition_keys()}
+    models = smoke_graph.defs.get_assets_def("ip2p_model").partitions_def.get_partition_keys()
+    shas = {str(k): _latest(instance, "ip2p_model", k).asset_materialization.metadata["checkpoint_sha256"].value
+            for k in models}
 
     page.goto(ui.url + "/assets/summary_report")
     listed = _metadata_text(page, "model_checkpoint_sha256")
@@ -232,9 +228,10 @@ def test_summary_report_renders_its_tables(ui, page, instance, smoke_graph):
     dialog = page.get_by_role("dialog")
     tables = dialog.locator("table")
     tables.first.wait_for()
-    assert tables.count() == 2  # evaluations, t-tests
+    assert tables.count() == 3  # evaluations (per seed), across seeds, t-tests
     rows = tables.first.locator("tbody tr")
-    assert rows.count() == len(evaluation_partitions.get_partition_keys())
-    assert {rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())} == set(shas)
+    assert rows.count() == 2 * len(models)  # every seed x variant on both eval sets
+    assert ({rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())}
+            == {k.keys_by_dimension["variant"] for k in models})
     _shot(page, "summary_report")
     dialog.get_by_role("button", name="Close").click()

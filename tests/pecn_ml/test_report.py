@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pecn_ml.images import comparison_grid, load_png, png_data_uri, save_png, stack_vertical
-from pecn_ml.report import evaluation_row, markdown_summary, write_summary_workbook
+from pecn_ml.report import across_seeds, evaluation_row, markdown_summary, write_summary_workbook
 
 SHA = "0123456789abcdef" * 4
 
@@ -173,3 +173,21 @@ def test_png_data_uri_is_small_png(tmp_path):
         assert img.format == "PNG" and img.size == (48, 24)
     small = Image.open(io.BytesIO(base64.b64decode(png_data_uri(arr, max_px=500).split(",", 1)[1])))
     assert np.array_equal(np.asarray(small), arr)  # never enlarged, lossless
+
+
+def test_across_seeds_sheet_and_table(tmp_path):
+    rows = [{**r, "seed": seed, "ssim_mean": r["ssim_mean"] + 0.01 * seed} for seed in (0, 1) for r in _eval_rows()]
+    across = across_seeds(rows)
+    assert len(across) == 2 and across[0]["n_seeds"] == 2 and across[0]["seeds"] == "0, 1"
+    assert across[0]["ssim_mean"] == pytest.approx(0.817345)
+    assert across[0]["ssim_sd"] == pytest.approx(np.std([0.812345, 0.822345], ddof=1))
+    assert np.isnan(across_seeds(rows[:1])[0]["ssim_sd"])  # one seed: no spread
+    baselines = [{"eval_set": "basic", "target_idx": 21, "n": 24, "ssim_mean": 0.98, "psnr_mean": 34.0}]
+    path = write_summary_workbook(rows, _test_rows(), tmp_path / "t.xlsx", across=across, baselines=baselines)
+    wb = openpyxl.load_workbook(path)
+    assert wb.sheetnames == ["evaluations", "t_tests", "across_seeds", "copy_frame_baseline"]
+    headers, data = _sheet_dicts(wb["across_seeds"])
+    assert "SSIM: sd over seeds" in headers and len(data) == 2
+    assert "Training seed" in _sheet_dicts(wb["evaluations"])[0]
+    md = markdown_summary(rows, _test_rows(), across)
+    assert "### Across training seeds (mean ± sd over seeds)" in md and "0.8173 ± 0.0071" in md

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from pecn_ml.stats import compare_runs, paired_test, t_test_table, welch_test, write_t_tests
+from pecn_ml.stats import (compare_runs, mean_over_seeds, paired_test, seed_t_test_table, t_test_table,
+                           welch_test, write_t_tests)
 
 WITHOUT = [0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70, 0.52]
 WITH = [0.64, 0.57, 0.71, 0.55, 0.69, 0.60, 0.75, 0.58]
@@ -143,3 +144,25 @@ def test_write_t_tests_is_strict_json_with_shas(tmp_path):
     bad = next(t for t in data["tests"] if t["eval_set"] == "basic" and t["target_idx"] == 21)
     assert bad["t"] is None and "at least 2" in bad["paired_reason"]
     assert "cohen" in data["method"]["paired"].lower() and "hedges" in data["method"]["welch"].lower()
+
+
+def test_seed_table_tests_each_seed_and_the_per_video_means():
+    by_seed = {seed: _all_results() for seed in (0, 1)}
+    for (variant, eval_set), r in by_seed[1].items():  # seed 1 scores differently (and lacks video 105)
+        r["samples"] = [{**s, "ssim": s["ssim"] * 0.9} for s in r["samples"] if s["video_id"] != "105"]
+    results = {(seed, v, s): r for seed, rs in by_seed.items() for (v, s), r in rs.items()}
+    rows = seed_t_test_table(results)
+    assert [r["seed"] for r in rows].count(0) == 8 and [r["seed"] for r in rows].count(1) == 8
+    across = [r for r in rows if r["seed"] == "mean of 2"]
+    assert len(across) == 8 and all(r["n_seeds"] == 2 for r in across)
+    r = next(r for r in across if (r["target_idx"], r["eval_set"], r["metric"]) == (21, "basic", "ssim"))
+    means = {k: mean_over_seeds([by_seed[0][k], by_seed[1][k]]) for k in (("next1", "basic"), ("next1_progress", "basic"))}
+    assert [s["video_id"] for s in means[("next1", "basic")]["samples"]] == ["100", "101", "102", "103", "104"]
+    ref = compare_runs(means[("next1", "basic")], means[("next1_progress", "basic")], "ssim")
+    assert r["n_paired"] == 5 and r["p"] == ref["paired"]["p"]
+    per_seed = [x["mean_diff"] for x in rows if x["seed"] in (0, 1) and
+                (x["target_idx"], x["eval_set"], x["metric"]) == (21, "basic", "ssim")]
+    assert r["seed_mean_diff_mean"] == pytest.approx(np.mean(per_seed))
+    assert r["seed_mean_diff_sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    one = seed_t_test_table({k: v for k, v in results.items() if k[0] == 0})
+    assert len(one) == 8 and {r["seed"] for r in one} == {0}  # one seed: no rows across seeds

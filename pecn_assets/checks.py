@@ -1,0 +1,72 @@
+"""Asset checks on the trained models and their evaluations (the UI's Checks tab).
+
+Blocking (an ERROR stops everything downstream in the run, and the artifact I/O manager refuses the
+artifact in later runs too, so t_tests and summary_report never run on it):
+
+- `ip2p_model` / `loss_decreased`: final loss finite and below the first logged one, both as means
+  (the last epoch's optimizer steps; the first epoch's, at most half of the run): one diffusion
+  step's loss varies several-fold with its random timestep, a single first step is no reference.
+  Runs shorter than `MIN_STEPS_TO_JUDGE` steps only WARN when the loss did not drop.
+- `pacnet` / `beats_mean_predictor`: val_mae below the mean predictor's baseline_mae (with fewer
+  than `MIN_VAL_VIDEOS_TO_JUDGE` validation videos a loss only WARNs: too few to judge).
+- `evaluation` / `samples_and_ranges`: n equals the samples requested (capped by the eligible
+  videos of the eval set), SSIM and PSNR finite and in range.
+
+Not blocking: `evaluation` / `beats_copy_frame` WARNs when a model scores below the copy-frame
+baseline (expected at the demo's scale, see pecn_ml/sampling.py).
+
+The check logic lives with the artifact types (`problems()`, `warnings()` in pecn_ml.artifacts).
+"""
+
+
+import dagster as dg
+
+from pecn_assets.io_manager import CHECK_OP_TAG
+from pecn_assets.partitions import Partitions
+from pecn_ml.artifacts import Artifact, Evaluation, PacNetCheckpoint, Pix2PixCheckpoint
+
+TAGS = {CHECK_OP_TAG: "true"}
+
+
+def check_result(problems: list[str], warnings: list[str], **metadata) -> dg.AssetCheckResult:
+    """ERROR with the problems, else WARN with the warnings, else passed."""
+    if problems or warnings:
+        severity = dg.AssetCheckSeverity.ERROR if problems else dg.AssetCheckSeverity.WARN
+        return dg.AssetCheckResult(passed=False, severity=severity, description="; ".join(problems + warnings),
+                                   metadata=metadata)
+    return dg.AssetCheckResult(passed=True, metadata=metadata)
+
+
+def artifact_check(artifact: Artifact, **metadata) -> dg.AssetCheckResult:
+    return check_result(artifact.problems(), artifact.warnings(), **metadata)
+
+
+def build_checks(parts: Partitions) -> list[dg.AssetChecksDefinition]:
+    """The checks of the partitioned model and evaluation assets of one deployment."""
+
+    @dg.asset_check(asset="ip2p_model", name="loss_decreased", blocking=True, partitions_def=parts.model,
+                    op_tags=TAGS, description="Final loss finite and below the first logged (epoch means).")
+    def ip2p_loss_decreased(ip2p_model: Pix2PixCheckpoint) -> dg.AssetCheckResult:
+        return artifact_check(ip2p_model, first_loss=ip2p_model.first_loss, final_loss=ip2p_model.final_loss,
+                              steps=ip2p_model.steps, loss_window=ip2p_model.loss_window)
+
+    @dg.asset_check(asset="pacnet", name="beats_mean_predictor", blocking=True, partitions_def=parts.head,
+                    op_tags=TAGS, description="Validation MAE below the mean predictor's (baseline_mae).")
+    def pacnet_beats_mean_predictor(pacnet: PacNetCheckpoint) -> dg.AssetCheckResult:
+        return artifact_check(pacnet, val_mae=pacnet.val_mae, baseline_mae=pacnet.baseline_mae, num_val=pacnet.num_val)
+
+    @dg.asset_check(asset="evaluation", name="samples_and_ranges", blocking=True, partitions_def=parts.model,
+                    op_tags=TAGS, description="n equals the samples requested; SSIM and PSNR finite and in range.")
+    def evaluation_samples_and_ranges(evaluation: Evaluation) -> dg.AssetCheckResult:
+        return check_result(evaluation.problems(), [], **{f"{s}_n": r.n for s, r in evaluation.sets.items()},
+                            **{f"{s}_n_expected": r.n_expected for s, r in evaluation.sets.items()})
+
+    @dg.asset_check(asset="evaluation", name="beats_copy_frame", blocking=False, partitions_def=parts.model,
+                    op_tags=TAGS, description="WARN when the model scores below the copy-frame baseline.")
+    def evaluation_beats_copy_frame(evaluation: Evaluation) -> dg.AssetCheckResult:
+        return check_result([], evaluation.warnings(),
+                            **{f"{s}_{m}_margin": float(r.mean[m] - r.baseline_mean[m])
+                               for s, r in evaluation.sets.items() for m in ("ssim", "psnr")})
+
+    return [ip2p_loss_decreased, pacnet_beats_mean_predictor, evaluation_samples_and_ranges,
+            evaluation_beats_copy_frame]

@@ -1,0 +1,59 @@
+"""Run config of the training assets: the trainers' hyper-parameters, with the profile's values as
+defaults, so that the Launchpad shows (and lets a user change) exactly what a run will use.
+
+`trainer_config_class(Pix2PixTrainConfig, profile.pix2pix_train, ...)` builds a `dagster.Config`
+with one field per dataclass field (type and default from the profile's instance);
+`apply(config, base)` turns the run's values back into the trainer's frozen dataclass. Fields the
+platform sets itself (the seed of `ip2p_model` is its partition) are left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+import dagster as dg
+import pydantic
+from pydantic import Field
+
+T = TypeVar("T")
+
+
+class ProgressSourceConfig(dg.Config):
+    """Where progress prompts take their percentage from."""
+
+    use_progress_estimator: bool = Field(
+        default=False, description="progress variants: prompt with PAC-Net's estimate (the "
+        "`progress_estimates` input) instead of input_idx / num_frames")
+
+
+def trainer_config_class(name: str, defaults: Any, *, exclude: tuple[str, ...] = (),
+                         base: type = dg.Config, doc: str = "") -> type:
+    """A `dagster.Config` subclass whose fields are those of the dataclass instance `defaults`
+    (types from its annotations, defaults = its values), minus `exclude`."""
+    hints = typing.get_type_hints(type(defaults))
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(defaults):
+        if f.name in exclude:
+            continue
+        value = getattr(defaults, f.name)
+        fields[f.name] = (hints[f.name], Field(default=value, description=f"{type(defaults).__name__}."
+                                               f"{f.name} (this profile: {value!r})"))
+    model = pydantic.create_model(name, __base__=base, **fields)
+    model.__doc__ = doc or f"Hyper-parameters of {type(defaults).__name__} (defaults: the profile's)."
+    return model
+
+
+def apply(config: dg.Config, base: T, **fixed: Any) -> T:
+    """`base` with the run's values of every field `config` has, and `fixed` on top."""
+    names = {f.name for f in dataclasses.fields(base)}
+    values = {k: v for k, v in config.model_dump().items() if k in names}
+    return dataclasses.replace(base, **values, **fixed)
+
+
+def used_values(train_config: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The hyper-parameters a run used, for its metadata (JSON-able)."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
+            for k, v in dataclasses.asdict(train_config).items() if k not in exclude}
+

@@ -1,0 +1,510 @@
+"""Small typed handles that the assets pass to each other: path + sha256 + what a reader needs.
+
+Models, frames and tables stay in their files; an artifact is a few hundred bytes of JSON that an
+I/O manager stores and loads (`to_json` / `artifact_from_json`). Each artifact
+
+* `verify()`s itself: the files it names must still hash to the recorded sha256, or it raises
+  `ArtifactChanged` (a loader calls it, so nothing reads a checkpoint that changed on disk);
+* lists `problems()`: what fails its blocking check (a loader refuses such an artifact, so
+  nothing downstream runs on it), and `warnings()`: what only warns;
+* builds the `metadata()` the UI shows, as plain values: `pathlib.Path` for paths, `Markdown` and
+  `Url` for those kinds, dicts and lists for JSON (pecn_assets turns them into Dagster's values).
+
+No Dagster here.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from pecn_ml.training.tracking import TrackingInfo
+from pecn_ml.utils.files import sha256_file
+from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
+
+MIN_STEPS_TO_JUDGE = 10        # fewer optimizer steps: a loss decrease is noise, only warned about
+MIN_VAL_VIDEOS_TO_JUDGE = 50   # fewer validation videos: PAC-Net vs the mean predictor is noise, only warned about
+SSIM_RANGE, PSNR_RANGE = (-1.0, 1.0), (0.0, 100.0)   # PSNR of identical images is capped at 100 dB
+UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
+PACNET_WEIGHTS = "model.safetensors"
+
+
+class ArtifactChanged(RuntimeError):
+    """A file an artifact names is missing or no longer hashes to the recorded sha256."""
+
+
+class Markdown(str):
+    """Metadata text to show as Markdown."""
+
+
+class Url(str):
+    """Metadata text that is a link (or a tracking URI)."""
+
+
+def _check_sha(what: str, path: Path, recorded: str, actual_of=sha256_file) -> None:
+    if not path.exists():
+        raise ArtifactChanged(f"{what}: {path} is gone (recorded sha256 {recorded[:12]})")
+    actual = actual_of(path)
+    if actual != recorded:
+        raise ArtifactChanged(f"{what}: {path} changed since it was recorded "
+                              f"(sha256 {actual[:12]} != {recorded[:12]})")
+
+
+def _finite(*values: float) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def tracking_metadata(info: Optional[TrackingInfo]) -> dict[str, Any]:
+    """Where a training run logged: the TensorBoard folder, or the MLflow URI, experiment and run."""
+    if info is None or info.backend == "none":
+        return {"tracking": "none"}
+    if info.backend == "tensorboard":
+        return {"tracking": "tensorboard", "tensorboard_dir": Path(info.log_dir or "")}
+    out: dict[str, Any] = {"tracking": "mlflow", "mlflow_tracking_uri": Url(info.tracking_uri or ""),
+                           "mlflow_experiment": info.experiment or "", "mlflow_run_id": info.run_id or ""}
+    if (info.tracking_uri or "").startswith(("http://", "https://")) and info.run_id:
+        out["mlflow_run"] = Url(f"{info.tracking_uri.rstrip('/')}/#/experiments/-/runs/{info.run_id}")
+    return out
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Base of the handles: JSON round trip, and the defaults of the checks (none)."""
+
+    def verify(self) -> "Artifact":
+        return self
+
+    def problems(self) -> list[str]:
+        return []
+
+    def warnings(self) -> list[str]:
+        return []
+
+    def metadata(self) -> dict[str, Any]:
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, **_encode(self)}
+
+
+def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(tp: Any, value: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if value is None:
+        return None
+    if origin is typing.Union:
+        return _decode(next(a for a in args if a is not type(None)), value)
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: _decode(hints[f.name], value[f.name])
+                     for f in dataclasses.fields(tp) if f.name in value})
+    if origin in (dict, collections.abc.Mapping):
+        return {k: _decode(args[1], v) for k, v in value.items()} if args else dict(value)
+    if origin is tuple:
+        return tuple(_decode(args[0], v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class FileArtifact(Artifact):
+    """An artifact that is one file (a JSON of results, a workbook): its path and sha256."""
+
+    path: str
+    sha256: str
+
+    def verify(self) -> "FileArtifact":
+        _check_sha(type(self).__name__, Path(self.path), self.sha256)
+        return self
+
+    def _json(self) -> Any:
+        self.verify()
+        return json.loads(Path(self.path).read_text(encoding="utf-8"))
+
+
+def artifact_from_json(data: Mapping[str, Any]) -> Artifact:
+    """The artifact a `to_json()` dict describes."""
+    kind = data.get("type")
+    if kind not in ARTIFACT_TYPES:
+        raise ValueError(f"not a known artifact type: {kind!r} (known: {sorted(ARTIFACT_TYPES)})")
+    return _decode(ARTIFACT_TYPES[kind], {k: v for k, v in data.items() if k != "type"})
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FilteredAnnotations(Artifact):
+    """The filtered annotation files (train + eval sets) and their sha256s."""
+
+    annotations_dir: str
+    files: Mapping[str, str]          # file name -> sha256
+    version: str                      # one string over all files (the asset's data version)
+    counts: Mapping[str, int] = field(default_factory=dict)   # entries per file
+
+    def verify(self) -> "FilteredAnnotations":
+        for name, sha in self.files.items():
+            _check_sha("filtered annotations", Path(self.annotations_dir) / name, sha)
+        return self
+
+    def entries(self, name: str) -> list[dict]:
+        """The entries of one file (`train_filtered.json`, `val_filtered.json`, ...), sha checked."""
+        from pecn_ml.data.annotations import load_filtered
+
+        path = Path(self.annotations_dir) / name
+        _check_sha("filtered annotations", path, self.files[name])
+        return load_filtered(path)
+
+    def train(self) -> list[dict]:
+        return self.entries(TRAIN_FILE)
+
+    def eval_set(self, eval_set: str) -> list[dict]:
+        return self.entries(EVAL_SETS[eval_set])
+
+    def video_ids(self) -> list[str]:
+        """Every video id of the files, in file order, without repeats."""
+        seen: dict[str, None] = {}
+        for name in self.files:
+            for entry in self.entries(name):
+                seen.setdefault(entry["id"], None)
+        return list(seen)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"annotations_version": self.version, "files": [str(Path(self.annotations_dir) / n) for n in self.files]}
+
+
+@dataclass(frozen=True)
+class FrameCacheRef(Artifact):
+    """One resolution of the frame cache, by its manifest version."""
+
+    data_dir: str
+    resolution: int
+    version: str
+
+    def open(self) -> Any:
+        """The `FrameCache`; ArtifactChanged if it was rebuilt with other contents since."""
+        from pecn_ml.data.frame_cache import open_frame_cache
+
+        cache = open_frame_cache(self.data_dir, self.resolution)
+        if cache.version != self.version:
+            raise ArtifactChanged(f"frame cache {cache.root} changed since it was recorded "
+                                  f"(version {cache.version[:12]} != {self.version[:12]})")
+        return cache
+
+    def verify(self) -> "FrameCacheRef":
+        self.open()
+        return self
+
+    def metadata(self) -> dict[str, Any]:
+        return {"frame_cache_version": self.version, "frame_cache_resolution": self.resolution}
+
+
+@dataclass(frozen=True)
+class Weights(Artifact):
+    """Base weights (hub snapshot or demo stand-in): a folder and the sha256 of its weight files."""
+
+    role: str                         # pix2pix_base, resnet_base, clip_text_base
+    path: str
+    sha256: str                       # pecn_ml.models.weights.weights_sha256 of the folder
+    source: str = ""
+
+    def verify(self) -> "Weights":
+        from pecn_ml.models.weights import weights_sha256
+
+        _check_sha(self.role, Path(self.path), self.sha256, weights_sha256)
+        return self
+
+    def lineage(self) -> dict[str, Any]:
+        """What a model trained from these weights records about them."""
+        return {f"{self.role}_sha256": self.sha256, f"{self.role}_path": Path(self.path)}
+
+    def metadata(self) -> dict[str, Any]:
+        return {"path": Path(self.path), "weights_sha256": self.sha256, "source": self.source}
+
+
+# --- PAC-Net ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PacNetCheckpoint(Artifact):
+    """The best PAC-Net of one training run (`load_pacnet` folder) and how good it is."""
+
+    path: str                         # .../pacnet_{head}/runs/{run}/best
+    sha256: str                       # of model.safetensors
+    head: str
+    val_mae: float                    # percentage points
+    baseline_mae: float               # the mean predictor on the same crops
+    best_epoch: int
+    epochs: int
+    run_dir: str
+    run_id: str = ""                  # the Dagster run that trained it
+    num_val: int = 0                  # validation videos the MAEs are over
+    tracking: Optional[TrackingInfo] = None
+
+    @classmethod
+    def from_result(cls, result: Any, head: str, run_dir: Path, run_id: str) -> "PacNetCheckpoint":
+        """The handle of a `PacNetTrainResult`."""
+        return cls(path=str(result.best_dir), sha256=result.weights_sha256, head=head,
+                   val_mae=float(result.val_mae), baseline_mae=float(result.baseline_mae),
+                   best_epoch=int(result.best_epoch), epochs=int(result.epochs_run), run_dir=str(run_dir),
+                   run_id=run_id, num_val=int(result.num_val), tracking=result.tracking)
+
+    def verify(self) -> "PacNetCheckpoint":
+        _check_sha("pacnet checkpoint", Path(self.path) / PACNET_WEIGHTS, self.sha256)
+        return self
+
+    def _beaten(self) -> Optional[str]:
+        if self.val_mae < self.baseline_mae:
+            return None
+        return f"val_mae {self.val_mae:.2f} pp is not below the mean predictor's {self.baseline_mae:.2f} pp"
+
+    def problems(self) -> list[str]:
+        if not _finite(self.val_mae, self.baseline_mae):
+            return [f"val_mae {self.val_mae} or baseline_mae {self.baseline_mae} is not finite"]
+        beaten = self._beaten()
+        return [beaten] if beaten and self.num_val >= MIN_VAL_VIDEOS_TO_JUDGE else []
+
+    def warnings(self) -> list[str]:
+        beaten = self._beaten() if _finite(self.val_mae, self.baseline_mae) else None
+        if beaten and self.num_val < MIN_VAL_VIDEOS_TO_JUDGE:
+            return [f"{beaten}; only {self.num_val} validation videos (< {MIN_VAL_VIDEOS_TO_JUDGE}): too few to judge"]
+        return []
+
+    def metadata(self) -> dict[str, Any]:
+        return {"val_mae": float(self.val_mae), "baseline_mae": float(self.baseline_mae),
+                "checkpoint": Path(self.path), "checkpoint_sha256": self.sha256, "run_dir": Path(self.run_dir),
+                "epochs": self.epochs, "best_epoch": self.best_epoch, "num_val": self.num_val,
+                **tracking_metadata(self.tracking)}
+
+
+@dataclass(frozen=True)
+class ProgressEstimates(FileArtifact):
+    """PAC-Net's estimate at the input frame per video (a JSON file of rows)."""
+
+    pacnet_sha256: str                # the checkpoint that estimated
+    n: int
+    val_mae: float
+    pacnet_run_id: str = ""           # the Dagster run that trained that checkpoint
+
+    def percent_by_video(self) -> dict[str, int]:
+        """{video_id: estimated percent}, the file's sha checked."""
+        return {r["video_id"]: int(r["estimate_percent"]) for r in self._json()["rows"]}
+
+    def lineage(self) -> dict[str, Any]:
+        """What a consumer of the estimates records (the prompts' progress source)."""
+        return {"progress_source": "PAC-Net", "progress_estimates_sha256": self.sha256,
+                "pacnet_checkpoint_sha256": self.pacnet_sha256}
+
+    def metadata(self) -> dict[str, Any]:
+        return {"path": Path(self.path), "n": self.n, "val_mae": float(self.val_mae),
+                "pacnet_checkpoint_sha256": self.pacnet_sha256}
+
+
+# --- InstructPix2Pix -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pix2PixCheckpoint(Artifact):
+    """One fine-tuned InstructPix2Pix (`save_pretrained` folder) of one variant and training seed."""
+
+    path: str                         # .../{model}/seed_{seed}/runs/{run}/model (never rewritten)
+    sha256: str                       # of unet/diffusion_pytorch_model.safetensors
+    variant: str
+    seed: int
+    steps: int
+    final_loss: float                 # mean over the last epoch's optimizer steps
+    first_loss: float                 # mean over the first `loss_window` optimizer steps
+    loss_window: int                  # an epoch's worth of steps (at most half of the run)
+    run_dir: str
+    run_id: str = ""                  # the Dagster run that trained it
+    base_sha256: str = ""             # the pix2pix_base weights it was fine-tuned from
+    progress_source: str = "frame count"
+    tracking: Optional[TrackingInfo] = None
+
+    @classmethod
+    def from_result(cls, result: Any, variant: str, seed: int, run_dir: Path, run_id: str, base_sha256: str,
+                    progress_source: str) -> "Pix2PixCheckpoint":
+        """The handle of a `Pix2PixTrainResult`."""
+        return cls(path=str(result.model_dir), sha256=result.unet_sha256, variant=variant, seed=int(seed),
+                   steps=int(result.steps), final_loss=float(result.final_loss),
+                   first_loss=float(result.first_loss), loss_window=int(result.loss_window),
+                   run_dir=str(run_dir), run_id=run_id, base_sha256=base_sha256,
+                   progress_source=progress_source, tracking=result.tracking)
+
+    def verify(self) -> "Pix2PixCheckpoint":
+        _check_sha("ip2p checkpoint", Path(self.path) / UNET_WEIGHTS, self.sha256)
+        return self
+
+    def _decreased(self) -> bool:
+        return self.final_loss < self.first_loss
+
+    def problems(self) -> list[str]:
+        if not _finite(self.final_loss, self.first_loss):
+            return [f"final loss {self.final_loss} or first loss {self.first_loss} is not finite"]
+        if self.steps >= MIN_STEPS_TO_JUDGE and not self._decreased():
+            return [f"final loss {self.final_loss:.5f} (last epoch) is not below the first "
+                    f"{self.first_loss:.5f} (first {self.loss_window} steps)"]
+        return []
+
+    def warnings(self) -> list[str]:
+        if _finite(self.final_loss, self.first_loss) and self.steps < MIN_STEPS_TO_JUDGE and not self._decreased():
+            return [f"only {self.steps} optimizer steps (< {MIN_STEPS_TO_JUDGE}): the loss did not decrease, "
+                    f"too few steps to judge"]
+        return []
+
+    def metadata(self) -> dict[str, Any]:
+        return {"checkpoint": Path(self.path), "checkpoint_sha256": self.sha256, "seed": self.seed,
+                "steps": self.steps, "final_loss": float(self.final_loss), "first_loss": float(self.first_loss),
+                "loss_window": self.loss_window, "run_dir": Path(self.run_dir),
+                "progress_source": self.progress_source, **tracking_metadata(self.tracking)}
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalSetResult:
+    """One eval set of an evaluation: its results.json and the numbers the checks look at."""
+
+    eval_set: str
+    results_json: str
+    sha256: str
+    n: int
+    n_expected: int                   # min(samples requested, eligible videos of the eval set)
+    mean: Mapping[str, float]         # "ssim", "psnr"
+    std: Mapping[str, float]
+    baseline_mean: Mapping[str, float]   # copy-frame on the same samples
+    autoencoder_mean: Mapping[str, float]
+
+    @classmethod
+    def from_results(cls, eval_set: str, results_json: Path, n_expected: int) -> "EvalSetResult":
+        results = json.loads(Path(results_json).read_text(encoding="utf-8"))
+        return cls(eval_set=eval_set, results_json=str(results_json), sha256=sha256_file(results_json),
+                   n=int(results["n"]), n_expected=int(n_expected), mean=results["mean"], std=results["std"],
+                   baseline_mean=results["baseline_mean"], autoencoder_mean=results["autoencoder_mean"])
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.n != self.n_expected:
+            out.append(f"{self.eval_set}: n = {self.n} samples, expected {self.n_expected}")
+        for name, values in (("model", self.mean), ("copy-frame", self.baseline_mean),
+                             ("autoencoder", self.autoencoder_mean)):
+            for metric, (lo, hi) in (("ssim", SSIM_RANGE), ("psnr", PSNR_RANGE)):
+                v = values.get(metric)
+                if not _finite(v) or not lo <= v <= hi:
+                    out.append(f"{self.eval_set}: {name} {metric} {v} is not finite within [{lo}, {hi}]")
+        return out
+
+    def warnings(self) -> list[str]:
+        return [f"{self.eval_set}: {m} {self.mean[m]:.4f} is below the copy-frame baseline's "
+                f"{self.baseline_mean[m]:.4f}" for m in ("ssim", "psnr")
+                if _finite(self.mean.get(m), self.baseline_mean.get(m)) and self.mean[m] < self.baseline_mean[m]]
+
+
+@dataclass(frozen=True)
+class Evaluation(Artifact):
+    """One trained model (variant, seed) sampled and scored on every eval set."""
+
+    variant: str
+    seed: int
+    checkpoint: str
+    checkpoint_sha256: str
+    sets: Mapping[str, EvalSetResult]
+    progress_source: str = "frame count"
+
+    def verify(self) -> "Evaluation":
+        for r in self.sets.values():
+            _check_sha(f"evaluation {self.variant} seed {self.seed}", Path(r.results_json), r.sha256)
+        return self
+
+    def verify_checkpoint(self) -> "Evaluation":
+        """The checkpoint these numbers came from still exists and hashes to the recorded sha."""
+        _check_sha(f"checkpoint of evaluation {self.variant} seed {self.seed}",
+                   Path(self.checkpoint) / UNET_WEIGHTS, self.checkpoint_sha256)
+        return self
+
+    def results(self, eval_set: str) -> dict:
+        """The results.json of one eval set (samples, means, config), sha checked."""
+        r = self.sets[eval_set]
+        _check_sha(f"evaluation {self.variant} seed {self.seed}", Path(r.results_json), r.sha256)
+        return json.loads(Path(r.results_json).read_text(encoding="utf-8"))
+
+    def problems(self) -> list[str]:
+        return [p for r in self.sets.values() for p in r.problems()]
+
+    def warnings(self) -> list[str]:
+        return [w for r in self.sets.values() for w in r.warnings()]
+
+    def metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"checkpoint_sha256": self.checkpoint_sha256, "checkpoint": Path(self.checkpoint),
+                               "seed": self.seed, "progress_source": self.progress_source}
+        for s, r in self.sets.items():
+            out.update({f"{s}_ssim_mean": float(r.mean["ssim"]), f"{s}_psnr_mean": float(r.mean["psnr"]),
+                        f"{s}_ssim_std": float(r.std["ssim"]), f"{s}_psnr_std": float(r.std["psnr"]),
+                        f"{s}_baseline_ssim_mean": float(r.baseline_mean["ssim"]),
+                        f"{s}_baseline_psnr_mean": float(r.baseline_mean["psnr"]),
+                        f"{s}_autoencoder_ssim_mean": float(r.autoencoder_mean["ssim"]),
+                        f"{s}_ssim_vs_ceiling": float(r.mean["ssim"] / r.autoencoder_mean["ssim"])
+                        if r.autoencoder_mean["ssim"] else float("nan"),
+                        f"{s}_n": r.n, f"{s}_results_json": Path(r.results_json)})
+        return out
+
+
+@dataclass(frozen=True)
+class CopyFrameBaseline(FileArtifact):
+    """"Predict the input frame unchanged" on one eval set, per target frame (a results JSON)."""
+
+    eval_set: str
+    by_target: Mapping[str, Mapping[str, float]]   # "21" -> {"ssim", "psnr", "n"}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per target frame: eval_set, target_idx, n, ssim_mean, psnr_mean."""
+        return [{"eval_set": self.eval_set, "target_idx": int(t), "n": int(v["n"]),
+                 "ssim_mean": float(v["ssim"]), "psnr_mean": float(v["psnr"])}
+                for t, v in sorted(self.by_target.items())]
+
+    def metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"results_json": Path(self.path)}
+        for t, v in self.by_target.items():
+            out.update({f"target{t}_ssim_mean": float(v["ssim"]), f"target{t}_psnr_mean": float(v["psnr"]),
+                        f"target{t}_n": int(v["n"])})
+        return out
+
+
+@dataclass(frozen=True)
+class TTests(FileArtifact):
+    """t_test_results.json: per seed and across seeds, with the shas of every model compared."""
+
+    n_tests: int
+    seeds: tuple[int, ...]
+    models: Mapping[str, str]          # "{seed}|{variant}" -> checkpoint sha256
+
+    def rows(self) -> list[dict]:
+        return self._json()["tests"]
+
+    def metadata(self) -> dict[str, Any]:
+        return {"t_test_results": Path(self.path), "tests": self.n_tests, "seeds": list(self.seeds),
+                "model_checkpoint_sha256": dict(self.models)}
+
+
+@dataclass(frozen=True)
+class Workbook(FileArtifact):
+    """t_test_summary.xlsx."""
+
+    def metadata(self) -> dict[str, Any]:
+        return {"workbook": Path(self.path)}
+
+
+ARTIFACT_TYPES: dict[str, type] = {t.__name__: t for t in (
+    FilteredAnnotations, FrameCacheRef, Weights, PacNetCheckpoint, ProgressEstimates, Pix2PixCheckpoint,
+    Evaluation, CopyFrameBaseline, TTests, Workbook)}

@@ -1,0 +1,124 @@
+"""Experiment tracking through accelerate's trackers: TensorBoard by default, MLflow when configured.
+
+A trainer builds its `Accelerator` with `accelerator_kwargs(tracking, out_dir, ...)`, calls
+`start_tracking(...)` once (tags and hyper-parameters), logs scalars with `accelerator.log`, adds
+`tag_run(accelerator, {"checkpoint_sha256": ...})` when the checkpoint exists, and ends with
+`accelerator.end_training()`. Only the main process writes (accelerate's trackers see to that).
+
+MLflow: `TrackingConfig(backend="mlflow", mlflow_tracking_uri="sqlite:///…/mlflow.db")` (a local
+SQLite or file store, or an http(s) server); needs the `mlflow-skinny` (or `mlflow`) package.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+BACKENDS = ("tensorboard", "mlflow", "none")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where a training run logs (chosen by the deployment; the Dagster assets add the tags)."""
+
+    backend: str = "tensorboard"                 # "tensorboard" | "mlflow" | "none"
+    experiment: str = "pecn"                     # MLflow experiment name
+    run_name: Optional[str] = None               # MLflow run name (default: the trainer's)
+    mlflow_tracking_uri: Optional[str] = None    # e.g. "sqlite:////abs/mlflow.db"; None: MLflow's own default
+    tags: Mapping[str, str] = field(default_factory=dict)   # e.g. Dagster run id, partition
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"TrackingConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "mlflow" and self.mlflow_tracking_uri == "":
+            raise ValueError("TrackingConfig.mlflow_tracking_uri is empty: pass None for MLflow's default")
+
+
+@dataclass(frozen=True)
+class TrackingInfo:
+    """Where a finished run's logs are: a TensorBoard folder or an MLflow run (URI + ids)."""
+
+    backend: str
+    log_dir: Optional[str] = None          # TensorBoard event files
+    tracking_uri: Optional[str] = None     # MLflow
+    experiment: Optional[str] = None
+    run_id: Optional[str] = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+def accelerator_kwargs(tracking: Optional[TrackingConfig], out_dir: Path, tb_name: str,
+                       purge_step: Optional[int] = None) -> dict[str, Any]:
+    """`log_with` for `Accelerator(...)`: a TensorBoard tracker writing to `out_dir/tb_name`, or an
+    MLflow tracker tagged with `tracking.tags`; nothing for backend "none"."""
+    tracking = tracking or TrackingConfig()
+    if tracking.backend == "none":
+        return {}
+    if tracking.backend == "tensorboard":
+        from accelerate.tracking import TensorBoardTracker
+
+        kwargs = {} if purge_step is None else {"purge_step": purge_step}
+        return {"log_with": [TensorBoardTracker(tb_name, str(out_dir), **kwargs)]}
+    import mlflow
+    from accelerate.tracking import MLflowTracker
+
+    if tracking.mlflow_tracking_uri:
+        mlflow.set_tracking_uri(tracking.mlflow_tracking_uri)
+    return {"log_with": [MLflowTracker(tracking.experiment, tags=dict(tracking.tags),
+                                       run_name=tracking.run_name or tb_name)]}
+
+
+def hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat dict a tracker accepts: numbers, strings and bools as they are, the rest as text."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, bool) or isinstance(v, (int, str)) or (isinstance(v, float) and math.isfinite(v)):
+            out[k] = v
+        else:
+            out[k] = str(v)
+    return out
+
+
+def start_tracking(accelerator: Any, tracking: Optional[TrackingConfig], project: str,
+                   config: Mapping[str, Any]) -> TrackingInfo:
+    """Start the trackers (hyper-parameters = `config`), tag the run, and say where it logs."""
+    tracking = tracking or TrackingConfig()
+    if tracking.backend == "none":
+        return TrackingInfo(backend="none", tags=dict(tracking.tags))
+    accelerator.init_trackers(project, config=hparams(config))
+    tag_run(accelerator, dict(tracking.tags))
+    if tracking.backend == "tensorboard":
+        writer = accelerator.get_tracker("tensorboard", unwrap=True)
+        return TrackingInfo(backend="tensorboard", log_dir=str(Path(writer.log_dir).absolute())
+                            if writer is not None and hasattr(writer, "log_dir") else None,
+                            tags=dict(tracking.tags))
+    import mlflow
+
+    run = mlflow.active_run()
+    return TrackingInfo(backend="mlflow", tracking_uri=mlflow.get_tracking_uri(), experiment=tracking.experiment,
+                        run_id=run.info.run_id if run is not None else None, tags=dict(tracking.tags))
+
+
+def tag_run(accelerator: Any, tags: Mapping[str, str]) -> None:
+    """Tags on the run: MLflow run tags, or TensorBoard text entries under `tags/`."""
+    if not tags or not accelerator.is_main_process:
+        return
+    for tracker in accelerator.trackers:
+        if tracker.name == "mlflow":
+            import mlflow
+
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        elif tracker.name == "tensorboard":
+            for k, v in tags.items():
+                tracker.tracker.add_text(f"tags/{k}", str(v))
+            tracker.tracker.flush()
+
+
+def log_image(accelerator: Any, name: str, image: Any, step: int) -> None:
+    """An (H, W, 3) uint8 image to TensorBoard (other trackers get the PNG files only)."""
+    if not accelerator.is_main_process:
+        return
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.tracker.add_image(name, image, step, dataformats="HWC")

@@ -1,0 +1,131 @@
+"""The artifact handles: JSON round trip, self-verification, the checks' logic, metadata kinds."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pecn_ml.artifacts import (ARTIFACT_TYPES, MIN_STEPS_TO_JUDGE, MIN_VAL_VIDEOS_TO_JUDGE, UNET_WEIGHTS,
+                               ArtifactChanged, CopyFrameBaseline, EvalSetResult, Evaluation,
+                               FilteredAnnotations, PacNetCheckpoint, Pix2PixCheckpoint, ProgressEstimates,
+                               TTests, Url, Weights, artifact_from_json, tracking_metadata)
+from pecn_ml.training.tracking import TrackingInfo
+from pecn_ml.utils.files import sha256_file
+
+
+def checkpoint(tmp_path: Path, **overrides) -> Pix2PixCheckpoint:
+    weights = tmp_path / "run" / "model" / UNET_WEIGHTS
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"unet weights")
+    values = dict(path=str(tmp_path / "run" / "model"), sha256=sha256_file(weights), variant="next1", seed=0,
+                  steps=100, final_loss=0.07, first_loss=0.09, loss_window=30, run_dir=str(tmp_path / "run"),
+                  run_id="r1", tracking=TrackingInfo(backend="tensorboard", log_dir=str(tmp_path / "tb"),
+                                                     tags={"dagster_run_id": "r1"}))
+    return Pix2PixCheckpoint(**{**values, **overrides})
+
+
+def eval_set(tmp_path: Path, name: str = "basic", **overrides) -> EvalSetResult:
+    path = tmp_path / f"{name}.json"
+    results = {"n": 3, "mean": {"ssim": 0.7, "psnr": 20.0}, "std": {"ssim": 0.1, "psnr": 1.0},
+               "baseline_mean": {"ssim": 0.9, "psnr": 30.0}, "autoencoder_mean": {"ssim": 0.8, "psnr": 25.0},
+               "samples": []}
+    path.write_text(json.dumps({**results, **overrides}))
+    return EvalSetResult.from_results(name, path, n_expected=3)
+
+
+def test_every_artifact_type_round_trips_through_json(tmp_path):
+    ckpt = checkpoint(tmp_path)
+    evaluation = Evaluation("next1", 0, ckpt.path, ckpt.sha256, {"basic": eval_set(tmp_path)})
+    examples = [
+        ckpt, evaluation,
+        FilteredAnnotations(str(tmp_path), {"train_filtered.json": "a" * 64}, "v", {"train_filtered.json": 3}),
+        PacNetCheckpoint("p", "s", "regression", 10.0, 20.0, 3, 5, "d", "r", 72, None),
+        ProgressEstimates("p", "s", "pacnet-sha", 4, 12.5, "r"),
+        CopyFrameBaseline("p", "s", eval_set="basic", by_target={"21": {"ssim": 0.9, "psnr": 30.0, "n": 3}}),
+        TTests("p", "s", 8, (0, 1), {"0|next1": "sha"}),
+        Weights("pix2pix_base", "p", "s", "stand-in"),
+    ]
+    for artifact in examples:
+        data = json.loads(json.dumps(artifact.to_json()))  # plain JSON
+        assert artifact_from_json(data) == artifact, type(artifact).__name__
+    assert {type(a).__name__ for a in examples} | {"FrameCacheRef", "Workbook"} == set(ARTIFACT_TYPES)
+    with pytest.raises(ValueError, match="not a known artifact type"):
+        artifact_from_json({"type": "Pickle"})
+
+
+def test_a_checkpoint_verifies_its_weights(tmp_path):
+    ckpt = checkpoint(tmp_path)
+    assert ckpt.verify() is ckpt
+    (Path(ckpt.path) / UNET_WEIGHTS).write_bytes(b"retrained in place")
+    with pytest.raises(ArtifactChanged, match="changed since it was recorded"):
+        ckpt.verify()
+    (Path(ckpt.path) / UNET_WEIGHTS).unlink()
+    with pytest.raises(ArtifactChanged, match="is gone"):
+        ckpt.verify()
+
+
+def test_an_evaluation_verifies_its_results_and_its_checkpoint(tmp_path):
+    ckpt = checkpoint(tmp_path)
+    evaluation = Evaluation("next1", 0, ckpt.path, ckpt.sha256, {"basic": eval_set(tmp_path)})
+    assert evaluation.verify().verify_checkpoint().results("basic")["n"] == 3
+    Path(evaluation.sets["basic"].results_json).write_text("{}")
+    with pytest.raises(ArtifactChanged):
+        evaluation.results("basic")
+    (Path(ckpt.path) / UNET_WEIGHTS).write_bytes(b"another model")
+    with pytest.raises(ArtifactChanged, match="checkpoint of evaluation"):
+        evaluation.verify_checkpoint()
+
+
+def test_loss_check_blocks_long_runs_and_only_warns_for_short_ones(tmp_path):
+    assert checkpoint(tmp_path).problems() == [] and checkpoint(tmp_path).warnings() == []
+    worse = checkpoint(tmp_path, final_loss=0.1, first_loss=0.09)
+    assert "not below the first" in worse.problems()[0]
+    short = checkpoint(tmp_path, final_loss=0.1, first_loss=0.09, steps=MIN_STEPS_TO_JUDGE - 1)
+    assert short.problems() == [] and "too few steps" in short.warnings()[0]
+    for bad in (float("nan"), float("inf")):
+        assert "not finite" in checkpoint(tmp_path, final_loss=bad, steps=2).problems()[0]
+
+
+def test_pacnet_check_compares_with_the_mean_predictor():
+    def net(val_mae, num_val=MIN_VAL_VIDEOS_TO_JUDGE):
+        return PacNetCheckpoint("p", "s", "regression", val_mae, 20.0, 1, 1, "d", num_val=num_val)
+
+    assert net(10.0).problems() == [] and net(10.0).warnings() == []
+    assert "not below the mean predictor" in net(20.0).problems()[0]
+    small = net(21.0, num_val=MIN_VAL_VIDEOS_TO_JUDGE - 1)
+    assert small.problems() == [] and "too few to judge" in small.warnings()[0]
+    assert "not finite" in net(math.nan).problems()[0]
+
+
+def test_evaluation_checks_samples_ranges_and_the_copy_frame_baseline(tmp_path):
+    ok = eval_set(tmp_path)
+    assert ok.problems() == []
+    assert [w.split(":")[1].split()[0] for w in ok.warnings()] == ["ssim", "psnr"]  # below copy-frame: warn
+    assert "n = 2 samples, expected 3" in eval_set(tmp_path, n=2).problems()[0]
+    assert "ssim 1.5" in eval_set(tmp_path, mean={"ssim": 1.5, "psnr": 20.0}).problems()[0]
+    assert "psnr nan" in eval_set(tmp_path, mean={"ssim": 0.5, "psnr": float("nan")}).problems()[0]
+    better = eval_set(tmp_path, mean={"ssim": 0.95, "psnr": 31.0})
+    assert better.warnings() == []
+
+
+def test_progress_estimates_are_read_only_while_unchanged(tmp_path):
+    path = tmp_path / "estimates.json"
+    path.write_text(json.dumps({"rows": [{"video_id": "7", "estimate_percent": 41.9}]}))
+    estimates = ProgressEstimates(str(path), sha256_file(path), "pacnet-sha", 1, 10.0)
+    assert estimates.percent_by_video() == {"7": 41}
+    assert estimates.lineage()["pacnet_checkpoint_sha256"] == "pacnet-sha"
+    path.write_text(json.dumps({"rows": []}))
+    with pytest.raises(ArtifactChanged):
+        estimates.percent_by_video()
+
+
+def test_metadata_names_paths_and_tracking_links(tmp_path):
+    meta = checkpoint(tmp_path).metadata()
+    assert isinstance(meta["checkpoint"], Path) and meta["checkpoint_sha256"]
+    assert meta["tracking"] == "tensorboard" and isinstance(meta["tensorboard_dir"], Path)
+    mlflow = tracking_metadata(TrackingInfo(backend="mlflow", tracking_uri="http://mlflow:5000",
+                                            experiment="pecn", run_id="abc"))
+    assert isinstance(mlflow["mlflow_tracking_uri"], Url) and mlflow["mlflow_run"].endswith("/runs/abc")
+    local = tracking_metadata(TrackingInfo(backend="mlflow", tracking_uri="sqlite:////x/mlflow.db", run_id="abc"))
+    assert "mlflow_run" not in local and local["mlflow_run_id"] == "abc"
