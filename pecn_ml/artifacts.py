@@ -454,6 +454,7 @@ class Evaluation(Artifact):
                         f"{s}_baseline_ssim_mean": float(r.baseline_mean["ssim"]),
                         f"{s}_baseline_psnr_mean": float(r.baseline_mean["psnr"]),
                         f"{s}_autoencoder_ssim_mean": float(r.autoencoder_mean["ssim"]),
+                        f"{s}_autoencoder_psnr_mean": float(r.autoencoder_mean["psnr"]),
                         f"{s}_ssim_vs_ceiling": float(r.mean["ssim"] / r.autoencoder_mean["ssim"])
                         if r.autoencoder_mean["ssim"] else float("nan"),
                         f"{s}_n": r.n, f"{s}_results_json": Path(r.results_json)})

@@ -95,6 +95,12 @@ def test_two_seeds_coexist_and_the_report_shows_both(smoke_graph):
     assert workbook.sheetnames == ["evaluations", "t_tests", "across_seeds", "copy_frame_baseline"]
 
 
+def _summary(results: dict, metric: str) -> float:
+    """`ssim_mean` -> results["mean"]["ssim"], `autoencoder_psnr_mean` -> results["autoencoder_mean"]["psnr"]."""
+    *group, name, _ = metric.split("_")
+    return results["_".join(group + ["mean"])][name]
+
+
 def test_evaluation_records_the_checkpoint_it_sampled(smoke_graph):
     inst = smoke_graph.instance
     for seed in (0, 1):
@@ -109,6 +115,9 @@ def test_evaluation_records_the_checkpoint_it_sampled(smoke_graph):
                 results = json.loads(Path(ev[f"{eval_set}_results_json"]).read_text())
                 assert results["n"] == ev[f"{eval_set}_n"] > 0
                 assert results["metadata"]["checkpoint_sha256"] == model["checkpoint_sha256"]
+                for metric in ("ssim_mean", "psnr_mean", "baseline_ssim_mean", "baseline_psnr_mean",
+                               "autoencoder_ssim_mean", "autoencoder_psnr_mean"):
+                    assert ev[f"{eval_set}_{metric}"] == pytest.approx(_summary(results, metric)), metric
             assert ev["frame_cache_version"] and ev["annotations_version"]
     shas = meta(latest(inst, "t_tests"))["model_checkpoint_sha256"]
     assert shas["0|next1"] == meta(latest(inst, "ip2p_model", "0|next1"))["checkpoint_sha256"]
