@@ -7,6 +7,7 @@ Two profiles, one code path:
 | data                 | synthetic SSv2, generated locally       | real SSv2 under `data/sthv2`             |
 | pretrained weights   | small stand-ins trained on the synthetic training videos (`models/standins.py`) | timbrooks/instruct-pix2pix, microsoft/resnet-50, openai/clip-vit-base-patch32, pinned to a hub commit |
 | sampling per task    | all of the small synthetic set          | 2,000 train / 100 validation, seed 42    |
+| frame caches         | 96 px (the only size its models read)   | 96, 128 and 224 px                       |
 | PAC-Net / IP2P input | 96 px frame cache                       | 224 px frame cache                       |
 | training length      | a few epochs                            | the seed's table (30 / 40 epochs)        |
 | evaluation           | few samples, few denoising steps        | 100 samples, 25 steps, guidance 1.5      |
@@ -76,6 +77,7 @@ def demo_profile() -> Profile:
         pacnet_train=PacNetTrainConfig.demo(),
         pix2pix_train=Pix2PixTrainConfig.demo(),
         sampling=SamplingConfig.demo(),
+        resolutions=(96,),
     )
 
 
@@ -111,6 +113,7 @@ def smoke_profile() -> Profile:
         pix2pix_train=Pix2PixTrainConfig.demo(num_train_epochs=1, max_train_steps=2, validation_epochs=1,
                                               num_validation_samples=1, validation_inference_steps=2),
         sampling=SamplingConfig.demo(num_samples=2, num_inference_steps=2, batch_size=2),
+        resolutions=RESOLUTIONS,  # the tests cover every resolution partition of the real run
     )
 
 

@@ -27,7 +27,11 @@ def test_full_profile_matches_the_seed_tables():
 def test_small_profiles_train_standins_on_synthetic_data(name):
     profile = get_profile(name)
     assert profile.standins is not None and profile.synthetic is not None
-    assert profile.resolutions == get_profile("full").resolutions
+    assert profile.pix2pix_resolution in profile.resolutions and profile.pacnet_resolution in profile.resolutions
+
+
+def test_smoke_covers_every_resolution_of_the_real_run():
+    assert get_profile("smoke").resolutions == get_profile("full").resolutions
 
 
 def test_profile_from_environment(monkeypatch):
