@@ -1,6 +1,8 @@
 # PECN: two commands on a fresh clone (see README):
 #   make demo   set up, generate synthetic SSv2, materialise the whole asset graph into dagster_home/
 #   make test   set up, run the test suite (the command CI runs)
+#   make rehearse  the full profile's code path and model sizes (random weights, no hub) on a
+#                  handful of synthetic videos; prints a table per asset (pecn_assets/rehearse.py)
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 # The CPU build of torch on machines without a GPU; with CUDA, install your CUDA torch build
@@ -9,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow ui bench clean-demo
+.PHONY: setup demo test test-slow ui bench clean-demo rehearse
 
 setup: $(VENV)/.installed
 
@@ -25,6 +27,13 @@ demo:
 	$(MAKE) --no-print-directory setup && \
 	PECN_PROFILE=demo OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pecn_assets.demo; rc=$$?; \
 	echo "make demo: $$(( $$(date +%s) - start ))s wall time in total (install, data, graph)"; exit $$rc
+
+# Not part of `make test` (about 25 minutes on 2 CPU cores). REHEARSE_ARGS: e.g. --keep.
+REHEARSE_ARGS ?=
+rehearse: setup
+	@start=$$(date +%s); \
+	$(PY) -m pecn_assets.rehearse $(REHEARSE_ARGS); rc=$$?; \
+	echo "make rehearse: $$(( $$(date +%s) - start ))s wall time in total"; exit $$rc
 
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -n 2 --dist loadgroup $(PYTEST_ARGS)

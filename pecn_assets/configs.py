@@ -28,6 +28,27 @@ class ProgressSourceConfig(dg.Config):
         "`progress_estimates` input) instead of input_idx / num_frames")
 
 
+class LaunchConfig(dg.Config):
+    """How many training processes (one GPU each) a training step launches."""
+
+    train_processes: int = Field(
+        default=0, ge=0, description="training processes of this step, one claimed GPU each (accelerate "
+        "data parallel; on a CPU machine K gloo processes); 0: the deployment's PecnSettings.train_processes")
+
+
+class Pix2PixLaunchConfig(ProgressSourceConfig, LaunchConfig):
+    """The prompts' progress source and the number of training processes."""
+
+
+def launch_options(settings: Any, profile: Any, out_dir: Any) -> dict[str, Any]:
+    """`pecn_assets.pipes_child.LaunchOptions` of a training step (as the child's JSON wants it)."""
+    from pecn_ml.utils.cuda import allow_cpu_from_env
+
+    return {"out_dir": str(out_dir), "resume": True, "require_cuda": bool(profile.requires_gpu),
+            "allow_cpu": bool(settings.allow_cpu or allow_cpu_from_env()),
+            "prune_training_state": bool(settings.prune_training_state)}
+
+
 def trainer_config_class(name: str, defaults: Any, *, exclude: tuple[str, ...] = (),
                          base: type = dg.Config, doc: str = "") -> type:
     """A `dagster.Config` subclass whose fields are those of the dataclass instance `defaults`

@@ -7,6 +7,12 @@ The deployment is chosen here, once: `deployment_from_env()` reads the environme
     PECN_DATA_DIR, PECN_OUTPUTS_DIR, PECN_RESULTS_DIR          folders (default: the profile's)
     PECN_TRACKING       tensorboard (default) | mlflow | none
     MLFLOW_TRACKING_URI with mlflow: e.g. sqlite:////abs/mlflow.db (default: MLflow's own)
+    PECN_GPU_DEVICES    devices GPU steps claim from, e.g. "0,1,2,3" (default: every visible
+                        CUDA device; none on a CPU machine; set it to simulate devices)
+    PECN_GPU_LOCK_DIR   the device locks (default: $DAGSTER_HOME/gpu_locks)
+    PECN_TRAIN_PROCESSES  training processes (= GPUs) per ip2p_model/pacnet step (default 1;
+                        also the nvidia.com/gpu request of their pods on Kubernetes)
+    PECN_ALLOW_CPU      1: GPU steps of the full profile may run on the CPU (the rehearsal)
     PECN_ARTIFACTS_DIR  where the artifact I/O manager keeps its JSON handles
                         (default: {outputs}/_artifacts, beside the checkpoints they name, so
                         every step pod that sees the outputs sees them too)
@@ -34,6 +40,7 @@ from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings, PretrainedModels, Tracking
 from pecn_ml.profiles import Profile, get_profile
 from pecn_ml.training.tracking import BACKENDS
+from pecn_ml.utils.cuda import allow_cpu_from_env
 
 
 def default_seeds(profile: Profile) -> tuple[int, ...]:
@@ -50,22 +57,35 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         raise ValueError(f"PECN_SEEDS={text!r}: expected comma-separated integers, e.g. 0,1,2") from None
 
 
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name}={text!r}: expected a positive integer")
+    return int(text)
+
+
 def deployment_from_env(env: Mapping[str, str] = os.environ) -> dict:
     """The keyword arguments of `build_definitions` that the environment chooses (module docstring)."""
     profile = get_profile(env.get("PECN_PROFILE") or "demo")
     seeds = parse_seeds(env.get("PECN_SEEDS", "")) or default_seeds(profile)
-    settings = PecnSettings.for_profile(profile, env.get("PECN_DATA_DIR"), env.get("PECN_OUTPUTS_DIR"),
-                                        env.get("PECN_RESULTS_DIR"))
+    settings = PecnSettings.for_profile(
+        profile, env.get("PECN_DATA_DIR"), env.get("PECN_OUTPUTS_DIR"), env.get("PECN_RESULTS_DIR"),
+        gpu_lock_dir=env.get("PECN_GPU_LOCK_DIR", ""), train_processes=_positive_int(env, "PECN_TRAIN_PROCESSES", 1),
+        allow_cpu=allow_cpu_from_env(env), gpu_devices=env.get("PECN_GPU_DEVICES"))
     tracking = Tracking(backend=env.get("PECN_TRACKING") or "tensorboard",
                         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""))
     return {"profile": profile, "seeds": seeds, "settings": settings, "tracking": tracking,
             "artifacts_dir": env.get("PECN_ARTIFACTS_DIR") or None}
 
 
-def build_assets(parts: Partitions) -> list:
-    """Every asset of one deployment, the observable sources first."""
+def build_assets(parts: Partitions, train_processes: int = 1) -> list:
+    """Every asset of one deployment, the observable sources first (`train_processes`: the GPUs
+    of a training step's pod on Kubernetes)."""
     return [raw_annotations, raw_videos, *build_data_assets(parts), *build_pretrained_assets(parts),
-            *build_progress_assets(parts), *build_pix2pix_assets(parts), *build_evaluation_assets(parts)]
+            *build_progress_assets(parts, train_processes), *build_pix2pix_assets(parts, train_processes),
+            *build_evaluation_assets(parts)]
 
 
 def build_definitions(profile: Profile, seeds: Optional[tuple[int, ...]] = None, *,
@@ -76,7 +96,7 @@ def build_definitions(profile: Profile, seeds: Optional[tuple[int, ...]] = None,
     parts = Partitions.build(profile, seeds or default_seeds(profile))
     settings = settings or PecnSettings.for_profile(profile)
     artifacts_dir = artifacts_dir or str(settings.outputs_path() / "_artifacts")
-    assets = build_assets(parts)
+    assets = build_assets(parts, settings.train_processes)
     frame_cache = next(a for a in assets if isinstance(a, dg.AssetsDefinition) and a.key == dg.AssetKey("frame_cache"))
     jobs, schedules, sensors = build_jobs(parts, frame_cache)
     if tracking is not None and tracking.backend not in BACKENDS:

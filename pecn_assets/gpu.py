@@ -17,15 +17,30 @@ on the user-code deployment, whose environment reaches the run and step pods):
 
 A failed GPU step is retried (`GPU_RETRY`); the trainers are called with `resume=True`, so a retried
 training step continues from its last checkpoint instead of starting over.
+
+Which GPU: the pool says how many GPU steps run, `claimed_gpus` says which devices each one uses.
+A step claims `n` devices of the machine's set (`PecnSettings.gpu_devices`, else
+`PECN_GPU_DEVICES`, else every visible CUDA device; none on a CPU machine) with one file lock per
+device under `PecnSettings.gpu_lock_path()` (`$DAGSTER_HOME/gpu_locks`), holds them for the step's
+life, across all runs of the instance, and records them as `gpu_devices`. A killed step's locks
+die with it (flock; pecn_ml/utils/gpu_devices.py). Training children get `CUDA_VISIBLE_DEVICES`
+= the claim; steps that compute in their own process use `torch_device(claim)`. With the pool
+limit = the number of devices, a backfill of the four ip2p_model partitions trains four variants
+at once on four GPUs; a training step with K processes claims K devices and its pod asks for
+`nvidia.com/gpu: K`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import dagster as dg
+
+from pecn_ml.utils.cuda import CudaRequiredError, allow_cpu_from_env, require_cuda
+from pecn_ml.utils.gpu_devices import CUDA_ENV, DeviceClaim, claim_devices, parse_devices
 
 GPU_POOL = "gpu"
 GPU_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
@@ -53,8 +68,9 @@ def _json_env(name: str, expected: type) -> Any:
     return value
 
 
-def gpu_k8s_config() -> dict:
-    """The `dagster-k8s/config` tag value of a GPU step (reads the PECN_K8S_GPU_* variables)."""
+def gpu_k8s_config(gpus: int = 1) -> dict:
+    """The `dagster-k8s/config` tag value of a GPU step with `gpus` GPUs (reads the PECN_K8S_GPU_*
+    variables)."""
     selector = _json_env(NODE_SELECTOR_ENV, dict)
     tolerations = _json_env(TOLERATIONS_ENV, list)
     if selector is not None and not all(isinstance(v, str) for v in selector.values()):
@@ -62,7 +78,7 @@ def gpu_k8s_config() -> dict:
     if tolerations is not None and not all(isinstance(t, dict) for t in tolerations):
         raise ValueError(f"{TOLERATIONS_ENV}: every toleration must be a JSON object: {tolerations}")
     resources = {
-        "limits": {GPU_RESOURCE: 1},
+        "limits": {GPU_RESOURCE: int(gpus)},
         "requests": {"cpu": os.environ.get(CPU_ENV, "4"), "memory": os.environ.get(MEMORY_ENV, "24Gi")},
     }
     config: dict = {"container_config": {"resources": resources}}
@@ -76,7 +92,62 @@ def gpu_k8s_config() -> dict:
     return config
 
 
-def gpu_asset_args() -> dict:
-    """Keyword arguments every GPU asset passes to `@asset`: pool, retry policy, k8s GPU request."""
+def gpu_asset_args(gpus: int = 1) -> dict:
+    """Keyword arguments every GPU asset passes to `@asset`: pool, retry policy, k8s GPU request
+    (`gpus`: the training steps' `train_processes`)."""
+    if gpus < 1:
+        raise ValueError(f"a GPU step needs at least one GPU, got {gpus}")
     return {"pool": GPU_POOL, "retry_policy": GPU_RETRY,
-            "op_tags": {K8S_CONFIG_TAG: gpu_k8s_config()}}
+            "op_tags": {K8S_CONFIG_TAG: gpu_k8s_config(gpus)}}
+
+
+def check_cuda(settings: Any, requires_gpu: bool, what: str) -> str:
+    """Fail at once (no retry) when a profile that needs CUDA sees none and the CPU was not
+    allowed (`settings.allow_cpu` or PECN_ALLOW_CPU=1); else "cuda" or "cpu"."""
+    import torch
+
+    if not requires_gpu:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return require_cuda(settings.allow_cpu or allow_cpu_from_env(), what)
+    except CudaRequiredError as e:
+        raise dg.Failure(str(e), allow_retries=False) from None
+
+
+@contextmanager
+def claimed_gpus(context: dg.AssetExecutionContext, settings: Any, n: int = 1) -> Iterator[DeviceClaim]:
+    """Hold `n` of the machine's GPU devices for the block (an empty claim on a machine that
+    offers none); logs the wait and the claim."""
+    devices = parse_devices(settings.gpu_devices, "PecnSettings.gpu_devices") \
+        if settings.gpu_devices is not None else None
+    holder = {"run_id": context.run.run_id, "asset": context.asset_key.to_user_string(),
+              "partition": context.partition_key if context.has_partition_key else ""}
+    try:
+        with claim_devices(n, settings.gpu_lock_path(), timeout_s=settings.gpu_claim_timeout_s or None,
+                           log=context.log.info, devices=devices, holder=holder) as claim:
+            yield claim
+    except (TimeoutError, ValueError) as e:
+        if "claim_devices" in str(e):
+            raise dg.Failure(str(e)) from None
+        raise
+
+
+def torch_device(claim: DeviceClaim) -> str:
+    """The torch device of a claim for work in this process: "cuda:i" for the claimed device
+    (its index among this process's visible devices), "cpu" without CUDA (or simulated devices)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    if not claim.devices:
+        return "cuda"
+    device = claim.devices[0]
+    visible = os.environ.get(CUDA_ENV, "").strip()
+    if visible:
+        ids = parse_devices(visible, CUDA_ENV)
+        if device not in ids:
+            raise dg.Failure(f"claimed GPU {device} is not visible to this process ({CUDA_ENV}={visible})")
+        return f"cuda:{ids.index(device)}"
+    if not device.isdigit():
+        raise dg.Failure(f"claimed GPU {device!r} is a UUID; set {CUDA_ENV} so it can be mapped to an index")
+    return f"cuda:{device}"

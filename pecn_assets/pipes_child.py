@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import socket
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pecn_ml.utils.cuda import require_cuda
-from pecn_ml.utils.usage import bytes_on_disk, prune_training_state, usage_metadata
+from pecn_ml.utils.usage import bytes_on_disk, prune_training_state, safetensors_parameters, usage_metadata
 
 TRAINERS = ("pix2pix", "pacnet", "check")
 RANKS_DIR = ".pipes_ranks"
@@ -61,32 +62,35 @@ class LaunchOptions:
 
 @dataclass(frozen=True)
 class Pix2PixJob:
-    """One InstructPix2Pix fine-tuning: `train_pix2pix(pretrained, pairs(train), config, out_dir)`."""
+    """One InstructPix2Pix fine-tuning of one variant and training seed. The inputs are the asset's
+    artifact handles as JSON (`pecn_ml.artifacts`), checked by sha again in the child."""
 
-    pretrained: str
-    data_dir: str                        # frame cache: {data_dir}/frames_{R}x{R}
-    train_annotations: str               # filtered annotation files
-    val_annotations: Optional[str]
+    annotations: dict                    # FilteredAnnotations.to_json()
+    frame_cache: dict                    # FrameCacheRef.to_json() (the profile's pix2pix resolution)
+    base: dict                           # Weights.to_json() of pix2pix_base
+    variant: str                         # pecn_ml.variants.VARIANTS key
+    seed: int                            # the training seed (the partition's)
     train_config: dict                   # Pix2PixTrainConfig fields
     options: dict                        # LaunchOptions fields
-    input_idx: int = 20
-    target_idx: int = 21
-    add_progress: bool = False
-    progress_estimates: Optional[dict] = None   # video id -> percent (PAC-Net), else frame count
+    run_id: str = ""                     # the Dagster run (recorded in the checkpoint handle)
     prompt_text: str = "class"
+    progress_estimates: Optional[dict] = None   # video id -> percent (PAC-Net); None: frame count
+    progress_source: str = "none"        # what the prompts' percentages come from
+    tracking: Optional[dict] = None      # TrackingConfig fields; None: TensorBoard in out_dir
 
 
 @dataclass(frozen=True)
 class PacNetJob:
-    """One PAC-Net training: `train_pacnet(model_config, train_config, cache, train, val, out_dir)`."""
+    """One PAC-Net training of one head on the training split, validated on both eval sets."""
 
+    annotations: dict                    # FilteredAnnotations.to_json()
+    frame_cache: dict                    # FrameCacheRef.to_json() (the profile's pacnet resolution)
+    head: str                            # "regression" | "classification"
     model_config: dict                   # PacNetConfig fields
     train_config: dict                   # PacNetTrainConfig fields
-    data_dir: str
-    resolution: int
-    train_annotations: str
-    val_annotations: list = field(default_factory=list)   # files, concatenated
-    options: dict = field(default_factory=dict)
+    options: dict                        # LaunchOptions fields
+    run_id: str = ""
+    tracking: Optional[dict] = None
 
 
 @dataclass(frozen=True)
@@ -176,76 +180,96 @@ def _options(job: Any) -> LaunchOptions:
     return _from_dict(LaunchOptions, job.options, "launch options")
 
 
+def _tracking(job: Any):
+    from pecn_ml.training.tracking import TrackingConfig
+
+    return _from_dict(TrackingConfig, job.tracking, "tracking") if job.tracking is not None else None
+
+
+def _artifact(data: dict, cls: type) -> Any:
+    """An input handle of the job, checked against its recorded sha256 (the files may have
+    changed between the step and its child)."""
+    from pecn_ml.artifacts import artifact_from_json
+
+    artifact = artifact_from_json(data)
+    if not isinstance(artifact, cls):
+        raise ValueError(f"expected a {cls.__name__} handle, got {type(artifact).__name__}")
+    return artifact.verify()
+
+
 def run_pix2pix(job: Pix2PixJob, log: LogFn) -> tuple[dict, str]:
-    """Train; return (metadata, data version = the UNet's sha256)."""
-    from pecn_ml.data.annotations import load_filtered
-    from pecn_ml.data.frame_cache import open_frame_cache
+    """Train; return (metadata with the `artifact` handle, data version = the UNet's sha256)."""
+    from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, Pix2PixCheckpoint, UNET_WEIGHTS, Weights
     from pecn_ml.data.pairs import FramePairDataset
     from pecn_ml.training.pix2pix import Pix2PixTrainConfig, train_pix2pix
+    from pecn_ml.variants import VARIANTS
 
     opts = _options(job)
     config = _from_dict(Pix2PixTrainConfig, job.train_config, "pix2pix train_config")
-    cache = open_frame_cache(job.data_dir, config.resolution)
+    annotations = _artifact(job.annotations, FilteredAnnotations)
+    cache = _artifact(job.frame_cache, FrameCacheRef).open()
+    base = _artifact(job.base, Weights)
+    variant = VARIANTS[job.variant]
 
-    def pairs(path: str) -> FramePairDataset:
-        return FramePairDataset(cache, load_filtered(path), input_idx=job.input_idx,
-                                target_idx=job.target_idx, add_progress=job.add_progress,
-                                progress_estimates=job.progress_estimates if job.add_progress else None,
+    def pairs(entries: list[dict]) -> FramePairDataset:
+        return FramePairDataset(cache, entries, input_idx=variant.input_idx, target_idx=variant.target_idx,
+                                add_progress=variant.add_progress, progress_estimates=job.progress_estimates,
                                 prompt_text=job.prompt_text)
 
-    train = pairs(job.train_annotations)
-    val = pairs(job.val_annotations) if job.val_annotations else None
-    result = train_pix2pix(job.pretrained, train, config, opts.out_dir, val_dataset=val, log=log,
-                           resume=bool(opts.resume))
+    train, val = pairs(annotations.train()), pairs(annotations.eval_set("basic"))
+    result = train_pix2pix(base.path, train, config, opts.out_dir, val_dataset=val, log=log,
+                           resume=bool(opts.resume), tracking=_tracking(job))
+    checkpoint = Pix2PixCheckpoint.from_result(result, job.variant, job.seed, Path(opts.out_dir), job.run_id,
+                                               base.sha256, job.progress_source)
     meta = {
-        "checkpoint": {"raw_value": str(result.model_dir), "type": "path"},
-        "checkpoint_sha256": result.unet_sha256,
-        "final_loss": float(result.final_loss),
-        "first_loss": float(result.loss_curve[0]) if result.loss_curve else float("nan"),
-        "steps": result.steps, "epochs": result.epochs, "seed": result.seed,
-        "resumed_from_step": result.resumed_from_step,
+        "artifact": checkpoint.to_json(),
         "train_pairs": len(train),
         "skipped": {k: len(v) for k, v in train.skipped.items()},
         "loss_values": [round(float(x), 5) for x in result.loss_curve],
         "loss_curve_png": str(result.loss_curve_png),
         "validation_grid_png": str(result.validation_grid) if result.validation_grid else "",
         "latent_cache": result.latent_cache,
+        "resumed_from_step": result.resumed_from_step,
         "train_seconds": result.seconds,
-        "seconds_per_step": round(result.seconds / result.steps, 4) if result.steps else float("nan"),
-        "global_batch_size": config.train_batch_size * config.gradient_accumulation_steps,
+        "seconds_per_step": round(result.seconds_per_step, 4),   # optimizer steps alone
+        "per_process_batch_size": config.train_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "parameters": safetensors_parameters(Path(result.model_dir) / UNET_WEIGHTS),
         "model_bytes_on_disk": bytes_on_disk(result.model_dir),
     }
     return meta, result.unet_sha256
 
 
 def run_pacnet(job: PacNetJob, log: LogFn) -> tuple[dict, str]:
-    """Train; return (metadata, data version = the best weights' sha256)."""
-    from pecn_ml.data.annotations import load_filtered
-    from pecn_ml.data.frame_cache import open_frame_cache
+    """Train; return (metadata with the `artifact` handle, data version = the best weights' sha256)."""
+    from pecn_ml.artifacts import PACNET_WEIGHTS, FilteredAnnotations, FrameCacheRef, PacNetCheckpoint
     from pecn_ml.models.pacnet import PacNetConfig
     from pecn_ml.training.pacnet import PacNetTrainConfig, train_pacnet
 
     opts = _options(job)
-    if current_rank().world_size > 1:  # measured: K = 2 raced on last/ and trained the same batches
-        raise RuntimeError("train_pacnet runs in one process: its DataLoader is not sharded "
-                           "(every rank would train on the same batches) and every rank writes "
-                           "best/ and last/; launch PAC-Net with num_processes=1")
     model_config = PacNetConfig.from_dict(job.model_config, "pacnet model_config")
     config = _from_dict(PacNetTrainConfig, job.train_config, "pacnet train_config")
-    cache = open_frame_cache(job.data_dir, job.resolution)
-    train = load_filtered(job.train_annotations)
-    val = [e for path in job.val_annotations for e in load_filtered(path)]
-    result = train_pacnet(model_config, config, cache, train, val, opts.out_dir, log=log,
-                          resume=opts.resume)
+    annotations = _artifact(job.annotations, FilteredAnnotations)
+    cache = _artifact(job.frame_cache, FrameCacheRef).open()
+    result = train_pacnet(model_config, config, cache, annotations.train(), annotations.all_eval_sets(),
+                          opts.out_dir, log=log, resume=opts.resume, tracking=_tracking(job))
+    checkpoint = PacNetCheckpoint.from_result(result, job.head, Path(opts.out_dir), job.run_id)
+    history = [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()} for h in result.history]
+    # this call's epochs (a resumed run counts only what it trained), validation included: an
+    # upper bound of the optimizer step's time
+    trained = [h for h in result.history if int(h.get("epoch", 0)) > result.resumed_from_epoch]
+    seconds = sum(float(h.get("seconds", 0.0)) for h in trained)
+    steps = len(trained) * math.ceil(result.num_train / (config.batch_size * current_rank().world_size))
     meta = {
-        "checkpoint": {"raw_value": str(result.best_dir), "type": "path"},
-        "checkpoint_sha256": result.weights_sha256,
-        "val_mae": float(result.val_mae), "baseline_mae": float(result.baseline_mae),
-        "epochs": result.epochs_run, "best_epoch": result.best_epoch,
+        "artifact": checkpoint.to_json(),
+        "history": history, "num_train": result.num_train,
         "resumed_from_epoch": result.resumed_from_epoch,
-        "history": result.history, "num_train": result.num_train, "num_val": result.num_val,
-        "global_batch_size": config.batch_size,
+        "per_process_batch_size": config.batch_size,
+        "gradient_accumulation_steps": 1,
+        "parameters": safetensors_parameters(Path(result.best_dir) / PACNET_WEIGHTS),
         "model_bytes_on_disk": bytes_on_disk(result.best_dir),
+        "train_seconds": round(seconds, 3),
+        **({"optimizer_steps": steps, "seconds_per_step": round(seconds / steps, 4)} if steps else {}),
     }
     return meta, result.weights_sha256
 
@@ -351,8 +375,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         meta, version = train(trainer, job, log, rank)
         ranks = gather_rank_records(opts, rank, _rank_record(rank, meta), log=log)
         meta.update(num_processes=rank.world_size, ranks=ranks)
-        if "global_batch_size" in meta:  # per optimizer step, all ranks together
-            meta["global_batch_size"] *= rank.world_size
+        if "per_process_batch_size" in meta:  # samples per optimizer step, all ranks together
+            meta["global_batch_size"] = (meta["per_process_batch_size"] * meta["gradient_accumulation_steps"]
+                                         * rank.world_size)
         pipes.report_asset_materialization(metadata=pipes_metadata(meta), data_version=version)
     return 0
 

@@ -18,19 +18,25 @@ sends SIGINT to the child, then SIGKILL after a grace period.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Mapping, Optional, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import dagster as dg
 
 from pecn_assets.pipes_child import job_to_json
+from pecn_ml.utils.files import atomic_path
 
 CHILD_MODULE = "pecn_assets.pipes_child"
 STDERR_TAIL_LINES = 60
@@ -78,6 +84,63 @@ def with_launch_id(job: Any) -> Any:
     return replace(job, options={**job.options, "launch_id": uuid.uuid4().hex[:12]})
 
 
+class CompleteLineMessageReader(dg.PipesMessageReader):
+    """Pipes messages through a temp file, like `dg.PipesTempFileMessageReader`, but a line is
+    parsed only once it is complete.
+
+    Dagster's file reader hands every `readline()` to `json.loads`; a reader that catches the
+    child in the middle of writing a long message (our materialisation carries the artifact, the
+    loss curve and the ranks) gets half a line, its thread dies (JSONDecodeError, seen in the
+    test suite), and every later message, the materialisation included, is lost. Here partial
+    lines wait for their newline; after the child is gone the rest of the file is read."""
+
+    FILE = "messages.jsonl"
+
+    @contextmanager
+    def read_messages(self, handler: Any) -> Iterator[dict]:
+        from dagster_pipes import PipesDefaultMessageWriter
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, self.FILE)
+            open(path, "w", encoding="utf-8").close()
+            done = threading.Event()
+            thread = threading.Thread(target=self._read, args=(path, handler, done), daemon=True)
+            thread.start()
+            try:
+                yield {PipesDefaultMessageWriter.FILE_PATH_KEY: path,
+                       PipesDefaultMessageWriter.INCLUDE_STDIO_IN_MESSAGES_KEY: False}
+            finally:
+                done.set()
+                thread.join()
+
+    @staticmethod
+    def _read(path: str, handler: Any, done: threading.Event) -> None:
+        partial = ""
+        try:
+            with open(path, encoding="utf-8") as f:
+                while True:
+                    finished = done.is_set()  # read before the last pass: nothing is written after
+                    chunk = f.readline()
+                    if chunk:
+                        partial += chunk
+                        if partial.endswith("\n"):
+                            handler.handle_message(json.loads(partial))
+                            partial = ""
+                        continue
+                    if finished:
+                        break
+                    time.sleep(0.01)
+            if partial.strip():
+                raise ValueError(f"incomplete Pipes message at the end of {path}: {partial[:200]!r}")
+        except Exception:
+            handler.report_pipes_framework_exception(f"{CompleteLineMessageReader.__name__} reader thread",
+                                                     sys.exc_info())
+            raise
+
+    def no_messages_debug_text(self) -> str:
+        return "Attempted to read messages from a temp file (CompleteLineMessageReader)."
+
+
 def _pump(stream, tail: collections.deque) -> None:
     """Copy the child's stderr to ours line by line (the step's compute log), keeping a tail."""
     sink = getattr(sys.stderr, "buffer", None)
@@ -113,7 +176,7 @@ def run_pipes_command(context: dg.AssetExecutionContext, command: Sequence[str],
     the child fails (metadata `stderr_tail`, `exit_code`). `metadata` is added to every result."""
     tail: collections.deque = collections.deque(maxlen=STDERR_TAIL_LINES)
     with dg.open_pipes_session(context=context, context_injector=dg.PipesTempFileContextInjector(),
-                               message_reader=dg.PipesTempFileMessageReader(),
+                               message_reader=CompleteLineMessageReader(),
                                extras=dict(extras or {})) as session:
         process = subprocess.Popen(
             list(command), cwd=cwd, stderr=subprocess.PIPE, pass_fds=tuple(pass_fds),
@@ -154,15 +217,43 @@ def run_training(context: dg.AssetExecutionContext, trainer: str, job: Any, *,
         raise dg.Failure(f"{num_processes} training processes need as many GPUs; the claim holds "
                          f"{len(devices)} ({','.join(devices)})")
     job = with_launch_id(job)
-    command = child_command(trainer, job_to_json(job), num_processes, cpu=cpu)
+    # the job goes by file: its progress estimates alone can exceed the kernel's 128 KiB per argument
+    job_file = Path(job.options["out_dir"]) / f".pipes_job-{job.options['launch_id']}.json"
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(job_file) as tmp:
+        tmp.write_text(job_to_json(job), encoding="utf-8")
+    command = child_command(trainer, f"@{job_file}", num_processes, cpu=cpu)
+    if threads_per_process is None:
+        threads_per_process = threads_per_rank(num_processes, cpu)
     env = child_env(claim.env() if claim is not None else {}, num_processes, cpu=cpu,
                     threads_per_process=threads_per_process)
     context.log.info(f"launching {trainer} training: {num_processes} process(es), "
                      f"devices {','.join(devices) or 'none (CPU)'}")
-    invocation = run_pipes_command(context, command, env=env,
-                                   pass_fds=claim.fds if claim is not None else (),
-                                   metadata={"gpu_devices": list(devices)})
+    try:
+        invocation = run_pipes_command(context, command, env=env,
+                                       pass_fds=claim.fds if claim is not None else (),
+                                       metadata=claim.metadata() if claim is not None else {"gpu_devices": []})
+    finally:
+        job_file.unlink(missing_ok=True)
     return invocation.get_materialize_result()
+
+
+def child_result(result: dg.MaterializeResult) -> tuple[Any, dict[str, Any]]:
+    """(the artifact handle the child reported, checked by sha; the rest of its metadata as plain
+    Python values)."""
+    from pecn_ml.artifacts import artifact_from_json
+
+    meta = {k: getattr(v, "value", v) for k, v in (result.metadata or {}).items()}
+    if "artifact" not in meta:
+        raise dg.Failure(f"the training child reported no artifact (metadata: {sorted(meta)})")
+    return artifact_from_json(meta.pop("artifact")).verify(), meta
+
+
+def threads_per_rank(num_processes: int, cpu: bool) -> Optional[int]:
+    """OMP threads of each rank of a K > 1 launch on the CPU (the cores shared out); None: inherit."""
+    if num_processes <= 1 or not cpu:
+        return None
+    return max(1, (os.cpu_count() or 1) // num_processes)
 
 
 def add_metadata(result: dg.MaterializeResult, extra: Mapping[str, Any]) -> dg.MaterializeResult:

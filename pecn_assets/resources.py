@@ -3,8 +3,9 @@ and where training runs log (tracking). `pecn_assets.definitions` builds them on
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import dagster as dg
 from pydantic import Field
@@ -14,19 +15,40 @@ from pecn_ml.training.tracking import BACKENDS, TrackingConfig
 
 
 class PecnSettings(dg.ConfigurableResource):
-    """The folders for data, trained models and evaluation results (`for_profile` fills them in)."""
+    """The folders for data, trained models and evaluation results (`for_profile` fills them in),
+    and how GPU steps use the machine's GPUs (pecn_assets/gpu.py)."""
 
     data_dir: str = Field(default="", description="SSv2 folder (annotations/, videos/, frames_RxR/)")
     outputs_dir: str = Field(default="", description="trained models, one folder per training run")
     results_dir: str = Field(default="", description="evaluation results and reports")
+    gpu_lock_dir: str = Field(default="", description="one lock file per GPU device; empty: "
+                              "$DAGSTER_HOME/gpu_locks (must be local to the machine that owns the GPUs)")
+    gpu_devices: Optional[str] = Field(default=None, description="devices GPU steps claim from, e.g. "
+                                       "'0,1,2,3'; None: $PECN_GPU_DEVICES, else every visible CUDA device")
+    gpu_claim_timeout_s: float = Field(default=0.0, description="fail a step that waited this long for a "
+                                       "free device; 0: wait (logging who holds them) for ever")
+    train_processes: int = Field(default=1, ge=1, description="training processes (one GPU each) per "
+                                 "ip2p_model/pacnet step; a run's config may ask for another number")
+    allow_cpu: bool = Field(default=False, description="let GPU steps of a profile that needs CUDA run "
+                            "on the CPU (the rehearsal); otherwise they fail at once without a GPU")
+    prune_training_state: bool = Field(default=True, description="after the final save_pretrained, "
+                                       "delete the optimizer-state checkpoints of the finished training")
 
     @classmethod
     def for_profile(cls, profile: Profile, data_dir: Optional[str] = None, outputs_dir: Optional[str] = None,
-                    results_dir: Optional[str] = None) -> "PecnSettings":
-        """The profile's folders, each overridable (empty or None: the profile's)."""
+                    results_dir: Optional[str] = None, **gpu: Any) -> "PecnSettings":
+        """The profile's folders, each overridable (empty or None: the profile's); `gpu`: the
+        GPU fields above."""
         return cls(data_dir=str(Path(data_dir or profile.data_dir).absolute()),
                    outputs_dir=str(Path(outputs_dir or profile.outputs_dir).absolute()),
-                   results_dir=str(Path(results_dir or profile.results_dir).absolute()))
+                   results_dir=str(Path(results_dir or profile.results_dir).absolute()), **gpu)
+
+    def gpu_lock_path(self) -> Path:
+        """Where the device locks live (created on first use)."""
+        if self.gpu_lock_dir:
+            return Path(self.gpu_lock_dir).absolute()
+        home = os.environ.get("DAGSTER_HOME")
+        return (Path(home) if home else self.outputs_path()).absolute() / "gpu_locks"
 
     def _path(self, name: str) -> Path:
         value = getattr(self, name)

@@ -174,6 +174,10 @@ class FilteredAnnotations(Artifact):
     def eval_set(self, eval_set: str) -> list[dict]:
         return self.entries(EVAL_SETS[eval_set])
 
+    def all_eval_sets(self) -> list[dict]:
+        """Every eval set's entries, concatenated (PAC-Net's validation videos)."""
+        return [e for name in EVAL_SETS for e in self.eval_set(name)]
+
     def video_ids(self) -> list[str]:
         """Every video id of the files, in file order, without repeats."""
         seen: dict[str, None] = {}

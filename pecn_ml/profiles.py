@@ -11,9 +11,17 @@ Two profiles, one code path:
 | PAC-Net / IP2P input | 96 px frame cache                       | 224 px frame cache                       |
 | training length      | a few epochs                            | the seed's table (30 / 40 epochs)        |
 | evaluation           | few samples, few denoising steps        | 100 samples, 25 steps, guidance 1.5      |
+| without a GPU        | runs on the CPU                         | GPU steps fail at once (PECN_ALLOW_CPU=1 allows the CPU) |
+
+A third, `rehearsal` (`make rehearse`, `pecn_assets/rehearse.py`), is `full` with only the sizes of
+the *run* made small: the real architectures (random weights, built locally by
+`pecn_ml.rehearsal` and passed where the hub names would be), the real resolution (224 px), the
+real hyper-parameters and precision, but a handful of synthetic videos, a couple of optimizer
+steps per model and two samples per evaluation (`rehearsal_profile` lists every difference).
 
 Pick one with the environment variable `PECN_PROFILE` (default `demo`; the test suite also uses
-`smoke`, the demo made smaller still); override the data
+`smoke`, the demo made smaller still; `rehearsal` needs the local models of `make rehearse` in
+place of the hub names); override the data
 folder with `PECN_DATA_DIR`. Nothing else changes between them: the same assets call the
 same functions with these configs.
 """
@@ -57,6 +65,7 @@ class Profile:
     sampling: SamplingConfig
     resolutions: tuple[int, ...] = field(default=RESOLUTIONS)
     prompt_text: str = "class"          # action text in prompts: "class" (seed's examples) or "label"
+    requires_gpu: bool = False          # GPU steps fail at once without CUDA (unless settings.allow_cpu)
 
     def resolve_data_dir(self) -> str:
         return os.environ.get("PECN_DATA_DIR") or self.data_dir
@@ -96,6 +105,7 @@ def full_profile() -> Profile:
         pacnet_train=PacNetTrainConfig(),
         pix2pix_train=Pix2PixTrainConfig(),
         sampling=SamplingConfig(),
+        requires_gpu=True,
     )
 
 
@@ -117,7 +127,52 @@ def smoke_profile() -> Profile:
     )
 
 
-PROFILES = {"demo": demo_profile, "full": full_profile, "smoke": smoke_profile}
+def rehearsal_profile() -> Profile:
+    """The real run's code path and model sizes on a handful of synthetic videos (`make rehearse`).
+
+    `full` with the sizes of the *run* changed, never of the models: every field not set here is
+    the full profile's (models, 224 px, learning rates, schedules, precision, batch sizes, guidance,
+    seeds). The pretrained weights are the full-size random folders of `pecn_ml.rehearsal`, given
+    to the definitions as `PretrainedModels` (the hub names stay the full profile's). A machine
+    without CUDA lowers batch sizes on top of this (`pecn_assets.rehearse.cpu_adjustments`, printed).
+    """
+    full = full_profile()
+    one_template_per_task = tuple(keys[0] for keys in full.filter.task_map.values())
+    return replace(
+        full,
+        name="rehearsal",
+        # throwaway folders of their own, never the real run's data/sthv2, outputs/, test_result/
+        data_dir="data/rehearsal_sthv2",
+        outputs_dir="outputs/rehearsal",
+        results_dir="test_result/rehearsal",
+        # a handful of synthetic videos at SSv2's frame size (240 px high, 320-427 wide, as the
+        # synthetic writer always renders): one template per task, 4 training and 2 validation
+        # videos each (16 train, 6 basic + 2 back-and-forth validation), 1 test id; no short
+        # videos, so every evaluation finds its two samples with frame 25
+        synthetic=SyntheticConfig.tiny(templates=one_template_per_task, task_train_per_template=4,
+                                       task_val_per_template=2, num_test=1, short_fraction=0.0,
+                                       min_frames=26, max_frames=48),
+        # sampling keeps all of them (full: 2,000 train / 100 validation per task)
+        filter=replace(full.filter, train_per_task=4, val_per_task=2),
+        # frame caches at 224 px only, the size both models read (full: 96, 128 and 224; the other
+        # two are the same code at smaller sizes and would only cost time)
+        resolutions=(224,),
+        # two optimizer steps per variant (full: 40 epochs); one checkpoint (after step 1) so the
+        # full-size optimizer state is written once; validation after the one epoch with one
+        # sample and two denoising steps (full: every 10 epochs, 2 samples, 20 steps)
+        pix2pix_train=replace(full.pix2pix_train, max_train_steps=2, checkpointing_steps=1,
+                              validation_epochs=1, num_validation_samples=1,
+                              validation_inference_steps=2),
+        # one epoch over 16 training videos = two steps of the full batch of 8 (full: 30 epochs over
+        # every training video), validated on 4 videos
+        pacnet_train=replace(full.pacnet_train, epochs=1, max_train_videos=16, max_val_videos=4),
+        # two samples per eval set, 4 denoising steps (full: 100 samples, 25 steps); guidance,
+        # seed and frames are the full profile's
+        sampling=replace(full.sampling, num_samples=2, num_inference_steps=4),
+    )
+
+
+PROFILES = {"demo": demo_profile, "full": full_profile, "smoke": smoke_profile, "rehearsal": rehearsal_profile}
 
 
 def get_profile(name: str | None = None) -> Profile:

@@ -160,15 +160,28 @@ def _built(target: Path, builder: Callable[[Path], Path], on_built: Optional[Cal
     return path
 
 
+def model_folders(root: str | Path) -> RehearsalModels:
+    """Where `build_rehearsal_models(root)` puts each model (nothing is built or checked)."""
+    root = Path(root)
+    return RehearsalModels(pix2pix=root / "instruct-pix2pix", resnet=root / "resnet-50",
+                           clip_text=root / "clip-vit-base-patch32")
+
+
+def rehearsal_models_complete(root: str | Path) -> bool:
+    """True when every folder under `root` was built to the end (its `.complete` marker)."""
+    folders = model_folders(root)
+    return all((Path(f) / ".complete").exists() for f in (folders.pix2pix, folders.resnet, folders.clip_text))
+
+
 def build_rehearsal_models(root: str | Path, on_built: Optional[Callable] = None
                            ) -> RehearsalModels:
     """Build (once, atomically) the full-size random models under `root`; later calls reuse them.
     `on_built(path, seconds, fresh)` is called after each folder."""
-    root = Path(root)
+    folders = model_folders(root)
     return RehearsalModels(
-        pix2pix=_built(root / "instruct-pix2pix", build_pix2pix_folder, on_built),
-        resnet=_built(root / "resnet-50", build_resnet_folder, on_built),
-        clip_text=_built(root / "clip-vit-base-patch32", build_clip_text_folder, on_built),
+        pix2pix=_built(folders.pix2pix, build_pix2pix_folder, on_built),
+        resnet=_built(folders.resnet, build_resnet_folder, on_built),
+        clip_text=_built(folders.clip_text, build_clip_text_folder, on_built),
     )
 
 

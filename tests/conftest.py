@@ -72,3 +72,16 @@ def smoke_graph(tmp_path_factory) -> SmokeGraph:
     ok = materialize_all(instance, defs, log=print)
     return SmokeGraph(root=root, dagster_home=Path(env["DAGSTER_HOME"]), data_dir=Path(env["PECN_DATA_DIR"]),
                       env=env, resources=resources, instance=instance, ok=ok, defs=defs)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps process-wide state (device, mixed precision): an Accelerator of one test
+    would fix what the next test's may choose. The trainers build one Accelerator per process (a
+    `torchrun` run each), so the library no longer resets that state; tests that build several in
+    one pytest process get it reset after each test here (accelerate's private `_reset_state`)."""
+    yield
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)

@@ -10,6 +10,7 @@ from pecn_ml.data.annotations import filter_annotations
 from pecn_ml.data.frame_cache import build_frame_cache, open_frame_cache
 from pecn_ml.data.versions import annotations_version, videos_version
 from pecn_ml.utils.files import sha256_file
+from pecn_ml.utils.usage import bytes_on_disk
 from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
 
 FILTERED_FILES = (TRAIN_FILE, *EVAL_SETS.values())
@@ -104,6 +105,7 @@ def build_data_assets(parts: Partitions) -> list:
             frames_per_s=round(report.frames_written / report.seconds, 1) if report.seconds else 0.0,
             failures=dg.MetadataValue.md(table_md(failures) if failures else "none"),
             cache_dir=dg.MetadataValue.path(str(cache.root)), preview=dg.MetadataValue.md(preview or "none"),
+            bytes_on_disk=bytes_on_disk(cache.root),
             check_results=cache_checks(cache, ids))
 
     return [filtered_annotations, frame_cache]

@@ -9,7 +9,7 @@ import dagster as dg
 
 from pecn_assets.assets.pix2pix import progress_source
 from pecn_assets.configs import ProgressSourceConfig
-from pecn_assets.gpu import gpu_asset_args
+from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, torch_device
 from pecn_assets.metadata import image_md, materialized
 from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings
@@ -70,9 +70,12 @@ def build_evaluation_assets(parts: Partitions) -> list:
         lineage = {"checkpoint": ip2p_model.path, "checkpoint_sha256": ip2p_model.sha256, "seed": ip2p_model.seed,
                    "frame_cache_version": frame_cache.version, "annotations_version": filtered_annotations.version,
                    **progress_meta}
-        sets = {s: evaluate_set(ip2p_model, cache, s, filtered_annotations.eval_set(s), sampling, run_dir(
-                    settings.results_path() / f"seed_{ip2p_model.seed}" / f"{variant.seed_name}_eval_{s}", context),
-                    override, lineage, context.log.info) for s in EVAL_SETS}
+        check_cuda(settings, profile.requires_gpu, f"evaluation (profile {profile.name})")
+        with claimed_gpus(context, settings, 1) as claim:
+            sampling = replace(sampling, device=torch_device(claim))
+            sets = {s: evaluate_set(ip2p_model, cache, s, filtered_annotations.eval_set(s), sampling, run_dir(
+                        settings.results_path() / f"seed_{ip2p_model.seed}" / f"{variant.seed_name}_eval_{s}",
+                        context), override, lineage, context.log.info) for s in EVAL_SETS}
         grids = [Path(r.results_json).parent / "comparison_grid.png" for r in sets.values()]
         return materialized(
             Evaluation(ip2p_model.variant, ip2p_model.seed, ip2p_model.path, ip2p_model.sha256, sets,
@@ -81,7 +84,7 @@ def build_evaluation_assets(parts: Partitions) -> list:
                                                          f"{' / '.join(sets)}: Input | GT | Output | VAE(GT)")),
             sampling_config=asdict(sampling), ip2p_model_run_id=dg.MetadataValue.dagster_run(ip2p_model.run_id),
             frame_cache_version=frame_cache.version, annotations_version=filtered_annotations.version,
-            pix2pix_base_sha256=ip2p_model.base_sha256, **progress_meta)
+            pix2pix_base_sha256=ip2p_model.base_sha256, **claim.metadata(), **progress_meta)
 
     @dg.asset(group_name="evaluation", partitions_def=parts.eval_set, kinds={"json"}, code_version="2",
               ins={"frame_cache": at_pix2pix_resolution})

@@ -1,19 +1,20 @@
 """InstructPix2Pix assets: the four fine-tuned variants (target 21/25, with/without progress), each
 trained once per training seed (partition `{seed}|{variant}`)."""
 
+from dataclasses import asdict
 from typing import Optional
 
 import dagster as dg
 
-from pecn_assets.configs import ProgressSourceConfig, apply, trainer_config_class, used_values
-from pecn_assets.gpu import gpu_asset_args
+from pecn_assets.configs import Pix2PixLaunchConfig, apply, launch_options, trainer_config_class, used_values
+from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args
 from pecn_assets.metadata import image_md, materialized
 from pecn_assets.partitions import Partitions, seed_and_variant
+from pecn_assets.pipes_child import Pix2PixJob
+from pecn_assets.pipes_launch import child_result, run_training
 from pecn_assets.resources import PecnSettings, Tracking
 from pecn_assets.runs import run_dir, step_tags
-from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, Pix2PixCheckpoint, ProgressEstimates, Weights
-from pecn_ml.data.pairs import FramePairDataset
-from pecn_ml.training.pix2pix import train_pix2pix
+from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, ProgressEstimates, Weights
 from pecn_ml.variants import VARIANTS, Variant
 
 
@@ -31,46 +32,43 @@ def progress_source(use_estimator: bool, estimates: Optional[ProgressEstimates],
     return estimates.percent_by_video(), estimates.lineage()
 
 
-def pairs(cache, entries: list[dict], variant: Variant, prompt_text: str, override: Optional[dict]) -> FramePairDataset:
-    return FramePairDataset(cache, entries, input_idx=variant.input_idx, target_idx=variant.target_idx,
-                            add_progress=variant.add_progress, progress_estimates=override,
-                            prompt_text=prompt_text)
-
-
-def build_pix2pix_assets(parts: Partitions) -> list:
-    """ip2p_model: one partition per training seed x variant; hyper-parameters in the run config."""
+def build_pix2pix_assets(parts: Partitions, train_processes: int = 1) -> list:
+    """ip2p_model: one partition per training seed x variant; hyper-parameters in the run config.
+    `train_processes`: the GPUs a step's pod asks for on Kubernetes (settings.train_processes)."""
     profile = parts.profile
     Pix2PixRunConfig = trainer_config_class(
-        "Pix2PixRunConfig", profile.pix2pix_train, exclude=("seed", "latent_cache_dir"), base=ProgressSourceConfig,
+        "Pix2PixRunConfig", profile.pix2pix_train, exclude=("seed", "latent_cache_dir"), base=Pix2PixLaunchConfig,
         doc=f"InstructPix2Pix hyper-parameters (defaults: profile {profile.name}; the seed is the partition); "
             "the values used are recorded.")
 
     @dg.asset(group_name="pix2pix", partitions_def=parts.model, kinds={"pytorch"}, code_version="2",
               ins={"frame_cache": dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pix2pix_resolution))},
-              **gpu_asset_args())
+              **gpu_asset_args(train_processes))
     def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, settings: PecnSettings,
                    tracking: Tracking, filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef,
                    pix2pix_base: Weights, progress_estimates: Optional[ProgressEstimates]) -> dg.MaterializeResult:
-        """InstructPix2Pix fine-tuned on the four-task training set, one variant and training seed per partition."""
+        """InstructPix2Pix fine-tuned on the four-task training set, one variant and training seed per partition (trained in a launched process, K processes on K claimed GPUs)."""
         seed, variant = seed_and_variant(context.partition_key)
         override, progress_meta = progress_source(config.use_progress_estimator, progress_estimates, VARIANTS[variant])
-        cache = frame_cache.open()
-        train, val = (pairs(cache, entries, VARIANTS[variant], profile.prompt_text, override)
-                      for entries in (filtered_annotations.train(), filtered_annotations.eval_set("basic")))
         train_config = apply(config, profile.pix2pix_train, seed=seed, latent_cache_dir=(
             profile.pix2pix_train.latent_cache_dir or str(settings.outputs_path() / "latent_cache")))
         out = run_dir(settings.outputs_path() / VARIANTS[variant].seed_name / f"seed_{seed}", context)
-        result = train_pix2pix(pix2pix_base.path, train, train_config, out, val_dataset=val, log=context.log.info,
-                               resume=True, tracking=tracking.for_run(f"ip2p_model {context.partition_key}",
-                                                                      step_tags(context)))
+        k = config.train_processes or settings.train_processes
+        check_cuda(settings, profile.requires_gpu, f"ip2p_model (profile {profile.name})")
+        job = Pix2PixJob(
+            annotations=filtered_annotations.to_json(), frame_cache=frame_cache.to_json(), base=pix2pix_base.to_json(),
+            variant=variant, seed=seed, train_config=asdict(train_config), run_id=context.run.run_id,
+            prompt_text=profile.prompt_text, progress_estimates=override,
+            progress_source=progress_meta["progress_source"],
+            tracking=asdict(tracking.for_run(f"ip2p_model {context.partition_key}", step_tags(context))),
+            options=launch_options(settings, profile, out))
+        with claimed_gpus(context, settings, k) as claim:
+            checkpoint, meta = child_result(run_training(context, "pix2pix", job, num_processes=k, claim=claim))
+        curve, grid = meta.pop("loss_curve_png"), meta.pop("validation_grid_png")
         return materialized(
-            Pix2PixCheckpoint.from_result(result, variant, seed, out, context.run.run_id, pix2pix_base.sha256,
-                                          progress_meta["progress_source"]), result.unet_sha256,
-            train_pairs=len(train), skipped={k: len(v) for k, v in train.skipped.items()},
-            loss_curve=dg.MetadataValue.md(image_md([result.loss_curve_png], "training loss")),
-            loss_values=[round(float(x), 5) for x in result.loss_curve],
-            validation_grid=dg.MetadataValue.md(image_md([result.validation_grid], "Input | GT | Output (val_filtered)")
-                                                if result.validation_grid else "none"),
+            checkpoint, checkpoint.sha256, **meta,
+            loss_curve=dg.MetadataValue.md(image_md([curve], "training loss")),
+            validation_grid=dg.MetadataValue.md(image_md([grid], "Input | GT | Output (val_filtered)") if grid else "none"),
             train_config=used_values(train_config), prompt_text=profile.prompt_text,
             frame_cache_version=frame_cache.version, annotations_version=filtered_annotations.version,
             **pix2pix_base.lineage(), **progress_meta)

@@ -20,6 +20,7 @@ from pecn_ml.models.standins import (BuiltStandin, build_standin_clip_text, buil
 from pecn_ml.models.weights import ResolvedWeights, resolve_weights
 from pecn_ml.training.pix2pix import plot_loss_curve
 from pecn_ml.utils.files import sha256_json
+from pecn_ml.utils.usage import bytes_on_disk, safetensors_parameters
 
 
 def training_videos(annotations: FilteredAnnotations, frame_cache: FrameCacheRef
@@ -52,7 +53,8 @@ def weights_metadata(weights: ResolvedWeights | BuiltStandin) -> dict:
 def _result(role: str, weights: ResolvedWeights | BuiltStandin, **extra) -> dg.MaterializeResult:
     source = "hub" if isinstance(weights, ResolvedWeights) else "stand-in"
     handle = Weights(role=role, path=str(weights.path), sha256=weights.weights_sha256, source=source)
-    return materialized(handle, weights.weights_sha256, **{**weights_metadata(weights), **extra})
+    sizes = {"parameters": safetensors_parameters(weights.path), "bytes_on_disk": bytes_on_disk(weights.path, follow_symlinks=True)}
+    return materialized(handle, weights.weights_sha256, **{**weights_metadata(weights), **sizes, **extra})
 
 
 def build_pretrained_assets(parts: Partitions) -> list:

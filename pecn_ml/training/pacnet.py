@@ -8,6 +8,17 @@ Layout of `out_dir`:
 
 The MAE of the trivial predictor (always the mean training progress) on the same validation
 crops is reported beside the model's MAE: a model is only useful below that floor.
+
+K processes (`torchrun` / `accelerate launch`): `batch_size` is per rank, the run is defined by the
+global batch (batch_size x K, also what the resume fingerprint holds). Each step takes the next
+global batch of `epoch_permutation` (`GlobalBatchSampler` through `accelerator.prepare`) and
+minimises its exact mean loss (a last partial batch by its real size); crops are keyed by
+(seed, epoch, video), BatchNorm statistics cover the global batch (`GlobalBatchNorm2d`), so K = 2
+at batch b trains as K = 1 at batch 2b does, up to float reduction order. Not matched: dropout
+(> 0; the demo's `PacNetConfig.tiny` has none) draws from each rank's own torch RNG. Validation:
+each rank predicts a contiguous shard of the validation set with the unwrapped model, the
+predictions are gathered in order, so every rank computes the same val_mae and best epoch. Only
+rank 0 writes best/, last/ (with every rank's RNG state) and the logs.
 """
 
 from __future__ import annotations
@@ -24,16 +35,19 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset, default_collate
 
 from pecn_ml.models.pacnet import (PacNet, PacNetConfig, load_pacnet,
                                    read_pacnet_config, write_pacnet_files, WEIGHTS_NAME)
 from pecn_ml.models.weights import weights_identity
-from pecn_ml.training.pacnet_data import PacNetCropDataset, check_entries, crop_indices
+from pecn_ml.training.pacnet_data import (PacNetCropDataset, check_entries, crop_indices,
+                                          epoch_permutation)
 from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs,
                                        start_tracking, tag_run)
 from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
-from pecn_ml.utils.accel import make_accelerator
+from pecn_ml.utils.accel import (GlobalBatchSampler, SlotDataset, collate_slots, gather_objects,
+                                 launched_rank, launched_world_size, make_accelerator, reduce_sum,
+                                 set_batchnorm_sync, slot_weights, sync_batchnorm)
 from pecn_ml.utils.progress import LogFn, ProgressMeter
 
 STATE_FORMAT = "pecn.pacnet.train.v1"
@@ -116,6 +130,8 @@ class PacNetTrainResult:
     num_train: int = 0
     num_val: int = 0
     tracking: Optional[TrackingInfo] = None   # where the run logged (None: nothing left to train)
+    num_processes: int = 1         # K data-parallel processes
+    global_batch_size: int = 0     # batch_size x K
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,14 +157,15 @@ def layered_param_groups(model: PacNet, lr: float, backbone_lr_mult: float,
 
 
 def progress_loss(model: PacNet, output: torch.Tensor, target: torch.Tensor,
-                  beta: float = 1.0) -> torch.Tensor:
-    """Smooth L1 on progress (regression) or cross-entropy on round((C-1) * target) classes."""
+                  beta: float = 1.0, reduction: str = "mean") -> torch.Tensor:
+    """Smooth L1 on progress (regression) or cross-entropy on round((C-1) * target) classes; the
+    batch mean, or one loss per sample (B,) with `reduction="none"`."""
     cfg = getattr(model, "module", model).config
     target = target.float()
     if cfg.head == "regression":
-        return F.smooth_l1_loss(output.float(), target, beta=beta)
+        return F.smooth_l1_loss(output.float(), target, beta=beta, reduction=reduction)
     classes = torch.round(target * (cfg.num_classes - 1)).long().clamp_(0, cfg.num_classes - 1)
-    return F.cross_entropy(output.float(), classes)
+    return F.cross_entropy(output.float(), classes, reduction=reduction)
 
 
 def _model_inputs(model: PacNet, batch: Mapping[str, Any]):
@@ -158,8 +175,14 @@ def _model_inputs(model: PacNet, batch: Mapping[str, Any]):
 
 
 def training_step(model, batch: Mapping[str, Any], optimizer, accelerator,
-                  beta: float = 1.0, max_grad_norm: Optional[float] = None) -> float:
-    """One optimizer step on a batch {"frames" uint8 (B,T,H,W,3), "text", "target" (B,)}."""
+                  beta: float = 1.0, max_grad_norm: Optional[float] = None, *,
+                  weights: Optional[torch.Tensor] = None, num_samples: Optional[int] = None) -> float:
+    """One optimizer step on a batch {"frames" uint8 (B,T,H,W,3), "text", "target" (B,)}.
+
+    Alone: minimises the batch mean, returns it. In a K-process step over a global batch of
+    `num_samples`, with loss `weights` (B,) (see `accel.slot_weights`): backpropagates
+    sum(w * loss) * K / num_samples (DDP's gradient mean makes it the global batch's mean) and
+    returns this rank's share sum(w * loss) / num_samples (the ranks' shares sum to the mean)."""
     raw = accelerator.unwrap_model(model)
     model.train()
     frames, ids, mask = _model_inputs(raw, batch)
@@ -167,27 +190,48 @@ def training_step(model, batch: Mapping[str, Any], optimizer, accelerator,
     optimizer.zero_grad(set_to_none=True)
     with accelerator.autocast():
         output = model(frames, ids, mask)
-    loss = progress_loss(raw, output, target, beta)
+    if weights is None:
+        loss = share = progress_loss(raw, output, target, beta)
+    else:
+        local = (progress_loss(raw, output, target, beta, reduction="none") * weights).sum()
+        loss = local * accelerator.num_processes / num_samples
+        share = local / num_samples
     accelerator.backward(loss)
     if max_grad_norm is not None:
         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
-    return float(loss.detach())
+    return float(share.detach())
 
 
 @torch.no_grad()
 def predict_loader(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted progress, targets) over a loader, model in eval mode."""
+    """(predicted progress, targets) over a loader, model in eval mode. The unwrapped model runs
+    (no DDP forward: no collective op, so ranks may see different numbers of batches)."""
     raw = accelerator.unwrap_model(model)
-    model.eval()
-    preds, targets = [], []
+    raw.eval()
+    preds, targets = [np.zeros(0)], [np.zeros(0)]
     for batch in loader:
         frames, ids, mask = _model_inputs(raw, batch)
         with accelerator.autocast():
-            out = model(frames, ids, mask)
+            out = raw(frames, ids, mask)
         preds.append(raw.progress_from_output(out).float().cpu().numpy())
         targets.append(batch["target"].float().numpy())
     return np.concatenate(preds).astype(np.float64), np.concatenate(targets).astype(np.float64)
+
+
+def _val_shard(val_ds: PacNetCropDataset, rank: int, k: int, batch_size: int,
+               num_workers: int, pin: bool) -> DataLoader:
+    """This rank's contiguous share of the validation set, in order (K = 1: all of it)."""
+    n = len(val_ds)
+    shard = Subset(val_ds, range(rank * n // k, (rank + 1) * n // k))
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=pin)
+
+
+def _evaluate(model, val_loader, accelerator) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, targets) over the whole validation set, the same arrays on every rank."""
+    parts = gather_objects(accelerator, predict_loader(model, val_loader, accelerator))
+    return np.concatenate([p for p, _ in parts]), np.concatenate([t for _, t in parts])
 
 
 def mae_percent(pred: np.ndarray, target: np.ndarray) -> float:
@@ -233,6 +277,30 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
+def _all_rng_tensors(accelerator) -> dict[str, torch.Tensor]:
+    """Every rank's RNG states (a collective): rank 0's as `_rng_tensors` names them, rank r's
+    with the prefix "rank{r}." (dropout draws from them)."""
+    out = {}
+    for r, tensors in enumerate(gather_objects(accelerator, _rng_tensors())):
+        out.update({(k if r == 0 else f"rank{r}.{k}"): v for k, v in tensors.items()})
+    return out
+
+
+def _rank_rng(tensors: dict[str, torch.Tensor], rank: int) -> Optional[dict[str, torch.Tensor]]:
+    """The states rank `rank` saved, or None (a checkpoint of a run with fewer processes)."""
+    if rank == 0:
+        return tensors
+    prefix = f"rank{rank}."
+    mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return mine or None
+
+
+def _rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """The torch seed of rank > 0 (its own dropout stream) at a fresh start (epoch 0) or when a
+    checkpoint holds no state for it."""
+    return (int(seed) * 1_000_003 + rank * 7919 + epoch) % (2 ** 63)
+
+
 def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(tensors["torch_cpu"])
     cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("torch_cuda_"))]
@@ -257,22 +325,29 @@ def _model_identity(config: PacNetConfig) -> dict:
 
 
 def _fingerprint(model_config: PacNetConfig, cfg: PacNetTrainConfig, train: Sequence[Mapping],
-                 val: Sequence[Mapping]) -> dict:
-    """What decides the run's result; a `last/` with another fingerprint is of another run."""
-    return {"model_config": _model_identity(model_config), "train_config": _result_fields(cfg),
+                 val: Sequence[Mapping], num_processes: int = 1) -> dict:
+    """What decides the run's result; a `last/` with another fingerprint is of another run. Its
+    "batch_size" is the global batch (batch_size x K): K = 2 at 1 and K = 1 at 2 are one run."""
+    return {"model_config": _model_identity(model_config),
+            "train_config": {**_result_fields(cfg), "batch_size": cfg.batch_size * num_processes},
             "train_ids": sha256_json([e["id"] for e in train]),
             "val_ids": sha256_json([e["id"] for e in val])}
 
 
 def _save_last(last_dir: Path, model, optimizer, scheduler, accelerator, state: dict) -> None:
+    """Every rank calls this (its RNG state is gathered); rank 0 writes."""
     from safetensors.torch import save_file
+
+    rng = _all_rng_tensors(accelerator)
+    if not accelerator.is_main_process:
+        return
 
     def write(tmp: Path) -> None:
         write_pacnet_files(accelerator.unwrap_model(model), tmp)
         tensors, meta = _optimizer_to_files(optimizer.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         write_json_atomic(tmp / "optimizer.json", meta)
-        save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+        save_file(rng, str(tmp / "rng.safetensors"))
         scaler = getattr(accelerator, "scaler", None)
         full = dict(state, format=STATE_FORMAT, scheduler=scheduler.state_dict(),
                     scaler=scaler.state_dict() if scaler is not None else None)
@@ -322,7 +397,40 @@ def _result(state: dict, out_dir: Path, resumed_from: int, n_train: int, n_val: 
         best_epoch=int(state["best_epoch"]), epochs_run=int(state["epoch"]),
         resumed_from_epoch=resumed_from, history=list(state["history"]), best_dir=best,
         last_dir=out_dir / "last", weights_sha256=sha256_file(best / WEIGHTS_NAME),
-        num_train=n_train, num_val=n_val)
+        num_train=n_train, num_val=n_val, num_processes=int(state.get("num_processes", 1)),
+        global_batch_size=int(state["train_config"]["batch_size"]))
+
+
+def _train_epoch(model, loader, sampler: GlobalBatchSampler, optimizer, scheduler, accelerator,
+                 cfg: PacNetTrainConfig, epoch: int, steps_per_epoch: int, meter: ProgressMeter
+                 ) -> list[float]:
+    """One epoch's optimizer steps; returns each step's mean loss over its global batch."""
+    k, n = accelerator.num_processes, sampler.n
+    sampler.set_epoch(epoch)
+    loader.set_epoch(epoch)
+    losses = []
+    batches = iter(loader)
+    for samples, _micros in sampler.step_sizes():   # one micro-batch per step
+        slots, batch = next(batches)
+        slots = slots.cpu()
+        # a batch smaller than K is on every rank: its local BatchNorm statistics are the global ones
+        set_batchnorm_sync(model, bool((slots < n).all()))
+        share = training_step(model, batch, optimizer, accelerator, cfg.smooth_l1_beta,
+                              cfg.max_grad_norm, weights=slot_weights(slots, n, k).to(accelerator.device),
+                              num_samples=samples)
+        loss = reduce_sum(accelerator, share)
+        if not accelerator.optimizer_step_was_skipped:
+            scheduler.step()
+        losses.append(loss)
+        accelerator.log({"train/loss": loss}, step=(epoch - 1) * steps_per_epoch + len(losses))
+        meter.update(samples, extra=f"loss={loss:.4f}")
+    assert next(batches, None) is None, "loader yielded more batches than its plan"
+    return losses
+
+
+def _start_over(out_dir: Path) -> None:
+    for sub in ("last", ".last.old", "best", "logs"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
 
 
 def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, cache: Any,
@@ -339,12 +447,16 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
     called after each epoch's checkpoints are written (an exception there stops the run).
     `tracking`: where to log (default: TensorBoard in `{out_dir}/logs`); both configs are the run's
     hyper-parameters, the best checkpoint's sha256 is added as a tag.
+    Under `torchrun`/`accelerate launch` every rank calls this with the same arguments and gets the
+    same result; `log` is called on rank 0, `on_epoch_end` on every rank (after rank 0's writes).
     """
     from safetensors.torch import load_file
 
     cfg = train_config
     out_dir = Path(out_dir)
-    say = log or (lambda _msg: None)
+    rank, k = launched_rank(), launched_world_size()
+    main_log = log if rank == 0 else None
+    say = main_log or (lambda _msg: None)
     train = _prepare_entries(train_entries, cfg.max_train_videos, "train_entries")
     val = _prepare_entries(val_entries, cfg.max_val_videos, "val_entries")
     train_ds = PacNetCropDataset(cache, train, model_config.num_frames, cfg.min_ratio,
@@ -355,7 +467,7 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
     mean_progress = float(np.mean([train_ds.targets(ep) for ep in range(1, cfg.epochs + 1)]))
     val_targets = val_ds.targets()
     baseline = mae_percent(np.full_like(val_targets, mean_progress), val_targets)
-    fingerprint = _fingerprint(model_config, cfg, train, val)
+    fingerprint = _fingerprint(model_config, cfg, train, val, k)
 
     last = _find_last(out_dir) if resume else None
     state = None
@@ -371,31 +483,44 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
         elif state["epoch"] >= cfg.epochs:
             say(f"pacnet: {out_dir} already finished {state['epoch']} epochs; nothing to do")
             return _result(state, out_dir, int(state["epoch"]), len(train), len(val))
-    if last is None:
-        for sub in ("last", ".last.old", "best", "logs"):
-            shutil.rmtree(out_dir / sub, ignore_errors=True)
 
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    sampler = GlobalBatchSampler(lambda ep: epoch_permutation(cfg.seed, ep, len(train_ds)),
+                                 len(train_ds), cfg.batch_size, k)
+    steps_per_epoch = sampler.steps_per_epoch
     purge = int(state["epoch"]) * steps_per_epoch if state is not None else None
     accelerator = _make_accelerator(cfg.mixed_precision, cfg.cpu,
                                     **accelerator_kwargs(tracking, out_dir, "logs", purge_step=purge))
+    assert (accelerator.process_index, accelerator.num_processes) == (rank, k), "RANK/WORLD_SIZE"
+    accelerator.wait_for_everyone()          # every rank has read last/ ...
+    if last is None and accelerator.is_main_process:
+        _start_over(out_dir)                 # ... before rank 0 deletes it
+    accelerator.wait_for_everyone()
     torch.manual_seed(cfg.seed)
     if state is not None:
         model = load_pacnet(last, device="cpu")
         # Equal but for the pretrained folders' paths (their weights' shas matched above).
-        here = {k: getattr(model_config, k) for k in _PRETRAINED_FIELDS}
+        here = {key: getattr(model_config, key) for key in _PRETRAINED_FIELDS}
         if replace(read_pacnet_config(last), **here) != model_config:
             raise ValueError(f"{last}: model config differs from this run's")
         model.config = model_config  # later checkpoints name this run's folders
     else:
         model = PacNet(model_config)
+    if k > 1:
+        sync_batchnorm(model)        # statistics of the global batch, as one process would have
     if cfg.freeze_text_encoder:
         model.text_encoder.backbone.requires_grad_(False)
     groups = layered_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=cfg.epochs * steps_per_epoch)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    pin = accelerator.device.type == "cuda"
+    # Its generator only seeds workers (the order is the sampler's): the global RNG stays untouched.
+    train_loader = DataLoader(SlotDataset(train_ds), batch_sampler=sampler,
+                              collate_fn=collate_slots(default_collate),
+                              generator=torch.Generator().manual_seed(cfg.seed),
+                              num_workers=cfg.num_workers, pin_memory=pin)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    val_loader = _val_shard(val_ds, rank, k, cfg.batch_size, cfg.num_workers, pin)
 
     start_epoch, history, best_mae, best_epoch = 0, [], math.inf, 0
     if state is not None:
@@ -405,44 +530,39 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler") and getattr(accelerator, "scaler", None) is not None:
             accelerator.scaler.load_state_dict(state["scaler"])
-        _restore_rng(load_file(str(last / "rng.safetensors")))
         start_epoch, history = int(state["epoch"]), list(state["history"])
         best_mae, best_epoch = float(state["best_val_mae"]), int(state["best_epoch"])
+        mine = _rank_rng(load_file(str(last / "rng.safetensors")), rank)
+        if mine is not None:
+            _restore_rng(mine)
+        else:
+            torch.manual_seed(_rank_seed(cfg.seed, rank, start_epoch))
         say(f"pacnet: resuming after epoch {start_epoch}/{cfg.epochs} from {last}")
-
-    pin = accelerator.device.type == "cuda"
-    gen = torch.Generator()
-    train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                              num_workers=cfg.num_workers, pin_memory=pin)
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False,
-                            num_workers=cfg.num_workers, pin_memory=pin)
+    elif rank > 0:
+        torch.manual_seed(_rank_seed(cfg.seed, rank, 0))  # its own dropout stream
     say(f"pacnet: {len(train_ds)} train / {len(val_ds)} val videos, head={model_config.head}, "
         f"device={accelerator.device}, mixed_precision={cfg.mixed_precision}, "
+        f"{k} process(es) x batch {cfg.batch_size}, "
         f"mean-progress baseline MAE {baseline:.2f} pp")
-    tracked = start_tracking(accelerator, tracking, "pacnet",
-                             {**cfg.to_dict(), **{f"model_{k}": v for k, v in fingerprint["model_config"].items()},
-                              "num_train": len(train), "num_val": len(val), "baseline_mae": baseline})
+    tracker_config = {**cfg.to_dict(), **{f"model_{key}": v for key, v in fingerprint["model_config"].items()},
+                      "num_train": len(train), "num_val": len(val), "baseline_mae": baseline,
+                      "num_processes": k, "global_batch_size": cfg.batch_size * k}
+    tracked = (start_tracking(accelerator, tracking, "pacnet", tracker_config)
+               if accelerator.is_main_process else
+               TrackingInfo(backend=(tracking or TrackingConfig()).backend,
+                            tags=dict((tracking or TrackingConfig()).tags)))
     epochs_meter = ProgressMeter(f"pacnet epochs {start_epoch + 1}..{cfg.epochs}",
-                                 total=cfg.epochs - start_epoch, log=log, every_s=0,
+                                 total=cfg.epochs - start_epoch, log=main_log, every_s=0,
                                  unit="epochs")
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             train_ds.set_epoch(epoch)
-            gen.manual_seed(cfg.seed * 1_000_003 + epoch)
-            steps = ProgressMeter(f"pacnet epoch {epoch}", total=len(train_ds), log=log,
+            steps = ProgressMeter(f"pacnet epoch {epoch}", total=len(train_ds), log=main_log,
                                   every_s=cfg.log_every_s, unit="videos")
-            losses = []
-            for batch in train_loader:
-                loss = training_step(model, batch, optimizer, accelerator,
-                                     cfg.smooth_l1_beta, cfg.max_grad_norm)
-                if not accelerator.optimizer_step_was_skipped:
-                    scheduler.step()
-                losses.append(loss)
-                step = (epoch - 1) * steps_per_epoch + len(losses)
-                accelerator.log({"train/loss": loss}, step=step)
-                steps.update(len(batch["text"]), extra=f"loss={loss:.4f}")
-            preds, targets = predict_loader(model, val_loader, accelerator)
+            losses = _train_epoch(model, train_loader, sampler, optimizer, scheduler, accelerator,
+                                  cfg, epoch, steps_per_epoch, steps)
+            preds, targets = _evaluate(model, val_loader, accelerator)
             val_mae = mae_percent(preds, targets)
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mae": val_mae,
                    "lr": float(scheduler.get_last_lr()[-1]),
@@ -455,13 +575,15 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
                 best_mae, best_epoch = val_mae, epoch
                 metrics = {"epoch": epoch, "val_mae": val_mae, "baseline_mae": baseline,
                            "mean_train_progress": mean_progress}
-                _write_dir_atomic(out_dir / "best", lambda tmp: (
-                    write_pacnet_files(accelerator.unwrap_model(model), tmp),
-                    write_json_atomic(tmp / "metrics.json", metrics)))
+                if accelerator.is_main_process:
+                    _write_dir_atomic(out_dir / "best", lambda tmp: (
+                        write_pacnet_files(accelerator.unwrap_model(model), tmp),
+                        write_json_atomic(tmp / "metrics.json", metrics)))
             state = dict(fingerprint, epoch=epoch, history=history, best_val_mae=best_mae,
                          best_epoch=best_epoch, baseline_mae=baseline,
-                         mean_train_progress=mean_progress)
+                         mean_train_progress=mean_progress, num_processes=k)
             _save_last(out_dir / "last", model, optimizer, scheduler, accelerator, state)
+            accelerator.wait_for_everyone()   # best/ and last/ are in place for every rank
             epochs_meter.update(1, extra=f"epoch {epoch}: train_loss={row['train_loss']:.4f} "
                                          f"val_mae={val_mae:.2f}pp baseline={baseline:.2f}pp "
                                          f"best={best_mae:.2f}pp@{best_epoch}")

@@ -5,7 +5,8 @@ Frame cache contract: `cache.num_frames(video_id) -> int`, `cache.frame(video_id
 Annotation entries are dicts with at least "id" and "label" (the filled, lowercased action text).
 
 Crop ratios are drawn from generators keyed by (seed, epoch, video id), so a crop does not
-depend on list order, DataLoader workers or an interrupted run.
+depend on list order, DataLoader workers, the rank a video lands on (K-process training) or an
+interrupted run; the epoch's order is `epoch_permutation(seed, epoch, n)`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def crop_ratio(seed: int, epoch: Optional[int], video_id: str, low: float, high:
     """r ~ U(low, high) from a generator keyed by (seed, epoch, video); epoch None = validation."""
     key = [int(seed), video_key(video_id)] if epoch is None else [int(seed), int(epoch), video_key(video_id)]
     return float(np.random.default_rng(key).uniform(low, high))
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> list[int]:
+    """The training order of `epoch`: a pure function of (seed, epoch, n). It is the order the
+    trainer's earlier `DataLoader(shuffle=True, generator=g)` gave with g seeded
+    seed * 1_000_003 + epoch (the loader drew one int64 from g, then `randperm`), kept so that
+    one-process runs train exactly as before."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    torch.empty((), dtype=torch.int64).random_(generator=g)
+    return torch.randperm(n, generator=g).tolist()
 
 
 def load_frames(cache: Any, video_id: str, indices: Sequence[int]) -> np.ndarray:

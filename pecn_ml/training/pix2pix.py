@@ -3,18 +3,28 @@
 
 - `Pix2PixTrainConfig`: the run's parameters (defaults = the seed's table: 224 px, batch 4,
   accumulation 4, lr 5e-6, 40 epochs, FP16, validation every 10 epochs on 2 samples);
-- `conditioning_dropout_masks`, `draw_step_randomness`, `training_step`: one noise-prediction loss;
-- `train_pix2pix`: the loop (accelerate for mixed precision and gradient accumulation, accelerate's
-  trackers: TensorBoard or MLflow, see `tracking.py`; rotating checkpoints and resume, validation
-  grids, final `save_pretrained` pipeline).
+- `conditioning_dropout_masks`, `draw_sample_randomness`, `training_step`: one noise-prediction loss;
+- `train_pix2pix`: the loop (accelerate for mixed precision and K-process data parallelism,
+  accelerate's trackers: TensorBoard or MLflow, see `tracking.py`; rotating checkpoints and resume,
+  validation grids, final `save_pretrained` pipeline).
 
 As in the example: frozen VAE and text encoder cast to the weight dtype, UNet master weights in
 fp32 under autocast, DDPM noise from the folder's scheduler config, the target frame's latents
 sampled from the VAE posterior, the input frame's taken at the mode, conditioning dropout of
 paper §3.2.1. Deliberate differences: the empty-prompt embedding is computed once; the
-randomness of each micro-batch comes from a generator seeded by (run seed, micro-batch number),
-so a resumed run repeats an uninterrupted one exactly; no seed means a random one, recorded in
-the checkpoints; latents and prompt embeddings can be cached (`latent_cache.py`).
+randomness of each *sample* comes from a generator seeded by (run seed, epoch, dataset index), so a
+resumed run repeats an uninterrupted one exactly and a sample draws the same noise whichever rank
+or micro-batch it lands in; no seed means a random one, recorded in the checkpoints; latents and
+prompt embeddings can be cached (`latent_cache.py`).
+
+K processes (`torchrun --nproc_per_node K` / `accelerate launch --num_processes K`): the run is
+defined by its global batch G = train_batch_size x K x gradient_accumulation_steps. Each optimizer
+step takes the next G samples of the epoch's permutation (`GlobalBatchSampler`, sharded by
+`accelerator.prepare`) and minimises their exact mean loss (gradient accumulation is done here, not
+by accelerate); the last step of an epoch takes the n mod G samples left, weighted by their real
+count. So K = 2 at batch b computes what K = 1 at batch 2b computes, up to float reduction order.
+Only rank 0 writes (pipeline, loss curve, validation grids, trackers, the latent cache first);
+checkpoints hold every rank's RNG file and are renamed into place by rank 0.
 """
 
 from __future__ import annotations
@@ -42,7 +52,9 @@ from pecn_ml.training.latent_cache import (LatentStore, PairLatents, encode_data
 from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs, log_image,
                                        start_tracking, tag_run)
 from pecn_ml.utils.files import atomic_dir, atomic_path, sha256_file, sha256_json
-from pecn_ml.utils.accel import make_accelerator
+from pecn_ml.utils.accel import (GlobalBatchSampler, SlotDataset, broadcast_object, collate_slots,
+                                 launched_rank, make_accelerator, reduce_sum, slot_indices,
+                                 slot_weights)
 from pecn_ml.utils.progress import ProgressMeter
 
 LogFn = Callable[[str], None]
@@ -113,10 +125,11 @@ class Pix2PixTrainConfig:
         epochs of 60 micro-batches, 150 optimizer steps at lr 1e-3, cosine-annealed (measured on the
         demo data, SSIM / autoencoder ceiling, next1 | next5: constant 1e-4 gave 0.945 | 0.888,
         constant 1e-3 0.912 | 0.938, cosine from 1e-3 0.972 | 0.922); about 30 s per variant.
+        Now 4 epochs (120 steps) to fit the demo's time budget; the README has the measured result.
         Share `latent_cache_dir` between the variants so frame 20 and the prompts are encoded once."""
         values: dict[str, Any] = dict(
             resolution=96, train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-3, lr_scheduler="cosine",
-            num_train_epochs=5, mixed_precision="no", seed=0, checkpointing_steps=50,
+            num_train_epochs=4, mixed_precision="no", seed=0, checkpointing_steps=50,
             checkpoints_total_limit=1, validation_epochs=4, num_validation_samples=2,
             validation_inference_steps=8, log_every_s=5.0)
         values.update(overrides)
@@ -130,7 +143,7 @@ class Pix2PixTrainResult:
     final_loss: float              # mean loss of the last epoch's worth of optimizer steps
     steps: int                     # optimizer steps done (accumulation respected)
     epochs: int
-    loss_curve: list[float]        # one value per optimizer step (mean over its micro-batches)
+    loss_curve: list[float]        # one value per optimizer step (mean over its global batch)
     model_dir: Path                # save_pretrained pipeline folder
     unet_sha256: str               # of model_dir/unet/diffusion_pytorch_model.safetensors
     validation_grid: Optional[Path]  # Input | GT | Output PNG of the last validation
@@ -143,6 +156,10 @@ class Pix2PixTrainResult:
     first_loss: float = float("nan")   # mean loss of the first `loss_window` optimizer steps
     loss_window: int = 0           # an epoch's worth of steps, at most half of all steps
     tracking: Optional[TrackingInfo] = None   # where the run logged (TensorBoard folder / MLflow run)
+    num_processes: int = 1         # K data-parallel processes
+    global_batch_size: int = 0     # train_batch_size x K x gradient_accumulation_steps
+    seconds_per_step: float = float("nan")   # optimizer steps of this call only (the first, warm-up,
+                                             # left out when there are more); no load, cache, save
 
 
 # --- one step --------------------------------------------------------------------------------
@@ -168,8 +185,14 @@ class StepDraws:
 
 
 def step_generator(base_seed: int, micro_index: int, device: torch.device) -> torch.Generator:
-    """The generator of micro-batch `micro_index`: a pure function of (seed, index)."""
+    """A generator that is a pure function of (seed, index) (instruct pretraining's steps)."""
     seed = (int(base_seed) * 1_000_003 + int(micro_index)) % (2 ** 63)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def sample_generator(base_seed: int, epoch: int, index: int, device: torch.device) -> torch.Generator:
+    """The generator of dataset item `index` in `epoch`: a pure function of (seed, epoch, index)."""
+    seed = ((int(base_seed) * 1_000_003 + int(epoch)) * 1_000_003 + int(index)) % (2 ** 63)
     return torch.Generator(device=device).manual_seed(seed)
 
 
@@ -183,6 +206,20 @@ def draw_step_randomness(latent_shape: Sequence[int], num_train_timesteps: int, 
     timesteps = torch.randint(0, num_train_timesteps, (b,), generator=generator, device=device)
     u = torch.rand(b, generator=generator, device=device)
     return StepDraws(eps, noise, timesteps.long(), u)
+
+
+def draw_sample_randomness(latent_shape: Sequence[int], num_train_timesteps: int, *,
+                           base_seed: int, epoch: int, indices: Sequence[int],
+                           dtype: torch.dtype, device: torch.device) -> StepDraws:
+    """The draws of a micro-batch, sample by sample: row i comes from
+    `sample_generator(base_seed, epoch, indices[i])`, so it does not depend on the batch (its size,
+    its other samples, the rank it runs on)."""
+    assert len(indices) == latent_shape[0], (len(indices), tuple(latent_shape))
+    rows = [draw_step_randomness((1, *latent_shape[1:]), num_train_timesteps,
+                                 generator=sample_generator(base_seed, epoch, int(i), device),
+                                 dtype=dtype, device=device) for i in indices]
+    return StepDraws(torch.cat([r.latent_eps for r in rows]), torch.cat([r.noise for r in rows]),
+                     torch.cat([r.timesteps for r in rows]), torch.cat([r.dropout_u for r in rows]))
 
 
 def conditioning_dropout_masks(u: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,8 +236,9 @@ def conditioning_dropout_masks(u: torch.Tensor, prob: float) -> tuple[torch.Tens
 
 def training_step(unet: Any, noise_scheduler: Any, batch: LatentBatch, draws: StepDraws, *,
                   empty_prompt_embeds: torch.Tensor, conditioning_dropout_prob: float,
-                  scaling_factor: float) -> torch.Tensor:
-    """The noise-prediction loss of one micro-batch (forward only; the loop does backward).
+                  scaling_factor: float, reduction: str = "mean") -> torch.Tensor:
+    """The noise-prediction loss of one micro-batch (forward only; the loop does backward):
+    a scalar (`reduction="mean"`) or one loss per sample, (B,) (`reduction="none"`).
 
     `empty_prompt_embeds` (1, L, D) is the embedding of "" (computed once by the caller).
     """
@@ -224,6 +262,8 @@ def training_step(unet: Any, noise_scheduler: Any, batch: LatentBatch, draws: St
     else:
         raise ValueError(f"unknown prediction type {prediction_type!r}")
     pred = unet(model_input, draws.timesteps, hidden).sample                # (B, 4, h, w)
+    if reduction == "none":
+        return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
 
@@ -249,7 +289,8 @@ def cached_pair_batch(latents: PairLatents, index: torch.Tensor, device: torch.d
 # --- data order -------------------------------------------------------------------------------
 
 class EpochShuffleSampler(Sampler[int]):
-    """A permutation per epoch, a pure function of (seed, epoch): resumable without RNG state."""
+    """A permutation per epoch, a pure function of (seed, epoch): resumable without RNG state.
+    (The loop cuts it into global batches with `GlobalBatchSampler`.)"""
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, int(seed), 0
@@ -263,6 +304,11 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+    def order(self, epoch: int) -> list[int]:
+        """The permutation of `epoch`."""
+        self.set_epoch(epoch)
+        return list(self)
 
 
 class _IndexDataset(Dataset):
@@ -379,16 +425,22 @@ def render_validation(pipe: Any, dataset: Any, n: int, *, steps: int, guidance_s
 
 # --- the loop ---------------------------------------------------------------------------------
 
-_FINGERPRINT_FIELDS = ("resolution", "train_batch_size", "gradient_accumulation_steps",
-                       "learning_rate", "lr_scheduler", "lr_warmup_steps", "conditioning_dropout_prob",
-                       "mixed_precision", "seed", "adam_weight_decay", "max_grad_norm")
+_FINGERPRINT_FIELDS = ("resolution", "learning_rate", "lr_scheduler", "lr_warmup_steps",
+                       "conditioning_dropout_prob", "mixed_precision", "seed", "adam_weight_decay",
+                       "max_grad_norm")
+RANDOMNESS = "per-sample(seed, epoch, index)"  # in the fingerprint: older checkpoints drew per micro-batch
 
 
 def _fingerprint(config: Pix2PixTrainConfig, pretrained: str, dataset: Any,
-                 max_train_steps: int) -> dict[str, Any]:
+                 max_train_steps: int, num_processes: int = 1) -> dict[str, Any]:
     """What decides the run's result; a checkpoint with another fingerprint is not resumed. The
-    pretrained model counts by its weights' sha (a hub id by its name), not by its folder."""
+    pretrained model counts by its weights' sha (a hub id by its name), not by its folder; the batch
+    by its global size (per-rank batch x K x accumulation), so K = 2 at batch 1 and K = 1 at
+    batch 2 are the same run and resume each other's checkpoints."""
     return {**{k: getattr(config, k) for k in _FINGERPRINT_FIELDS},
+            "global_batch_size": (config.train_batch_size * num_processes
+                                  * config.gradient_accumulation_steps),
+            "randomness": RANDOMNESS,
             "pretrained": weights_identity(pretrained),
             "pairs": sha256_json([list(dataset.video_ids), list(dataset.prompts),
                                   dataset.input_idx, dataset.target_idx]),
@@ -398,18 +450,15 @@ def _fingerprint(config: Pix2PixTrainConfig, pretrained: str, dataset: Any,
 def _checkpoint_to_resume(out_dir: Path, fingerprint: dict[str, Any], resume: bool, log: LogFn
                           ) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
     """The latest checkpoint in `out_dir` and its training state when it is of this same run
-    (equal fingerprint); else (None, None). `resume=False` or a checkpoint of another run deletes
-    every checkpoint: nothing of another run (its seed included) carries over."""
+    (equal fingerprint); else (None, None). Reads only: the caller (rank 0) deletes every
+    checkpoint when this returns None, so nothing of another run (its seed included) carries over."""
     latest = ckpt.latest_checkpoint(out_dir) if resume else None
     if latest is None:
-        if not resume:
-            ckpt.clear_checkpoints(out_dir)
         return None, None
     prior = ckpt.read_training_state(latest)
     diff = sorted(k for k, v in fingerprint.items() if prior["fingerprint"].get(k) != v)
     if diff:  # another config, data or model: its checkpoints cannot continue this run
         log(f"{latest}: checkpoint is of another run (differs in {diff}); starting over")
-        ckpt.clear_checkpoints(out_dir)
         return None, None
     return latest, prior
 
@@ -423,11 +472,10 @@ def _resolve_mixed_precision(config: Pix2PixTrainConfig, log: LogFn) -> str:
 
 
 def _make_accelerator(config: Pix2PixTrainConfig, log: LogFn, **tracker_kwargs: Any) -> Any:
-    """An Accelerator for this run (with its trackers). accelerate keeps process-wide state: when
-    an earlier run in this process chose another precision or device, that state is reset first."""
-    kwargs = dict(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                  mixed_precision=_resolve_mixed_precision(config, log), cpu=config.force_cpu)
-    return make_accelerator(**kwargs, **tracker_kwargs)
+    """An Accelerator for this run (with its trackers). Gradient accumulation is the loop's own
+    (exact global-batch means), so accelerate's stays at 1."""
+    return make_accelerator(mixed_precision=_resolve_mixed_precision(config, log),
+                            cpu=config.force_cpu, **tracker_kwargs)
 
 
 def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path) -> Path:
@@ -439,9 +487,11 @@ def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path) -> Path:
 
 
 def _make_loader(config: Pix2PixTrainConfig, dataset: Any, parts: Any, out_dir: Path,
-                 base_seed: int, device: torch.device, log: LogFn
-                 ) -> tuple[DataLoader, Optional[PairLatents], dict[str, Any]]:
-    """The micro-batch loader: indices into cached latents, or collated pixel pairs."""
+                 base_seed: int, accelerator: Any, log: LogFn
+                 ) -> tuple[DataLoader, GlobalBatchSampler, Optional[PairLatents], dict[str, Any]]:
+    """The micro-batch loader (not yet prepared): (slots, dataset indices into cached latents) or
+    (slots, collated pixel pairs), in global batches of the epoch's permutation. Rank 0 encodes
+    missing latents first; the other ranks then read its shards (one writer per cache folder)."""
     info: dict[str, Any] = {"enabled": config.cache_latents}
     cached: Optional[PairLatents] = None
     if config.cache_latents:
@@ -449,19 +499,130 @@ def _make_loader(config: Pix2PixTrainConfig, dataset: Any, parts: Any, out_dir: 
         store = LatentStore(config.latent_cache_dir or out_dir / "latent_cache", parts.vae,
                             parts.tokenizer, parts.text_encoder, batch_size=config.encode_batch_size,
                             log=log)
-        cached = encode_dataset(store, dataset)
+        with accelerator.main_process_first():
+            cached = encode_dataset(store, dataset)
         info.update(dir=str(store.root), seconds=round(time.perf_counter() - t0, 3),
                     encoded=dict(store.encoded), loaded=dict(store.loaded),
                     megabytes=round(cached.nbytes() / 2 ** 20, 2))
         log(f"latent cache: {info}")
-        data: Dataset = _IndexDataset(len(dataset))
-        collate: Callable = _collate_index
+        data, collate = SlotDataset(_IndexDataset(len(dataset))), collate_slots(_collate_index)
     else:
-        data, collate = dataset, collate_pairs
-    loader = DataLoader(data, batch_size=config.train_batch_size,
-                        sampler=EpochShuffleSampler(len(dataset), base_seed), collate_fn=collate,
-                        num_workers=config.dataloader_num_workers, pin_memory=device.type == "cuda")
-    return loader, cached, info
+        data, collate = SlotDataset(dataset), collate_slots(collate_pairs)
+    sampler = GlobalBatchSampler(EpochShuffleSampler(len(dataset), base_seed).order, len(dataset),
+                                 config.train_batch_size, accelerator.num_processes,
+                                 config.gradient_accumulation_steps)
+    loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate,
+                        num_workers=config.dataloader_num_workers,
+                        pin_memory=accelerator.device.type == "cuda")
+    return loader, sampler, cached, info
+
+
+@dataclass
+class _Run:
+    """What one training run's step functions share (built once by `_train`)."""
+
+    config: Pix2PixTrainConfig
+    accelerator: Any
+    unet: Any
+    optimizer: Any
+    lr_scheduler: Any
+    loader: Any
+    sampler: GlobalBatchSampler
+    parts: Any
+    cached: Optional[PairLatents]
+    empty_prompt_embeds: torch.Tensor  # (1, L, D)
+    base_seed: int
+    n: int                             # training pairs
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+def _micro_loss_sum(run: _Run, slots: torch.Tensor, data: Any, epoch: int) -> torch.Tensor:
+    """sum_i w_i * loss_i over this rank's micro-batch (w: `slot_weights`), a scalar with grad."""
+    slots = slots.cpu()
+    index = slot_indices(slots, run.n)                                       # (B,)
+    p = run.parts
+    if run.cached is not None:
+        inputs = cached_pair_batch(run.cached, index, run.device)
+    else:
+        inputs = encode_pair_batch(p.vae, p.tokenizer, p.text_encoder, data)
+    draws = draw_sample_randomness(inputs.target_mean.shape, p.noise_scheduler.config.num_train_timesteps,
+                                   base_seed=run.base_seed, epoch=epoch, indices=index.tolist(),
+                                   dtype=inputs.target_mean.dtype, device=run.device)
+    losses = training_step(run.unet, p.noise_scheduler, inputs, draws,
+                           empty_prompt_embeds=run.empty_prompt_embeds,
+                           conditioning_dropout_prob=run.config.conditioning_dropout_prob,
+                           scaling_factor=float(p.vae.config.scaling_factor), reduction="none")  # (B,)
+    weights = slot_weights(slots, run.n, run.accelerator.num_processes).to(run.device)
+    return (losses * weights).sum()
+
+
+def _optimizer_step(run: _Run, batches: Any, samples: int, micros: int, epoch: int) -> float:
+    """One optimizer step over a global batch of `samples` (this rank: `micros` micro-batches);
+    returns its mean loss over all ranks. Each rank backpropagates sum(w * loss) * K / samples, so
+    DDP's gradient mean is the gradient of the global batch's mean loss."""
+    acc, k = run.accelerator, run.accelerator.num_processes
+    local = 0.0
+    for m in range(micros):
+        slots, data = next(batches)
+        sync = contextlib.nullcontext() if m == micros - 1 else acc.no_sync(run.unet)
+        with sync:
+            part = _micro_loss_sum(run, slots, data, epoch)
+            acc.backward(part * k / samples)
+        local += float(part.detach())
+    acc.clip_grad_norm_(run.unet.parameters(), run.config.max_grad_norm)
+    run.optimizer.step()
+    if not acc.optimizer_step_was_skipped:
+        run.lr_scheduler.step()
+    run.optimizer.zero_grad()
+    return reduce_sum(acc, local) / samples
+
+
+def _train_epoch(run: _Run, epoch: int, skip_steps: int, global_step: int, max_steps: int,
+                 after_step: Callable[[int, float], None]) -> int:
+    """The optimizer steps of `epoch` from step `skip_steps` on (resume); returns the global step."""
+    run.unet.train()
+    run.sampler.set_epoch(epoch)
+    run.sampler.skip_steps = skip_steps
+    run.loader.set_epoch(epoch)
+    batches = iter(run.loader)
+    for samples, micros in run.sampler.step_sizes():
+        loss = _optimizer_step(run, batches, samples, micros, epoch)
+        global_step += 1
+        after_step(global_step, loss)
+        if global_step >= max_steps:
+            return global_step
+    assert next(batches, None) is None, "loader yielded more micro-batches than its plan"
+    return global_step
+
+
+def _validate(run: _Run, pretrained: str, val_dataset: Any, out_dir: Path, tag: str,
+              step: int, autocast_dtype: Optional[torch.dtype], log: LogFn) -> Optional[Path]:
+    """Rank 0 samples a validation grid (no collective op inside); every rank returns its path."""
+    cfg = run.config
+    if val_dataset is None or len(val_dataset) == 0 or cfg.num_validation_samples == 0:
+        return None
+    path = out_dir / "validation" / f"{tag}.png"
+    if not run.accelerator.is_main_process:
+        return path
+    model = run.accelerator.unwrap_model(run.unet)
+    model.eval()
+    p = run.parts
+    pipe = build_pipeline(pretrained, unet=model, vae=p.vae, text_encoder=p.text_encoder,
+                          tokenizer=p.tokenizer)
+    grid = render_validation(pipe, val_dataset, cfg.num_validation_samples,
+                             steps=cfg.validation_inference_steps,
+                             guidance_scale=cfg.validation_guidance_scale,
+                             image_guidance_scale=cfg.validation_image_guidance_scale,
+                             seed=run.base_seed, device=run.device, autocast_dtype=autocast_dtype)
+    model.train()
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
+    log_image(run.accelerator, "validation", np.asarray(grid), step)
+    log(f"validation grid {path}")
+    return path
 
 
 def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfig,
@@ -472,13 +633,15 @@ def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTra
 
     `pretrained`: an InstructPix2Pix folder or hub name (default `timbrooks/instruct-pix2pix`), or
     a Stable Diffusion one (its UNet is widened). `resume=True` continues from the latest complete
-    checkpoint in `out_dir` when it is of the same run (config, pretrained model, pairs and
-    prompts); a checkpoint of another run is logged, deleted and training starts over.
-    `resume=False` deletes old checkpoints and starts over.
+    checkpoint in `out_dir` when it is of the same run (config with the same global batch,
+    pretrained model, pairs and prompts); a checkpoint of another run is logged, deleted and
+    training starts over. `resume=False` deletes old checkpoints and starts over.
     `config.torch_threads` sets torch's CPU threads for the run (restored afterwards): on a
     shared machine one thread per run avoids OpenMP threads spinning against each other.
     `tracking`: where to log (default: TensorBoard in `{out_dir}/tensorboard`); the config, seed
     and tags are the run's hyper-parameters, the final UNet's sha256 is added as a tag.
+    Under `torchrun`/`accelerate launch` every rank calls this with the same arguments; all ranks
+    return the same result (`log` is called on rank 0 only), rank 0 writes the files.
     """
     threads = torch.get_num_threads()
     if config.torch_threads is not None:
@@ -490,13 +653,57 @@ def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTra
         torch.set_num_threads(threads)
 
 
+def _setup(pretrained: str, train_dataset: Any, config: Pix2PixTrainConfig, out_dir: Path,
+           accelerator: Any, base_seed: int, log: LogFn) -> tuple[_Run, dict[str, Any]]:
+    """Load the model parts, encode or load the latents, build and prepare UNet, optimizer, loader."""
+    from diffusers.optimization import get_scheduler
+
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
+                                                                        torch.float32)
+    if config.allow_tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    ckpt.register_unet_hooks(accelerator)
+    parts = load_pix2pix_components(pretrained)
+    if parts.widened:
+        log(f"{pretrained}: 4-channel UNet widened to 8 input channels (new weights zero)")
+    if config.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()
+    for frozen in (parts.vae, parts.text_encoder):  # inference only: cast like the example
+        frozen.to(device)
+        if weight_dtype != torch.float32:
+            frozen.to(dtype=weight_dtype)
+        frozen.eval()
+    parts.unet.train()
+    empty = encode_prompts(parts.tokenizer, parts.text_encoder, [""])        # (1, L, D), once
+    loader, sampler, cached, cache_info = _make_loader(config, train_dataset, parts, out_dir,
+                                                       base_seed, accelerator, log)
+    optimizer = torch.optim.AdamW(parts.unet.parameters(), lr=config.learning_rate,
+                                  betas=(config.adam_beta1, config.adam_beta2),
+                                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    max_steps = _max_steps(config, len(train_dataset), accelerator.num_processes)
+    # Not prepared: accelerate would step it K times per step; stepped once per optimizer step here.
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=config.lr_warmup_steps, num_training_steps=max_steps)
+    unet, optimizer, loader = accelerator.prepare(parts.unet, optimizer, loader)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    run = _Run(config, accelerator, unet, optimizer, lr_scheduler, loader, sampler, parts, cached,
+               empty, base_seed, len(train_dataset))
+    return run, cache_info
+
+
+def _max_steps(config: Pix2PixTrainConfig, n: int, num_processes: int) -> int:
+    per_epoch = math.ceil(n / (config.train_batch_size * num_processes
+                               * config.gradient_accumulation_steps))
+    return config.max_train_steps or config.num_train_epochs * per_epoch
+
+
 def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfig,
            out_dir: str | Path, *, val_dataset: Any, log: Optional[LogFn],
            resume: bool, tracking: Optional[TrackingConfig]) -> Pix2PixTrainResult:
-    from diffusers.optimization import get_scheduler
-
     t0 = time.perf_counter()
-    log = log or (lambda _msg: None)
+    noop: LogFn = lambda _msg: None  # noqa: E731
+    log = (log or noop) if launched_rank() == 0 else noop
     pretrained = str(pretrained or DEFAULT_PRETRAINED)
     if len(train_dataset) == 0:
         raise ValueError("train_pix2pix: the training dataset is empty")
@@ -506,55 +713,23 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
                              f"config.resolution is {config.resolution}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    micro_per_epoch = math.ceil(len(train_dataset) / config.train_batch_size)  # = len(loader)
-    steps_per_epoch = math.ceil(micro_per_epoch / config.gradient_accumulation_steps)
-    max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_steps / steps_per_epoch)
-    fingerprint = _fingerprint(config, pretrained, train_dataset, max_steps)
-    # Decided before the seed: only a checkpoint of this same run lends its seed to the run.
-    resume_from, prior = _checkpoint_to_resume(out_dir, fingerprint, resume, log)
-    base_seed = (prior["base_seed"] if prior else
-                 config.seed if config.seed is not None else secrets.randbits(62))
-
     tb_dir = out_dir / "tensorboard"
     accelerator = _make_accelerator(config, log, **accelerator_kwargs(tracking, out_dir, tb_dir.name))
-    if accelerator.num_processes > 1:
-        raise RuntimeError("train_pix2pix runs in one process (the seed's single-GPU setup); "
-                           f"got {accelerator.num_processes}")
-    device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
-                                                                        torch.float32)
-    if config.allow_tf32 and device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    ckpt.register_unet_hooks(accelerator)
+    k = accelerator.num_processes
+    global_batch = config.train_batch_size * k * config.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(train_dataset) / global_batch)
+    max_steps = _max_steps(config, len(train_dataset), k)
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    fingerprint = _fingerprint(config, pretrained, train_dataset, max_steps, k)
+    # Decided before the seed: only a checkpoint of this same run lends its seed to the run.
+    resume_from, prior = _checkpoint_to_resume(out_dir, fingerprint, resume, log)
+    accelerator.wait_for_everyone()          # every rank has read the checkpoints ...
+    if resume_from is None and accelerator.is_main_process:
+        ckpt.clear_checkpoints(out_dir)      # ... before rank 0 deletes them
+    base_seed = (prior["base_seed"] if prior else config.seed if config.seed is not None
+                 else broadcast_object(accelerator, secrets.randbits(62)))
 
-    parts = load_pix2pix_components(pretrained)
-    tokenizer, text_encoder, vae, unet, noise_scheduler = (
-        parts.tokenizer, parts.text_encoder, parts.vae, parts.unet, parts.noise_scheduler)
-    if parts.widened:
-        log(f"{pretrained}: 4-channel UNet widened to 8 input channels (new weights zero)")
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    for frozen in (vae, text_encoder):  # inference only: cast to the weight dtype like the example
-        frozen.to(device)
-        if weight_dtype != torch.float32:
-            frozen.to(dtype=weight_dtype)
-        frozen.eval()
-    unet.train()
-    scaling_factor = float(vae.config.scaling_factor)
-    empty_prompt_embeds = encode_prompts(tokenizer, text_encoder, [""])       # (1, L, D), once
-
-    loader, cached, cache_info = _make_loader(config, train_dataset, parts, out_dir, base_seed,
-                                              device, log)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate,
-                                  betas=(config.adam_beta1, config.adam_beta2),
-                                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
-    assert len(loader) == micro_per_epoch, (len(loader), micro_per_epoch)
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=config.lr_warmup_steps,
-                                 num_training_steps=max_steps)
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-
+    run, cache_info = _setup(pretrained, train_dataset, config, out_dir, accelerator, base_seed, log)
     global_step, loss_curve, resumed_step = 0, [], None
     if resume_from is not None:
         ckpt.load_checkpoint(accelerator, resume_from)
@@ -562,103 +737,66 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
         loss_curve = [float(v) for v in prior["loss_curve"]]
         log(f"resumed from {resume_from} (step {global_step}/{max_steps})")
     first_epoch = global_step // steps_per_epoch
-    skip_micro = (global_step % steps_per_epoch) * config.gradient_accumulation_steps
 
-    tracked = start_tracking(accelerator, tracking, "pix2pix",
-                             {**asdict(config), "base_seed": base_seed, "max_train_steps_resolved": max_steps,
-                              "pretrained": fingerprint["pretrained"], "pairs_sha256": fingerprint["pairs"],
-                              "train_pairs": len(train_dataset)})
+    tracker_config = {**asdict(config), "base_seed": base_seed, "max_train_steps_resolved": max_steps,
+                      "pretrained": fingerprint["pretrained"], "pairs_sha256": fingerprint["pairs"],
+                      "train_pairs": len(train_dataset), "num_processes": k,
+                      "global_batch_size": global_batch}
+    tracked = (start_tracking(accelerator, tracking, "pix2pix", tracker_config)
+               if accelerator.is_main_process else
+               TrackingInfo(backend=(tracking or TrackingConfig()).backend,
+                            tags=dict((tracking or TrackingConfig()).tags)))
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision)
     try:
         log(f"pix2pix: {len(train_dataset)} pairs, {num_epochs} epochs, {max_steps} optimizer steps "
-            f"(batch {config.train_batch_size} x accumulation {config.gradient_accumulation_steps}), "
-            f"device {device}, precision {accelerator.mixed_precision}, seed {base_seed}")
+            f"(batch {config.train_batch_size} x {k} processes x accumulation "
+            f"{config.gradient_accumulation_steps} = {global_batch}), "
+            f"device {accelerator.device}, precision {accelerator.mixed_precision}, seed {base_seed}")
         meter = ProgressMeter("pix2pix train", max_steps - global_step, log,
                               every_s=config.log_every_s, unit="steps")
         validation_grid: Optional[Path] = None
         validated_at = -1
-        autocast_dtype = weight_dtype if weight_dtype != torch.float32 else None
 
-        def validate(tag: str) -> Optional[Path]:
-            if val_dataset is None or len(val_dataset) == 0 or config.num_validation_samples == 0:
-                return None
-            model = accelerator.unwrap_model(unet)
-            model.eval()
-            pipe = build_pipeline(pretrained, unet=model, vae=vae, text_encoder=text_encoder,
-                                  tokenizer=tokenizer)
-            grid = render_validation(pipe, val_dataset, config.num_validation_samples,
-                                     steps=config.validation_inference_steps,
-                                     guidance_scale=config.validation_guidance_scale,
-                                     image_guidance_scale=config.validation_image_guidance_scale,
-                                     seed=base_seed, device=device, autocast_dtype=autocast_dtype)
-            model.train()
-            path = out_dir / "validation" / f"{tag}.png"
-            with atomic_path(path) as tmp:
-                grid.save(tmp, format="PNG")
-            log_image(accelerator, "validation", np.asarray(grid), global_step)
-            log(f"validation grid {path}")
-            return path
+        step_times: list[float] = []       # optimizer steps only: no checkpoint, validation or save
+        mark = [time.perf_counter()]
+
+        def after_step(step: int, loss: float, epoch: int) -> None:
+            step_times.append(time.perf_counter() - mark[0])
+            loss_curve.append(loss)
+            accelerator.log({"train_loss": loss, "lr": run.lr_scheduler.get_last_lr()[0]}, step=step)
+            meter.update(1, extra=f"loss {loss:.4f} epoch {epoch + 1}/{num_epochs}")
+            if step % config.checkpointing_steps == 0 and step < max_steps:
+                ckpt.save_checkpoint(accelerator, out_dir, step,
+                                     {"base_seed": base_seed, "epoch": epoch, "loss_curve": loss_curve,
+                                      "fingerprint": fingerprint, "num_processes": k},
+                                     total_limit=config.checkpoints_total_limit, log=log)
+            mark[0] = time.perf_counter()
 
         for epoch in range(first_epoch, num_epochs):
             if global_step >= max_steps:
                 break
-            unet.train()
-            loader.set_epoch(epoch)
-            skip = skip_micro if epoch == first_epoch else 0
-            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-            if skip:
-                batches.set_epoch(epoch)
-            group: list[float] = []
-            for micro, batch in enumerate(batches, start=skip):
-                micro_index = epoch * len(loader) + micro
-                with accelerator.accumulate(unet):
-                    if cached is not None:
-                        inputs = cached_pair_batch(cached, batch, device)
-                    else:
-                        inputs = encode_pair_batch(vae, tokenizer, text_encoder, batch)
-                    draws = draw_step_randomness(
-                        inputs.target_mean.shape, noise_scheduler.config.num_train_timesteps,
-                        generator=step_generator(base_seed, micro_index, device),
-                        dtype=inputs.target_mean.dtype, device=device)
-                    loss = training_step(unet, noise_scheduler, inputs, draws,
-                                         empty_prompt_embeds=empty_prompt_embeds,
-                                         conditioning_dropout_prob=config.conditioning_dropout_prob,
-                                         scaling_factor=scaling_factor)
-                    group.append(loss.detach().item())
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad()
-                if accelerator.sync_gradients:
-                    global_step += 1
-                    step_loss = float(np.mean(group))
-                    group = []
-                    loss_curve.append(step_loss)
-                    accelerator.log({"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]},
-                                    step=global_step)
-                    meter.update(1, extra=f"loss {step_loss:.4f} epoch {epoch + 1}/{num_epochs}")
-                    if global_step % config.checkpointing_steps == 0 and global_step < max_steps:
-                        ckpt.save_checkpoint(accelerator, out_dir, global_step,
-                                             {"base_seed": base_seed, "epoch": epoch,
-                                              "loss_curve": loss_curve, "fingerprint": fingerprint},
-                                             total_limit=config.checkpoints_total_limit, log=log)
-                    if global_step >= max_steps:
-                        break
+            mark[0] = time.perf_counter()
+            skip = global_step % steps_per_epoch if epoch == first_epoch else 0
+            global_step = _train_epoch(run, epoch, skip, global_step, max_steps,
+                                       lambda s, loss, e=epoch: after_step(s, loss, e))
             if (epoch + 1) % config.validation_epochs == 0:
-                grid = validate(f"epoch_{epoch + 1:03d}")
+                grid = _validate(run, pretrained, val_dataset, out_dir, f"epoch_{epoch + 1:03d}",
+                                 global_step, weight_dtype, log)
                 if grid is not None:
                     validation_grid, validated_at = grid, global_step
 
+        model_dir = out_dir / "model"
         accelerator.wait_for_everyone()
-        model = accelerator.unwrap_model(unet)
-        model_dir = _save_final_pipeline(pretrained, model, out_dir / "model")
-        unet_sha = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
+        if accelerator.is_main_process:
+            _save_final_pipeline(pretrained, accelerator.unwrap_model(run.unet), model_dir)
         if validated_at != global_step:
-            grid = validate("final")
-            validation_grid = grid or validation_grid
-        curve_png = plot_loss_curve(loss_curve, out_dir / "loss_curve.png",
-                                    title=f"InstructPix2Pix train loss ({global_step} steps)")
+            validation_grid = _validate(run, pretrained, val_dataset, out_dir, "final", global_step,
+                                        weight_dtype, log) or validation_grid
+        curve_png = out_dir / "loss_curve.png"
+        if accelerator.is_main_process:
+            plot_loss_curve(loss_curve, curve_png, title=f"InstructPix2Pix train loss ({global_step} steps)")
+        accelerator.wait_for_everyone()      # rank 0's files exist for every rank from here on
+        unet_sha = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
         tag_run(accelerator, {"checkpoint_sha256": unet_sha})
         final_loss = float(np.mean(loss_curve[-steps_per_epoch:])) if loss_curve else float("nan")
         # the first epoch's worth of steps, or the first half of a run shorter than two epochs
@@ -673,7 +811,10 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
                                   tensorboard_dir=tb_dir, resumed_from_step=resumed_step,
                                   seconds=round(seconds, 3), latent_cache=cache_info,
                                   seed=base_seed, first_loss=first_loss,
-                                  loss_window=loss_window, tracking=tracked)
+                                  loss_window=loss_window, tracking=tracked,
+                                  num_processes=k, global_batch_size=global_batch,
+                                  seconds_per_step=float(np.mean(step_times[1:] or step_times))
+                                  if step_times else float("nan"))
     finally:
         accelerator.end_training()
 

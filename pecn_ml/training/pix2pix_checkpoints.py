@@ -3,13 +3,17 @@
 A checkpoint is ``{out_dir}/checkpoints/checkpoint-{step}/`` holding
 
 - ``unet/``: the trained UNet in `save_pretrained` (safetensors) form,
-- accelerate's `save_state` files: optimizer, LR scheduler, grad scaler, RNG states (accelerate
-  reads them back with ``torch.load(weights_only=True)``),
-- ``training_state.json``: global step, epoch, seed, loss curve and a fingerprint of the run.
+- accelerate's `save_state` files: optimizer, grad scaler, the LR scheduler (registered for
+  checkpointing: ``custom_checkpoint_0.pkl``) and one RNG file per process
+  (``random_states_{rank}.pkl``; accelerate reads them back with ``torch.load(weights_only=True)``),
+- ``training_state.json``: global step, epoch, seed, loss curve, process count and a fingerprint.
 
 It is written into a hidden temp folder and renamed into place, so a crash never leaves a
-half checkpoint that a later run would resume from. `rotate_checkpoints` keeps at most
-`total_limit` (the diffusers example's `checkpoints_total_limit`).
+half checkpoint that a later run would resume from. With K processes every rank > 0 first writes
+its RNG file into ``.checkpoint-{step}.rank{r}/``; after a barrier rank 0 writes the rest into its
+temp folder, moves those files in, renames it into place, and the others wait for that. Only
+rank 0 rotates or deletes. `rotate_checkpoints` keeps at most `total_limit` (the diffusers
+example's `checkpoints_total_limit`).
 """
 
 from __future__ import annotations
@@ -92,7 +96,8 @@ def register_unet_hooks(accelerator: Any) -> None:
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
         for model in models:
-            accelerator.unwrap_model(model).save_pretrained(os.path.join(output_dir, UNET_SUBFOLDER))
+            if accelerator.is_main_process:  # the other ranks' copies are the same weights
+                accelerator.unwrap_model(model).save_pretrained(os.path.join(output_dir, UNET_SUBFOLDER))
             weights.pop()
 
     def load_hook(models: list, input_dir: str) -> None:
@@ -107,18 +112,36 @@ def register_unet_hooks(accelerator: Any) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
+def _rank_part(root: Path, step: int, rank: int) -> Path:
+    return root / f".{PREFIX}{step}.rank{rank}"
+
+
 def save_checkpoint(accelerator: Any, out_dir: str | Path, step: int, state: dict[str, Any], *,
                     total_limit: Optional[int] = None, log: Optional[LogFn] = None) -> Path:
-    """Rotate, then write ``checkpoint-{step}`` atomically (temp folder + rename)."""
+    """Rotate, then write ``checkpoint-{step}`` atomically (temp folder + rename). Called by every
+    rank; returns when the checkpoint is in place for all of them."""
     root = checkpoints_dir(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    rotate_checkpoints(out_dir, total_limit, log)
     final = root / f"{PREFIX}{step}"
-    with atomic_dir(final) as tmp:
-        accelerator.save_state(str(tmp))
-        write_json_atomic(tmp / STATE_FILE, {**state, "global_step": step})
-    if log:
-        log(f"saved checkpoint {final}")
+    rank, k = accelerator.process_index, accelerator.num_processes
+    if rank > 0:  # its RNG file (and a scaler copy, unused) into a folder of its own
+        part = _rank_part(root, step, rank)
+        shutil.rmtree(part, ignore_errors=True)
+        accelerator.save_state(str(part))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        rotate_checkpoints(out_dir, total_limit, log)
+        with atomic_dir(final) as tmp:
+            accelerator.save_state(str(tmp))
+            for r in range(1, k):
+                name = f"random_states_{r}.pkl"
+                os.replace(_rank_part(root, step, r) / name, tmp / name)
+            write_json_atomic(tmp / STATE_FILE, {**state, "global_step": step})
+        for r in range(1, k):
+            shutil.rmtree(_rank_part(root, step, r), ignore_errors=True)
+        if log:
+            log(f"saved checkpoint {final}")
+    accelerator.wait_for_everyone()
     return final
 
 

@@ -13,6 +13,7 @@ Layouts pruned by `prune_training_state` (see `pecn_ml.training.pix2pix_checkpoi
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import shutil
@@ -121,25 +122,45 @@ class StepTimer:
 
 # --- disk --------------------------------------------------------------------------------------
 
-def bytes_on_disk(path: str | os.PathLike) -> int:
+def bytes_on_disk(path: str | os.PathLike, follow_symlinks: bool = False) -> int:
     """Size of a file, or of every file under a folder (like `du -sb`: apparent sizes, a
-    hard-linked file once, symlinks not followed). FileNotFoundError when `path` is missing."""
+    hard-linked file once, symlinks not followed unless `follow_symlinks`: a Hugging Face cache
+    snapshot is symlinks to its blobs). FileNotFoundError when `path` is missing."""
     path = Path(path)
-    st = path.lstat()
-    if not path.is_dir() or path.is_symlink():
+    stat = os.stat if follow_symlinks else os.lstat
+    st = stat(path)
+    if not path.is_dir() or (path.is_symlink() and not follow_symlinks):
         return st.st_size
     seen: set[tuple[int, int]] = set()
     total = 0
     for root, dirs, files in os.walk(path):
         for name in files:
             try:
-                s = os.lstat(os.path.join(root, name))
+                s = stat(os.path.join(root, name))
             except FileNotFoundError:  # removed while we walked
                 continue
             if (s.st_dev, s.st_ino) in seen:
                 continue
             seen.add((s.st_dev, s.st_ino))
             total += s.st_size
+    return total
+
+
+def safetensors_parameters(*paths: str | os.PathLike) -> int:
+    """Number of values (parameters and buffers) stored in safetensors files or in every
+    `*.safetensors` under folders, read from the files' headers (no weights are loaded)."""
+    from safetensors import safe_open
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(p.rglob("*.safetensors")) if p.is_dir() else [p]
+    if not files:
+        raise FileNotFoundError(f"no safetensors file in {[str(p) for p in paths]}")
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            for key in handle.keys():
+                total += math.prod(handle.get_slice(key).get_shape())
     return total
 
 

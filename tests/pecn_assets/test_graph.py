@@ -3,6 +3,7 @@ metadata contracts hold, lineage answers "which checkpoint produced this number"
 variant leaves every earlier evaluation verifiable, and PAC-Net's estimates reach the prompts."""
 
 import json
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -63,15 +64,26 @@ def test_whole_graph_materialises(smoke_graph):
     for key in ["96", "128", "224"]:
         m = meta(latest(inst, "frame_cache", key))
         assert m["videos"] == m["decoded"] + m["reused"] + m["failed"]
+        assert m["bytes_on_disk"] > 0
+    for role in ("pix2pix_base", "resnet_base", "clip_text_base"):
+        m = meta(latest(inst, role))
+        assert m["parameters"] > 0 and m["bytes_on_disk"] > 4 * m["parameters"] * 0.99  # fp32 weights
     for head in ["regression", "classification"]:
         m = meta(latest(inst, "pacnet", head))
         assert {"val_mae", "baseline_mae", "checkpoint", "checkpoint_sha256"} <= set(m)
         assert m["checkpoint_sha256"] == sha256_file(Path(m["checkpoint"]) / "model.safetensors")
+        assert m["num_processes"] == 1 and m["gpu_devices"] == [] and m["parameters"] > 0
     for seed in (0, 1):
         for variant in VARIANTS:
             m = meta(latest(inst, "ip2p_model", f"{seed}|{variant}"))
             assert {"checkpoint", "checkpoint_sha256", "final_loss", "first_loss"} <= set(m)
             assert m["seed"] == seed and f"/seed_{seed}/runs/" in m["checkpoint"]
+            # trained in a Pipes child (one process, no GPU on this machine), pruned, sized
+            assert m["num_processes"] == 1 and [r["rank"] for r in m["ranks"]] == [0]
+            assert m["ranks"][0]["pid"] != os.getpid() and m["gpu_devices"] == []
+            assert m["global_batch_size"] == m["per_process_batch_size"] * m["gradient_accumulation_steps"]
+            assert m["bytes_on_disk"] >= m["model_bytes_on_disk"] > 0 and m["parameters"] > 0
+            assert m["peak_rss_bytes"] > 0 and m["seconds_per_step"] > 0
     report = meta(latest(inst, "summary_report"))
     assert Path(report["workbook"]).exists()
     assert "next1" in report["summary"]

@@ -19,15 +19,17 @@ from pecn_ml.data.versions import annotations_version
 from pecn_ml.profiles import get_profile
 from pecn_ml.variants import VARIANTS
 
-PARTS = Partitions.build(get_profile("demo"), (0,))  # what pecn_assets.definitions builds by default
+# The smoke profile: the demo's graph with every frame-cache resolution of the real run (the demo
+# caches 96 px only, and the schedule's logic is about several partitions).
+PARTS = Partitions.build(get_profile("smoke"), (0,))
 resolution_partitions = PARTS.resolution
 
 
 @pytest.fixture(scope="module")
 def defs() -> dg.Definitions:
-    from pecn_assets.definitions import defs
+    from pecn_assets.definitions import build_definitions, deployment_from_env
 
-    return defs
+    return build_definitions(**deployment_from_env({"PECN_PROFILE": "smoke", "PECN_SEEDS": "0"}))
 
 
 @pytest.fixture

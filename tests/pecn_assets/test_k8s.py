@@ -93,6 +93,18 @@ def test_gpu_steps_request_one_gpu_and_cpu_steps_none(defs, launcher_run_k8s_con
     assert GPU_ASSETS < checked
 
 
+def test_training_steps_request_one_gpu_per_training_process(launcher_run_k8s_config):
+    """PECN_TRAIN_PROCESSES=2: ip2p_model and pacnet pods ask for 2 GPUs, the other GPU steps 1."""
+    from pecn_assets.definitions import build_definitions, deployment_from_env
+
+    two = build_definitions(**deployment_from_env({"PECN_PROFILE": "full", "PECN_TRAIN_PROCESSES": "2"}))
+    for key in GPU_ASSETS:
+        job = step_job(two.get_assets_def(key).op.tags, launcher_run_k8s_config)
+        assert int(gpu_limit(job)) == (2 if key in {"ip2p_model", "pacnet"} else 1), key
+    with pytest.raises(ValueError, match="PECN_TRAIN_PROCESSES='0'"):
+        deployment_from_env({"PECN_TRAIN_PROCESSES": "0"})
+
+
 def test_gpu_node_selector_and_tolerations_come_from_the_environment(monkeypatch, defs):
     monkeypatch.delenv(gpu.NODE_SELECTOR_ENV, raising=False)
     monkeypatch.delenv(gpu.TOLERATIONS_ENV, raising=False)

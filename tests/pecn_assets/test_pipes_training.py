@@ -1,6 +1,6 @@
 """Training through Dagster Pipes: the launch command, and the child run under a throw-away asset
-(K = 1 on a small synthetic set with tiny models; K = 2 over gloo on the CPU for the launch check;
-today's K = 2 limit of train_pix2pix)."""
+(K = 1 and K = 2 over gloo on a small synthetic set with tiny models; the K = 2 launch check).
+The real assets (ip2p_model, pacnet) with K = 1 and K = 2: test_multi_process_training.py."""
 
 import json
 from dataclasses import asdict, replace
@@ -40,8 +40,8 @@ def test_commands_for_one_and_several_processes():
 
 
 def test_jobs_round_trip_through_json_and_reject_unknown_fields():
-    job = Pix2PixJob(pretrained="p", data_dir="d", train_annotations="t", val_annotations=None,
-                     train_config={"resolution": 32}, options={"out_dir": "o"},
+    job = Pix2PixJob(annotations={"type": "FilteredAnnotations"}, frame_cache={}, base={}, variant="next1",
+                     seed=0, train_config={"resolution": 32}, options={"out_dir": "o"},
                      progress_estimates={"12": 40.0})
     assert job_from_json("pix2pix", job_to_json(job)) == job
     with pytest.raises(ValueError, match="unknown Pix2PixJob fields"):
@@ -54,10 +54,14 @@ def test_jobs_round_trip_through_json_and_reject_unknown_fields():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
+    from pecn_assets.assets.data import filtered_artifact
+    from pecn_assets.resources import PecnSettings
+    from pecn_ml.artifacts import FrameCacheRef, Weights
     from pecn_ml.data.annotations import FilterConfig, filter_annotations, load_filtered
-    from pecn_ml.data.frame_cache import build_frame_cache
+    from pecn_ml.data.frame_cache import build_frame_cache, open_frame_cache
     from pecn_ml.data.synthetic import SyntheticConfig, write_synthetic_ssv2
     from pecn_ml.models.tiny import build_tiny_models
+    from pecn_ml.models.weights import weights_sha256
 
     root = tmp_path_factory.mktemp("pipes")
     data_dir = root / "data"
@@ -70,18 +74,22 @@ def data(tmp_path_factory):
     ids = sorted({e["id"] for name in ("train_filtered.json", "val_filtered.json")
                   for e in load_filtered(ann / name)})
     build_frame_cache(data_dir, R, ids)
-    return SimpleNamespace(root=root, data_dir=data_dir, ann=ann,
-                           tiny=build_tiny_models(root / "tiny-models"))
+    tiny = build_tiny_models(root / "tiny-models")
+    settings = PecnSettings(data_dir=str(data_dir), outputs_dir=str(root / "out"), results_dir=str(root / "res"))
+    version = open_frame_cache(data_dir, R).version
+    return SimpleNamespace(root=root, data_dir=data_dir, ann=ann, tiny=tiny,
+                           annotations=filtered_artifact(settings),
+                           frame_cache=FrameCacheRef(str(data_dir), R, version),
+                           base=Weights("pix2pix_base", str(tiny.pix2pix), weights_sha256(tiny.pix2pix)))
 
 
-def pix2pix_job(data, out_dir: Path, **options) -> Pix2PixJob:
-    config = dict(resolution=R, train_batch_size=2, gradient_accumulation_steps=1, max_train_steps=2,
+def pix2pix_job(data, out_dir: Path, batch: int = 2, **options) -> Pix2PixJob:
+    config = dict(resolution=R, train_batch_size=batch, gradient_accumulation_steps=1, max_train_steps=2,
                   learning_rate=1e-4, mixed_precision="no", seed=0, checkpointing_steps=1,
                   checkpoints_total_limit=1, validation_epochs=1, num_validation_samples=1,
                   validation_inference_steps=2, torch_threads=1, log_every_s=0.0)
-    return Pix2PixJob(pretrained=str(data.tiny.pix2pix), data_dir=str(data.data_dir),
-                      train_annotations=str(data.ann / "train_filtered.json"),
-                      val_annotations=str(data.ann / "val_filtered.json"), train_config=config,
+    return Pix2PixJob(annotations=data.annotations.to_json(), frame_cache=data.frame_cache.to_json(),
+                      base=data.base.to_json(), variant="next1", seed=0, train_config=config,
                       options={"out_dir": str(out_dir), **options})
 
 
@@ -112,23 +120,7 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
     return failures[0].event_specific_data.error.message if failures else ""
 
 
-def test_pix2pix_in_a_pipes_child_reports_its_checkpoint(data, tmp_path):
-    out = tmp_path / "instruct_pix2pix"
-    result = materialize("pix2pix", pix2pix_job(data, out, prune_training_state=True), tmp_path)
-    mat = _materialization(result)
-    meta = {k: v.value for k, v in mat.metadata.items()}
-    assert meta["steps"] == 2 and meta["num_processes"] == 1 and meta["gpu_devices"] == ["0"]
-    assert any(line.startswith("pix2pix done: 2 steps") for line in result.log_lines)  # via Pipes
-    assert any(line.startswith("claimed GPU device(s) 0") for line in result.log_lines)
-    assert [r["rank"] for r in meta["ranks"]] == [0]
-    assert meta["ranks"][0]["cuda_visible_devices"] == "0"  # the claim reached the child
-    assert meta["global_batch_size"] == 2 and meta["peak_rss_bytes"] > 0
-    assert meta["bytes_on_disk"] > meta["model_bytes_on_disk"] > 0
-    assert any(p.endswith("checkpoint-1") for p in meta["pruned_paths"])
-    assert not list((out / "checkpoints").glob("checkpoint-*"))
-    model_dir = Path(meta["checkpoint"])
-    assert mat.tags["dagster/data_version"] == meta["checkpoint_sha256"]
-
+def _sample(model_dir: Path):
     import numpy as np
     import torch
     from diffusers import StableDiffusionInstructPix2PixPipeline
@@ -136,13 +128,37 @@ def test_pix2pix_in_a_pipes_child_reports_its_checkpoint(data, tmp_path):
 
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(model_dir, safety_checker=None)
     image = Image.fromarray(np.zeros((R, R, 3), np.uint8))
-    out_image = pipe("pushing something", image=image, num_inference_steps=2,
-                     generator=torch.Generator().manual_seed(0), output_type="np").images[0]
-    assert out_image.shape == (R, R, 3)
+    return pipe("pushing something", image=image, num_inference_steps=2,
+                generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+
+def test_pix2pix_in_a_pipes_child_reports_its_checkpoint(data, tmp_path):
+    from pecn_ml.artifacts import Pix2PixCheckpoint, artifact_from_json
+
+    out = tmp_path / "instruct_pix2pix"
+    result = materialize("pix2pix", pix2pix_job(data, out, prune_training_state=True), tmp_path)
+    mat = _materialization(result)
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    checkpoint = artifact_from_json(meta["artifact"]).verify()
+    assert isinstance(checkpoint, Pix2PixCheckpoint) and checkpoint.steps == 2
+    assert meta["num_processes"] == 1 and meta["gpu_devices"] == ["0"]
+    assert any(line.startswith("pix2pix done: 2 steps") for line in result.log_lines)  # via Pipes
+    assert any(line.startswith("claimed GPU device(s) 0") for line in result.log_lines)
+    assert [r["rank"] for r in meta["ranks"]] == [0]
+    assert meta["ranks"][0]["cuda_visible_devices"] == "0"  # the claim reached the child
+    assert meta["global_batch_size"] == 2 and meta["peak_rss_bytes"] > 0
+    assert meta["bytes_on_disk"] > meta["model_bytes_on_disk"] > 0
+    assert meta["parameters"] > 0 and meta["seconds_per_step"] > 0
+    assert any(p.endswith("checkpoint-1") for p in meta["pruned_paths"])
+    assert not list((out / "checkpoints").glob("checkpoint-*"))
+    assert mat.tags["dagster/data_version"] == checkpoint.sha256
+    assert not list(out.glob(".pipes_job-*.json"))  # the job file is removed after the launch
+    assert _sample(Path(checkpoint.path)).shape == (R, R, 3)
 
 
 def test_a_failing_child_fails_the_step_with_its_stderr_tail(data, tmp_path):
-    job = replace(pix2pix_job(data, tmp_path / "out"), data_dir=str(tmp_path / "no-data"))
+    frame_cache = {**data.frame_cache.to_json(), "data_dir": str(tmp_path / "no-data")}
+    job = replace(pix2pix_job(data, tmp_path / "out"), frame_cache=frame_cache)
     result = materialize("pix2pix", job, tmp_path)
     message = _failure(result)
     assert not result.success
@@ -161,20 +177,53 @@ def test_two_processes_on_the_cpu_over_gloo(tmp_path):
     assert meta["gpu_devices"] == ["0", "1"]
 
 
-def test_pix2pix_with_two_processes_fails_today(data, tmp_path):
-    """train_pix2pix refuses more than one process (pecn_ml/training/pix2pix.py); when it learns
-    to, this test becomes the issue's K = 2 CI test."""
-    result = materialize("pix2pix", pix2pix_job(data, tmp_path / "k2"), tmp_path, num_processes=2)
-    assert not result.success
-    assert "train_pix2pix runs in one process" in _failure(result)
+def test_pix2pix_with_two_processes_trains_on_both_and_samples(data, tmp_path):
+    """K = 2 ranks at batch 1 = one global batch of 2: both ranks ran, rank 0 alone wrote the
+    pipeline, which loads and samples."""
+    from pecn_ml.artifacts import artifact_from_json
+
+    out = tmp_path / "k2"
+    mat = _materialization(materialize("pix2pix", pix2pix_job(data, out, batch=1), tmp_path, num_processes=2))
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    checkpoint = artifact_from_json(meta["artifact"]).verify()
+    assert meta["num_processes"] == 2 and meta["global_batch_size"] == 2 and checkpoint.steps == 2
+    assert sorted(r["rank"] for r in meta["ranks"]) == [0, 1] and len({r["pid"] for r in meta["ranks"]}) == 2
+    assert [r["cuda_visible_devices"] for r in meta["ranks"]] == ["0,1", "0,1"]
+    assert len(list(out.glob("model"))) == 1 and not list(out.glob("model.*"))
+    assert _sample(Path(checkpoint.path)).shape == (R, R, 3)
 
 
-def test_pacnet_refuses_several_processes_until_its_trainer_shards_data(monkeypatch):
-    """Measured by hand: K = 2 raced on last/ (both ranks write it) and trained the same batches."""
-    from pecn_assets.pipes_child import PacNetJob, run_pacnet
+def test_the_message_reader_waits_for_complete_lines():
+    """A message caught half-written is parsed once its newline arrives (Dagster's file reader
+    would hand the half line to json.loads and lose every later message)."""
+    import threading
+    import time
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    job = PacNetJob(model_config={}, train_config={}, data_dir="d", resolution=R,
-                    train_annotations="t", options={"out_dir": "o"})
-    with pytest.raises(RuntimeError, match="train_pacnet runs in one process"):
-        run_pacnet(job, print)
+    from dagster_pipes import PipesDefaultMessageWriter
+
+    from pecn_assets.pipes_launch import CompleteLineMessageReader
+
+    class Handler:
+        def __init__(self):
+            self.messages, self.errors = [], []
+
+        def handle_message(self, message):
+            self.messages.append(message)
+
+        def report_pipes_framework_exception(self, origin, exc_info):
+            self.errors.append((origin, exc_info[1]))
+
+    handler = Handler()
+    big = {"method": "report_asset_materialization", "params": {"loss_values": list(range(3000))}}
+    line = json.dumps(big) + "\n"
+    with CompleteLineMessageReader().read_messages(handler) as params:
+        path = params[PipesDefaultMessageWriter.FILE_PATH_KEY]
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line[: len(line) // 2])
+            f.flush()
+            time.sleep(0.2)  # the reader sees the half line now
+            assert handler.messages == [] and not handler.errors
+            f.write(line[len(line) // 2:])
+            f.write(json.dumps({"method": "closed", "params": {}}) + "\n")
+    assert handler.messages == [big, {"method": "closed", "params": {}}] and not handler.errors
+    assert not [t for t in threading.enumerate() if "_read" in t.name]
