@@ -2,10 +2,12 @@
 
     python -m pecn_assets.pipes_child pix2pix|pacnet|check --config JSON   (or --config @job.json)
 
-The JSON is a `Pix2PixJob` / `PacNetJob` (below): where the data and the pretrained weights are,
-the trainer's config as a dict, the output folder. The child rebuilds the datasets and configs,
-calls `pecn_ml.training.pix2pix.train_pix2pix` / `pecn_ml.training.pacnet.train_pacnet`, and
-reports the result's metadata with `report_asset_materialization`. `check` trains nothing: it
+The JSON is a `Pix2PixJob` / `PacNetJob` (below): the asset's typed inputs as artifact JSON
+(`pecn_ml.artifacts`: annotations, frame cache, base weights; verified by sha again here), the
+trainer's config as a dict, the output folder and launch options. The child rebuilds the datasets
+and configs, calls `pecn_ml.training.pix2pix.train_pix2pix` / `pecn_ml.training.pacnet.train_pacnet`,
+and reports the checkpoint's artifact (metadata key `artifact`) with the run's numbers through
+`report_asset_materialization`; the asset returns that artifact. `check` trains nothing: it
 tests a K-process launch (all-reduce + one data-parallel step).
 
 Started by `accelerate launch` / `torchrun` with K processes, every rank inherits the Pipes
