@@ -462,6 +462,22 @@ class Evaluation(Artifact):
                         f"{s}_ssim_vs_ceiling": float(r.mean["ssim"] / r.autoencoder_mean["ssim"])
                         if r.autoencoder_mean["ssim"] else float("nan"),
                         f"{s}_n": r.n, f"{s}_results_json": Path(r.results_json)})
+        out.update(self.pooled())
+        return out
+
+    def pooled(self) -> dict[str, Any]:
+        """The evaluation's own summary: means over every sample it scored (all eval sets,
+        weighted by their n, so equal to the mean over the samples of every results.json):
+        `ssim_mean`, `psnr_mean`, `baseline_*_mean` (copy frame), `autoencoder_*_mean` (VAE
+        ceiling), `ssim_vs_ceiling`, `n`, and `summary_sets` naming the sets."""
+        n = sum(r.n for r in self.sets.values())
+        out: dict[str, Any] = {"n": n, "summary_sets": "+".join(self.sets)}
+        for key, group in (("", "mean"), ("baseline_", "baseline_mean"), ("autoencoder_", "autoencoder_mean")):
+            for metric in ("ssim", "psnr"):
+                out[f"{key}{metric}_mean"] = (sum(float(getattr(r, group)[metric]) * r.n for r in self.sets.values())
+                                              / n if n else float("nan"))
+        ceiling = out["autoencoder_ssim_mean"]
+        out["ssim_vs_ceiling"] = out["ssim_mean"] / ceiling if ceiling else float("nan")
         return out
 
 

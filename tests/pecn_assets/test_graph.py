@@ -130,6 +130,15 @@ def test_evaluation_records_the_checkpoint_it_sampled(smoke_graph):
                 for metric in ("ssim_mean", "psnr_mean", "baseline_ssim_mean", "baseline_psnr_mean",
                                "autoencoder_ssim_mean", "autoencoder_psnr_mean"):
                     assert ev[f"{eval_set}_{metric}"] == pytest.approx(_summary(results, metric)), metric
+            # the partition's own summary: the mean over every sample of both results.json files
+            samples = [x for s in ("basic", "backforth")
+                       for x in json.loads(Path(ev[f"{s}_results_json"]).read_text())["samples"]]
+            assert ev["n"] == len(samples) and ev["summary_sets"] == "basic+backforth"
+            for metric, field in (("ssim_mean", "ssim"), ("psnr_mean", "psnr"), ("baseline_ssim_mean", "baseline_ssim"),
+                                  ("baseline_psnr_mean", "baseline_psnr"), ("autoencoder_ssim_mean", "autoencoder_ssim"),
+                                  ("autoencoder_psnr_mean", "autoencoder_psnr")):
+                assert ev[metric] == pytest.approx(sum(x[field] for x in samples) / len(samples)), metric
+            assert ev["ssim_vs_ceiling"] == pytest.approx(ev["ssim_mean"] / ev["autoencoder_ssim_mean"])
             assert ev["frame_cache_version"] and ev["annotations_version"]
     shas = meta(latest(inst, "t_tests"))["model_checkpoint_sha256"]
     assert shas["0|next1"] == meta(latest(inst, "ip2p_model", "0|next1"))["checkpoint_sha256"]
