@@ -13,7 +13,10 @@ artifact in later runs too, so t_tests and summary_report never run on it):
   videos of the eval set), SSIM and PSNR finite and in range.
 
 Not blocking: `evaluation` / `beats_copy_frame` WARNs when a model scores below the copy-frame
-baseline (expected at the demo's scale, see pecn_ml/sampling.py).
+baseline (expected at the demo's scale, see pecn_ml/sampling.py). `evaluation` / `predicts_motion`
+WARNs unless, on every eval set, the model's motion-region PSNR is above the latent copy's (its own
+VAE's round trip of the input frame), paired by video: one-sided paired t-test, p < 0.05. A model
+that only learned to copy fails it, whatever its whole-frame SSIM.
 
 The check logic lives with the artifact types (`problems()`, `warnings()` in pecn_ml.artifacts).
 """
@@ -39,6 +42,13 @@ def check_result(problems: list[str], warnings: list[str], **metadata) -> dg.Ass
 
 def artifact_check(artifact: Artifact, **metadata) -> dg.AssetCheckResult:
     return check_result(artifact.problems(), artifact.warnings(), **metadata)
+
+
+def predicts_motion(evaluation: Evaluation) -> dg.AssetCheckResult:
+    """WARN unless the model beats the latent copy in motion-region PSNR on every eval set
+    (`Evaluation.predicts_motion`); metadata: per set the mean difference (dB), p and n."""
+    warnings, metadata = evaluation.predicts_motion()
+    return check_result([], warnings, **metadata)
 
 
 def build_checks(parts: Partitions) -> list[dg.AssetChecksDefinition]:
@@ -68,5 +78,11 @@ def build_checks(parts: Partitions) -> list[dg.AssetChecksDefinition]:
                             **{f"{s}_{m}_margin": float(r.mean[m] - r.baseline_mean[m])
                                for s, r in evaluation.sets.items() for m in ("ssim", "psnr")})
 
+    @dg.asset_check(asset="evaluation", name="predicts_motion", blocking=False, partitions_def=parts.model,
+                    op_tags=TAGS, description="WARN unless the model's motion-region PSNR is above the latent "
+                                              "copy's on every eval set (paired by video, one-sided p < 0.05).")
+    def evaluation_predicts_motion(evaluation: Evaluation) -> dg.AssetCheckResult:
+        return predicts_motion(evaluation)
+
     return [ip2p_loss_decreased, pacnet_beats_mean_predictor, evaluation_samples_and_ranges,
-            evaluation_beats_copy_frame]
+            evaluation_beats_copy_frame, evaluation_predicts_motion]

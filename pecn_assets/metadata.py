@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import dagster as dg
 from PIL import Image
 
-from pecn_ml.artifacts import Artifact, Markdown, Url
+from pecn_ml.artifacts import Artifact, Markdown, Table, Url
 
 
 def table_md(rows: Sequence[dict]) -> str:
@@ -45,7 +45,8 @@ def image_md(paths: Iterable[Path | str], caption: str = "", max_px: int = 768) 
 
 def dagster_value(value: Any) -> Any:
     """An artifact's plain metadata value as Dagster shows it: Path -> path, Url -> url,
-    Markdown -> md, dict/list -> json; numbers, bools, strings and Dagster values as they are."""
+    Markdown -> md, Table -> table, dict/list -> json; numbers, bools, strings and Dagster values as
+    they are."""
     if isinstance(value, dg.MetadataValue):
         return value
     if isinstance(value, Path):
@@ -54,6 +55,10 @@ def dagster_value(value: Any) -> Any:
         return dg.MetadataValue.url(str(value))
     if isinstance(value, Markdown):
         return dg.MetadataValue.md(str(value))
+    if isinstance(value, Table):
+        schema = dg.TableSchema(columns=[dg.TableColumn(name, kind, description=text)
+                                         for name, kind, text in value.columns])
+        return dg.MetadataValue.table(records=[dg.TableRecord(dict(row)) for row in value], schema=schema)
     if isinstance(value, (dict, list, tuple)):
         return dg.MetadataValue.json(json.loads(json.dumps(value, default=str)))
     if isinstance(value, float) and not math.isfinite(value):

@@ -216,7 +216,7 @@ def run_pix2pix(job: Pix2PixJob, log: LogFn) -> tuple[dict, str]:
     def pairs(entries: list[dict]) -> FramePairDataset:
         return FramePairDataset(cache, entries, input_idx=variant.input_idx, target_idx=variant.target_idx,
                                 add_progress=variant.add_progress, progress_estimates=job.progress_estimates,
-                                prompt_text=job.prompt_text)
+                                prompt_text=job.prompt_text, shuffle_seed=variant.shuffle_seed)
 
     train, val = pairs(annotations.train()), pairs(annotations.eval_set("basic"))
     result = train_pix2pix(base.path, train, config, opts.out_dir, val_dataset=val, log=log,

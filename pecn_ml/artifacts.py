@@ -31,6 +31,7 @@ from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
 MIN_STEPS_TO_JUDGE = 10        # fewer optimizer steps: a loss decrease is noise, only warned about
 MIN_VAL_VIDEOS_TO_JUDGE = 50   # fewer validation videos: PAC-Net vs the mean predictor is noise, only warned about
 SSIM_RANGE, PSNR_RANGE = (-1.0, 1.0), (0.0, 100.0)   # PSNR of identical images is capped at 100 dB
+PREDICTS_MOTION_ALPHA = 0.05   # one-sided paired p below which the model beats the latent copy in the motion region
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 PACNET_WEIGHTS = "model.safetensors"
 
@@ -45,6 +46,15 @@ class Markdown(str):
 
 class Url(str):
     """Metadata text that is a link (or a tracking URI)."""
+
+
+class Table(list):
+    """Metadata rows (dicts) to show as a typed table; `columns` = ((name, type, description), ...)
+    with type "string", "float" or "int"."""
+
+    def __init__(self, rows: list[dict[str, Any]], columns: tuple[tuple[str, str, str], ...]):
+        super().__init__(rows)
+        self.columns = tuple(columns)
 
 
 def _check_sha(what: str, path: Path, recorded: str, actual_of=sha256_file) -> None:
@@ -385,24 +395,33 @@ class EvalSetResult:
     sha256: str
     n: int
     n_expected: int                   # min(samples requested, eligible videos of the eval set)
-    mean: Mapping[str, float]         # "ssim", "psnr"
+    mean: Mapping[str, float]         # "ssim", "psnr", "motion_psnr", "motion_mae" (see pecn_ml.sampling)
     std: Mapping[str, float]
     baseline_mean: Mapping[str, float]   # copy-frame on the same samples
     autoencoder_mean: Mapping[str, float]
+    latent_copy_mean: Mapping[str, float] = field(default_factory=dict)   # VAE round trip of the input
+    n_static: int = 0                 # samples whose motion mask was empty (scored on the whole frame)
 
     @classmethod
     def from_results(cls, eval_set: str, results_json: Path, n_expected: int) -> "EvalSetResult":
         results = json.loads(Path(results_json).read_text(encoding="utf-8"))
         return cls(eval_set=eval_set, results_json=str(results_json), sha256=sha256_file(results_json),
                    n=int(results["n"]), n_expected=int(n_expected), mean=results["mean"], std=results["std"],
-                   baseline_mean=results["baseline_mean"], autoencoder_mean=results["autoencoder_mean"])
+                   baseline_mean=results["baseline_mean"], autoencoder_mean=results["autoencoder_mean"],
+                   latent_copy_mean=results.get("latent_copy_mean", {}), n_static=int(results.get("n_static", 0)))
+
+    def method_means(self) -> dict[str, Mapping[str, float]]:
+        """{metadata key prefix: means} of the model and the three references, in table order."""
+        return {"": self.mean, "latent_copy_": self.latent_copy_mean, "baseline_": self.baseline_mean,
+                "autoencoder_": self.autoencoder_mean}
 
     def problems(self) -> list[str]:
         out = []
         if self.n != self.n_expected:
             out.append(f"{self.eval_set}: n = {self.n} samples, expected {self.n_expected}")
         for name, values in (("model", self.mean), ("copy-frame", self.baseline_mean),
-                             ("autoencoder", self.autoencoder_mean)):
+                             ("autoencoder", self.autoencoder_mean),
+                             *((("latent copy", self.latent_copy_mean),) if self.latent_copy_mean else ())):
             for metric, (lo, hi) in (("ssim", SSIM_RANGE), ("psnr", PSNR_RANGE)):
                 v = values.get(metric)
                 if not _finite(v) or not lo <= v <= hi:
@@ -450,7 +469,8 @@ class Evaluation(Artifact):
         return [w for r in self.sets.values() for w in r.warnings()]
 
     def metadata(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"checkpoint_sha256": self.checkpoint_sha256, "checkpoint": Path(self.checkpoint),
+        out: dict[str, Any] = {"scores": self.scores_table(),
+                               "checkpoint_sha256": self.checkpoint_sha256, "checkpoint": Path(self.checkpoint),
                                "seed": self.seed, "progress_source": self.progress_source}
         for s, r in self.sets.items():
             out.update({f"{s}_ssim_mean": float(r.mean["ssim"]), f"{s}_psnr_mean": float(r.mean["psnr"]),
@@ -462,6 +482,11 @@ class Evaluation(Artifact):
                         f"{s}_ssim_vs_ceiling": float(r.mean["ssim"] / r.autoencoder_mean["ssim"])
                         if r.autoencoder_mean["ssim"] else float("nan"),
                         f"{s}_n": r.n, f"{s}_results_json": Path(r.results_json)})
+            for prefix, means in r.method_means().items():
+                if prefix == "latent_copy_":
+                    out.update({f"{s}_latent_copy_{m}_mean": _mean_of(means, m) for m in ("ssim", "psnr")})
+                out.update({f"{s}_{prefix}{m}_mean": _mean_of(means, m) for m in MOTION_METRICS})
+            out[f"{s}_n_static"] = r.n_static
         out.update(self.pooled())
         return out
 
@@ -469,7 +494,9 @@ class Evaluation(Artifact):
         """The evaluation's own summary: means over every sample it scored (all eval sets,
         weighted by their n, so equal to the mean over the samples of every results.json):
         `ssim_mean`, `psnr_mean`, `baseline_*_mean` (copy frame), `autoencoder_*_mean` (VAE
-        ceiling), `ssim_vs_ceiling`, `n`, and `summary_sets` naming the sets."""
+        ceiling), `ssim_vs_ceiling`, `n`, and `summary_sets` naming the sets; `latent_copy_ssim_mean`,
+        `latent_copy_psnr_mean` (VAE round trip of the input) and the motion-region `motion_psnr_mean`,
+        `motion_mae_mean` of the model with their `latent_copy_`, `baseline_`, `autoencoder_` twins."""
         n = sum(r.n for r in self.sets.values())
         out: dict[str, Any] = {"n": n, "summary_sets": "+".join(self.sets)}
         for key, group in (("", "mean"), ("baseline_", "baseline_mean"), ("autoencoder_", "autoencoder_mean")):
@@ -478,7 +505,87 @@ class Evaluation(Artifact):
                                               / n if n else float("nan"))
         ceiling = out["autoencoder_ssim_mean"]
         out["ssim_vs_ceiling"] = out["ssim_mean"] / ceiling if ceiling else float("nan")
+        for key in ("", "latent_copy_", "baseline_", "autoencoder_"):
+            for metric in (("ssim", "psnr") if key == "latent_copy_" else ()) + MOTION_METRICS:
+                out[f"{key}{metric}_mean"] = (sum(_mean_of(r.method_means()[key], metric) * r.n
+                                                  for r in self.sets.values()) / n if n else float("nan"))
         return out
+
+    def scores_table(self) -> Table:
+        """One row per eval set x method (model, latent copy, copy-frame, ceiling): SSIM, PSNR and
+        motion-region PSNR means to 4 significant digits, and n (blank where not measured)."""
+        rows = [{"eval_set": s, "method": method, **{m: _sig(_mean_of(r.method_means()[prefix], m))
+                                                     for m in ("ssim", "psnr", "motion_psnr")}, "n": r.n}
+                for s, r in self.sets.items() for prefix, method in METHOD_NAMES.items()]
+        return Table(rows, SCORE_COLUMNS)
+
+    def predicts_motion(self, alpha: float = PREDICTS_MOTION_ALPHA) -> tuple[list[str], dict[str, Any]]:
+        """Does the model beat copying through its own VAE where things move? Per eval set, the
+        model's motion-region PSNR minus the latent copy's, paired by video: a one-sided paired
+        t-test (H1: model > latent copy). Returns (warnings: the sets where the mean difference is
+        not > 0 or p >= `alpha`, or that cannot be tested; metadata: per set the mean difference
+        in dB, p and n)."""
+        warnings: list[str] = []
+        meta: dict[str, Any] = {}
+        for s in self.sets:
+            samples = self.results(s).get("samples", [])
+            if not all("motion_psnr" in x and "latent_copy_motion_psnr" in x for x in samples):
+                warnings.append(f"{s}: no motion-region scores of the model and the latent copy in results.json")
+                continue
+            test = paired_greater([x["motion_psnr"] for x in samples], [x["latent_copy_motion_psnr"] for x in samples])
+            meta.update({f"{s}_motion_psnr_diff_db": test["mean_diff"], f"{s}_p": test["p"], f"{s}_n": test["n"]})
+            if test["reason"]:
+                warnings.append(f"{s}: {test['reason']}")
+            elif not (test["mean_diff"] > 0 and test["p"] < alpha):
+                warnings.append(f"{s}: motion-region PSNR {test['mean_diff']:+.3f} dB vs the latent copy "
+                                f"(one-sided paired p = {test['p']:.3g}, n = {test['n']}): not above it at "
+                                f"p < {alpha}")
+        return warnings, meta
+
+
+METHOD_NAMES = {"": "model", "latent_copy_": "latent copy", "baseline_": "copy-frame", "autoencoder_": "ceiling"}
+MOTION_METRICS = ("motion_psnr", "motion_mae")
+SCORE_COLUMNS = (
+    ("eval_set", "string", "eval set"),
+    ("method", "string", "model; latent copy = VAE(input frame); copy-frame = the input frame; "
+                         "ceiling = VAE(target)"),
+    ("ssim", "float", "SSIM, mean over the samples"),
+    ("psnr", "float", "PSNR (dB), mean over the samples"),
+    ("motion_psnr", "float", "motion-region PSNR (dB): pixels where target and input differ by > 8/255, "
+                             "dilated 2 px"),
+    ("n", "int", "samples"),
+)
+
+
+def _mean_of(means: Mapping[str, float], metric: str) -> float:
+    """A set-level mean as a float; NaN where not measured (evaluations older than the metric)."""
+    v = means.get(metric)
+    return float("nan") if v is None else float(v)
+
+
+def _sig(v: float, digits: int = 4) -> Optional[float]:
+    """`v` to `digits` significant digits; None when not finite."""
+    return float(f"{v:.{digits}g}") if _finite(v) else None
+
+
+def paired_greater(a: list[float], b: list[float]) -> dict[str, Any]:
+    """One-sided paired t-test of a > b (aligned lists): {"n", "mean_diff" (a - b), "t", "p",
+    "reason"}. Pairs with a missing or non-finite value are left out; reason is None when tested,
+    else why not (fewer than 2 pairs). Equal differences: p = 0 when they are > 0, else 1."""
+    from scipy import stats
+
+    pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None and _finite(x, y)]
+    d = [x - y for x, y in pairs]
+    n = len(d)
+    out: dict[str, Any] = {"n": n, "mean_diff": sum(d) / n if n else float("nan"), "t": float("nan"),
+                           "p": float("nan"), "reason": None}
+    if n < 2:
+        return {**out, "reason": f"n = {n} paired samples; at least 2 needed"}
+    if max(d) - min(d) <= 1e-12 * max(1.0, max(abs(x) for x in d)):
+        return {**out, "t": math.copysign(math.inf, out["mean_diff"]) if out["mean_diff"] else float("nan"),
+                "p": 0.0 if out["mean_diff"] > 0 else 1.0}
+    res = stats.ttest_rel([x for x, _ in pairs], [y for _, y in pairs], alternative="greater")
+    return {**out, "t": float(res.statistic), "p": float(res.pvalue)}
 
 
 @dataclass(frozen=True)
@@ -486,19 +593,20 @@ class CopyFrameBaseline(FileArtifact):
     """"Predict the input frame unchanged" on one eval set, per target frame (a results JSON)."""
 
     eval_set: str
-    by_target: Mapping[str, Mapping[str, float]]   # "21" -> {"ssim", "psnr", "n"}
+    by_target: Mapping[str, Mapping[str, float]]   # "21" -> {"ssim", "psnr", "motion_psnr", "n"}
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per target frame: eval_set, target_idx, n, ssim_mean, psnr_mean."""
+        """One row per target frame: eval_set, target_idx, n, ssim_mean, psnr_mean, motion_psnr_mean."""
         return [{"eval_set": self.eval_set, "target_idx": int(t), "n": int(v["n"]),
-                 "ssim_mean": float(v["ssim"]), "psnr_mean": float(v["psnr"])}
+                 "ssim_mean": float(v["ssim"]), "psnr_mean": float(v["psnr"]),
+                 "motion_psnr_mean": _mean_of(v, "motion_psnr")}
                 for t, v in sorted(self.by_target.items())]
 
     def metadata(self) -> dict[str, Any]:
         out: dict[str, Any] = {"results_json": Path(self.path)}
         for t, v in self.by_target.items():
             out.update({f"target{t}_ssim_mean": float(v["ssim"]), f"target{t}_psnr_mean": float(v["psnr"]),
-                        f"target{t}_n": int(v["n"])})
+                        f"target{t}_motion_psnr_mean": _mean_of(v, "motion_psnr"), f"target{t}_n": int(v["n"])})
         return out
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence, TypeVar
 
 from pecn_ml.data.templates import label_key_of
 
 PROMPT_PREFIX = "Generate a future frame of this action: "
 PROGRESS_SUFFIX = ". And {p}% of the action has been completed."
+T = TypeVar("T")
 
 
 def progress_percent(input_idx: int, num_frames: int) -> int:
@@ -54,6 +55,40 @@ def build_prompt(label: str, progress_percent: Optional[Real] = None) -> str:
         raise ValueError(f"build_prompt: progress_percent must be within [0, 100], "
                          f"got {progress_percent!r}")
     return text + PROGRESS_SUFFIX.format(p=int(progress_percent))
+
+
+# --- the shuffled-progress control arm (variants next1_shuffled, next5_shuffled) -----------------
+# The prompt keeps the progress sentence, but its number is another video's: the true percents of
+# a list of videos (the training videos of a dataset, or the selected samples of an eval set) are
+# reassigned by a seeded derangement, a permutation without fixed points, so no video keeps its
+# own slot (it may still get an equal number, from a video of the same length). Same prompt
+# form, same distribution of percentages, no information about the video itself.
+PROGRESS_SHUFFLE_SEED = 16   # fixed for every training seed: the control is one fixed relabelling
+
+
+def derangement(n: int, seed: int = PROGRESS_SHUFFLE_SEED) -> list[int]:
+    """A permutation `perm` of range(n) with `perm[i] != i` for every i (n >= 2), uniform over the
+    derangements of n (rejection sampling of `numpy.random.default_rng(seed).permutation(n)`;
+    about e tries), the same for the same (n, seed). n = 1 has no derangement: [0] (the one
+    video keeps its own percent); n = 0: []."""
+    import numpy as np
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"derangement: n must be an int >= 0, got {n!r}")
+    if n < 2:
+        return list(range(n))
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            return [int(j) for j in perm]
+
+
+def shuffle_percents(percents: Sequence[T], seed: int = PROGRESS_SHUFFLE_SEED) -> list[T]:
+    """`percents` (one per video, in a fixed order) reassigned by `derangement(len, seed)`: video i
+    gets the percent of video perm[i]."""
+    perm = derangement(len(percents), seed)
+    return [percents[j] for j in perm]
 
 
 # The action text in the prompt: the seed's examples use the class text ("moving something from

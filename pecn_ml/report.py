@@ -2,10 +2,14 @@
 
 Evaluation rows (one per variant x eval set) use the keys of `EVAL_COLUMNS`: variant, model,
 eval_set, target_idx, progress, n, ssim_mean, ssim_std, psnr_mean, psnr_std, baseline_ssim,
-baseline_psnr, autoencoder_ssim, autoencoder_psnr, checkpoint_sha256 (`evaluation_row` builds one
-from a results.json dict). Each model is shown between what it must beat (the copy-frame baseline)
-and what it cannot beat (the autoencoder ceiling: its VAE's round trip of the target); at the demo's
-scale the copy-frame baseline lies above the ceiling, so it is not expected to be beaten there.
+baseline_psnr, autoencoder_ssim, autoencoder_psnr, latent_copy_ssim, latent_copy_psnr, the
+motion-region motion_psnr / motion_mae with their latent_copy_, baseline_ and autoencoder_ twins,
+motion_fraction, checkpoint_sha256 (`evaluation_row` builds one from a results.json dict; keys an
+older results.json lacks are blank). Each model is shown between what it must beat (the copy-frame
+baseline; the latent copy, its own VAE's round trip of the input frame, which a model that only
+learned to copy matches) and what it cannot beat (the autoencoder ceiling: its VAE's round trip of
+the target); at the demo's scale the copy-frame baseline lies above the ceiling, so it is not
+expected to be beaten there. Motion region: `pecn_ml.metrics` (pixels where target and input differ).
 t-test rows are those of `pecn_ml.stats.t_test_table` / `seed_t_test_table` (or read back from
 t_test_results.json). Unknown keys are kept as extra columns at the end; missing keys are blank cells.
 
@@ -51,20 +55,33 @@ EVAL_COLUMNS = (
     Column("baseline_psnr", "Copy-frame PSNR (dB)", PSNR_FMT, 20),
     Column("autoencoder_ssim", "VAE ceiling SSIM", SSIM_FMT, 17),
     Column("autoencoder_psnr", "VAE ceiling PSNR (dB)", PSNR_FMT, 21),
+    Column("latent_copy_ssim", "Latent copy SSIM", SSIM_FMT, 17),
+    Column("latent_copy_psnr", "Latent copy PSNR (dB)", PSNR_FMT, 21),
+    Column("motion_psnr", "Motion PSNR (dB)", PSNR_FMT, 17),
+    Column("latent_copy_motion_psnr", "Latent copy motion PSNR (dB)", PSNR_FMT, 20),
+    Column("baseline_motion_psnr", "Copy-frame motion PSNR (dB)", PSNR_FMT, 20),
+    Column("autoencoder_motion_psnr", "VAE ceiling motion PSNR (dB)", PSNR_FMT, 20),
+    Column("motion_mae", "Motion MAE", SSIM_FMT, 12),
+    Column("latent_copy_motion_mae", "Latent copy motion MAE", SSIM_FMT, 14),
+    Column("baseline_motion_mae", "Copy-frame motion MAE", SSIM_FMT, 14),
+    Column("autoencoder_motion_mae", "VAE ceiling motion MAE", SSIM_FMT, 14),
+    Column("motion_fraction", "Motion region (share of frame)", SSIM_FMT, 16),
     Column("checkpoint_sha256", "Checkpoint sha256", None, 66),
 )
 
+# t-test rows: arm A in the "without" keys, arm B in the "with" keys, difference B - A (pecn_ml.stats)
 T_TEST_COLUMNS = (
     Column("seed", "Training seed", None, 12),
+    Column("comparison", "Comparison (B - A)", None, 20),
     Column("target_idx", "Target frame", INT_FMT, 12),
     Column("eval_set", "Eval set", None, 10),
-    Column("metric", "Metric", None, 8),
-    Column("without", "Without progress", None, 16),
-    Column("with", "With progress", None, 16),
+    Column("metric", "Metric", None, 12),
+    Column("without", "Arm A", None, 16),
+    Column("with", "Arm B", None, 16),
     Column("n_paired", "n paired", INT_FMT, 9),
-    Column("mean_without", "Mean without", "metric", 13),
-    Column("mean_with", "Mean with", "metric", 11),
-    Column("mean_diff", "Mean diff (with - without)", "metric", 25),
+    Column("mean_without", "Mean A", "metric", 13),
+    Column("mean_with", "Mean B", "metric", 11),
+    Column("mean_diff", "Mean diff (B - A)", "metric", 25),
     Column("ci95_low", "95% CI low", "metric", 11),
     Column("ci95_high", "95% CI high", "metric", 11),
     Column("t", "Paired t", STAT_FMT, 10),
@@ -80,10 +97,10 @@ T_TEST_COLUMNS = (
     Column("welch_ci95_low", "Welch 95% CI low", "metric", 16),
     Column("welch_ci95_high", "Welch 95% CI high", "metric", 17),
     Column("welch_reason", "Welch: not computed because", None, 28),
-    Column("n_without", "n without", INT_FMT, 10),
-    Column("n_with", "n with", INT_FMT, 8),
-    Column("checkpoint_sha256_without", "Checkpoint sha256 (without)", None, 66),
-    Column("checkpoint_sha256_with", "Checkpoint sha256 (with)", None, 66),
+    Column("n_without", "n A", INT_FMT, 10),
+    Column("n_with", "n B", INT_FMT, 8),
+    Column("checkpoint_sha256_without", "Checkpoint sha256 (A)", None, 66),
+    Column("checkpoint_sha256_with", "Checkpoint sha256 (B)", None, 66),
     Column("n_seeds", "Seeds", INT_FMT, 7),
     Column("seed_mean_diff_mean", "Mean diff: mean over seeds", "metric", 16),
     Column("seed_mean_diff_sd", "Mean diff: sd over seeds", "metric", 16),
@@ -102,7 +119,14 @@ ACROSS_COLUMNS = (
     Column("psnr_sd", "PSNR: sd over seeds (dB)", PSNR_FMT, 16),
     Column("baseline_ssim", "Copy-frame SSIM", SSIM_FMT, 16),
     Column("autoencoder_ssim", "VAE ceiling SSIM", SSIM_FMT, 17),
+    Column("latent_copy_ssim", "Latent copy SSIM", SSIM_FMT, 17),
+    Column("motion_psnr_mean", "Motion PSNR: mean over seeds (dB)", PSNR_FMT, 18),
+    Column("motion_psnr_sd", "Motion PSNR: sd over seeds (dB)", PSNR_FMT, 18),
+    Column("latent_copy_motion_psnr", "Latent copy motion PSNR (dB)", PSNR_FMT, 20),
+    Column("baseline_motion_psnr", "Copy-frame motion PSNR (dB)", PSNR_FMT, 20),
 )
+
+MOTION_PREFIXES = ("", "latent_copy_", "baseline_", "autoencoder_")   # model, latent copy, copy-frame, ceiling
 
 BASELINE_COLUMNS = (
     Column("eval_set", "Eval set", None, 10),
@@ -110,6 +134,7 @@ BASELINE_COLUMNS = (
     Column("n", "n", INT_FMT, 6),
     Column("ssim_mean", "Copy-frame SSIM", SSIM_FMT, 16),
     Column("psnr_mean", "Copy-frame PSNR (dB)", PSNR_FMT, 20),
+    Column("motion_psnr_mean", "Copy-frame motion PSNR (dB)", PSNR_FMT, 20),
 )
 
 
@@ -135,6 +160,11 @@ def evaluation_row(variant: str, eval_set: str, results: Mapping[str, Any], *, m
                    target_idx: Optional[int] = None, progress: Optional[bool] = None) -> dict[str, Any]:
     """One evaluations-sheet row from an `evaluate_model` results dict."""
     cfg = results.get("config", {})
+    references = {f"latent_copy_{m}": results.get("latent_copy_mean", {}).get(m) for m in ("ssim", "psnr")}
+    for prefix, group in (("", "mean"), ("latent_copy_", "latent_copy_mean"), ("baseline_", "baseline_mean"),
+                          ("autoencoder_", "autoencoder_mean")):
+        references.update({f"{prefix}{m}": results.get(group, {}).get(m) for m in ("motion_psnr", "motion_mae")})
+    references["motion_fraction"] = results.get("motion_fraction_mean")
     return {"variant": variant, "model": model, "eval_set": eval_set,
             "target_idx": cfg.get("target_idx") if target_idx is None else target_idx,
             "progress": cfg.get("add_progress") if progress is None else progress,
@@ -144,12 +174,13 @@ def evaluation_row(variant: str, eval_set: str, results: Mapping[str, Any], *, m
             "baseline_ssim": results["baseline_mean"]["ssim"], "baseline_psnr": results["baseline_mean"]["psnr"],
             "autoencoder_ssim": results.get("autoencoder_mean", {}).get("ssim"),
             "autoencoder_psnr": results.get("autoencoder_mean", {}).get("psnr"),
-            "checkpoint_sha256": results.get("checkpoint_sha256")}
+            **references, "checkpoint_sha256": results.get("checkpoint_sha256")}
 
 
 def across_seeds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per (variant, eval set): mean and sd (ddof=1; NaN for one seed) over the seeds of
-    each seed's SSIM and PSNR means; the copy-frame baseline and VAE ceiling averaged likewise."""
+    each seed's SSIM, PSNR and motion-region PSNR means; the copy-frame baseline, VAE ceiling and
+    latent copy averaged likewise."""
     import numpy as np
 
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
@@ -167,7 +198,11 @@ def across_seeds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "ssim_mean": stat("ssim_mean", np.mean), "ssim_sd": stat("ssim_mean", sd),
                     "psnr_mean": stat("psnr_mean", np.mean), "psnr_sd": stat("psnr_mean", sd),
                     "baseline_ssim": stat("baseline_ssim", np.mean),
-                    "autoencoder_ssim": stat("autoencoder_ssim", np.mean)})
+                    "autoencoder_ssim": stat("autoencoder_ssim", np.mean),
+                    "latent_copy_ssim": stat("latent_copy_ssim", np.mean),
+                    "motion_psnr_mean": stat("motion_psnr", np.mean), "motion_psnr_sd": stat("motion_psnr", sd),
+                    "latent_copy_motion_psnr": stat("latent_copy_motion_psnr", np.mean),
+                    "baseline_motion_psnr": stat("baseline_motion_psnr", np.mean)})
     return out
 
 
@@ -214,7 +249,7 @@ def _format_sheet(ws, rows: Sequence[Mapping[str, Any]], cols: Sequence[Column])
         for i, r in enumerate(rows, start=2):
             fmt = c.fmt
             if fmt == "metric":
-                fmt = PSNR_FMT if str(r.get("metric", "")).lower() == "psnr" else SSIM_FMT
+                fmt = PSNR_FMT if str(r.get("metric", "")).lower().endswith("psnr") else SSIM_FMT
             if fmt is not None:
                 ws.cell(row=i, column=j).number_format = fmt
     ws.freeze_panes = "A2"
@@ -276,31 +311,46 @@ def markdown_summary(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence
             r = _with_text(r)
             rows.append([_md(r.get("variant")), _md(r.get("seed")), _md(r.get("eval_set")), _md(r.get("target_idx")),
                          _md(r.get("progress")), _md(r.get("n")), _md(r.get("ssim_text")),
-                         _md(r.get("psnr_text")), _md(r.get("baseline_ssim"), 4), _md(r.get("baseline_psnr"), 2),
-                         _md(r.get("autoencoder_ssim"), 4), _md(r.get("autoencoder_psnr"), 2)])
+                         _md(r.get("psnr_text")), _md(r.get("latent_copy_ssim"), 4), _md(r.get("latent_copy_psnr"), 2),
+                         _md(r.get("baseline_ssim"), 4), _md(r.get("baseline_psnr"), 2),
+                         _md(r.get("autoencoder_ssim"), 4), _md(r.get("autoencoder_psnr"), 2),
+                         *(_md(r.get(f"{k}motion_psnr"), 2) for k in MOTION_PREFIXES),
+                         " / ".join(_md(r.get(f"{k}motion_mae"), 4) for k in MOTION_PREFIXES)])
         parts.append("### Evaluations\n\n" + _table(
-            ["Variant", "Seed", "Eval set", "Target", "Progress", "n", "SSIM", "PSNR (dB)", "Copy-frame SSIM",
-             "Copy-frame PSNR", "VAE ceiling SSIM", "VAE ceiling PSNR"], rows)
-            + "\n\nCopy-frame: the input frame unchanged (what a model must beat). VAE ceiling: the "
-              "target through the model's own autoencoder (what no latent model can beat).")
+            ["Variant", "Seed", "Eval set", "Target", "Progress", "n", "SSIM", "PSNR (dB)", "Latent copy SSIM",
+             "Latent copy PSNR", "Copy-frame SSIM", "Copy-frame PSNR", "VAE ceiling SSIM", "VAE ceiling PSNR",
+             "Motion PSNR", "Latent copy motion PSNR", "Copy-frame motion PSNR", "VAE ceiling motion PSNR",
+             "Motion MAE (model / latent copy / copy-frame / ceiling)"], rows)
+            + "\n\nCopy-frame: the input frame unchanged (what a model must beat). Latent copy: the input "
+              "frame through the model's own autoencoder (what a model that only learned to copy scores). "
+              "VAE ceiling: the target through the model's own autoencoder (what no latent model can beat). "
+              "Motion: PSNR (dB) and MAE (0-1) over the pixels where target and input differ by more than "
+              "8/255, dilated 2 px (one mask per sample for every method).")
     if across:
         rows = [[_md(r.get("variant")), _md(r.get("eval_set")), _md(r.get("n_seeds")),
                  f"{_md(r.get('ssim_mean'), 4)} ± {_md(r.get('ssim_sd'), 4)}",
-                 f"{_md(r.get('psnr_mean'), 2)} ± {_md(r.get('psnr_sd'), 2)}", _md(r.get("baseline_ssim"), 4)]
+                 f"{_md(r.get('psnr_mean'), 2)} ± {_md(r.get('psnr_sd'), 2)}", _md(r.get("latent_copy_ssim"), 4),
+                 _md(r.get("baseline_ssim"), 4),
+                 f"{_md(r.get('motion_psnr_mean'), 2)} ± {_md(r.get('motion_psnr_sd'), 2)}",
+                 _md(r.get("latent_copy_motion_psnr"), 2), _md(r.get("baseline_motion_psnr"), 2)]
                 for r in across]
         parts.append("### Across training seeds (mean ± sd over seeds)\n\n" + _table(
-            ["Variant", "Eval set", "Seeds", "SSIM", "PSNR (dB)", "Copy-frame SSIM"], rows))
+            ["Variant", "Eval set", "Seeds", "SSIM", "PSNR (dB)", "Latent copy SSIM", "Copy-frame SSIM",
+             "Motion PSNR (dB)", "Latent copy motion PSNR", "Copy-frame motion PSNR"], rows))
     if t_tests:
         rows = []
         for r in t_tests:
-            d = 2 if str(r.get("metric", "")).lower() == "psnr" else 4
+            d = 2 if str(r.get("metric", "")).lower().endswith("psnr") else 4
             ci = f"{_md(r.get('mean_diff'), d)} [{_md(r.get('ci95_low'), d)}, {_md(r.get('ci95_high'), d)}]"
-            note = "; ".join(str(x) for x in (r.get("paired_reason"), r.get("welch_reason")) if x)
-            rows.append([_md(r.get("seed")), _md(r.get("target_idx")), _md(r.get("eval_set")), _md(r.get("metric")),
-                         _md(r.get("n_paired")), ci, _md(r.get("t"), 3), _md(r.get("p"), 4),
+            note = "; ".join(dict.fromkeys(str(x) for x in (r.get("paired_reason"), r.get("welch_reason")) if x))
+            comparison = r.get("comparison") or "progress - plain"  # rows of t_test_results.json v1
+            rows.append([_md(r.get("seed")), _md(comparison), _md(r.get("target_idx")), _md(r.get("eval_set")),
+                         _md(r.get("metric")), _md(r.get("n_paired")), ci, _md(r.get("t"), 3), _md(r.get("p"), 4),
                          _md(r.get("cohen_dz"), 3), _md(r.get("welch_p"), 4), _md(r.get("hedges_g"), 3),
                          _md(note or None)])
-        parts.append("### t-tests (with progress - without progress)\n\n" + _table(
-            ["Seed", "Target", "Eval set", "Metric", "n", "Mean diff [95% CI]", "Paired t", "Paired p", "d_z",
-             "Welch p", "Hedges' g", "Note"], rows))
+        parts.append("### t-tests (arm B - arm A, paired by video)\n\n" + _table(
+            ["Seed", "Comparison", "Target", "Eval set", "Metric", "n", "Mean diff [95% CI]", "Paired t", "Paired p",
+             "d_z", "Welch p", "Hedges' g", "Note"], rows)
+            + "\n\nprogress - plain: does the progress prompt help? progress - shuffled: does the percentage's "
+              "information help (shuffled = another video's percent)? shuffled - plain: does the sentence's form help?")
     return "\n\n".join(parts) if parts else "_No evaluations or t-tests yet._"

@@ -1,4 +1,4 @@
-"""Sample a trained InstructPix2Pix variant on an eval set; score it and the copy-frame baseline.
+"""Sample a trained InstructPix2Pix variant on an eval set; score it beside three references.
 
 What the seed's evaluate.sh + sample_from_pix2pix.py + ssim.py do, as library code:
 
@@ -8,6 +8,13 @@ What the seed's evaluate.sh + sample_from_pix2pix.py + ssim.py do, as library co
   was complete and not taken is recorded in `skipped` with its reason.
 * prompts: `build_prompt(label, progress)`; progress = `progress_percent(input_idx, num_frames)`,
   or PAC-Net's estimate from `progress_override` (the seed's USE_PROGRESS_ESTIMATOR).
+  Shuffled progress (control arms, `config.progress_shuffle_seed`): the samples are selected
+  exactly as for the true-progress variant of the same target (same videos, so paired tests pair
+  them), then the percents of the selected samples (frame count or PAC-Net estimates alike) are
+  reassigned among them by `pecn_ml.prompts.shuffle_percents` (a seeded derangement, in selection
+  order): each prompt carries another selected video's percent. results.json records
+  `progress_source` "shuffled (seed S)" ("PAC-Net estimate, shuffled (seed S)") and each sample's
+  own percent as `true_progress_percent`.
 * randomness: every sample has its own `torch.Generator` (on the CPU) seeded with
   `sample_seed(seed, video_id)` (sha256, not Python's salted `hash`), so a sample's noise does not
   depend on the batch size, the batch it lands in or the order of the annotations.
@@ -17,16 +24,28 @@ What the seed's evaluate.sh + sample_from_pix2pix.py + ssim.py do, as library co
   The same config on the same machine and dtype gives bit-identical images; fp16 and fp32 give
   different images (do not compare runs across dtypes; the dtype is recorded in results.json).
 * metrics: SSIM and PSNR (`pecn_ml.metrics`, settings there) per sample, computed from the saved
-  8-bit PNGs, at the cache resolution; the same metrics for "output = input frame" (the copy-frame
-  baseline, what a model must beat) and for "output = decode(encode(target))" through the model's
-  own VAE (the autoencoder ceiling: a latent model cannot reproduce the target better than its VAE
-  round trip, so this bounds every output; at the demo's scale the copy-frame baseline lies above
-  that ceiling and is not expected to be beaten).
+  8-bit PNGs, at the cache resolution, for the model and three references:
+  - copy frame ("output = input frame", keys `baseline_*`): what a model must beat;
+  - latent copy ("output = decode(encode(input frame))" through the model's own VAE at the
+    posterior mode, keys `latent_copy_*`): copying as a latent model would copy, VAE blur
+    included. A model that learned to copy scores like this, not like the copy frame, so beating
+    the latent copy (above all in the motion region) is what tells prediction from copying;
+  - autoencoder ceiling ("output = decode(encode(target))", keys `autoencoder_*`): a latent model
+    cannot reproduce the target better than its VAE round trip, so this bounds every output (at
+    the demo's scale the copy-frame baseline lies above it and is not expected to be beaten).
+  Plus the motion-region PSNR and MAE of all four (`motion_psnr`, `motion_mae`,
+  `latent_copy_motion_*`, `baseline_motion_*`, `autoencoder_motion_*`) on ONE mask per sample,
+  built from the saved input and target PNGs (`pecn_ml.metrics.motion_mask`: changed by > 8/255,
+  dilated 2 px; an empty mask scores the whole frame), and its `motion_fraction`.
+  Set level: `mean` / `std` (model), `latent_copy_*`, `baseline_*`, `autoencoder_*`, each keyed
+  ssim, psnr, motion_psnr, motion_mae; `motion_fraction_mean` and `n_static` (samples whose mask
+  was empty).
 
-Output folder (the seed's layout plus `input/` and `autoencoder/`; written to a temp folder, renamed
-at the end):
+Output folder (the seed's layout plus `input/`, `autoencoder/` and `latent_copy/`; written to a
+temp folder, renamed at the end):
   input/{id}.png  target/{id}.png  output/{id}.png  autoencoder/{id}.png (VAE round trip of the target)
-  comparison/{id}.png (Input | GT | Output | VAE(GT))
+  latent_copy/{id}.png (VAE round trip of the input)
+  comparison/{id}.png (Input | GT | Output | VAE(GT) | VAE(Input))
   comparison_grid.png (first GRID_ROWS comparisons)  results.json (written last).
 """
 
@@ -44,9 +63,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from pecn_ml.images import comparison_grid, load_png, save_png, stack_vertical
-from pecn_ml.metrics import METRIC_SETTINGS, mean_std, psnr, ssim
+from pecn_ml.metrics import (METRIC_SETTINGS, mean_std, motion_fraction, motion_mae, motion_mask, motion_psnr, psnr,
+                             ssim)
 from pecn_ml.training.autoencoder import roundtrip
-from pecn_ml.prompts import PROMPT_TEXTS, action_text, build_prompt, progress_percent
+from pecn_ml.prompts import PROMPT_TEXTS, action_text, build_prompt, progress_percent, shuffle_percents
 from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
 from pecn_ml.utils.progress import ProgressMeter
 
@@ -55,8 +75,11 @@ LogFn = Callable[[str], None]
 DEFAULT_RESULTS_ROOT = "test_result"
 RESULTS_FORMAT_VERSION = 1
 GRID_ROWS = 4                     # comparisons stacked in comparison_grid.png
-SUBDIRS = ("input", "target", "output", "autoencoder", "comparison")
-METRICS = ("ssim", "psnr")
+SUBDIRS = ("input", "target", "output", "autoencoder", "latent_copy", "comparison")
+METRICS = ("ssim", "psnr", "motion_psnr", "motion_mae")   # keys of every set-level mean / std dict
+# scored images (saved subfolder) -> key prefix in results.json; all against target/ on one mask
+METHODS = {"output": "", "latent_copy": "latent_copy_", "input": "baseline_", "autoencoder": "autoencoder_"}
+COMPARISON_LABELS = ["Input", "GT", "Output", "VAE(GT)", "VAE(Input)"]
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 
@@ -75,6 +98,7 @@ class SamplingConfig:
     batch_size: int = 8                  # samples per pipeline call
     add_progress: bool = False           # append "And N% of the action has been completed."
     prompt_text: str = "class"           # action text: "class" (template, seed) or "label"
+    progress_shuffle_seed: Optional[int] = None  # control arms: percents deranged among the samples
     device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"                  # "auto" (fp16 on cuda, fp32 on cpu), "float32", "float16", "bfloat16"
 
@@ -88,6 +112,10 @@ class SamplingConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"SamplingConfig.{name} must be an int >= 1, got {v!r}")
+        if self.progress_shuffle_seed is not None and not (
+                self.add_progress and isinstance(self.progress_shuffle_seed, int) and self.progress_shuffle_seed >= 0):
+            raise ValueError(f"SamplingConfig.progress_shuffle_seed must be None or an int >= 0 with add_progress, "
+                             f"got {self.progress_shuffle_seed!r} (add_progress={self.add_progress})")
         if self.prompt_text not in PROMPT_TEXTS:
             raise ValueError(f"SamplingConfig.prompt_text must be one of {PROMPT_TEXTS}, got {self.prompt_text!r}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -107,7 +135,8 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """What `evaluate_model` wrote and measured (metric dicts are keyed "ssim", "psnr")."""
+    """What `evaluate_model` wrote and measured (metric dicts are keyed by `METRICS`: "ssim", "psnr",
+    "motion_psnr", "motion_mae")."""
 
     out_dir: Path
     results_json: Path
@@ -118,11 +147,15 @@ class EvalResult:
     baseline_std: dict[str, float]
     autoencoder_mean: dict[str, float]       # the VAE round trip of the targets (the ceiling)
     autoencoder_std: dict[str, float]
+    latent_copy_mean: dict[str, float]       # the VAE round trip of the inputs (copying, as a latent model)
+    latent_copy_std: dict[str, float]
     n: int
     samples: list[dict]                      # rows of results.json "samples"
     skipped: dict[str, str]                  # video id -> reason
     checkpoint_sha256: str
     config: dict[str, Any] = field(default_factory=dict)
+    motion_fraction_mean: float = math.nan   # mean share of the frame in the motion mask
+    n_static: int = 0                        # samples with an empty mask (scored on the whole frame)
 
 
 # ----------------------------------------------------------------------------- selection
@@ -145,6 +178,7 @@ class Selected:
     text: str                         # the action text in the prompt (class text or label)
     num_frames: int
     progress_percent: Optional[int]   # the number in the prompt; None without progress
+    true_progress_percent: Optional[int] = None  # the video's own (differs when shuffled)
 
 
 def _entry_fields(entry: Any, i: int, prompt_text: str = "class") -> tuple[str, str, str, str]:
@@ -176,9 +210,12 @@ def _cached_num_frames(cache: Any, video_id: str) -> Optional[int]:
 def select_samples(cache: Any, entries: Sequence[Mapping], input_idx: int, target_idx: int,
                    num_samples: int, *, add_progress: bool = False,
                    progress_override: Optional[Mapping[str, float]] = None,
-                   prompt_text: str = "class") -> tuple[list[Selected], dict[str, str]]:
+                   prompt_text: str = "class",
+                   shuffle_seed: Optional[int] = None) -> tuple[list[Selected], dict[str, str]]:
     """The first `num_samples` eligible entries in file order, and {video_id: reason} of the
-    entries passed over before the selection was complete (see the module docstring)."""
+    entries passed over before the selection was complete (see the module docstring). With
+    `shuffle_seed` (and `add_progress`) the selection is the same and the percents are deranged
+    among the selected samples."""
     assert 0 <= input_idx < target_idx, (input_idx, target_idx)
     chosen: list[Selected] = []
     skipped: dict[str, str] = {}
@@ -210,8 +247,21 @@ def select_samples(cache: Any, entries: Sequence[Mapping], input_idx: int, targe
                 progress = int(est)
             else:
                 progress = progress_percent(input_idx, n)
-        chosen.append(Selected(vid, label, task, text, n, progress))
+        chosen.append(Selected(vid, label, task, text, n, progress, progress))
+    if add_progress and shuffle_seed is not None:
+        shuffled = shuffle_percents([s.progress_percent for s in chosen], shuffle_seed)
+        chosen = [replace(s, progress_percent=p) for s, p in zip(chosen, shuffled)]
     return chosen, skipped
+
+
+def progress_source_text(config: SamplingConfig, estimates: bool) -> Optional[str]:
+    """results.json config `progress_source`: None, "frame count", "PAC-Net estimate", or for a
+    shuffled arm "shuffled (seed S)" / "PAC-Net estimate, shuffled (seed S)"."""
+    if not config.add_progress:
+        return None
+    if config.progress_shuffle_seed is None:
+        return "PAC-Net estimate" if estimates else "frame count"
+    return ("PAC-Net estimate, " if estimates else "") + f"shuffled (seed {config.progress_shuffle_seed})"
 
 
 # ----------------------------------------------------------------------------- baseline
@@ -224,13 +274,29 @@ def _summary(rows: Sequence[Mapping[str, float]], prefix: str = "") -> tuple[dic
     return mean, std
 
 
+def score_methods(images: Mapping[str, np.ndarray], target: np.ndarray, inp: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sample scores of each method's uint8 (B, R, R, 3) images ({subfolder: images}, prefixes
+    in `METHODS`) against `target`, the motion-region ones on one mask per sample from `inp` and
+    `target`: {"{prefix}ssim", "{prefix}psnr", "{prefix}motion_psnr", "{prefix}motion_mae", ...,
+    "motion_fraction"}, each an array (B,)."""
+    mask = motion_mask(inp, target)                                      # (B, R, R)
+    out: dict[str, np.ndarray] = {"motion_fraction": motion_fraction(mask)}
+    for sub, pred in images.items():
+        k = METHODS[sub]
+        out.update({f"{k}ssim": ssim(pred, target), f"{k}psnr": psnr(pred, target),
+                    f"{k}motion_psnr": motion_psnr(pred, target, mask),
+                    f"{k}motion_mae": motion_mae(pred, target, mask)})
+    return out
+
+
 def copy_frame_baseline(cache: Any, entries: Sequence[Mapping], input_idx: int, target_idx: int,
                         num_samples: int, *, log: Optional[LogFn] = None) -> dict[str, Any]:
-    """SSIM/PSNR of "predict the input frame unchanged" on the samples `evaluate_model` would take
-    (same selection rule, without progress estimates). Needs no model.
+    """SSIM/PSNR and motion-region PSNR/MAE of "predict the input frame unchanged" on the samples
+    `evaluate_model` would take (same selection rule, without progress estimates). Needs no model.
 
-    Returns {"samples": [{"video_id", "task", "label", "ssim", "psnr"}], "mean", "std", "n",
-    "n_requested", "skipped", "config"}; metric dicts are keyed "ssim", "psnr".
+    Returns {"samples": [{"video_id", "task", "label", "ssim", "psnr", "motion_psnr", "motion_mae",
+    "motion_fraction"}], "mean", "std", "n", "n_requested", "skipped", "config"}; metric dicts are
+    keyed by `METRICS`.
     """
     chosen, skipped = select_samples(cache, entries, input_idx, target_idx, num_samples,
                                      prompt_text="label")  # no prompt here: any entry will do
@@ -238,8 +304,9 @@ def copy_frame_baseline(cache: Any, entries: Sequence[Mapping], input_idx: int, 
     rows = []
     for s in chosen:
         inp, tgt = cache.frame(s.video_id, input_idx), cache.frame(s.video_id, target_idx)  # (R, R, 3)
+        scores = score_methods({"output": inp[None]}, tgt[None], inp[None])  # the copy as the "output"
         rows.append({"video_id": s.video_id, "task": s.task, "label": s.label,
-                     "ssim": ssim(inp, tgt), "psnr": psnr(inp, tgt)})
+                     **{k: float(v[0]) for k, v in scores.items()}})
         meter.update()
     mean, std = _summary(rows)
     return {"samples": rows, "mean": mean, "std": std, "n": len(rows), "n_requested": num_samples,
@@ -343,7 +410,7 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     chosen, skipped = select_samples(cache, entries, config.input_idx, config.target_idx, config.num_samples,
                                      add_progress=config.add_progress, progress_override=progress_override,
-                                     prompt_text=config.prompt_text)
+                                     prompt_text=config.prompt_text, shuffle_seed=config.progress_shuffle_seed)
     if not chosen:
         reasons = sorted(set(skipped.values()))[:5]
         raise ValueError(f"no eligible sample among {len(entries)} eval entries for frames "
@@ -368,23 +435,23 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
             outputs = predict_batch(pipe, inputs, prompts, [sample_seed(config.seed, s.video_id) for s in batch],
                                     config)  # (B, R, R, 3)
             ceiling = roundtrip(pipe.vae, np.stack(targets))                       # (B, R, R, 3)
-            for s, inp, tgt, out, ae, prompt in zip(batch, inputs, targets, outputs, ceiling, prompts):
-                for sub, img in (("input", inp), ("target", tgt), ("output", out), ("autoencoder", ae)):
+            latent_copy = roundtrip(pipe.vae, np.stack(inputs))                    # (B, R, R, 3)
+            for s, inp, tgt, out, ae, lc, prompt in zip(batch, inputs, targets, outputs, ceiling, latent_copy,
+                                                         prompts):
+                for sub, img in (("input", inp), ("target", tgt), ("output", out), ("autoencoder", ae),
+                                 ("latent_copy", lc)):
                     save_png(img, tmp / sub / f"{s.video_id}.png")
-                grid = comparison_grid([inp, tgt, out, ae], ["Input", "GT", "Output", "VAE(GT)"])
+                grid = comparison_grid([inp, tgt, out, ae, lc], COMPARISON_LABELS)
                 save_png(grid, tmp / "comparison" / f"{s.video_id}.png")
                 if len(grid_rows) < GRID_ROWS:
                     grid_rows.append(grid)
                 rows.append({"video_id": s.video_id, "task": s.task, "label": s.label, "prompt": prompt,
-                             "progress_percent": s.progress_percent, "num_frames": s.num_frames})
+                             "progress_percent": s.progress_percent,
+                             "true_progress_percent": s.true_progress_percent, "num_frames": s.num_frames})
             # Metrics from the saved files, so anyone can recompute them from the PNGs.
             saved = {sub: np.stack([load_png(tmp / sub / f"{s.video_id}.png") for s in batch])
-                     for sub in ("input", "target", "output", "autoencoder")}  # each (B, R, R, 3)
-            scores = {"ssim": ssim(saved["output"], saved["target"]), "psnr": psnr(saved["output"], saved["target"]),
-                      "baseline_ssim": ssim(saved["input"], saved["target"]),
-                      "baseline_psnr": psnr(saved["input"], saved["target"]),
-                      "autoencoder_ssim": ssim(saved["autoencoder"], saved["target"]),
-                      "autoencoder_psnr": psnr(saved["autoencoder"], saved["target"])}
+                     for sub in ("target", *METHODS)}  # each (B, R, R, 3)
+            scores = score_methods({sub: saved[sub] for sub in METHODS}, saved["target"], saved["input"])
             for j, row in enumerate(rows[-len(batch):]):
                 row.update({k: float(v[j]) for k, v in scores.items()})
             meter.update(len(batch), extra=f"last SSIM {rows[-1]['ssim']:.4f}")
@@ -392,6 +459,9 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
         mean, std = _summary(rows)
         base_mean, base_std = _summary(rows, "baseline_")
         ae_mean, ae_std = _summary(rows, "autoencoder_")
+        lc_mean, lc_std = _summary(rows, "latent_copy_")
+        fraction_mean = mean_std([r["motion_fraction"] for r in rows])[0]
+        n_static = sum(1 for r in rows if r["motion_fraction"] == 0.0)
         save_png(stack_vertical(grid_rows), tmp / "comparison_grid.png")
         resolved = {"device": str(device), "dtype": str(dtype).replace("torch.", "")}
         results = {
@@ -399,9 +469,10 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
             "samples": rows, "n": len(rows), "n_requested": config.num_samples,
             "mean": mean, "std": std, "baseline_mean": base_mean, "baseline_std": base_std,
             "autoencoder_mean": ae_mean, "autoencoder_std": ae_std,
+            "latent_copy_mean": lc_mean, "latent_copy_std": lc_std,
+            "motion_fraction_mean": fraction_mean, "n_static": n_static,
             "config": {**config.to_dict(), **{f"resolved_{k}": v for k, v in resolved.items()},
-                       "progress_source": (None if not config.add_progress else
-                                           "PAC-Net estimate" if progress_override is not None else "frame count"),
+                       "progress_source": progress_source_text(config, progress_override is not None),
                        "cache_resolution": getattr(cache, "resolution", None),
                        "cache_version": getattr(cache, "version", None),
                        "metrics": METRIC_SETTINGS, "std_ddof": 0,
@@ -414,9 +485,14 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
         write_json_atomic(tmp / "results.json", results)
     if log:
         log(f"{out_dir}: SSIM {mean['ssim']:.4f} +- {std['ssim']:.4f}, PSNR {mean['psnr']:.2f} +- "
-            f"{std['psnr']:.2f} dB (copy-frame {base_mean['ssim']:.4f} / {base_mean['psnr']:.2f} dB, VAE ceiling "
-            f"{ae_mean['ssim']:.4f} / {ae_mean['psnr']:.2f} dB), n={len(rows)}")
+            f"{std['psnr']:.2f} dB (copy-frame {base_mean['ssim']:.4f} / {base_mean['psnr']:.2f} dB, latent copy "
+            f"{lc_mean['ssim']:.4f} / {lc_mean['psnr']:.2f} dB, VAE ceiling {ae_mean['ssim']:.4f} / "
+            f"{ae_mean['psnr']:.2f} dB); motion-region PSNR {mean['motion_psnr']:.2f} dB (latent copy "
+            f"{lc_mean['motion_psnr']:.2f}, copy-frame {base_mean['motion_psnr']:.2f}, ceiling "
+            f"{ae_mean['motion_psnr']:.2f}), n={len(rows)}")
     return EvalResult(out_dir=out_dir, results_json=out_dir / "results.json",
                       grid_png=out_dir / "comparison_grid.png", mean=mean, std=std, baseline_mean=base_mean,
-                      baseline_std=base_std, autoencoder_mean=ae_mean, autoencoder_std=ae_std, n=len(rows), samples=rows, skipped=skipped,
-                      checkpoint_sha256=ckpt_sha, config=results["config"])
+                      baseline_std=base_std, autoencoder_mean=ae_mean, autoencoder_std=ae_std,
+                      latent_copy_mean=lc_mean, latent_copy_std=lc_std, n=len(rows), samples=rows, skipped=skipped,
+                      checkpoint_sha256=ckpt_sha, config=results["config"], motion_fraction_mean=fraction_mean,
+                      n_static=n_static)

@@ -1,6 +1,18 @@
-"""t-tests of "with progress" against "without progress" evaluations (the seed's t_test.py).
+"""t-tests between the variants' evaluations (the seed's t_test.py, plus the control arms).
 
-Two tests per (target frame, eval set, metric), both two-sided, difference = with - without:
+Comparisons (`pecn_ml.variants.comparison_pairs`), each per target frame (next1, next5), eval
+set, metric (SSIM, PSNR, motion-region PSNR) and training seed, difference = arm B - arm A:
+
+* "progress - plain"    (next*_progress - next*): the seed's with vs without progress;
+* "progress - shuffled" (next*_progress - next*_shuffled): does the percentage's information help?
+* "shuffled - plain"    (next*_shuffled - next*): does the progress sentence's form help?
+
+Rows name the comparison in `comparison`; arm A is in `without` (and `mean_without`, ...) and arm
+B in `with`, the names kept from the seed's with/without-progress table. A metric that the results
+lack (`motion_psnr` in results.json written before it was scored) gives a row with NaN statistics
+and the reason in `paired_reason` / `welch_reason`, not an error.
+
+Two tests per row, both two-sided:
 
 * paired t-test over the videos both runs scored (the right test: both models see the same
   inputs), `scipy.stats.ttest_rel`; 95% CI of the mean paired difference from the t distribution
@@ -28,15 +40,16 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from pecn_ml.utils.files import write_json_atomic
-from pecn_ml.variants import EVAL_SETS, progress_pairs
+from pecn_ml.variants import EVAL_SETS, comparison_pairs
 
-METRICS = ("ssim", "psnr")
+METRICS = ("ssim", "psnr", "motion_psnr")
 NAN = float("nan")
 _ZERO = 1e-12   # a standard deviation below this (relative to the values) counts as zero variance
-T_TESTS_FORMAT_VERSION = 1
+T_TESTS_FORMAT_VERSION = 2  # 2: three comparisons (`comparison`), motion_psnr
 
 METHOD = {
-    "difference": "with progress - without progress",
+    "difference": "arm B ('with') - arm A ('without') of each comparison: progress - plain, "
+                  "progress - shuffled, shuffled - plain",
     "paired": "scipy.stats.ttest_rel over videos scored by both runs, two-sided; CI: t(n-1); "
               "effect size Cohen's d_z = mean(diff) / sd(diff, ddof=1)",
     "welch": "scipy.stats.ttest_ind(equal_var=False) over all samples of each run, two-sided; "
@@ -134,7 +147,7 @@ def compare_runs(without: Mapping[str, Any], with_: Mapping[str, Any], metric: s
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    a, b = _scores(without, metric, "without-progress"), _scores(with_, metric, "with-progress")
+    a, b = _scores(without, metric, "arm A (without)"), _scores(with_, metric, "arm B (with)")
     common = [vid for vid in a if vid in b]
     va, vb = list(a.values()), list(b.values())
     return {
@@ -160,23 +173,45 @@ def _flat_row(cmp: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def t_test_table(results_by_eval: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per (target frame, eval set, metric): next1 vs next1_progress (target 21) and
-    next5 vs next5_progress (target 25), for each eval set in EVAL_SETS and metric (ssim, psnr).
+def _lacks(results: Mapping[str, Any], metric: str) -> bool:
+    """True when results has samples and none of them has `metric` (scored before it existed)."""
+    samples = results.get("samples") if isinstance(results, Mapping) else None
+    return isinstance(samples, list) and bool(samples) and not any(
+        isinstance(s, Mapping) and metric in s for s in samples)
 
-    `results_by_eval` maps (variant name, eval set) -> results dict; pairs with a missing side are
-    left out. Rows carry both models' `checkpoint_sha256` (from the results dicts).
+
+def _untested(a: Mapping[str, Any], b: Mapping[str, Any], metric: str, names: tuple[str, str]) -> dict[str, Any]:
+    """compare_runs' shape with NaN statistics, for a metric that one side's results lack."""
+    lacking = [n for n, r in zip(names, (a, b)) if _lacks(r, metric)]
+    reason = f"no {metric!r} in the results of {' and '.join(lacking)}: not tested"
+    paired = {**paired_test([], []), "n": 0, "mean_diff": NAN, "reason": reason}
+    welch = {**welch_test([], []), "reason": reason}
+    n_a, n_b = len(a.get("samples") or []), len(b.get("samples") or [])
+    return {"metric": metric, "n_without": n_a, "n_with": n_b, "n_paired": 0, "mean_without": NAN,
+            "mean_with": NAN, "paired": paired, "welch": welch}
+
+
+def t_test_table(results_by_eval: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per (target frame, comparison, eval set, metric): the comparisons of
+    `pecn_ml.variants.comparison_pairs` (progress - plain, progress - shuffled, shuffled - plain)
+    for targets 21 and 25, each eval set in EVAL_SETS and metric in METRICS.
+
+    `results_by_eval` maps (variant name, eval set) -> results dict; comparisons with a missing
+    side are left out; a metric the results lack gives a NaN row with the reason. Rows carry
+    both models' `checkpoint_sha256` (from the results dicts).
     """
     rows = []
-    for without_v, with_v in progress_pairs():
+    for comparison, without_v, with_v in comparison_pairs():
         for eval_set in EVAL_SETS:
             a = results_by_eval.get((without_v.name, eval_set))
             b = results_by_eval.get((with_v.name, eval_set))
             if a is None or b is None:
                 continue
             for metric in METRICS:
-                cmp = compare_runs(a, b, metric)
+                cmp = (_untested(a, b, metric, (without_v.name, with_v.name)) if _lacks(a, metric) or
+                       _lacks(b, metric) else compare_runs(a, b, metric))
                 rows.append({
+                    "comparison": comparison,
                     "target_idx": without_v.target_idx, "eval_set": eval_set, "metric": metric,
                     "without": without_v.name, "with": with_v.name,
                     "without_model": without_v.seed_name, "with_model": with_v.seed_name,
@@ -223,7 +258,9 @@ def mean_over_seeds(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     per training seed), for the videos every seed scored; `n_seeds` says over how many."""
     per_seed = [{str(s["video_id"]): s for s in r["samples"]} for r in results]
     common = [vid for vid in per_seed[0] if all(vid in p for p in per_seed[1:])] if per_seed else []
-    samples = [{"video_id": vid, **{m: float(np.mean([p[vid][m] for p in per_seed])) for m in METRICS}}
+    # a metric some seed's results lack (scored before it existed) is left out; None counts as NaN
+    samples = [{"video_id": vid, **{m: float(np.mean([NAN if p[vid][m] is None else p[vid][m] for p in per_seed]))
+                                    for m in METRICS if all(m in p[vid] for p in per_seed)}}
                for vid in common]
     return {"samples": samples, "n_seeds": len(results), "checkpoint_sha256": None}
 
@@ -245,8 +282,8 @@ def seed_t_test_table(results: Mapping[tuple[int, str, str], Mapping[str, Any]])
     complete = {k: [results[(seed, *k)] for seed in seeds] for k in keys
                 if all((seed, *k) in results for seed in seeds)}
     for row in t_test_table({k: mean_over_seeds(rs) for k, rs in complete.items()}):
-        diffs = [r["mean_diff"] for r in rows if (r["target_idx"], r["eval_set"], r["metric"]) ==
-                 (row["target_idx"], row["eval_set"], row["metric"])]
+        diffs = [r["mean_diff"] for r in rows if (r["comparison"], r["target_idx"], r["eval_set"], r["metric"]) ==
+                 (row["comparison"], row["target_idx"], row["eval_set"], row["metric"])]
         rows.append({"seed": f"mean of {len(seeds)}", "n_seeds": len(seeds), **row,
                      "seed_mean_diff_mean": float(np.mean(diffs)),
                      "seed_mean_diff_sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else NAN})

@@ -1,8 +1,19 @@
-"""The four InstructPix2Pix variants of the seed's train_pipeline.sh and the two eval sets."""
+"""The InstructPix2Pix variants: the seed's four (train_pipeline.sh), two control arms, and the
+two eval sets.
+
+Control arms (issue 16): `next1_shuffled` / `next5_shuffled` carry the progress sentence with a
+percentage taken from another video (`pecn_ml.prompts.shuffle_percents`, a fixed seeded
+derangement): the same prompt form and distribution of percentages as `*_progress`, without the
+information. progress - shuffled asks whether the information helps, shuffled - plain whether the
+form does (`comparison_pairs`, tested by `pecn_ml.stats`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+from pecn_ml.prompts import PROGRESS_SHUFFLE_SEED
 
 
 @dataclass(frozen=True)
@@ -12,6 +23,21 @@ class Variant:
     input_idx: int      # 0-based input frame (frame 20 = the 21st decoded frame)
     target_idx: int     # 0-based target frame
     add_progress: bool  # append "And N% of the action has been completed."
+    shuffled_progress: bool = False  # ... with N of another video (control arm; needs add_progress)
+
+    def __post_init__(self):
+        if self.shuffled_progress and not self.add_progress:
+            raise ValueError(f"variant {self.name}: shuffled_progress needs add_progress")
+
+    @property
+    def progress(self) -> str:
+        """"none" (no progress sentence), "true" (this video's percent) or "shuffled"."""
+        return "shuffled" if self.shuffled_progress else "true" if self.add_progress else "none"
+
+    @property
+    def shuffle_seed(self) -> Optional[int]:
+        """The seed of the percent derangement for a shuffled arm; None otherwise."""
+        return PROGRESS_SHUFFLE_SEED if self.shuffled_progress else None
 
 
 VARIANTS: dict[str, Variant] = {
@@ -21,6 +47,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("next1_progress", "instruct_pix2pix_224_progress", 20, 21, True),
         Variant("next5", "instruct_pix2pix_224_next5", 20, 25, False),
         Variant("next5_progress", "instruct_pix2pix_224_progress_next5", 20, 25, True),
+        Variant("next1_shuffled", "instruct_pix2pix_224_shuffled", 20, 21, True, shuffled_progress=True),
+        Variant("next5_shuffled", "instruct_pix2pix_224_shuffled_next5", 20, 25, True, shuffled_progress=True),
     )
 }
 
@@ -33,6 +61,21 @@ TRAIN_FILE = "train_filtered.json"
 
 
 def progress_pairs() -> list[tuple[Variant, Variant]]:
-    """(without progress, with progress) pairs compared by the t-tests, one per target frame."""
+    """(without progress, with progress) pairs, one per target frame."""
     return [(VARIANTS["next1"], VARIANTS["next1_progress"]),
             (VARIANTS["next5"], VARIANTS["next5_progress"])]
+
+
+# name of a comparison -> (arm A, arm B) by suffix; the t-tests test B - A
+COMPARISONS: dict[str, tuple[str, str]] = {
+    "progress - plain": ("", "_progress"),          # the seed's question: does the prompt help?
+    "progress - shuffled": ("_shuffled", "_progress"),  # does the percentage's information help?
+    "shuffled - plain": ("", "_shuffled"),          # does the sentence's form help?
+}
+
+
+def comparison_pairs() -> list[tuple[str, Variant, Variant]]:
+    """(comparison, arm A, arm B) compared by the t-tests (difference B - A), per target frame
+    (next1, next5) and comparison in `COMPARISONS` order."""
+    return [(name, VARIANTS[target + a], VARIANTS[target + b])
+            for target in ("next1", "next5") for name, (a, b) in COMPARISONS.items()]

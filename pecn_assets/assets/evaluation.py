@@ -47,8 +47,9 @@ def evaluation_rows(evaluation: dict[str, Evaluation]) -> list[dict]:
     rows = []
     for e in sorted(evaluation.values(), key=lambda e: (e.variant, e.seed)):
         v = VARIANTS[e.variant]
+        progress = "shuffled" if v.shuffled_progress else v.add_progress
         rows += [{**evaluation_row(e.variant, s, e.results(s), model=v.seed_name, target_idx=v.target_idx,
-                                   progress=v.add_progress), "seed": e.seed} for s in e.sets]
+                                   progress=progress), "seed": e.seed} for s in e.sets]
     return rows
 
 
@@ -57,16 +58,17 @@ def build_evaluation_assets(parts: Partitions) -> list:
     profile = parts.profile
     at_pix2pix_resolution = dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pix2pix_resolution))
 
-    @dg.asset(group_name="evaluation", partitions_def=parts.model, kinds={"pytorch", "json"}, code_version="2",
+    @dg.asset(group_name="evaluation", partitions_def=parts.model, kinds={"pytorch", "json"}, code_version="3",
               ins={"frame_cache": at_pix2pix_resolution}, **gpu_asset_args())
     def evaluation(context: dg.AssetExecutionContext, config: ProgressSourceConfig, settings: PecnSettings,
                    filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef, ip2p_model: Pix2PixCheckpoint,
                    progress_estimates: Optional[ProgressEstimates]) -> dg.MaterializeResult:
-        """Samples one trained model (seed x variant) on every eval set; SSIM/PSNR per sample beside the copy-frame baseline."""
+        """Samples one trained model (seed x variant) on every eval set; SSIM/PSNR and motion-region PSNR/MAE per sample beside the latent copy, the copy-frame baseline and the VAE ceiling."""
         variant, cache = VARIANTS[ip2p_model.variant], frame_cache.open()
         override, progress_meta = progress_source(config.use_progress_estimator, progress_estimates, variant)
         sampling = replace(profile.sampling, input_idx=variant.input_idx, target_idx=variant.target_idx,
-                           add_progress=variant.add_progress, prompt_text=profile.prompt_text)
+                           add_progress=variant.add_progress, progress_shuffle_seed=variant.shuffle_seed,
+                           prompt_text=profile.prompt_text)
         lineage = {"checkpoint": ip2p_model.path, "checkpoint_sha256": ip2p_model.sha256, "seed": ip2p_model.seed,
                    "frame_cache_version": frame_cache.version, "annotations_version": filtered_annotations.version,
                    **progress_meta}
@@ -81,30 +83,32 @@ def build_evaluation_assets(parts: Partitions) -> list:
             Evaluation(ip2p_model.variant, ip2p_model.seed, ip2p_model.path, ip2p_model.sha256, sets,
                        progress_meta["progress_source"]), sha256_json({s: r.sha256 for s, r in sets.items()}),
             comparison_grid=dg.MetadataValue.md(image_md([g for g in grids if g.is_file()],
-                                                         f"{' / '.join(sets)}: Input | GT | Output | VAE(GT)")),
+                                                         f"{' / '.join(sets)}: Input | GT | Output | VAE(GT) | "
+                                                         f"VAE(Input)")),
             sampling_config=asdict(sampling), ip2p_model_run_id=dg.MetadataValue.dagster_run(ip2p_model.run_id),
             frame_cache_version=frame_cache.version, annotations_version=filtered_annotations.version,
             pix2pix_base_sha256=ip2p_model.base_sha256, **claim.metadata(), **progress_meta)
 
-    @dg.asset(group_name="evaluation", partitions_def=parts.eval_set, kinds={"json"}, code_version="2",
+    @dg.asset(group_name="evaluation", partitions_def=parts.eval_set, kinds={"json"}, code_version="3",
               ins={"frame_cache": at_pix2pix_resolution})
     def copy_frame_baseline(context: dg.AssetExecutionContext, settings: PecnSettings,
                             filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef) -> dg.MaterializeResult:
-        """"Predict the input frame unchanged": SSIM/PSNR for targets 21 and 25 on the same samples."""
+        """"Predict the input frame unchanged": SSIM/PSNR and motion-region PSNR for targets 21 and 25 on the same samples."""
         eval_set, cache = context.partition_key, frame_cache.open()
         results = {str(t): compute_copy_frame_baseline(cache, filtered_annotations.eval_set(eval_set),
                                                        profile.sampling.input_idx, t, profile.sampling.num_samples)
                    for t in sorted({v.target_idx for v in VARIANTS.values()})}
         path = write_json_atomic(run_dir(settings.results_path() / f"copy_frame_baseline_{eval_set}", context)
                                  / "results.json", results)
-        by_target = {t: {"ssim": r["mean"]["ssim"], "psnr": r["mean"]["psnr"], "n": r["n"]} for t, r in results.items()}
+        by_target = {t: {"ssim": r["mean"]["ssim"], "psnr": r["mean"]["psnr"], "motion_psnr": r["mean"]["motion_psnr"],
+                         "n": r["n"]} for t, r in results.items()}
         sha = sha256_file(path)
         return materialized(CopyFrameBaseline(str(path), sha, eval_set=eval_set, by_target=by_target), sha)
 
     @dg.asset(group_name="evaluation", kinds={"json", "scipy"}, code_version="2")
     def t_tests(context: dg.AssetExecutionContext, settings: PecnSettings,
                 evaluation: dict[str, Evaluation]) -> dg.MaterializeResult:
-        """With- vs without-progress t-tests (paired by video and Welch) per training seed and on per-video means over seeds."""
+        """Paired and Welch t-tests of progress - plain, progress - shuffled and shuffled - plain, per seed and on per-video means over seeds."""
         rows = seed_t_test_table(results_by_model(evaluation))
         path = write_t_tests(rows, run_dir(settings.results_path() / "t_tests", context) / "t_test_results.json")
         sha = sha256_file(path)

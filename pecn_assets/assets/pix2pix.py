@@ -1,4 +1,4 @@
-"""InstructPix2Pix assets: the four fine-tuned variants (target 21/25, with/without progress), each
+"""InstructPix2Pix assets: the fine-tuned variants (target 21/25; no, true or shuffled progress), each
 trained once per training seed (partition `{seed}|{variant}`)."""
 
 from dataclasses import asdict
@@ -21,15 +21,18 @@ from pecn_ml.variants import VARIANTS, Variant
 def progress_source(use_estimator: bool, estimates: Optional[ProgressEstimates],
                     variant: Variant) -> tuple[Optional[dict], dict]:
     """PAC-Net's percent per video when a progress variant is asked to use it, and metadata naming
-    the source of the prompts' percentages ("frame count", "PAC-Net" or "none")."""
+    the source of the prompts' percentages ("frame count", "PAC-Net" or "none"; a shuffled arm
+    adds ", shuffled (seed S)": its prompts carry those percents deranged among the videos)."""
     if not variant.add_progress:
         return None, {"progress_source": "none"}
+    shuffled = f", shuffled (seed {variant.shuffle_seed})" if variant.shuffled_progress else ""
     if not use_estimator:
-        return None, {"progress_source": "frame count"}
+        return None, {"progress_source": "frame count" + shuffled}
     if estimates is None:
         raise dg.Failure("use_progress_estimator is on, but progress_estimates has never been "
                          "materialised: materialise it first", allow_retries=False)
-    return estimates.percent_by_video(), estimates.lineage()
+    lineage = estimates.lineage()
+    return estimates.percent_by_video(), {**lineage, "progress_source": lineage["progress_source"] + shuffled}
 
 
 def build_pix2pix_assets(parts: Partitions, train_processes: int = 1) -> list:
@@ -47,7 +50,7 @@ def build_pix2pix_assets(parts: Partitions, train_processes: int = 1) -> list:
     def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, settings: PecnSettings,
                    tracking: Tracking, filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef,
                    pix2pix_base: Weights, progress_estimates: Optional[ProgressEstimates]) -> dg.MaterializeResult:
-        """InstructPix2Pix fine-tuned on the four-task training set, one variant and training seed per partition (trained in a launched process, K processes on K claimed GPUs)."""
+        """InstructPix2Pix fine-tuned on the four-task training set, one variant (plain, progress or shuffled-progress control) and training seed per partition (trained in a launched process, K processes on K claimed GPUs)."""
         seed, variant = seed_and_variant(context.partition_key)
         override, progress_meta = progress_source(config.use_progress_estimator, progress_estimates, VARIANTS[variant])
         train_config = apply(config, profile.pix2pix_train, seed=seed, latent_cache_dir=(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pecn_ml.prompts import PROMPT_TEXTS, action_text, build_prompt, progress_percent
+from pecn_ml.prompts import PROMPT_TEXTS, action_text, build_prompt, progress_percent, shuffle_percents
 
 SKIP_REASONS = ("duplicate", "not_cached", "too_short", "no_progress_estimate")
 
@@ -70,12 +70,18 @@ class FramePairDataset(Dataset):
     `progress_percent(input_idx, num_frames)`, or, when `progress_estimates` (video id ->
     estimated percent, e.g. PAC-Net's) is given, from that mapping. `prompt_text` picks the
     action text: "class" (the template without brackets, as in the seed's examples) or "label".
+
+    Shuffled progress (`shuffle_seed`, the control arms): each video's percent (from its frame
+    count or from `progress_estimates`, as above) is computed first, then the percents of the
+    dataset's videos (in dataset order) are reassigned by `pecn_ml.prompts.shuffle_percents`, a
+    seeded derangement: every prompt carries another video's percent. `.percents` holds the
+    number in each prompt, `.true_percents` the video's own (None without progress).
     """
 
     def __init__(self, cache: Any, annotations: Sequence[Mapping[str, Any]] | str | Path, *,
                  input_idx: int = 20, target_idx: int = 21, add_progress: bool = False,
                  progress_estimates: Optional[Mapping[str, float]] = None,
-                 prompt_text: str = "class"):
+                 prompt_text: str = "class", shuffle_seed: Optional[int] = None):
         if not 0 <= input_idx < target_idx:
             raise ValueError(f"FramePairDataset: need 0 <= input_idx < target_idx, "
                              f"got {input_idx}, {target_idx}")
@@ -84,6 +90,8 @@ class FramePairDataset(Dataset):
                              f"got {prompt_text!r}")
         if progress_estimates is not None and not add_progress:
             raise ValueError("FramePairDataset: progress_estimates given but add_progress=False")
+        if shuffle_seed is not None and not add_progress:
+            raise ValueError("FramePairDataset: shuffle_seed given but add_progress=False")
         entries, self.source = load_annotation_entries(annotations)
         self.cache = cache
         self.resolution = int(cache.resolution)
@@ -92,11 +100,14 @@ class FramePairDataset(Dataset):
         self.prompt_text = prompt_text
         self.progress_from = ("none" if not add_progress
                               else "estimates" if progress_estimates is not None else "frame_count")
+        self.shuffle_seed = shuffle_seed
         self.skipped: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
         self.video_ids: list[str] = []
         self.prompts: list[str] = []
         self.labels: list[str] = []
         self.num_frames: list[int] = []
+        self.true_percents: list[Optional[float]] = []
+        texts: list[str] = []
         seen: set[str] = set()
         for e in entries:
             vid = e["id"]
@@ -123,17 +134,22 @@ class FramePairDataset(Dataset):
             self.video_ids.append(vid)
             self.labels.append(e["label"])
             self.num_frames.append(n)
-            self.prompts.append(build_prompt(action_text(e, prompt_text), pct))
+            self.true_percents.append(pct)
+            texts.append(action_text(e, prompt_text))
+        self.percents = (shuffle_percents(self.true_percents, shuffle_seed) if shuffle_seed is not None
+                         else list(self.true_percents))
+        self.prompts = [build_prompt(t, pct) for t, pct in zip(texts, self.percents)]
 
     @classmethod
     def for_variant(cls, cache: Any, annotations: Sequence[Mapping[str, Any]] | str | Path,
                     variant: Any, progress_estimates: Optional[Mapping[str, float]] = None,
                     prompt_text: str = "class") -> "FramePairDataset":
-        """The pairs of a `pecn_ml.variants.Variant` (its frames and whether prompts carry progress)."""
+        """The pairs of a `pecn_ml.variants.Variant` (its frames and whether prompts carry progress,
+        true or shuffled)."""
         return cls(cache, annotations, input_idx=variant.input_idx, target_idx=variant.target_idx,
                    add_progress=variant.add_progress,
                    progress_estimates=progress_estimates if variant.add_progress else None,
-                   prompt_text=prompt_text)
+                   prompt_text=prompt_text, shuffle_seed=variant.shuffle_seed)
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -147,7 +163,7 @@ class FramePairDataset(Dataset):
         return {"pairs": len(self), "skipped": {k: len(v) for k, v in self.skipped.items()},
                 "input_idx": self.input_idx, "target_idx": self.target_idx,
                 "resolution": self.resolution, "progress_from": self.progress_from,
-                "prompt_text": self.prompt_text}
+                "progress_shuffle_seed": self.shuffle_seed, "prompt_text": self.prompt_text}
 
     def frame(self, vid: str, idx: int) -> np.ndarray:
         """Frame `idx` of video `vid` from the cache, checked to be (R, R, 3) uint8."""

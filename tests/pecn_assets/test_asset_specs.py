@@ -98,4 +98,5 @@ def test_model_and_evaluation_checks_are_registered(defs):
     checks = {(k.asset_key.to_user_string(), k.name): spec.blocking
               for c in defs.asset_checks for k, spec in zip(c.check_keys, c.check_specs)}
     assert checks == {("ip2p_model", "loss_decreased"): True, ("pacnet", "beats_mean_predictor"): True,
-                      ("evaluation", "samples_and_ranges"): True, ("evaluation", "beats_copy_frame"): False}
+                      ("evaluation", "samples_and_ranges"): True, ("evaluation", "beats_copy_frame"): False,
+                      ("evaluation", "predicts_motion"): False}

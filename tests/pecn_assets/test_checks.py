@@ -6,15 +6,17 @@ from pathlib import Path
 from typing import Optional
 
 import dagster as dg
+import numpy as np
 import pytest
+from scipy import stats
 
-from pecn_assets.checks import build_checks
+from pecn_assets.checks import build_checks, predicts_motion
 from pecn_assets.io_manager import ArtifactIOManager
 from pecn_assets.partitions import Partitions
 from pecn_ml.artifacts import (UNET_WEIGHTS, EvalSetResult, Evaluation, PacNetCheckpoint, Pix2PixCheckpoint,
                                ProgressEstimates)
 from pecn_ml.profiles import get_profile
-from pecn_ml.utils.files import sha256_file
+from pecn_ml.utils.files import sha256_file, write_json_atomic
 
 PARTS = Partitions.build(get_profile("smoke"), (0, 1))
 CHECKS = {next(iter(c.check_keys)).name: c for c in build_checks(PARTS)}
@@ -137,3 +139,55 @@ def test_pacnet_and_evaluation_checks():
     evaluation = Evaluation("next1", 0, "c", "s", {"basic": short})
     assert evaluation.problems() == ["basic: n = 1 samples, expected 2"]
     assert len(evaluation.warnings()) == 2  # below the copy-frame baseline in SSIM and PSNR: WARN only
+
+
+def _motion_evaluation(root: Path, diffs: dict[str, list[float]]) -> Evaluation:
+    """An Evaluation whose results.json per eval set has the model's motion-region PSNR = the latent
+    copy's + the given per-video differences (dB)."""
+    sets = {}
+    for eval_set, ds in diffs.items():
+        samples = [{"video_id": str(i), "motion_psnr": 20.0 + d, "latent_copy_motion_psnr": 20.0 + 0.1 * i}
+                   for i, d in enumerate(ds)]
+        for i, x in enumerate(samples):
+            x["motion_psnr"] += 0.1 * i
+        path = write_json_atomic(root / f"{eval_set}.json", {"n": len(samples), "samples": samples})
+        sets[eval_set] = EvalSetResult(eval_set, str(path), sha256_file(path), n=len(ds), n_expected=len(ds),
+                                       mean={"ssim": 0.5, "psnr": 20.0}, std={},
+                                       baseline_mean={"ssim": 0.9, "psnr": 30.0},
+                                       autoencoder_mean={"ssim": 0.6, "psnr": 22.0})
+    return Evaluation("next5", 0, "c", "s", sets)
+
+
+def test_predicts_motion_passes_when_the_model_beats_the_latent_copy_on_every_set(tmp_path):
+    assert not any(s.blocking for s in CHECKS["predicts_motion"].check_specs)
+    ahead = [0.8, 1.1, 0.9, 1.3, 0.7, 1.0]
+    result = predicts_motion(_motion_evaluation(tmp_path, {"basic": ahead, "backforth": ahead[:4]}))
+    assert result.passed, result.description
+    meta = {k: v.value for k, v in result.metadata.items()}
+    assert meta["basic_motion_psnr_diff_db"] == pytest.approx(np.mean(ahead))
+    assert meta["basic_n"] == 6 and meta["backforth_n"] == 4
+    expected = stats.ttest_rel(np.array(ahead) + 20, np.zeros(6) + 20, alternative="greater").pvalue
+    assert meta["basic_p"] == pytest.approx(expected) and meta["basic_p"] < 0.01
+
+
+def test_predicts_motion_warns_on_a_copier_and_on_a_noisy_set(tmp_path):
+    behind = [-0.8, -1.1, -0.9, -1.3, -0.7, -1.0]   # the latent copy is better: a copier, blurred
+    noisy = [2.0, -1.9, 0.1, 1.5, -1.4, 0.0]        # above on average, p far from 0.05
+    result = predicts_motion(_motion_evaluation(tmp_path, {"basic": behind, "backforth": noisy}))
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    assert "basic: motion-region PSNR -0.967 dB vs the latent copy" in result.description
+    assert "backforth: motion-region PSNR +0.050 dB" in result.description
+    meta = {k: v.value for k, v in result.metadata.items()}
+    assert meta["basic_p"] > 0.99 and 0.05 < meta["backforth_p"] < 0.95
+
+
+def test_predicts_motion_warns_when_it_cannot_test(tmp_path):
+    one = predicts_motion(_motion_evaluation(tmp_path, {"basic": [1.0]}))
+    assert not one.passed and "n = 1 paired samples; at least 2 needed" in one.description
+    constant = predicts_motion(_motion_evaluation(tmp_path, {"basic": [0.5] * 4}))  # equal differences > 0
+    assert constant.passed and constant.metadata["basic_p"].value == 0.0
+    path = write_json_atomic(tmp_path / "old.json", {"n": 1, "samples": [{"video_id": "1", "ssim": 0.5}]})
+    old = Evaluation("next1", 0, "c", "s", {"basic": EvalSetResult(
+        "basic", str(path), sha256_file(path), n=1, n_expected=1, mean={"ssim": 0.5, "psnr": 20.0}, std={},
+        baseline_mean={"ssim": 0.9, "psnr": 30.0}, autoencoder_mean={"ssim": 0.6, "psnr": 22.0})})
+    assert "no motion-region scores" in predicts_motion(old).description

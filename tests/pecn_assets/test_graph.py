@@ -14,7 +14,7 @@ from pecn_ml.utils.files import sha256_file
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")
 
-VARIANTS = ["next1", "next1_progress", "next5", "next5_progress"]
+VARIANTS = ["next1", "next1_progress", "next5", "next5_progress", "next1_shuffled", "next5_shuffled"]
 
 
 def latest(instance, asset, partition=None):
@@ -139,6 +139,15 @@ def test_evaluation_records_the_checkpoint_it_sampled(smoke_graph):
                                   ("autoencoder_psnr_mean", "autoencoder_psnr")):
                 assert ev[metric] == pytest.approx(sum(x[field] for x in samples) / len(samples)), metric
             assert ev["ssim_vs_ceiling"] == pytest.approx(ev["ssim_mean"] / ev["autoencoder_ssim_mean"])
+            # the latent copy and the motion region: per set and for the partition, from the samples
+            new = [f"{p}motion_{m}" for p in ("", "latent_copy_", "baseline_", "autoencoder_") for m in ("psnr", "mae")]
+            for field in ["latent_copy_ssim", "latent_copy_psnr", *new]:
+                assert ev[f"{field}_mean"] == pytest.approx(sum(x[field] for x in samples) / len(samples)), field
+                for s in ("basic", "backforth"):
+                    rows = json.loads(Path(ev[f"{s}_results_json"]).read_text())["samples"]
+                    assert ev[f"{s}_{field}_mean"] == pytest.approx(sum(x[field] for x in rows) / len(rows)), field
+            record = latest(inst, "evaluation", key).asset_materialization.metadata
+            assert next(iter(record)) == "scores" and len(record["scores"].records) == 8  # 2 sets x 4 methods
             assert ev["frame_cache_version"] and ev["annotations_version"]
     shas = meta(latest(inst, "t_tests"))["model_checkpoint_sha256"]
     assert shas["0|next1"] == meta(latest(inst, "ip2p_model", "0|next1"))["checkpoint_sha256"]
@@ -162,6 +171,32 @@ def test_retraining_twice_leaves_every_earlier_evaluation_verifiable(smoke_graph
     assert len({e["checkpoint_sha256"] for e in evaluations}) == 3
     for ev in evaluations:
         assert_verifiable(ev)
+
+
+def test_control_arms_are_trained_evaluated_and_tested(smoke_graph):
+    """next1_shuffled / next5_shuffled: trained on and evaluated with other videos' percents, on the
+    same videos as the progress variant, and compared in t_tests and the summary."""
+    inst = smoke_graph.instance
+    for target in ("next1", "next5"):
+        model = meta(latest(inst, "ip2p_model", f"0|{target}_shuffled"))
+        assert model["progress_source"] == "frame count, shuffled (seed 16)"
+        assert "instruct_pix2pix_224_shuffled" in model["checkpoint"]
+        ev = meta(latest(inst, "evaluation", f"0|{target}_shuffled"))
+        assert ev["progress_source"] == "frame count, shuffled (seed 16)"
+        true = json.loads(Path(meta(latest(inst, "evaluation", f"0|{target}_progress"))["basic_results_json"]).read_text())
+        shuffled = json.loads(Path(ev["basic_results_json"]).read_text())
+        assert shuffled["config"]["progress_source"] == "shuffled (seed 16)"
+        assert [s["video_id"] for s in shuffled["samples"]] == [s["video_id"] for s in true["samples"]]
+        assert [s["true_progress_percent"] for s in shuffled["samples"]] == [s["progress_percent"] for s in true["samples"]]
+        assert sorted(s["progress_percent"] for s in shuffled["samples"]) == sorted(
+            s["progress_percent"] for s in true["samples"])
+    tests = json.loads(Path(meta(latest(inst, "t_tests"))["t_test_results"]).read_text())["tests"]
+    found = {(r["comparison"], r["without"], r["with"]) for r in tests}
+    assert {("progress - shuffled", "next5_shuffled", "next5_progress"), ("shuffled - plain", "next1", "next1_shuffled"),
+            ("progress - plain", "next5", "next5_progress")} <= found
+    assert {r["metric"] for r in tests} == {"ssim", "psnr", "motion_psnr"}
+    summary = meta(latest(inst, "summary_report"))["summary"]
+    assert "| progress - shuffled |" in summary and "| next5_shuffled |" in summary
 
 
 def test_progress_estimator_reaches_the_prompts_and_its_sha_is_recorded(smoke_graph):
@@ -194,7 +229,8 @@ def test_every_check_ran_and_the_blocking_ones_passed(smoke_graph):
     inst = smoke_graph.instance
     keys = [dg.AssetCheckKey(dg.AssetKey(asset), name) for asset, name in (
         ("ip2p_model", "loss_decreased"), ("pacnet", "beats_mean_predictor"),
-        ("evaluation", "samples_and_ranges"), ("evaluation", "beats_copy_frame"))]
+        ("evaluation", "samples_and_ranges"), ("evaluation", "beats_copy_frame"),
+        ("evaluation", "predicts_motion"))]
     for key in keys:
         history = inst.event_log_storage.get_asset_check_execution_history(key, limit=100)
         assert history, f"{key.to_user_string()} never ran"

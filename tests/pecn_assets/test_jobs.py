@@ -119,6 +119,8 @@ def test_sweep_schedule_requests_one_training_run_per_variant(defs, persistent_i
         instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()))
     requests = data.run_requests
     assert sorted(r.partition_key for r in requests) == sorted(f"0|{v}" for v in VARIANTS)
+    assert {"0|next1_shuffled", "0|next5_shuffled"} <= {r.partition_key for r in requests}  # the control arms
+    assert len(requests) == 6
     assert {r.tags[jobs.SWEEP_TAG] for r in requests} == {"20260307T0300Z"}
     assert len({r.run_key for r in requests}) == len(VARIANTS)
 

@@ -1,5 +1,5 @@
 """The experiment sweep run for real, in-process, on the smoke data: the schedule's run requests
-train the four variants for both training seeds, then the sensor's requests evaluate each trained
+train the six variants (the seed's four and the two shuffled-progress controls) for both training seeds, then the sensor's requests evaluate each trained
 model on both eval sets."""
 
 from datetime import datetime, timezone
@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from pecn_assets.jobs import SWEEP_TAG
+from pecn_ml.variants import VARIANTS
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")
 
@@ -34,8 +35,8 @@ def test_sweep_backfill_runs_in_dependency_order(smoke_graph):
     tick = datetime(2026, 11, 28, 3, 0, tzinfo=timezone.utc)
     train_requests = list(experiment_sweep(dg.build_schedule_context(instance=inst,
                                                                      scheduled_execution_time=tick)))
-    assert sorted(r.partition_key for r in train_requests) == \
-        [f"{seed}|{v}" for seed in (0, 1) for v in ("next1", "next1_progress", "next5", "next5_progress")]
+    assert sorted(r.partition_key for r in train_requests) == sorted(f"{seed}|{v}" for seed in (0, 1) for v in VARIANTS)
+    assert len(train_requests) == 2 * 6
     trained = _run_requests(defs, "sweep_train", train_requests, inst)
     sweep_id = train_requests[0].tags[SWEEP_TAG]
 

@@ -9,7 +9,7 @@ import pytest
 from pecn_ml.artifacts import (ARTIFACT_TYPES, MIN_STEPS_TO_JUDGE, MIN_VAL_VIDEOS_TO_JUDGE, UNET_WEIGHTS,
                                ArtifactChanged, CopyFrameBaseline, EvalSetResult, Evaluation,
                                FilteredAnnotations, PacNetCheckpoint, Pix2PixCheckpoint, ProgressEstimates,
-                               TTests, Url, Weights, artifact_from_json, tracking_metadata)
+                               Table, TTests, Url, Weights, artifact_from_json, tracking_metadata)
 from pecn_ml.training.tracking import TrackingInfo
 from pecn_ml.utils.files import sha256_file
 
@@ -129,3 +129,49 @@ def test_metadata_names_paths_and_tracking_links(tmp_path):
     assert isinstance(mlflow["mlflow_tracking_uri"], Url) and mlflow["mlflow_run"].endswith("/runs/abc")
     local = tracking_metadata(TrackingInfo(backend="mlflow", tracking_uri="sqlite:////x/mlflow.db", run_id="abc"))
     assert "mlflow_run" not in local and local["mlflow_run_id"] == "abc"
+
+
+def _scored(tmp_path: Path, name: str, n: int, shift: float) -> EvalSetResult:
+    """An eval set with every method's means, the motion-region ones included."""
+    def means(ssim, psnr, mpsnr, mmae):
+        return {"ssim": ssim + shift, "psnr": psnr + shift, "motion_psnr": mpsnr + shift, "motion_mae": mmae + shift}
+
+    return eval_set(tmp_path, name, n=n, mean=means(0.7, 20.0, 15.0, 0.10),
+                    latent_copy_mean=means(0.72, 21.0, 14.0, 0.12), baseline_mean=means(0.9, 30.0, 18.0, 0.08),
+                    autoencoder_mean=means(0.8, 25.0, 22.0, 0.05), n_static=1)
+
+
+def test_evaluation_metadata_leads_with_the_scores_table_then_every_key(tmp_path):
+    sets = {"basic": _scored(tmp_path, "basic", 3, 0.0), "backforth": _scored(tmp_path, "backforth", 1, 0.01)}
+    meta = Evaluation("next5", 0, "c", "s", sets).metadata()
+    assert next(iter(meta)) == "scores" and isinstance(meta["scores"], Table)
+    table = meta["scores"]
+    assert [c[0] for c in table.columns] == ["eval_set", "method", "ssim", "psnr", "motion_psnr", "n"]
+    assert [(r["eval_set"], r["method"]) for r in table] == [
+        (s, m) for s in ("basic", "backforth") for m in ("model", "latent copy", "copy-frame", "ceiling")]
+    assert table[5] == {"eval_set": "backforth", "method": "latent copy", "ssim": 0.73, "psnr": 21.01,
+                        "motion_psnr": 14.01, "n": 1}  # 4 significant digits
+    # per set, with its prefix
+    assert meta["basic_latent_copy_ssim_mean"] == 0.72 and meta["basic_latent_copy_psnr_mean"] == 21.0
+    assert meta["basic_motion_psnr_mean"] == 15.0 and meta["basic_latent_copy_motion_psnr_mean"] == 14.0
+    assert meta["basic_baseline_motion_psnr_mean"] == 18.0 and meta["basic_autoencoder_motion_psnr_mean"] == 22.0
+    assert meta["backforth_motion_mae_mean"] == pytest.approx(0.11) and meta["basic_n_static"] == 1
+    # the partition: n-weighted over both sets (3 + 1 samples), the old keys kept
+    for key, value in (("latent_copy_ssim_mean", 0.72), ("latent_copy_psnr_mean", 21.0), ("motion_psnr_mean", 15.0),
+                       ("latent_copy_motion_psnr_mean", 14.0), ("baseline_motion_psnr_mean", 18.0),
+                       ("autoencoder_motion_psnr_mean", 22.0), ("motion_mae_mean", 0.10),
+                       ("latent_copy_motion_mae_mean", 0.12), ("baseline_motion_mae_mean", 0.08),
+                       ("autoencoder_motion_mae_mean", 0.05), ("ssim_mean", 0.7), ("baseline_psnr_mean", 30.0)):
+        assert meta[key] == pytest.approx(value + 0.01 / 4), key
+    assert meta["n"] == 4 and meta["ssim_vs_ceiling"] == pytest.approx(meta["ssim_mean"] / meta["autoencoder_ssim_mean"])
+
+
+def test_an_evaluation_from_before_the_latent_copy_still_shows_its_metadata(tmp_path):
+    old = Evaluation("next1", 0, "c", "s", {"basic": eval_set(tmp_path)})  # no latent copy, no motion region
+    meta = old.metadata()
+    assert meta["ssim_mean"] == pytest.approx(0.7) and math.isnan(meta["latent_copy_ssim_mean"])
+    assert math.isnan(meta["basic_motion_psnr_mean"])
+    assert meta["scores"][0] == {"eval_set": "basic", "method": "model", "ssim": 0.7, "psnr": 20.0,
+                                 "motion_psnr": None, "n": 3}
+    assert old.problems() == []  # the latent copy's range is checked only where it was measured
+    assert "latent copy psnr" in eval_set(tmp_path, latent_copy_mean={"ssim": 0.5, "psnr": -1.0}).problems()[0]

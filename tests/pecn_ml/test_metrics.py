@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pecn_ml.metrics import PSNR_CAP_DB, mean_std, psnr, ssim
+from pecn_ml.metrics import (PSNR_CAP_DB, mean_std, motion_fraction, motion_mae, motion_mask, motion_psnr,
+                             psnr, ssim)
 
 
 def _images(seed: int, shape=(40, 48, 3)) -> tuple[np.ndarray, np.ndarray]:
@@ -124,3 +125,77 @@ def test_mean_std():
     m, s = mean_std([1.0, 2.0, 3.0, 4.0])
     assert m == 2.5 and s == pytest.approx(np.std([1, 2, 3, 4]))
     assert all(math.isnan(v) for v in mean_std([]))
+
+
+# ----------------------------------------------------------------------------- motion region
+
+
+def test_motion_mask_threshold_and_square_dilation():
+    inp = np.full((20, 20, 3), 100, np.uint8)
+    tgt = inp.copy()
+    tgt[10, 10, 1] = 109      # 9 levels in one channel: changed
+    tgt[3, 3] = 108           # 8 levels in every channel: not changed (strictly more than 8)
+    tgt[0, 19, 2] = 0         # a corner pixel: the dilation stops at the border
+    mask = motion_mask(inp, tgt)
+    assert mask.dtype == bool and mask.shape == (20, 20)
+    expected = np.zeros((20, 20), bool)
+    expected[8:13, 8:13] = True   # 5 x 5 square around (10, 10)
+    expected[0:3, 17:20] = True   # 3 x 3 inside the image around (0, 19)
+    assert np.array_equal(mask, expected)
+    assert motion_fraction(mask) == pytest.approx((25 + 9) / 400)
+    assert not motion_mask(inp, inp).any()
+    # dilation is symmetric: a decrease by 9 is motion too
+    assert motion_mask(tgt, inp)[10, 10] and not motion_mask(inp, tgt, dilation=0)[9, 10]
+
+
+def test_motion_mask_batches_equal_single_masks():
+    pairs = [_images(s) for s in range(3)]
+    inps, tgts = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    masks = motion_mask(inps, tgts)
+    assert masks.shape == (3, 40, 48)
+    for i, (a, b) in enumerate(pairs):
+        assert np.array_equal(masks[i], motion_mask(a, b))
+    assert np.allclose(motion_fraction(masks), [motion_fraction(m) for m in masks])
+
+
+def test_motion_psnr_and_mae_known_values():
+    tgt = np.full((20, 20, 3), 100, np.uint8)
+    pred = tgt.copy()
+    pred[:10] += 10            # top half off by 10 levels in every channel
+    mask = np.zeros((20, 20), bool)
+    mask[:5] = True            # only erroneous pixels in the region
+    assert motion_psnr(pred, tgt, mask) == pytest.approx(20 * math.log10(25.5), abs=1e-9)
+    assert motion_mae(pred, tgt, mask) == pytest.approx(10 / 255, abs=1e-12)
+    mask[10:15] = True         # half the region exact: MSE and MAE halve
+    assert motion_psnr(pred, tgt, mask) == pytest.approx(10 * math.log10(2 * 255 ** 2 / 100), abs=1e-9)
+    assert motion_mae(pred, tgt, mask) == pytest.approx(5 / 255, abs=1e-12)
+    only_exact = np.zeros((20, 20), bool)
+    only_exact[15:] = True     # no error in the region: capped like psnr
+    assert motion_psnr(pred, tgt, only_exact) == PSNR_CAP_DB and motion_mae(pred, tgt, only_exact) == 0.0
+    assert motion_psnr(pred, tgt, only_exact, cap_db=None) == math.inf
+
+
+def test_empty_mask_falls_back_to_the_whole_frame():
+    a, b = _images(2)
+    empty = np.zeros(a.shape[:2], bool)
+    assert motion_psnr(b, a, empty) == pytest.approx(psnr(b, a), abs=1e-5)
+    assert motion_mae(b, a, empty) == pytest.approx(np.abs(b / 255.0 - a / 255.0).mean(), abs=1e-12)
+    assert motion_fraction(empty) == 0.0
+    full = np.ones(a.shape[:2], bool)
+    assert motion_psnr(b, a, full) == pytest.approx(psnr(b, a), abs=1e-5)
+
+
+def test_motion_scores_batch_and_bad_inputs():
+    pairs = [_images(s) for s in range(3)]
+    preds, tgts = np.stack([p[1] for p in pairs]), np.stack([p[0] for p in pairs])
+    masks = motion_mask(preds, tgts)
+    masks[1] = False           # one empty mask in the batch: only that sample falls back
+    mp, ma = motion_psnr(preds, tgts, masks), motion_mae(preds, tgts, masks)
+    assert mp.shape == ma.shape == (3,)
+    for i in range(3):
+        assert mp[i] == motion_psnr(preds[i], tgts[i], masks[i]) and ma[i] == motion_mae(preds[i], tgts[i], masks[i])
+    assert mp[1] == pytest.approx(psnr(preds[1], tgts[1]), abs=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        motion_psnr(preds, tgts, masks[:, :-1])
+    with pytest.raises(ValueError, match="uint8"):
+        motion_mask(preds.astype(np.float32), tgts)

@@ -53,3 +53,27 @@ def test_progress_percent_is_the_seed_formula(idx, n, expected):
 def test_progress_percent_rejects_frames_outside_the_video(idx, n):
     with pytest.raises(ValueError):
         progress_percent(idx, n)
+
+
+def test_derangement_has_no_fixed_points_and_is_fixed_by_its_seed():
+    from pecn_ml.prompts import PROGRESS_SHUFFLE_SEED, derangement
+
+    for n in range(2, 40):
+        perm = derangement(n)
+        assert sorted(perm) == list(range(n)) and all(p != i for i, p in enumerate(perm)), n
+        assert derangement(n, PROGRESS_SHUFFLE_SEED) == perm  # the default seed, reproducible
+    assert derangement(2) == [1, 0]
+    assert len({tuple(derangement(8, seed)) for seed in range(20)}) > 10  # the seed matters
+    assert derangement(1) == [0] and derangement(0) == []  # one video has no other to take from
+    with pytest.raises(ValueError, match="n must be"):
+        derangement(-1)
+
+
+def test_shuffle_percents_keeps_the_distribution_and_moves_every_value():
+    from pecn_ml.prompts import derangement, shuffle_percents
+
+    true = [10, 25, 40, 55, 70, 85]
+    shuffled = shuffle_percents(true, seed=3)
+    assert sorted(shuffled) == true and all(s != t for s, t in zip(shuffled, true))
+    assert shuffled == [true[j] for j in derangement(6, 3)]
+    assert shuffle_percents(true, seed=3) == shuffled

@@ -27,7 +27,8 @@ def _eval_rows():
 
 
 def _test_rows():
-    base = {"target_idx": 21, "eval_set": "basic", "without": "next1", "with": "next1_progress",
+    base = {"comparison": "progress - plain", "target_idx": 21, "eval_set": "basic", "without": "next1",
+            "with": "next1_progress",
             "n_paired": 100, "n_without": 100, "n_with": 100, "checkpoint_sha256_without": SHA,
             "checkpoint_sha256_with": SHA[::-1], "paired_reason": None, "welch_reason": None}
     return [
@@ -38,6 +39,14 @@ def _test_rows():
          "ci95_low": float("nan"), "ci95_high": None, "t": float("nan"), "df": 99.0, "p": float("nan"),
          "cohen_dz": float("nan"), "paired_reason": "zero variance of the paired differences",
          "welch_t": 0.5, "welch_df": 190.0, "welch_p": 0.6, "hedges_g": 0.07},
+        {**base, "comparison": "progress - shuffled", "target_idx": 25, "without": "next5_shuffled",
+         "with": "next5_progress", "metric": "motion_psnr", "mean_without": 15.1, "mean_with": 15.95,
+         "mean_diff": 0.85, "ci95_low": 0.31, "ci95_high": 1.39, "t": 3.1, "df": 99.0, "p": 0.0031,
+         "cohen_dz": 0.31, "welch_t": 1.9, "welch_df": 196.0, "welch_p": 0.059, "hedges_g": 0.27},
+        {**base, "comparison": "shuffled - plain", "target_idx": 25, "without": "next5", "with": "next5_shuffled",
+         "metric": "motion_psnr", "n_paired": 0, "mean_diff": float("nan"), "p": float("nan"),
+         "paired_reason": "no 'motion_psnr' in the results of next5: not tested",
+         "welch_reason": "no 'motion_psnr' in the results of next5: not tested"},
     ]
 
 
@@ -73,16 +82,22 @@ def test_workbook_contents_and_formats(tmp_path):
     assert wb["evaluations"]["A1"].font.bold
 
     headers, rows = _sheet_dicts(wb["t_tests"])
-    for h in ("Target frame", "Eval set", "Metric", "Paired t", "Paired p", "Cohen's d_z", "Welch p",
-              "Hedges' g", "95% CI low", "Checkpoint sha256 (without)", "Checkpoint sha256 (with)"):
+    for h in ("Comparison (B - A)", "Target frame", "Eval set", "Metric", "Arm A", "Arm B", "Paired t", "Paired p",
+              "Cohen's d_z", "Welch p", "Hedges' g", "95% CI low", "Checkpoint sha256 (A)", "Checkpoint sha256 (B)"):
         assert h in headers
-    ssim_row, psnr_row = rows
+    ssim_row, psnr_row = rows[:2]
     assert ssim_row["Paired p"].value == pytest.approx(0.00123) and ssim_row["Paired p"].number_format == "0.0000"
-    assert ssim_row["Mean diff (with - without)"].number_format == "0.0000"  # SSIM row
-    assert psnr_row["Mean diff (with - without)"].number_format == "0.00"    # PSNR row
+    assert ssim_row["Mean diff (B - A)"].number_format == "0.0000"  # SSIM row
+    assert psnr_row["Mean diff (B - A)"].number_format == "0.00"    # PSNR row
     assert psnr_row["Paired t"].value is None and psnr_row["95% CI high"].value is None  # NaN -> blank
     assert "zero variance" in psnr_row["Paired: not computed because"].value
-    assert psnr_row["Checkpoint sha256 (with)"].value == SHA[::-1]
+    assert psnr_row["Checkpoint sha256 (B)"].value == SHA[::-1]
+    assert ssim_row["Comparison (B - A)"].value == "progress - plain" and ssim_row["Arm B"].value == "next1_progress"
+    motion = rows[2]  # the control comparison on motion-region PSNR
+    assert (motion["Comparison (B - A)"].value, motion["Arm A"].value, motion["Arm B"].value) == (
+        "progress - shuffled", "next5_shuffled", "next5_progress")
+    assert motion["Metric"].value == "motion_psnr" and motion["Mean diff (B - A)"].number_format == "0.00"
+    assert motion["Mean diff (B - A)"].value == pytest.approx(0.85) and motion["Paired p"].value == pytest.approx(0.0031)
 
 
 def test_workbook_keeps_extra_columns_and_replaces_file(tmp_path):
@@ -116,6 +131,13 @@ def test_markdown_summary_tables():
     assert "0.0100 [0.0040, 0.0160]" in ssim_line and "0.0012" in ssim_line
     psnr_line = next(line for line in lines if "| psnr |" in line)
     assert "zero variance" in psnr_line and "–" in psnr_line
+    assert "| Comparison |" in md and ssim_line.split("|")[2].strip() == "progress - plain"
+    control = next(line for line in lines if "| progress - shuffled |" in line)
+    assert "| motion_psnr |" in control and "0.85 [0.31, 1.39]" in control and "0.0031" in control  # PSNR: 2 digits
+    untested = next(line for line in lines if "| shuffled - plain |" in line)
+    assert untested.count("no 'motion_psnr' in the results of next5") == 1  # the same reason once
+    old = markdown_summary([], [{k: v for k, v in r.items() if k != "comparison"} for r in _test_rows()[:1]])
+    assert "| progress - plain |" in old  # rows of t_test_results.json v1 (no comparison key)
     # all table rows have the same number of cells as their header
     for block in md.split("\n\n"):
         table = [line for line in block.splitlines() if line.startswith("|")]
@@ -191,3 +213,52 @@ def test_across_seeds_sheet_and_table(tmp_path):
     assert "Training seed" in _sheet_dicts(wb["evaluations"])[0]
     md = markdown_summary(rows, _test_rows(), across)
     assert "### Across training seeds (mean ± sd over seeds)" in md and "0.8173 ± 0.0071" in md
+
+
+def _motion_results():
+    def means(ssim, psnr, mpsnr, mmae):
+        return {"ssim": ssim, "psnr": psnr, "motion_psnr": mpsnr, "motion_mae": mmae}
+
+    return {"n": 24, "mean": means(0.707, 24.1, 19.81, 0.0612), "std": {"ssim": 0.05, "psnr": 1.5},
+            "latent_copy_mean": means(0.737, 25.2, 21.12, 0.0544), "baseline_mean": means(0.9, 30.0, 27.07, 0.0301),
+            "autoencoder_mean": means(0.8, 26.0, 25.5, 0.0402), "motion_fraction_mean": 0.0832,
+            "checkpoint_sha256": SHA, "config": {"target_idx": 21, "add_progress": False}}
+
+
+def test_evaluation_row_and_sheets_show_the_latent_copy_and_the_motion_region(tmp_path):
+    row = {**evaluation_row("next1", "basic", _motion_results(), model="m"), "seed": 0}
+    assert row["latent_copy_ssim"] == 0.737 and row["latent_copy_psnr"] == 25.2
+    assert (row["motion_psnr"], row["latent_copy_motion_psnr"], row["baseline_motion_psnr"],
+            row["autoencoder_motion_psnr"]) == (19.81, 21.12, 27.07, 25.5)
+    assert (row["motion_mae"], row["latent_copy_motion_mae"], row["baseline_motion_mae"],
+            row["autoencoder_motion_mae"]) == (0.0612, 0.0544, 0.0301, 0.0402)
+    assert row["motion_fraction"] == 0.0832
+    old = evaluation_row("next1", "basic", {k: v for k, v in _motion_results().items() if k != "latent_copy_mean"})
+    assert old["latent_copy_ssim"] is None and old["latent_copy_motion_psnr"] is None  # blank, not an error
+
+    across = across_seeds([row, {**row, "seed": 1, "motion_psnr": 20.81}])
+    assert across[0]["latent_copy_ssim"] == pytest.approx(0.737) and across[0]["motion_psnr_mean"] == pytest.approx(20.31)
+    baselines = [{"eval_set": "basic", "target_idx": 21, "n": 24, "ssim_mean": 0.9, "psnr_mean": 30.0,
+                  "motion_psnr_mean": 27.07}]
+    path = write_summary_workbook([row], [], tmp_path / "w.xlsx", across=across, baselines=baselines)
+    wb = openpyxl.load_workbook(path)
+    headers, data = _sheet_dicts(wb["evaluations"])
+    assert headers[-1] == "Checkpoint sha256"  # every new key is a known column, none is an extra
+    r = data[0]
+    assert r["Latent copy SSIM"].value == pytest.approx(0.737) and r["Latent copy SSIM"].number_format == "0.0000"
+    assert r["Latent copy motion PSNR (dB)"].value == pytest.approx(21.12)
+    assert r["Motion PSNR (dB)"].number_format == "0.00" and r["Motion MAE"].value == pytest.approx(0.0612)
+    assert r["VAE ceiling motion MAE"].value == pytest.approx(0.0402)
+    assert r["Motion region (share of frame)"].value == pytest.approx(0.0832)
+    assert _sheet_dicts(wb["across_seeds"])[1][0]["Latent copy motion PSNR (dB)"].value == pytest.approx(21.12)
+    assert _sheet_dicts(wb["copy_frame_baseline"])[1][0]["Copy-frame motion PSNR (dB)"].value == pytest.approx(27.07)
+
+    md = markdown_summary([row], [], across)
+    line = next(x for x in md.splitlines() if x.startswith("| next1 | 0 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[8:10] == ["0.7370", "25.20"]                  # latent copy SSIM, PSNR
+    assert cells[14:18] == ["19.81", "21.12", "27.07", "25.50"]  # motion PSNR: model, latent copy, copy, ceiling
+    assert cells[18] == "0.0612 / 0.0544 / 0.0301 / 0.0402"
+    assert "Latent copy: the input frame through the model's own autoencoder" in md
+    across_line = next(x for x in md.splitlines() if x.startswith("| next1 | basic | 2 |"))
+    assert "20.31 ± 0.71" in across_line and "| 21.12 |" in across_line

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pecn_ml.images import load_png
-from pecn_ml.metrics import psnr, ssim
+from pecn_ml.metrics import motion_mae, motion_mask, motion_psnr, psnr, ssim
 from pecn_ml.models.tiny import build_tiny_pix2pix
 from pecn_ml.training.autoencoder import roundtrip
 from pecn_ml.sampling import (SamplingConfig, copy_frame_baseline, evaluate_model, load_pipeline, sample_seed,
@@ -111,6 +111,30 @@ def test_select_samples_progress_from_frames_or_estimates(cache):
         select_samples(cache, [{"label": "x"}], 20, 25, 3)
 
 
+def test_select_samples_shuffled_progress_keeps_the_selection(cache):
+    from pecn_ml.prompts import derangement
+
+    true, skipped = select_samples(cache, ENTRIES, 20, 25, 3, add_progress=True)
+    shuffled, skipped_s = select_samples(cache, ENTRIES, 20, 25, 3, add_progress=True, shuffle_seed=5)
+    # the same videos as every other variant of the target (paired tests pair them), same skips
+    assert [s.video_id for s in shuffled] == [s.video_id for s in true] == ["13", "14", "15"]
+    assert skipped_s == skipped
+    perm = derangement(3, 5)
+    assert [s.progress_percent for s in shuffled] == [[50, 66, 40][j] for j in perm]
+    assert all(s.progress_percent != t.progress_percent for s, t in zip(shuffled, true))  # 50, 66, 40 distinct
+    assert [s.true_progress_percent for s in shuffled] == [50, 66, 40]
+    # PAC-Net estimates are deranged the same way among the selected samples
+    est = {"13": 37.9, "15": 81, "16": 12}
+    by_est, _ = select_samples(cache, ENTRIES, 20, 25, 3, add_progress=True, progress_override=est, shuffle_seed=5)
+    assert [s.video_id for s in by_est] == ["13", "15", "16"]
+    assert [s.progress_percent for s in by_est] == [[37, 81, 12][j] for j in perm]
+    # without progress there is nothing to shuffle
+    plain, _ = select_samples(cache, ENTRIES, 20, 25, 3, shuffle_seed=5)
+    assert all(s.progress_percent is None for s in plain)
+    with pytest.raises(ValueError, match="progress_shuffle_seed"):
+        SamplingConfig(progress_shuffle_seed=5)  # needs add_progress
+
+
 def test_sample_seed_is_stable_and_distinct():
     assert sample_seed(42, "74225") == 7140434681051731660  # fixed across processes / Python versions
     assert sample_seed(42, "74225") != sample_seed(43, "74225") != sample_seed(42, "74226")
@@ -138,6 +162,9 @@ def test_copy_frame_baseline_equals_input_vs_target_metrics(cache):
     for s in res["samples"]:
         inp, tgt = cache.frame(s["video_id"], 20), cache.frame(s["video_id"], 25)
         assert s["ssim"] == ssim(inp, tgt) and s["psnr"] == psnr(inp, tgt)
+        mask = motion_mask(inp, tgt)
+        assert s["motion_psnr"] == motion_psnr(inp, tgt, mask) and s["motion_mae"] == motion_mae(inp, tgt, mask)
+        assert s["motion_fraction"] == pytest.approx(mask.mean()) and s["motion_psnr"] < s["psnr"]
         assert s["ssim"] < 0.99  # the square moved: not identical
     assert res["mean"]["ssim"] == pytest.approx(np.mean([s["ssim"] for s in res["samples"]]))
     assert res["std"]["psnr"] == pytest.approx(np.std([s["psnr"] for s in res["samples"]]))
@@ -153,12 +180,12 @@ def test_output_folder_contents(evaluated):
     out = res.out_dir
     ids = ["13", "14", "15"]
     assert sorted(p.name for p in out.iterdir()) == ["autoencoder", "comparison", "comparison_grid.png", "input",
-                                                      "output", "results.json", "target"]
-    for sub in ("input", "target", "output", "autoencoder", "comparison"):
+                                                      "latent_copy", "output", "results.json", "target"]
+    for sub in ("input", "target", "output", "autoencoder", "latent_copy", "comparison"):
         assert sorted(p.name for p in (out / sub).iterdir()) == [f"{i}.png" for i in ids]
     assert load_png(out / "output" / "13.png").shape == (R, R, 3)
     comp = load_png(out / "comparison" / "13.png")
-    assert comp.shape[1] > 4 * R and comp.shape[0] > R  # Input | GT | Output | VAE(GT), label strip
+    assert comp.shape[1] > 5 * R and comp.shape[0] > R  # Input | GT | Output | VAE(GT) | VAE(Input), labels
     assert res.grid_png == out / "comparison_grid.png" and load_png(res.grid_png).shape[0] > 3 * R
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
     assert any("sampling" in line and "3/3" in line for line in logs)
@@ -194,13 +221,37 @@ def test_results_json_schema_and_metrics_from_files(evaluated, cache, model_dir)
         assert np.abs(ae.astype(int) - again).max() <= 1  # batch of 3 vs 1: an 8-bit rounding may flip
         assert row["autoencoder_ssim"] == pytest.approx(ssim(ae, tgt), abs=1e-12)
         assert row["autoencoder_psnr"] == pytest.approx(psnr(ae, tgt), abs=1e-12)
+        # the latent copy is the model's own VAE round trip of the input frame
+        lc = load_png(out / "latent_copy" / f"{vid}.png")
+        again = roundtrip(load_pipeline(model_dir, "cpu", torch.float32).vae, inp[None])[0]
+        assert np.abs(lc.astype(int) - again).max() <= 1
+        assert not np.array_equal(lc, inp)  # the tiny VAE is lossy: not the copy frame
+        assert row["latent_copy_ssim"] == pytest.approx(ssim(lc, tgt), abs=1e-12)
+        assert row["latent_copy_psnr"] == pytest.approx(psnr(lc, tgt), abs=1e-12)
+        # one motion mask (input vs target) for every method
+        mask = motion_mask(inp, tgt)
+        assert 0 < mask.mean() < 1 and row["motion_fraction"] == pytest.approx(mask.mean())
+        for prefix, img in (("", pred), ("latent_copy_", lc), ("baseline_", inp), ("autoencoder_", ae)):
+            assert row[f"{prefix}motion_psnr"] == pytest.approx(motion_psnr(img, tgt, mask), abs=1e-12), prefix
+            assert row[f"{prefix}motion_mae"] == pytest.approx(motion_mae(img, tgt, mask), abs=1e-12), prefix
+        assert row["baseline_motion_psnr"] < row["baseline_psnr"]  # copying errs only where it moved
     assert data["mean"]["ssim"] == pytest.approx(np.mean([r["ssim"] for r in data["samples"]]))
     assert data["std"]["psnr"] == pytest.approx(np.std([r["psnr"] for r in data["samples"]]))
     assert res.baseline_mean["ssim"] == pytest.approx(np.mean([r["baseline_ssim"] for r in data["samples"]]))
     assert data["autoencoder_mean"]["psnr"] == res.autoencoder_mean["psnr"] == pytest.approx(
         np.mean([r["autoencoder_psnr"] for r in data["samples"]]))
+    for group, prefix in (("mean", ""), ("latent_copy_mean", "latent_copy_"), ("baseline_mean", "baseline_"),
+                          ("autoencoder_mean", "autoencoder_")):
+        assert set(data[group]) == {"ssim", "psnr", "motion_psnr", "motion_mae"}, group
+        for metric in data[group]:
+            assert data[group][metric] == pytest.approx(np.mean([r[prefix + metric] for r in data["samples"]]))
+    assert res.latent_copy_mean == data["latent_copy_mean"] and res.latent_copy_std == data["latent_copy_std"]
+    assert data["n_static"] == res.n_static == 0
+    assert data["motion_fraction_mean"] == pytest.approx(np.mean([r["motion_fraction"] for r in data["samples"]]))
+    assert "motion_region" in data["config"]["metrics"]
     baseline = copy_frame_baseline(cache, ENTRIES, 20, 25, 3)
     assert baseline["mean"]["psnr"] == pytest.approx(data["baseline_mean"]["psnr"], abs=1e-12)
+    assert baseline["mean"]["motion_psnr"] == pytest.approx(data["baseline_mean"]["motion_psnr"], abs=1e-12)
 
 
 def test_same_seed_same_images_and_batch_size_independent_noise(evaluated, model_dir, cache, tmp_path):
@@ -239,6 +290,14 @@ def test_progress_prompts_and_rerun_replaces_folder(model_dir, cache, tmp_path):
     plain = evaluate_model(model_dir, cache, ENTRIES, _config(num_samples=1), tmp_path / "plain",
                            progress_override={"13": 37})
     assert plain.samples[0]["progress_percent"] is None and "%" not in plain.samples[0]["prompt"]
+    # the control arm: another selected video's percent in each prompt, recorded as such
+    shuffled = evaluate_model(model_dir, cache, ENTRIES, _config(add_progress=True, progress_shuffle_seed=16,
+                                                                 num_samples=2, batch_size=2), tmp_path / "shuffled")
+    data = json.loads(shuffled.results_json.read_text(encoding="utf-8"))
+    assert data["config"]["progress_source"] == "shuffled (seed 16)" and data["config"]["progress_shuffle_seed"] == 16
+    assert [(r["video_id"], r["true_progress_percent"], r["progress_percent"]) for r in data["samples"]] == [
+        ("13", 50, 66), ("14", 66, 50)]  # two samples: the one derangement swaps them
+    assert data["samples"][0]["prompt"].endswith("And 66% of the action has been completed.")
 
 
 def test_clear_errors(model_dir, cache, tmp_path):

@@ -154,3 +154,30 @@ def test_for_variant_uses_the_variant_frames_and_progress(cache):
     # estimates are ignored by a variant without progress
     assert FramePairDataset.for_variant(cache, ann, VARIANTS["next1"], {"1": 10}).prompts == [
         build_prompt("moving something up")] * 3
+
+
+def test_shuffled_progress_gives_each_video_another_videos_percent():
+    from pecn_ml.prompts import PROGRESS_SHUFFLE_SEED, derangement
+    from pecn_ml.variants import VARIANTS
+
+    lengths = {"1": 40, "3": 26, "6": 30, "7": 50, "8": 100, "9": 80}  # percents 50 76 66 40 20 25
+    cache = FakeFrameCache(lengths)
+    ann = [entry(v) for v in lengths]
+    true = FramePairDataset.for_variant(cache, ann, VARIANTS["next1_progress"])
+    shuffled = FramePairDataset.for_variant(cache, ann, VARIANTS["next1_shuffled"])
+    assert shuffled.video_ids == true.video_ids and shuffled.shuffle_seed == PROGRESS_SHUFFLE_SEED
+    assert true.percents == [50, 76, 66, 40, 20, 25] and shuffled.true_percents == true.percents
+    perm = derangement(6, PROGRESS_SHUFFLE_SEED)
+    assert shuffled.percents == [true.percents[j] for j in perm]
+    assert sorted(shuffled.percents) == sorted(true.percents)        # same distribution
+    assert all(s != t for s, t in zip(shuffled.percents, true.percents))  # no video keeps its own
+    assert shuffled.prompts == [build_prompt("moving something up", p) for p in shuffled.percents]
+    assert shuffled.summary()["progress_shuffle_seed"] == PROGRESS_SHUFFLE_SEED
+    assert true.summary()["progress_shuffle_seed"] is None
+    # PAC-Net estimates are shuffled the same way
+    est = {"1": 11.5, "3": 22, "6": 33, "7": 44, "8": 55, "9": 66}
+    by_est = FramePairDataset.for_variant(cache, ann, VARIANTS["next1_shuffled"], est)
+    assert by_est.progress_from == "estimates" and by_est.percents == [list(est.values())[j] for j in perm]
+    assert by_est.prompts[perm.index(0)].endswith("And 11% of the action has been completed.")
+    with pytest.raises(ValueError, match="shuffle_seed"):
+        FramePairDataset(cache, ann, shuffle_seed=1)  # no progress sentence to shuffle
