@@ -354,3 +354,70 @@ def markdown_summary(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence
             + "\n\nprogress - plain: does the progress prompt help? progress - shuffled: does the percentage's "
               "information help (shuffled = another video's percent)? shuffled - plain: does the sentence's form help?")
     return "\n\n".join(parts) if parts else "_No evaluations or t-tests yet._"
+
+
+# --- the table `make demo` ends with ----------------------------------------------------------------
+
+PREDICTION_METHODS = (("model", ""), ("latent copy", "latent_copy_"), ("copy-frame", "baseline_"),
+                      ("ceiling", "autoencoder_"))
+
+
+def prediction_rows(results_by_model: Mapping[tuple[int, str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (seed, variant, eval set): each method's mean SSIM and motion-region PSNR, and the
+    paired test of model - latent copy on both (per video; `pecn_ml.stats.paired_test`)."""
+    import numpy as np
+
+    from pecn_ml.stats import paired_test
+
+    rows = []
+    for (seed, variant, eval_set), res in sorted(results_by_model.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        samples = res.get("samples") or []
+        row: dict[str, Any] = {"seed": seed, "variant": variant, "eval_set": eval_set, "n": len(samples)}
+        for metric in ("ssim", "motion_psnr"):
+            for name, prefix in PREDICTION_METHODS:
+                vals = [s.get(prefix + metric) for s in samples]
+                row[f"{prefix or 'model_'}{metric}"] = (float(np.mean(vals)) if vals and None not in vals else math.nan)
+            model = [s.get(metric) for s in samples]
+            latent = [s.get("latent_copy_" + metric) for s in samples]
+            test = (paired_test(latent, model) if samples and None not in model + latent
+                    else {"mean_diff": math.nan, "p": math.nan})
+            row[f"{metric}_vs_latent_copy"], row[f"{metric}_vs_latent_copy_p"] = test["mean_diff"], test["p"]
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: Any, digits: int) -> str:
+    x = _num(v)
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _p(v: Any) -> str:
+    x = _num(v)
+    return "-" if x is None else (f"{x:.1e}" if x < 1e-3 else f"{x:.3f}")
+
+
+def prediction_table(results_by_model: Mapping[tuple[int, str, str], Mapping[str, Any]],
+                     t_tests: Sequence[Mapping[str, Any]] = ()) -> str:
+    """A short plain-text table: per variant and eval set, model / latent copy / copy-frame /
+    ceiling in SSIM and motion-region PSNR, with model - latent copy (paired p); then the progress
+    comparisons of `t_tests` (per-seed rows, or the rows over seeds) on SSIM and motion PSNR."""
+    head = (f"{'set':<10}{'variant':<16}{'seed':>4}{'n':>4}  {'SSIM: model':>11} {'latent':>6} {'copy':>6} {'ceil':>6}"
+            f" {'diff':>7} {'p':>7}  {'motion PSNR: model':>18} {'latent':>6} {'copy':>6} {'ceil':>6} {'diff':>6} {'p':>7}")
+    lines = [head, "-" * len(head)]
+    for r in prediction_rows(results_by_model):
+        lines.append(
+            f"{r['eval_set']:<10}{r['variant']:<16}{r['seed']:>4}{r['n']:>4}  {_fmt(r['model_ssim'], 4):>11} "
+            f"{_fmt(r['latent_copy_ssim'], 4):>6} {_fmt(r['baseline_ssim'], 4):>6} {_fmt(r['autoencoder_ssim'], 4):>6} "
+            f"{_fmt(r['ssim_vs_latent_copy'], 4):>7} {_p(r['ssim_vs_latent_copy_p']):>7}  "
+            f"{_fmt(r['model_motion_psnr'], 2):>18} {_fmt(r['latent_copy_motion_psnr'], 2):>6} "
+            f"{_fmt(r['baseline_motion_psnr'], 2):>6} {_fmt(r['autoencoder_motion_psnr'], 2):>6} "
+            f"{_fmt(r['motion_psnr_vs_latent_copy'], 2):>6} {_p(r['motion_psnr_vs_latent_copy_p']):>7}")
+    tests = [t for t in t_tests if t.get("metric") in ("ssim", "motion_psnr")]
+    if tests:
+        lines += ["", f"{'comparison':<22}{'target':>6} {'set':<10}{'seed':>10} {'metric':<12}{'n':>4} {'mean diff':>10} {'p':>8}"]
+        for t in tests:
+            seed = t.get("seed", "-")
+            lines.append(f"{str(t.get('comparison', 'progress - plain')):<22}{t.get('target_idx', ''):>6} "
+                         f"{t.get('eval_set', ''):<10}{seed!s:>10} {t['metric']:<12}{t.get('n_paired', 0)!s:>4} "
+                         f"{_fmt(t.get('mean_diff'), 4):>10} {_p(t.get('p')):>8}")
+    return "\n".join(lines)

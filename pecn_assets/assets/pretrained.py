@@ -8,6 +8,8 @@ version is the weights' sha and its value a `Weights` handle (folder + sha) that
 assets receive as an argument.
 """
 
+import hashlib
+
 import dagster as dg
 import numpy as np
 
@@ -18,21 +20,29 @@ from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, Weights
 from pecn_ml.models.standins import (BuiltStandin, build_standin_clip_text, build_standin_pix2pix,
                                      build_standin_resnet)
 from pecn_ml.models.weights import ResolvedWeights, resolve_weights
+from pecn_ml.prompts import action_text
 from pecn_ml.training.pix2pix import plot_loss_curve
 from pecn_ml.utils.files import sha256_json
 from pecn_ml.utils.usage import bytes_on_disk, safetensors_parameters
 
 
-def training_videos(annotations: FilteredAnnotations, frame_cache: FrameCacheRef
-                    ) -> tuple[list[np.ndarray], str, np.ndarray]:
-    """Every frame of the training videos (one array per video), their data version, and the
-    input frames of the basic eval set (held out, for the VAE round trip)."""
+def training_videos(annotations: FilteredAnnotations, frame_cache: FrameCacheRef, prompt_text: str = "class"
+                    ) -> tuple[list[np.ndarray], list[str], str, np.ndarray]:
+    """Every frame of the training videos (one array per video), their action texts (as prompts
+    write them), their data version, and the input frames of the basic eval set (held out, for the
+    VAE round trip)."""
     cache = frame_cache.open()
-    ids = [e["id"] for e in annotations.train() if e["id"] in cache]
+    entries = [e for e in annotations.train() if e["id"] in cache]
+    ids, texts = [e["id"] for e in entries], [action_text(e, prompt_text) for e in entries]
     val = [e["id"] for e in annotations.eval_set("basic") if e["id"] in cache]
     held_out = np.stack([cache.frame(v, min(20, cache.num_frames(v) - 1)) for v in val])
-    version = sha256_json({"frame_cache": cache.version, "videos": ids})
-    return [cache.frames(v) for v in ids], version, held_out
+    videos = [cache.frames(v) for v in ids]
+    # keyed by what the models see (the decoded frames), not by the video files' bytes
+    frames = hashlib.sha256()
+    for v in videos:
+        frames.update(np.ascontiguousarray(v).data)
+    version = sha256_json({"frames": frames.hexdigest(), "resolution": cache.resolution, "videos": ids, "texts": texts})
+    return videos, texts, version, held_out
 
 
 def weights_metadata(weights: ResolvedWeights | BuiltStandin) -> dict:
@@ -70,9 +80,9 @@ def build_pretrained_assets(parts: Partitions) -> list:
     def pix2pix_base(context: dg.AssetExecutionContext, settings: PecnSettings, filtered_annotations: FilteredAnnotations,
                      frame_cache: FrameCacheRef) -> dg.MaterializeResult:
         """InstructPix2Pix weights the variants are fine-tuned from: timbrooks/instruct-pix2pix pinned to a commit, or the demo's trained stand-in."""
-        videos, version, held_out = training_videos(filtered_annotations, frame_cache)
+        videos, texts, version, held_out = training_videos(filtered_annotations, frame_cache, profile.prompt_text)
         built = build_standin_pix2pix(settings.outputs_path() / "pretrained", videos, profile.standins, version,
-                                      eval_frames=held_out, log=context.log.info)
+                                      texts=texts, eval_frames=held_out, log=context.log.info)
         return _result("pix2pix_base", built,
                        roundtrip_psnr=float(built.report.get("roundtrip_psnr", float("nan"))),
                        roundtrip_ssim=float(built.report.get("roundtrip_ssim", float("nan"))))
@@ -82,7 +92,7 @@ def build_pretrained_assets(parts: Partitions) -> list:
     def resnet_base(context: dg.AssetExecutionContext, settings: PecnSettings, filtered_annotations: FilteredAnnotations,
                     frame_cache: FrameCacheRef) -> dg.MaterializeResult:
         """PAC-Net's frame encoder: microsoft/resnet-50 pinned to a commit, or the demo's stand-in pretrained on where things move."""
-        videos, version, _ = training_videos(filtered_annotations, frame_cache)
+        videos, _, version, _ = training_videos(filtered_annotations, frame_cache)
         return _result("resnet_base", build_standin_resnet(settings.outputs_path() / "pretrained", videos,
                                                            profile.standins, version, log=context.log.info))
 

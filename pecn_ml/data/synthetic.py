@@ -92,6 +92,8 @@ class SyntheticConfig:
     templates: Optional[tuple[str, ...]] = None   # only these label keys (any case); when
     #                                       set, num_other_templates is ignored
     task_map_path: Optional[str] = None   # task -> label keys JSON; None = pecn_ml/data/tasks.json
+    texture: float = 1.0                  # texture contrast of wall, table and objects (0 = flat colours)
+    object_scale: float = 1.0             # size of the objects and the hand (1 = SSv2-like)
     crf: int = 24                         # libvpx-vp9 constant quality (lower = better)
     cpu_used: int = 8                     # libvpx-vp9 realtime speed (higher = faster)
 
@@ -358,7 +360,9 @@ def video_specs(config: SyntheticConfig) -> list[VideoSpec]:
                          placeholders=sample_placeholders(t, motion, rng), width=width,
                          num_frames=frames, seed=int(rng.integers(0, 2**31 - 1)), motion=motion,
                          start_idle=int(rng.integers(0, 3)), end_idle=int(rng.integers(0, 3)),
-                         params=tuple((name, float(v)) for name, v in params.items())))
+                         params=tuple((name, float(v)) for name, v in params.items()),
+                         texture=float(config.texture),
+                         object_scale=float(config.object_scale)))
     _ensure_non_ascii(rows)
     return [VideoSpec(label=fill_template(r["template"], r["placeholders"]), **r) for r in rows]
 
@@ -426,7 +430,9 @@ def encode_webm(frames: np.ndarray, path: str | Path, fps: int = FPS, crf: int =
     T, H, W, _ = frames.shape
     path = Path(path)
     with atomic_path(path) as tmp:
-        with av.open(str(tmp), "w", format="webm") as c:
+        # bitexact: no writing date or muxer version in the container, so the same frames give
+        # the same file bytes (and the frame cache, keyed by them, the same version) every time
+        with av.open(str(tmp), "w", format="webm", options={"fflags": "+bitexact"}) as c:
             s = c.add_stream("libvpx-vp9", rate=fps)
             s.width, s.height, s.pix_fmt = W, H, "yuv420p"
             s.codec_context.thread_count = 1

@@ -56,6 +56,8 @@ class VideoSpec:
     params: tuple[tuple[str, float], ...] = ()   # motion parameters (name, value)
     height: int = HEIGHT
     fps: int = FPS
+    texture: float = 1.0                # texture contrast of background and objects (0 = flat colours)
+    object_scale: float = 1.0           # size of objects and hand
 
     @property
     def params_dict(self) -> dict[str, float]:
@@ -71,7 +73,8 @@ class VideoSpec:
                 "placeholders": list(self.placeholders), "width": self.width,
                 "height": self.height, "fps": self.fps, "num_frames": self.num_frames,
                 "seed": self.seed, "motion": self.motion, "start_idle": self.start_idle,
-                "end_idle": self.end_idle, "params": [[k, v] for k, v in self.params]}
+                "end_idle": self.end_idle, "params": [[k, v] for k, v in self.params],
+                "texture": self.texture, "object_scale": self.object_scale}
 
     @classmethod
     def from_json(cls, d: dict, where: str = "manifest") -> "VideoSpec":
@@ -85,7 +88,9 @@ class VideoSpec:
                        seed=int(d["seed"]), motion=str(d["motion"]),
                        start_idle=int(d["start_idle"]), end_idle=int(d["end_idle"]),
                        params=tuple((str(k), float(v)) for k, v in d["params"]),
-                       height=int(d.get("height", HEIGHT)), fps=int(d.get("fps", FPS)))
+                       height=int(d.get("height", HEIGHT)), fps=int(d.get("fps", FPS)),
+                       texture=float(d.get("texture", 1.0)),
+                       object_scale=float(d.get("object_scale", 1.0)))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: bad video spec {d!r:.200}: {e!r}") from e
 
@@ -243,8 +248,9 @@ def _muted(rng: np.random.Generator) -> np.ndarray:
     return np.array(_hsv(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.35, 0.8)))
 
 
-def _pattern(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
-    """(H, W, 3) float32 muted texture: noise, wood grain, tiles or gradient."""
+def _pattern(rng: np.random.Generator, H: int, W: int, contrast: float = 1.0) -> np.ndarray:
+    """(H, W, 3) float32 muted texture: noise, wood grain, tiles or gradient; `contrast` scales
+    the texture (0: the flat base colour; the random draws are the same)."""
     base, other = _muted(rng), _muted(rng)
     cell = rng.uniform(10, 40)
     noise = _upsample(rng.random((int(H / cell) + 2, int(W / cell) + 2, 1)), H, W)  # (H, W, 1)
@@ -262,8 +268,9 @@ def _pattern(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
         t = 0.15 * noise + np.clip((np.maximum(gx, gy) - 0.88) * 6, 0, 1)[..., None]
     else:                                             # gradient
         t = 0.6 * (xx / W)[..., None] * rng.uniform(0.5, 1) + 0.4 * noise
+    t = t * contrast
     img = base * (1 - t) + other * t
-    grain = _upsample(rng.normal(0, 0.015, (H // 4 + 2, W // 4 + 2, 1)), H, W)
+    grain = _upsample(rng.normal(0, 0.015, (H // 4 + 2, W // 4 + 2, 1)), H, W) * contrast
     return (img + grain).astype(np.float32)
 
 
@@ -327,8 +334,8 @@ def render_background(spec: VideoSpec, surface_y: float, pad: int) -> np.ndarray
     """(H, W + 2 pad, 3) float32 wall above `surface_y`, table below, from its own seed stream."""
     rng = np.random.default_rng([spec.seed, 1])
     H, W = spec.height, spec.width
-    wall = _pattern(rng, H, W + 2 * pad)
-    table = _pattern(rng, H, W + 2 * pad)
+    wall = _pattern(rng, H, W + 2 * pad, spec.texture)
+    table = _pattern(rng, H, W + 2 * pad, spec.texture)
     yy = np.arange(H, dtype=np.float32)[:, None, None]
     m = np.clip(yy - surface_y + 0.5, 0.0, 1.0)                        # (H, 1, 1)
     bg = wall * (1 - m) + table * m
@@ -353,7 +360,8 @@ def build_scene(spec: VideoSpec, background: bool = True) -> Scene:
     for name, forced in ((names[0], forced_a), (names[1], forced_b), (names[2], None)):
         hint = forced or shape_hint(name) or _SHAPES[rng.integers(len(_SHAPES))]
         shapes.append(hint)
-    size_a = float(rng.uniform(34, 56))
+    s = spec.object_scale
+    size_a = float(rng.uniform(34, 56)) * s
     A = _object_sprite(rng, shapes[0], size_a)
     if spec.motion == "feather":
         A = _replace(A, color=_hsv(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.85, 1.0)))
@@ -368,14 +376,17 @@ def build_scene(spec: VideoSpec, background: bool = True) -> Scene:
         big = max(A.w, A.h)                          # the cover hides A whole
         B = _replace(B, w=big * rng.uniform(1.5, 1.9), h=big * rng.uniform(1.35, 1.7))
     else:
-        B = _object_sprite(rng, shapes[1], float(rng.uniform(40, 64)))
-    C = _object_sprite(rng, shapes[2], float(rng.uniform(28, 48)))
+        B = _object_sprite(rng, shapes[1], float(rng.uniform(40, 64)) * s)
+    C = _object_sprite(rng, shapes[2], float(rng.uniform(28, 48)) * s)
     skin = _SKIN[rng.integers(len(_SKIN))]
-    k = float(rng.uniform(0.9, 1.15))
+    k = float(rng.uniform(0.9, 1.15)) * s
     palm = Sprite("ellipse", 30 * k, 22 * k, skin, skin, "solid", shade=0.2)
     sleeve = _hsv(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.8))
-    arm = Sprite("capsule", 40, 20 * k, sleeve, tuple(c * 0.7 for c in sleeve),
+    arm = Sprite("capsule", 40 * s, 20 * k, sleeve, tuple(c * 0.7 for c in sleeve),
                  "stripes" if rng.random() < 0.3 else "solid", period=10, shade=0.2)
+    if spec.texture != 1.0:                           # objects' patterns at the same contrast
+        A, B, C, arm = (_replace(sp, color2=tuple(c + (c2 - c) * spec.texture for c, c2 in zip(sp.color, sp.color2)))
+                        for sp in (A, B, C, arm))
     return Scene(W, H, surface_y, ground, bg, pad, A, B, C, palm, arm,
                  tuple(float(x) for x in rng.random(8)))
 

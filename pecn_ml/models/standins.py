@@ -16,11 +16,37 @@ training data's version), so a second build with the same inputs reuses it and a
 builds a new folder beside the old one. Folders are written atomically; `standin.json` inside
 records the config, data version, losses, timings and quality measured (for the VAE: the round
 trip on held-out frames).
+
+Shipped stand-ins. Building them costs the demo minutes, so the demo's builds ship with the
+package: `shipped_standins/` holds stand-in folders under their content-addressed names and
+`shipped.json`, per folder its kind, config, data version, `weights_sha256` and the sha256 of every
+file. A build that finds no folder of its name under its root looks there: a shipped folder whose
+every listed file matches its sha is copied into the root (reported as reused, `source: shipped`);
+one that does not is never used (a warning names the file) and the stand-in is built as usual.
+`python -m pecn_ml.models.standins verify` checks the shipped folder; the test suite does too.
+
+Refreshing them (a maintainer, after changing a stand-in's config, its trainers' inputs or the
+synthetic generator): run `make demo`, then
+
+    python -m pecn_ml.models.standins ship outputs/demo/pretrained --latest --prune
+
+(`--latest`: per kind the folder built last; or name the folders) and commit
+`pecn_ml/models/shipped_standins/`. Nothing else needs to happen when they go stale: a changed
+config or training data (a changed generator changes the videos, so the frame cache's version
+and the data version) gives a new key, the old shipped folder is simply not found, and the demo
+builds its stand-ins (slower) until they are shipped again. This needs a data version that a
+fresh clone reproduces: the same synthetic videos, byte for byte (a miss is logged as "no shipped
+weights ... (shipped: ...)").
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
+import re
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +59,7 @@ from pecn_ml.metrics import psnr, ssim
 from pecn_ml.models.tiny import (build_tiny_clip_text, build_tiny_resnet, build_tiny_tokenizer,
                                  ip2p_scheduler, save_pix2pix_pipeline, tiny_text_encoder,
                                  tiny_unet, tiny_vae)
-from pecn_ml.models.weights import weights_sha256
+from pecn_ml.models.weights import WEIGHT_SUFFIXES, weights_sha256
 from pecn_ml.training.autoencoder import (AutoencoderTrainConfig, latent_scaling_factor,
                                           roundtrip, train_autoencoder)
 from pecn_ml.training.instruct_pretrain import InstructPretrainConfig, pretrain_instruct_unet
@@ -44,6 +70,8 @@ LogFn = Callable[[str], None]
 REPORT = "standin.json"
 FORMAT = 1
 KINDS = ("pix2pix", "resnet", "clip_text")
+SHIPPED = Path(__file__).with_name("shipped_standins")   # the package's shipped stand-ins
+MANIFEST = "shipped.json"
 
 
 @dataclass(frozen=True)
@@ -55,14 +83,19 @@ class StandinConfig:
     instruct: InstructPretrainConfig = field(default_factory=InstructPretrainConfig)
     resnet: ResnetPretrainConfig = field(default_factory=ResnetPretrainConfig)
     clip_hidden: int = 32
+    scheduler: str = "euler_ancestral"     # the pipeline's sampler (a key of tiny.SCHEDULERS)
+    prediction_type: str = "epsilon"       # what the UNet predicts: "epsilon", "v_prediction", "sample"
     seed: int = 0
     torch_threads: Optional[int] = None   # CPU threads while training (None: torch's)
 
     def part(self, kind: str) -> dict[str, Any]:
         """The settings that decide stand-in `kind` (its folder key)."""
         if kind == "pix2pix":
-            return {"unet_channels": list(self.unet_channels), "seed": self.seed,
+            part = {"unet_channels": list(self.unet_channels), "seed": self.seed,
                     "autoencoder": asdict(self.autoencoder), "instruct": asdict(self.instruct)}
+            if (self.scheduler, self.prediction_type) != ("euler_ancestral", "epsilon"):
+                part.update(scheduler=self.scheduler, prediction_type=self.prediction_type)
+            return part
         if kind == "resnet":
             return {"seed": self.seed, "resnet": asdict(self.resnet)}
         if kind == "clip_text":
@@ -118,14 +151,20 @@ def _curve(losses: Sequence[float]) -> dict[str, Any]:
 
 
 def _build(kind: str, root: str | Path, config: StandinConfig, data_version: str,
-           builder: Callable[[Path], dict[str, Any]], log: LogFn) -> BuiltStandin:
-    """Reuse the folder of an identical build, or build into a temp folder and rename."""
+           builder: Callable[[Path], dict[str, Any]], log: LogFn,
+           shipped: Optional[str | Path] = SHIPPED) -> BuiltStandin:
+    """Reuse the folder of an identical build, else copy a verified shipped one (`shipped`: the
+    folder of shipped stand-ins, None for none), else build into a temp folder and rename."""
     folder = Path(root) / f"{_folder_name(kind)}-{standin_key(kind, config, data_version)}"
     report_path = folder / REPORT
     if report_path.is_file():
         log(f"stand-in {kind}: reusing {folder}")
         return BuiltStandin(kind, folder, weights_sha256(folder), True,
                             json.loads(report_path.read_text(encoding="utf-8")))
+    if shipped is not None:
+        copied = _from_shipped(kind, folder, Path(shipped), config.part(kind), data_version, log)
+        if copied is not None:
+            return copied
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     if config.torch_threads:
@@ -143,11 +182,15 @@ def _build(kind: str, root: str | Path, config: StandinConfig, data_version: str
 
 
 def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config: StandinConfig,
-                          data_version: str, *, eval_frames: Optional[np.ndarray] = None,
-                          log: Optional[LogFn] = None) -> BuiltStandin:
+                          data_version: str, *, texts: Optional[Sequence[str]] = None,
+                          eval_frames: Optional[np.ndarray] = None,
+                          log: Optional[LogFn] = None, shipped: Optional[str | Path] = SHIPPED
+                          ) -> BuiltStandin:
     """An InstructPix2Pix pipeline folder trained on `videos` (each (T, R, R, 3) uint8).
 
-    `eval_frames` (N, R, R, 3), frames the VAE never saw, measure its round trip (SSIM, PSNR).
+    `texts`: each video's action text, for the UNet's pretraining with `prompt="action"` (part of
+    `data_version` then). `eval_frames` (N, R, R, 3), frames the VAE never saw, measure its round
+    trip (SSIM, PSNR). `shipped`: where shipped stand-ins are looked for (None: nowhere).
     """
     log = log or (lambda _m: None)
     if not videos:
@@ -176,18 +219,21 @@ def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config
             log(f"stand-in VAE round trip on {len(eval_frames)} held-out frames: SSIM "
                 f"{report['roundtrip_ssim']:.4f}, PSNR {report['roundtrip_psnr']:.2f} dB")
         t0 = time.perf_counter()
-        noise_scheduler = DDPMScheduler.from_config(ip2p_scheduler().config)
+        scheduler = ip2p_scheduler(config.scheduler, config.prediction_type)
+        noise_scheduler = DDPMScheduler.from_config(scheduler.config)
         losses = pretrain_instruct_unet(unet, vae, tokenizer, text_encoder, noise_scheduler, videos,
-                                        config.instruct, log=log)
+                                        config.instruct, texts=texts, log=log)
         report.update(instruct_loss=_curve(losses), instruct_seconds=round(time.perf_counter() - t0, 2))
-        save_pix2pix_pipeline(tmp, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
+        save_pix2pix_pipeline(tmp, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler)
         return report
 
-    return _build("pix2pix", root, config, data_version, build, log)
+    return _build("pix2pix", root, config, data_version, build, log, shipped)
 
 
 def build_standin_resnet(root: str | Path, videos: Sequence[np.ndarray], config: StandinConfig,
-                         data_version: str, *, log: Optional[LogFn] = None) -> BuiltStandin:
+                         data_version: str, *, log: Optional[LogFn] = None,
+                         shipped: Optional[str | Path] = SHIPPED) -> BuiltStandin:
     """A `ResNetModel` folder (like `microsoft/resnet-50`) pretrained on where things move."""
     log = log or (lambda _m: None)
     if not videos:
@@ -202,14 +248,203 @@ def build_standin_resnet(root: str | Path, videos: Sequence[np.ndarray], config:
         resnet.save_pretrained(tmp)
         return {"pretrain_loss": _curve(losses), "train_videos": len(videos)}
 
-    return _build("resnet", root, config, data_version, build, log)
+    return _build("resnet", root, config, data_version, build, log, shipped)
 
 
-def build_standin_clip_text(root: str | Path, config: StandinConfig, *,
-                            log: Optional[LogFn] = None) -> BuiltStandin:
+def build_standin_clip_text(root: str | Path, config: StandinConfig, *, log: Optional[LogFn] = None,
+                            shipped: Optional[str | Path] = SHIPPED) -> BuiltStandin:
     """A tiny `CLIPTextModel` + tokenizer folder (like `openai/clip-vit-base-patch32`), random."""
     def build(tmp: Path) -> dict[str, Any]:
         build_tiny_clip_text(tmp, hidden=config.clip_hidden, seed=config.seed)
         return {"trained": False}
 
-    return _build("clip_text", root, config, "none", build, log or (lambda _m: None))
+    return _build("clip_text", root, config, "none", build, log or (lambda _m: None), shipped)
+
+
+# Shipped stand-ins: copied into the package by `ship`, verified file by file before each use.
+
+_NAME = re.compile(r"^(instruct-pix2pix|resnet|clip-text)-[0-9a-f]{16}$")
+_KIND_OF = {"instruct-pix2pix": "pix2pix", "resnet": "resnet", "clip-text": "clip_text"}
+
+
+class ShippedMismatch(Exception):
+    """A shipped stand-in folder that does not match its manifest entry (the message says where)."""
+
+
+def read_manifest(shipped: str | Path) -> dict[str, Any]:
+    """`shipped.json` of a shipped folder, {folder name: entry}; {} where there is none."""
+    path = Path(shipped) / MANIFEST
+    if not path.is_file():
+        return {}
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return manifest
+
+
+def _check_entry(name: str, entry: dict[str, Any]) -> None:
+    """The manifest entry of folder `name` is whole: its kind, its report, its weights' sha."""
+    match = _NAME.match(name)
+    if not match or entry.get("kind") != _KIND_OF[match[1]]:
+        raise ShippedMismatch(f"manifest entry of kind {entry.get('kind')!r} does not fit the name")
+    files = entry.get("files")
+    if not isinstance(files, dict) or REPORT not in files:
+        raise ShippedMismatch(f"manifest lists no {REPORT}")
+    weights = {p: sha for p, sha in files.items() if p.endswith(WEIGHT_SUFFIXES)}
+    if not weights or sha256_json(weights) != entry.get("weights_sha256"):
+        raise ShippedMismatch("manifest's weights_sha256 is not that of its weight files")
+
+
+def _copy_verified(src: Path, files: dict[str, str], dest: Optional[Path]) -> None:
+    """Check every file of `files` (relative path -> sha256) under `src`, copying it to `dest`."""
+    for rel, sha in sorted(files.items()):
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ShippedMismatch(f"{rel}: not a path inside the folder")
+        try:
+            data = (src / rel).read_bytes()
+        except OSError:
+            raise ShippedMismatch(f"{src / rel}: missing") from None
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha:
+            raise ShippedMismatch(f"{src / rel}: sha256 {got[:12]}… is not the manifest's {sha[:12]}…")
+        if dest is not None:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(data)
+
+
+def _from_shipped(kind: str, folder: Path, shipped: Path, part: dict[str, Any], data_version: str,
+                  log: LogFn) -> Optional[BuiltStandin]:
+    """Copy the shipped stand-in named like `folder` into `folder` (atomically) if it verifies;
+    None where none is shipped, or where it fails (then with a warning: the caller builds)."""
+    name = folder.name
+    try:
+        manifest = read_manifest(shipped)
+    except (OSError, ValueError) as e:                     # JSONDecodeError is a ValueError
+        log(f"stand-in {kind}: WARNING: shipped manifest {shipped / MANIFEST} unreadable ({e}); building")
+        return None
+    entry = manifest.get(name)
+    if entry is None:
+        others = sorted(n for n in manifest if n.startswith(f"{_folder_name(kind)}-"))
+        if others:  # shipped for another config or data version: say so, a demo slower than it should be
+            log(f"stand-in {kind}: no shipped weights {name} (shipped: {', '.join(others)}); building")
+        return None
+    try:
+        _check_entry(name, entry)
+        if entry.get("config") != json.loads(json.dumps(part)) or entry.get("data_version") != data_version:
+            raise ShippedMismatch("manifest's config or data version is not this build's")
+        with atomic_dir(folder) as tmp:
+            _copy_verified(shipped / name, entry["files"], tmp)
+    except ShippedMismatch as e:
+        log(f"stand-in {kind}: WARNING: shipped weights {name} fail verification ({e}); "
+            f"not using them, building instead")
+        return None
+    log(f"stand-in {kind}: shipped weights {name} (verified)")
+    report = json.loads((folder / REPORT).read_text(encoding="utf-8"))
+    return BuiltStandin(kind, folder, weights_sha256(folder), True, {**report, "source": "shipped"})
+
+
+def verify_shipped(shipped: str | Path = SHIPPED) -> dict[str, Optional[str]]:
+    """{folder name: None if it verifies, else what is wrong} for every entry of the manifest."""
+    shipped, out = Path(shipped), {}
+    for name, entry in sorted(read_manifest(shipped).items()):
+        try:
+            _check_entry(name, entry)
+            _copy_verified(shipped / name, entry["files"], None)
+            out[name] = None
+        except ShippedMismatch as e:
+            out[name] = str(e)
+    return out
+
+
+def completed_standins(src_root: str | Path) -> dict[str, dict[str, Any]]:
+    """{folder name: its standin.json} of the stand-ins of this format built under `src_root`."""
+    out = {}
+    for folder in sorted(Path(src_root).iterdir()) if Path(src_root).is_dir() else []:
+        match = _NAME.match(folder.name)
+        if not (match and (folder / REPORT).is_file()):
+            continue
+        report = json.loads((folder / REPORT).read_text(encoding="utf-8"))
+        if (report.get("kind") == _KIND_OF[match[1]] and report.get("format") == FORMAT
+                and {"config", "data_version"} <= set(report)):
+            out[folder.name] = report
+    return out
+
+
+def ship(src_root: str | Path, dest: str | Path = SHIPPED, names: Sequence[str] = (), *,
+         latest: bool = False, prune: bool = False, log: LogFn = print) -> dict[str, Any]:
+    """Copy the completed stand-ins of `src_root` (all, `names`, or with `latest` the newest of each
+    kind) into `dest` and rewrite its manifest (atomically); return the manifest. Entries already
+    shipped are kept while their folder is there, unless `prune`: then only these are left."""
+    src_root, dest = Path(src_root), Path(dest)
+    if src_root.resolve() == dest.resolve():
+        raise ValueError(f"{src_root}: source and destination are the same folder")
+    found = completed_standins(src_root)
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise FileNotFoundError(f"{src_root}: no completed stand-in {', '.join(unknown)}")
+    chosen = list(names) or sorted(found)
+    if latest:
+        newest = {}
+        for name in sorted(chosen, key=lambda n: (src_root / n / REPORT).stat().st_mtime):
+            newest[found[name]["kind"]] = name
+        chosen = sorted(newest.values())
+    if not chosen:
+        raise FileNotFoundError(f"{src_root}: no completed stand-in folders ({{kind}}-{{key}}/{REPORT})")
+    try:
+        old = {} if prune else read_manifest(dest)
+    except ValueError as e:
+        log(f"warning: {e}; starting a new manifest")
+        old = {}
+    manifest = {n: e for n, e in old.items() if n not in chosen and (dest / n).is_dir()}
+    for name in chosen:
+        src, files, size = src_root / name, {}, 0
+        with atomic_dir(dest / name) as tmp:
+            for path in sorted(src.rglob("*")):
+                rel = path.relative_to(src)
+                if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    data = path.read_bytes()
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (tmp / rel).write_bytes(data)
+                    files[rel.as_posix()] = hashlib.sha256(data).hexdigest()
+                    size += len(data)
+        report = found[name]
+        manifest[name] = {"kind": report["kind"], "weights_sha256": weights_sha256(dest / name),
+                          "files": files, "config": report["config"], "data_version": report["data_version"]}
+        log(f"shipped {name}: {len(files)} files, {size / 1e6:.2f} MB")
+    write_json_atomic(dest / MANIFEST, dict(sorted(manifest.items())))
+    for folder in sorted(dest.iterdir()):
+        if prune and folder.is_dir() and _NAME.match(folder.name) and folder.name not in manifest:
+            shutil.rmtree(folder)
+            log(f"removed {folder.name} (no longer shipped)")
+    return manifest
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pecn_ml.models.standins",
+                                 description="Ship built stand-ins with the package, or verify those shipped.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sp = sub.add_parser("ship", help="copy built stand-in folders into the shipped folder")
+    sp.add_argument("src_root", help="where they were built, e.g. outputs/demo/pretrained")
+    sp.add_argument("names", nargs="*", help="folder names to ship (default: every completed one)")
+    sp.add_argument("--dest", default=str(SHIPPED), help="the shipped folder (default: the package's)")
+    sp.add_argument("--latest", action="store_true", help="per kind only the folder built last")
+    sp.add_argument("--prune", action="store_true", help="drop shipped folders not shipped now")
+    vp = sub.add_parser("verify", help="check every shipped folder against the manifest")
+    vp.add_argument("--dest", default=str(SHIPPED), help="the shipped folder (default: the package's)")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "ship":
+            ship(args.src_root, args.dest, args.names, latest=args.latest, prune=args.prune)
+            return 0
+        problems = verify_shipped(args.dest)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for name, problem in problems.items():
+        print(f"{name}: {problem or 'ok'}")
+    print(f"{len(problems)} shipped stand-ins, {sum(p is not None for p in problems.values())} failing")
+    return int(any(problems.values()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

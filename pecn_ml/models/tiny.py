@@ -138,24 +138,46 @@ def tiny_text_encoder(tokenizer, hidden: int = 32):
     return CLIPTextModel(_clip_text_config(len(tokenizer), hidden, tokenizer.model_max_length))
 
 
-def ip2p_scheduler():
-    """The inference scheduler an InstructPix2Pix folder ships (Euler ancestral, SD's betas)."""
-    from diffusers import EulerAncestralDiscreteScheduler
+SCHEDULERS = {"euler_ancestral": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",
+              "euler": "EulerDiscreteScheduler"}
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
-    return EulerAncestralDiscreteScheduler(
+
+def ip2p_scheduler(kind: str = "euler_ancestral", prediction_type: str = "epsilon"):
+    """The inference scheduler an InstructPix2Pix folder ships, with SD's betas: by default
+    timbrooks/instruct-pix2pix's (Euler ancestral, noise prediction). `kind` (a key of
+    SCHEDULERS) and `prediction_type` ("epsilon", "v_prediction" or "sample", i.e. the UNet
+    predicts the clean latents) are the demo stand-in's choices (`StandinConfig`); the trainer
+    reads the prediction type from this config."""
+    import diffusers
+
+    if kind not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {kind!r}; one of {sorted(SCHEDULERS)}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction type {prediction_type!r}; one of {PREDICTION_TYPES}")
+    if kind == "euler_ancestral" and prediction_type == "sample":
+        raise ValueError("diffusers' Euler ancestral scheduler does not implement prediction_type='sample'")
+    # DDIM as Stable Diffusion ships it (no clipping of the predicted latents to [-1, 1], which
+    # would wash them out) and with "trailing" steps, so that even a single step starts at the
+    # last training timestep (pure noise) instead of at t = 0.
+    extra = (dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing")
+             if kind == "ddim" else {})
+    return getattr(diffusers, SCHEDULERS[kind])(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        num_train_timesteps=1000, prediction_type="epsilon",
+        num_train_timesteps=1000, prediction_type=prediction_type, **extra,
     )
 
 
-def save_pix2pix_pipeline(out_dir: str | Path, *, vae, text_encoder, tokenizer, unet) -> Path:
+def save_pix2pix_pipeline(out_dir: str | Path, *, vae, text_encoder, tokenizer, unet, scheduler=None) -> Path:
     """`save_pretrained` of a `StableDiffusionInstructPix2PixPipeline` of these parts (no safety
-    checker) into `out_dir`, laid out like `timbrooks/instruct-pix2pix`."""
+    checker; `scheduler` default `ip2p_scheduler()`) into `out_dir`, laid out like
+    `timbrooks/instruct-pix2pix`."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     pipe = StableDiffusionInstructPix2PixPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=ip2p_scheduler(), safety_checker=None, feature_extractor=None,
+        scheduler=scheduler if scheduler is not None else ip2p_scheduler(),
+        safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out_dir)

@@ -2,9 +2,12 @@
 
 `timbrooks/instruct-pix2pix` arrives already able to edit an image as told; the seed fine-tunes
 that ability. The demo's stand-in must arrive the same way, or fine-tuning starts from noise. So,
-before any variant is trained, its UNet learns a *generic* task on the training videos: from
-frame i, produce frame i + k (k = 1 .. `max_offset`), told only "show this k frames later" --
-never the action text or the progress, which stay for the fine-tuning to teach.
+before any variant is trained, its UNet learns a general task on the training videos: from
+frame i, produce frame i + k (k = 1 .. `max_offset`), told "show this k frames later"
+(`prompt="generic"`) or, as an editing model that has seen motion described in words,
+"{action text}, k frames later" (`prompt="action"`: the demo's, on every frame pair of every
+training video, so the stand-in arrives knowing which way the named action moves things). Never
+the seed's prompt form or the progress, which stay for the fine-tuning to teach.
 
 The loss is the variants' own (`pix2pix.training_step`: noise prediction, conditioning dropout),
 on latents of the frozen, already trained VAE; every frame is encoded once (posterior mean and
@@ -39,6 +42,8 @@ class InstructPretrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3            # AdamW, cosine-annealed to 0 over `steps`
     max_offset: int = 5                    # target frame = input frame + k, k in 1..max_offset
+    prompt: str = "generic"                # "generic": "show this k frames later"; "action": the
+    #                                        video's action text and the frame gap
     conditioning_dropout_prob: float = 0.05
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -49,14 +54,39 @@ class InstructPretrainConfig:
             raise ValueError("InstructPretrainConfig: steps, batch_size, max_offset must be >= 1")
         if self.learning_rate <= 0:
             raise ValueError("InstructPretrainConfig: learning_rate must be > 0")
+        if self.prompt not in PRETRAIN_PROMPTS:
+            raise ValueError(f"InstructPretrainConfig: prompt must be one of {PRETRAIN_PROMPTS}, got {self.prompt!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+PRETRAIN_PROMPTS = ("generic", "action")
+
+
 def generic_instruction(k: int) -> str:
     """The pretraining prompt for a k-frame step (no action text, no progress)."""
     return f"show this {k} frames later"
+
+
+def action_instruction(text: str, k: int) -> str:
+    """The `prompt="action"` pretraining prompt: the action text and the frame gap, no progress."""
+    return f"{text}, {k} frames later"
+
+
+def pretraining_prompts(config: "InstructPretrainConfig", texts: Optional[Sequence[str]],
+                        num_videos: int) -> tuple[list[str], list[int]]:
+    """(distinct prompts, prompt index of each (video, k) as video * max_offset + k - 1)."""
+    if config.prompt == "generic":
+        prompts = [generic_instruction(k) for k in range(1, config.max_offset + 1)]
+        return prompts, [k for _ in range(num_videos) for k in range(config.max_offset)]
+    if texts is None or len(texts) != num_videos:
+        raise ValueError(f"instruct pretraining with prompt='action' needs one action text per video "
+                         f"({num_videos} videos, {0 if texts is None else len(texts)} texts)")
+    wanted = [action_instruction(t, k) for t in texts for k in range(1, config.max_offset + 1)]
+    prompts = sorted(set(wanted))
+    index = {p: i for i, p in enumerate(prompts)}
+    return prompts, [index[p] for p in wanted]
 
 
 @dataclass
@@ -65,7 +95,7 @@ class FrameLatents:
 
     mean: torch.Tensor      # (N, 4, h, w) all frames, video after video
     logvar: torch.Tensor    # (N, 4, h, w)
-    pairs: torch.Tensor     # (P, 3) long: input row, target row, k
+    pairs: torch.Tensor     # (P, 4) long: input row, target row, k, video
 
 
 @torch.no_grad()
@@ -74,14 +104,15 @@ def encode_videos(vae: Any, videos: Sequence[np.ndarray], max_offset: int,
     """Encode every frame of `videos` (each (T, R, R, 3) uint8) once; list the usable pairs."""
     means, logvars, pairs, row = [], [], [], 0
     meter = ProgressMeter("encode frames", sum(len(v) for v in videos), log, unit="frames")
-    for frames in videos:
+    for v, frames in enumerate(videos):
         for s in range(0, len(frames), batch_size):
             mean, logvar = encode_pixels(vae, frames_to_pixels(frames[s:s + batch_size]))
             means.append(mean.float().cpu())
             logvars.append(logvar.float().cpu())
             meter.update(len(mean))
         t = len(frames)
-        pairs += [(row + i, row + i + k, k) for k in range(1, max_offset + 1) for i in range(t - k)]
+        pairs += [(row + i, row + i + k, k, v) for k in range(1, max_offset + 1)
+                  for i in range(t - k)]
         row += t
     if not pairs:
         raise ValueError("encode_videos: no video has two frames")
@@ -90,13 +121,15 @@ def encode_videos(vae: Any, videos: Sequence[np.ndarray], max_offset: int,
 
 def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: Any,
                            noise_scheduler: Any, videos: Sequence[np.ndarray],
-                           config: InstructPretrainConfig, *, log: Optional[LogFn] = None
-                           ) -> list[float]:
-    """Train `unet` (8 input channels) in place on generic frame pairs; returns the step losses."""
+                           config: InstructPretrainConfig, *, texts: Optional[Sequence[str]] = None,
+                           log: Optional[LogFn] = None) -> list[float]:
+    """Train `unet` (8 input channels) in place on frame pairs; returns the step losses.
+    `texts`: the action text of each video (needed with `config.prompt == "action"`)."""
     device = next(unet.parameters()).device
+    distinct, prompt_of = pretraining_prompts(config, texts, len(videos))
     latents = encode_videos(vae, videos, config.max_offset, log=log)
-    prompts = encode_prompts(tokenizer, text_encoder,
-                             [generic_instruction(k) for k in range(1, config.max_offset + 1)])
+    prompts = encode_prompts(tokenizer, text_encoder, distinct)                 # (P, L, D)
+    prompt_of = torch.tensor(prompt_of, dtype=torch.long)
     empty = encode_prompts(tokenizer, text_encoder, [""])                      # (1, L, D)
     scaling = float(vae.config.scaling_factor)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
@@ -109,9 +142,10 @@ def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: An
                           unit="steps")
     for step in range(config.steps):
         pick = latents.pairs[torch.randint(0, len(latents.pairs), (config.batch_size,), generator=g)]
-        inp, tgt, k = pick[:, 0], pick[:, 1], pick[:, 2]                       # (B,) each
+        inp, tgt, k, video = pick[:, 0], pick[:, 1], pick[:, 2], pick[:, 3]   # (B,) each
+        text = prompts[prompt_of[video * config.max_offset + k - 1]]
         batch = LatentBatch(latents.mean[tgt].to(device), latents.logvar[tgt].to(device),
-                            latents.mean[inp].to(device), prompts[k - 1].to(device))
+                            latents.mean[inp].to(device), text.to(device))
         draws = draw_step_randomness(batch.target_mean.shape,
                                      noise_scheduler.config.num_train_timesteps,
                                      generator=step_generator(config.seed, step, device),

@@ -259,6 +259,8 @@ def training_step(unet: Any, noise_scheduler: Any, batch: LatentBatch, draws: St
         target = draws.noise
     elif prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, draws.noise, draws.timesteps)
+    elif prediction_type == "sample":                                      # the clean latents (x0)
+        target = latents
     else:
         raise ValueError(f"unknown prediction type {prediction_type!r}")
     pred = unet(model_input, draws.timesteps, hidden).sample                # (B, 4, h, w)

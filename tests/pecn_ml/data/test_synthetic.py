@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -388,3 +389,22 @@ def test_presets_sizes():
     splits = {sp: sum(s.split == sp for s in demo) for sp in syn.SPLITS}
     assert splits == {"train": 24 * 10 + 20, "validation": 24 * 3 + 20, "test": 10}
     assert syn.ssv2_json_text([]) == "[]\r\n"
+
+
+def test_texture_and_object_scale_knobs():
+    """The demo's knobs: texture 0 gives flat walls and objects, object_scale grows the objects;
+    the defaults render what they always did, and the manifest round-trips both."""
+    config = syn.SyntheticConfig.tiny(templates=("Pushing something from left to right",),
+                                      task_train_per_template=1, task_val_per_template=0, num_test=0,
+                                      short_fraction=0.0, min_frames=26, max_frames=30)
+    plain = syn.video_specs(config)[0]
+    assert (plain.texture, plain.object_scale) == (1.0, 1.0)
+    flat = syn.video_specs(dataclasses.replace(config, texture=0.0, object_scale=1.5))[0]
+    assert (flat.id, flat.seed, flat.texture, flat.object_scale) == (plain.id, plain.seed, 0.0, 1.5)
+    assert syn.VideoSpec.from_json(flat.to_json()) == flat and syn.VideoSpec.from_json(
+        {k: v for k, v in plain.to_json().items() if k not in ("texture", "object_scale")}) == plain
+    a, b = render_video(plain)[:1], render_video(flat)[:1]                  # (1, 240, W, 3)
+    wall_a, wall_b = a[0, :40].reshape(-1, 3).astype(float), b[0, :40].reshape(-1, 3).astype(float)
+    assert wall_b.std(axis=0).max() < 0.6 < wall_a.std(axis=0).max()      # flat vs textured wall
+    sa, sb = build_scene(plain, background=False), build_scene(flat, background=False)
+    assert sb.A.w == pytest.approx(1.5 * sa.A.w) and sb.palm.w == pytest.approx(1.5 * sa.palm.w)

@@ -3,6 +3,11 @@ and the three trainers behind them (autoencoder, instruct pretraining, ResNet pr
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -15,7 +20,7 @@ from pecn_ml.models.standins import (StandinConfig, build_standin_clip_text, bui
 from pecn_ml.models.tiny import tiny_vae
 from pecn_ml.training.autoencoder import (AutoencoderTrainConfig, latent_scaling_factor, roundtrip,
                                           train_autoencoder)
-from pecn_ml.training.instruct_pretrain import InstructPretrainConfig, encode_videos
+from pecn_ml.training.instruct_pretrain import InstructPretrainConfig, encode_videos, pretraining_prompts
 from pecn_ml.training.pacnet_data import moving_square_video
 from pecn_ml.training.resnet_pretrain import ResnetPretrainConfig, motion_masks, region_stats
 
@@ -62,8 +67,45 @@ def test_generic_pairs_cover_every_offset():
     assert lat.mean.shape == (12, 4, 8, 8)
     # per video: 5 pairs with k=1 and 4 with k=2; the second video's rows start at 6
     assert len(lat.pairs) == 2 * (5 + 4)
-    assert {tuple(p) for p in lat.pairs.tolist()} >= {(0, 1, 1), (0, 2, 2), (6, 7, 1), (9, 11, 2)}
-    assert all(t - i == k for i, t, k in lat.pairs.tolist())
+    # (input row, target row, k, video)
+    assert {tuple(p) for p in lat.pairs.tolist()} >= {(0, 1, 1, 0), (0, 2, 2, 0), (6, 7, 1, 1), (9, 11, 2, 1)}
+    assert all(t - i == k and v == int(i >= 6) for i, t, k, v in lat.pairs.tolist())
+
+
+def test_action_prompts_carry_each_videos_text_and_the_gap():
+    config = InstructPretrainConfig(max_offset=2, prompt="action")
+    prompts, index = pretraining_prompts(config, ["pushing something", "pulling something", "pushing something"], 3)
+    assert prompts == sorted({"pushing something, 1 frames later", "pushing something, 2 frames later",
+                              "pulling something, 1 frames later", "pulling something, 2 frames later"})
+    assert [prompts[i] for i in index] == ["pushing something, 1 frames later", "pushing something, 2 frames later",
+                                           "pulling something, 1 frames later", "pulling something, 2 frames later",
+                                           "pushing something, 1 frames later", "pushing something, 2 frames later"]
+    generic, gindex = pretraining_prompts(InstructPretrainConfig(max_offset=2), None, 2)
+    assert [generic[i] for i in gindex] == ["show this 1 frames later", "show this 2 frames later"] * 2
+    with pytest.raises(ValueError, match="one action text per video"):
+        pretraining_prompts(config, ["only one"], 3)
+    with pytest.raises(ValueError, match="prompt must be one of"):
+        InstructPretrainConfig(prompt="label")
+
+
+def test_clean_latent_standin_ships_a_ddim_sampler_that_starts_from_noise(tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
+
+    config = replace(TINY, scheduler="ddim", prediction_type="sample",
+                     instruct=replace(TINY.instruct, prompt="action"))
+    videos = _videos()
+    built = build_standin_pix2pix(tmp_path, videos, config, "data-v1",
+                                  texts=["moving something up", "moving something down"] * 2)
+    assert built.path.name != f"instruct-pix2pix-{standin_key('pix2pix', TINY, 'data-v1')}"
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(built.path, safety_checker=None,
+                                                                  requires_safety_checker=False)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.scheduler.config.prediction_type == "sample"
+    assert pipe.scheduler.config.clip_sample is False     # clipping to [-1, 1] washes latents out
+    pipe.scheduler.set_timesteps(1)
+    assert pipe.scheduler.timesteps.tolist() == [999]     # one step starts from pure noise, not t = 0
+    with pytest.raises(ValueError, match="one action text per video"):
+        build_standin_pix2pix(tmp_path, videos, config, "data-v2")
 
 
 def test_motion_masks_find_the_moving_square():
@@ -112,3 +154,87 @@ def test_resnet_and_clip_text_standins(tmp_path):
     assert standin_key("resnet", TINY, "a") != standin_key("resnet", replace(TINY, seed=1), "a")
     with pytest.raises(ValueError, match="no training videos"):
         build_standin_resnet(tmp_path, [], TINY, "x")
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_shipped_standin_is_copied_when_it_verifies_and_refused_when_a_byte_changed(tmp_path, monkeypatch):
+    from pecn_ml.models import standins
+
+    videos, shipped = _videos(), tmp_path / "shipped"
+    built = build_standin_pix2pix(tmp_path / "a", videos, TINY, "data-v1", shipped=None)
+    assert standins.main(["ship", str(tmp_path / "a"), "--dest", str(shipped)]) == 0
+    entry = standins.read_manifest(shipped)[built.path.name]
+    assert entry["weights_sha256"] == built.weights_sha256 and entry["data_version"] == "data-v1"
+    assert set(entry["files"]) == set(_files(built.path)) and standins.verify_shipped(shipped) == {built.path.name: None}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although verified shipped weights were there")
+
+    logs: list[str] = []
+    with monkeypatch.context() as m:
+        m.setattr(standins, "train_autoencoder", no_training)
+        t0 = time.perf_counter()
+        copied = build_standin_pix2pix(tmp_path / "b", videos, TINY, "data-v1", log=logs.append, shipped=shipped)
+        assert time.perf_counter() - t0 < 5
+    assert copied.reused and copied.report["source"] == "shipped" and copied.path == tmp_path / "b" / built.path.name
+    assert copied.weights_sha256 == built.weights_sha256 and _files(copied.path) == _files(built.path)
+    assert all((copied.path / f).read_bytes() == (built.path / f).read_bytes() for f in _files(built.path))
+    assert any(f"shipped weights {built.path.name} (verified)" in line for line in logs), logs
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]
+
+    weights = sorted((shipped / built.path.name).rglob("*.safetensors"))[0]
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1
+    weights.write_bytes(bytes(data))
+    logs.clear()
+    rebuilt = build_standin_pix2pix(tmp_path / "c", videos, TINY, "data-v1", log=logs.append, shipped=shipped)
+    assert not rebuilt.reused and "source" not in rebuilt.report
+    assert any("WARNING" in line and str(weights) in line for line in logs), logs
+    assert any("built" in line for line in logs)
+    assert str(weights) in standins.verify_shipped(shipped)[built.path.name]
+    assert standins.main(["verify", "--dest", str(shipped)]) == 1
+
+
+def test_ship_command_latest_prune_and_missing_manifests(tmp_path):
+    from pecn_ml.models import standins
+    from pecn_ml.utils.files import sha256_file
+
+    built, dest = tmp_path / "built", tmp_path / "shipped"
+    first = build_standin_clip_text(built, TINY, shipped=tmp_path / "nowhere")        # no manifest: built
+    (built / ".clip-text-0123456789abcdef.tmp-x").mkdir()                             # never shipped
+    (built / "curves").mkdir()
+    cmd = [sys.executable, "-m", "pecn_ml.models.standins", "ship", str(built), "--dest", str(dest)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads((dest / "shipped.json").read_text(encoding="utf-8"))
+    assert list(manifest) == [first.path.name]
+    assert manifest[first.path.name]["files"] == {f: sha256_file(first.path / f) for f in _files(first.path)}
+    assert manifest[first.path.name]["config"] == json.loads(json.dumps(TINY.part("clip_text")))
+    again = build_standin_clip_text(tmp_path / "root", TINY, shipped=dest)
+    assert again.report["source"] == "shipped" and again.weights_sha256 == first.weights_sha256
+
+    second = build_standin_clip_text(built, replace(TINY, seed=1), shipped=None)
+    later = (first.path / "standin.json").stat().st_mtime + 60
+    os.utime(second.path / "standin.json", (later, later))                         # built last
+    assert standins.main(["ship", str(built), "--dest", str(dest)]) == 0
+    assert set(standins.read_manifest(dest)) == {first.path.name, second.path.name}
+    assert standins.main(["ship", str(built), "--dest", str(dest), "--latest", "--prune"]) == 0
+    assert set(standins.read_manifest(dest)) == {second.path.name} and not (dest / first.path.name).exists()
+    assert standins.main(["ship", str(tmp_path / "empty"), "--dest", str(dest)]) == 1
+    assert standins.main(["ship", str(built), "clip-text-0000000000000000", "--dest", str(dest)]) == 1
+
+    logs: list[str] = []
+    assert not build_standin_clip_text(tmp_path / "fresh", replace(TINY, seed=2), shipped=dest, log=logs.append).reused
+    assert any("no shipped weights" in line and second.path.name in line for line in logs), logs
+    (dest / "shipped.json").write_text("{}", encoding="utf-8")                        # empty: built
+    assert not build_standin_clip_text(tmp_path / "fresh", TINY, shipped=dest).reused
+
+
+def test_the_packages_shipped_standins_verify():
+    from pecn_ml.models import standins
+
+    assert (standins.SHIPPED / standins.MANIFEST).is_file()
+    assert {name: p for name, p in standins.verify_shipped().items() if p} == {}

@@ -139,6 +139,29 @@ def test_training_step_applies_dropout_and_concatenates_the_image(parts):
     torch.testing.assert_close(loss, (draws.noise ** 2).mean())  # zero prediction vs noise target
 
 
+def test_clean_latent_prediction_targets_the_target_latents(parts):
+    """prediction_type "sample" (the demo stand-in's): the UNet is scored against the scaled clean
+    target latents; a UNet that returns exactly them has zero loss, noise prediction does not."""
+    from diffusers import DDPMScheduler
+
+    b = 3
+    batch = LatentBatch(torch.randn(b, 4, 8, 8), torch.full((b, 4, 8, 8), -2.0),
+                        torch.randn(b, 4, 8, 8), torch.randn(b, 77, 32))
+    draws = draw_step_randomness((b, 4, 8, 8), 1000, generator=torch.Generator().manual_seed(1),
+                                 dtype=torch.float32, device=torch.device("cpu"))
+    latents = (batch.target_mean + torch.exp(torch.tensor(-1.0)) * draws.latent_eps) * 0.5
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x, t, hidden):
+            return type("Out", (), {"sample": latents})()
+
+    for prediction_type, zero in (("sample", True), ("epsilon", False)):
+        scheduler = DDPMScheduler.from_config(parts.noise_scheduler.config, prediction_type=prediction_type)
+        loss = training_step(Oracle(), scheduler, batch, draws, empty_prompt_embeds=torch.zeros(1, 77, 32),
+                             conditioning_dropout_prob=0.0, scaling_factor=0.5)
+        assert (float(loss) < 1e-12) is zero, (prediction_type, float(loss))
+
+
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_models):
     torch.manual_seed(0)
     p = load_pix2pix_components(tiny_models.pix2pix)
