@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopped at a failed run: see it in `make ui` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
             return 1
         print(f"demo done in {time.perf_counter() - t0:.1f}s (data and graph)\n")
+        if args.only:
+            return 0
         print("Model vs latent copy (its own VAE's round trip of frame 20), copy-frame and the VAE ceiling; "
               "motion PSNR = where the frame changes; diff = model - latent copy (paired, p):")
         print(prediction_summary(instance, defs))

@@ -199,6 +199,21 @@ def test_control_arms_are_trained_evaluated_and_tested(smoke_graph):
     assert "| progress - shuffled |" in summary and "| next5_shuffled |" in summary
 
 
+def test_the_demo_ends_with_the_prediction_table(smoke_graph):
+    """`make demo`'s closing table, read back through the I/O manager: every evaluation partition
+    beside latent copy, copy-frame and the ceiling, and the progress comparisons."""
+    from pecn_assets.demo import prediction_summary
+
+    text = prediction_summary(smoke_graph.instance, smoke_graph.defs)
+    inst = smoke_graph.instance
+    for variant in ("next1", "next5_progress", "next5_shuffled"):
+        md = meta(latest(inst, "evaluation", f"0|{variant}"))
+        line = next(l for l in text.splitlines() if l.startswith("basic") and f" {variant} " in l)
+        assert f"{md['basic_ssim_mean']:.4f}" in line and f"{md['basic_latent_copy_ssim_mean']:.4f}" in line
+        assert f"{md['basic_motion_psnr_mean']:.2f}" in line
+    assert "progress - shuffled" in text and "shuffled - plain" in text
+
+
 def test_progress_estimator_reaches_the_prompts_and_its_sha_is_recorded(smoke_graph):
     """`use_progress_estimator`: PAC-Net's estimates (the progress_estimates input) are the
     percentages in the training and evaluation prompts, and their shas are in the metadata."""

@@ -262,3 +262,29 @@ def test_evaluation_row_and_sheets_show_the_latent_copy_and_the_motion_region(tm
     assert "Latent copy: the input frame through the model's own autoencoder" in md
     across_line = next(x for x in md.splitlines() if x.startswith("| next1 | basic | 2 |"))
     assert "20.31 ± 0.71" in across_line and "| 21.12 |" in across_line
+
+
+def test_prediction_table_puts_the_model_beside_latent_copy_with_paired_p():
+    from pecn_ml.report import prediction_rows, prediction_table
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(12):
+        lc = 0.8 + 0.01 * rng.standard_normal()
+        samples.append({"video_id": str(i), "ssim": lc + 0.02 + 0.001 * rng.standard_normal(), "latent_copy_ssim": lc,
+                        "baseline_ssim": 0.9, "autoencoder_ssim": 0.85, "motion_psnr": 16.0 + i % 2,
+                        "latent_copy_motion_psnr": 16.0 + i % 2, "baseline_motion_psnr": 18.0,
+                        "autoencoder_motion_psnr": 19.0})
+    rows = prediction_rows({(0, "next5", "basic"): {"samples": samples}})
+    (row,) = rows
+    assert row["n"] == 12 and row["ssim_vs_latent_copy"] == pytest.approx(0.02, abs=0.002)
+    assert row["ssim_vs_latent_copy_p"] < 1e-6                    # a consistent gain is significant
+    assert row["motion_psnr_vs_latent_copy"] == 0.0                # equal motion scores: no gain
+    assert row["model_motion_psnr"] == pytest.approx(16.5) and row["autoencoder_motion_psnr"] == 19.0
+    text = prediction_table({(0, "next5", "basic"): {"samples": samples}},
+                            [{"comparison": "progress - shuffled", "target_idx": 25, "eval_set": "basic",
+                              "seed": 0, "metric": "motion_psnr", "n_paired": 12, "mean_diff": 0.4, "p": 0.03},
+                             {"comparison": "progress - plain", "target_idx": 25, "eval_set": "basic",
+                              "seed": 0, "metric": "psnr", "n_paired": 12, "mean_diff": 0.1, "p": 0.5}])
+    assert "next5" in text and "progress - shuffled" in text and "0.030" in text
+    assert "progress - plain" not in text                          # only SSIM and motion PSNR tests
