@@ -73,5 +73,5 @@ def test_the_plan_materialises_every_asset_once_per_partition():
         plan = dict(demo.plan(defs))
         graph = defs.resolve_asset_graph()
         assert set(plan) == {k.to_user_string() for k in graph.materializable_asset_keys}
-        assert len(plan["ip2p_model"]) == len(plan["evaluation"]) == 4 * len(seeds)
+        assert len(plan["ip2p_model"]) == len(plan["evaluation"]) == 6 * len(seeds)  # six variants
         assert plan["frame_cache"] == ["96"] and plan["t_tests"] == [None]  # the demo's models read 96 px

@@ -26,6 +26,13 @@ def test_concurrent_gpu_steps_of_two_runs_hold_distinct_devices(tmp_path):
     config = yaml.safe_load((REPO / "dagster_home" / "dagster.yaml").read_text(encoding="utf-8"))
     config["concurrency"]["pools"]["default_limit"] = len(DEVICES)  # as deploy/README.md says: limit = GPUs
     (home / "dagster.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    import dagster as dg
+
+    # Create the instance's SQLite storage once: two fresh processes racing to create it can leave
+    # alembic with two version heads ("more than one head present") and both runs fail.
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.get_runs(limit=1)
+        instance.event_log_storage.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.RUN_START), limit=1)
     markers, locks = tmp_path / "markers", tmp_path / "locks"
     markers.mkdir()
     env = {**os.environ, "DAGSTER_HOME": str(home), "OMP_NUM_THREADS": "1",

@@ -165,7 +165,7 @@ def test_the_rehearsal_graph_builds_with_local_model_folders(tmp_path, cuda):
     defs = rehearse.rehearsal_definitions(profile, tmp_path / "models")
     steps = plan(defs)
     assert [a for a, _ in steps] == list(ORDER)
-    assert dict(steps)["frame_cache"] == ["224"] and len(dict(steps)["ip2p_model"]) == 4
+    assert dict(steps)["frame_cache"] == ["224"] and len(dict(steps)["ip2p_model"]) == 6  # six variants
     models = defs.resources["models"]
     assert models.pix2pix == str((tmp_path / "models" / "instruct-pix2pix").absolute())
     assert models.clip_text.endswith("clip-vit-base-patch32") and models.resnet.endswith("resnet-50")
