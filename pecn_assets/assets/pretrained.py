@@ -82,7 +82,8 @@ def build_pretrained_assets(parts: Partitions) -> list:
         """InstructPix2Pix weights the variants are fine-tuned from: timbrooks/instruct-pix2pix pinned to a commit, or the demo's trained stand-in."""
         videos, texts, version, held_out = training_videos(filtered_annotations, frame_cache, profile.prompt_text)
         built = build_standin_pix2pix(settings.outputs_path() / "pretrained", videos, profile.standins, version,
-                                      texts=texts, eval_frames=held_out, log=context.log.info)
+                                      texts=texts, eval_frames=held_out, prompt_text=profile.prompt_text,
+                                      log=context.log.info)
         return _result("pix2pix_base", built,
                        roundtrip_psnr=float(built.report.get("roundtrip_psnr", float("nan"))),
                        roundtrip_ssim=float(built.report.get("roundtrip_ssim", float("nan"))))

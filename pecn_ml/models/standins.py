@@ -7,7 +7,7 @@ very same `from_pretrained` calls:
 
 | stand-in for                    | built here                                                  |
 |---------------------------------|-------------------------------------------------------------|
-| `timbrooks/instruct-pix2pix`    | tiny tokenizer + frozen random CLIP text encoder; VAE trained as an autoencoder (`training/autoencoder.py`), its `scaling_factor` measured; UNet instruct-pretrained on generic frame pairs (`training/instruct_pretrain.py`) |
+| `timbrooks/instruct-pix2pix`    | tiny tokenizer + frozen random CLIP text encoder; VAE trained as an autoencoder (`training/autoencoder.py`), its `scaling_factor` measured; UNet instruct-pretrained on frame pairs of the training videos and of an optional synthetic corpus of its own (`StandinConfig.corpus`; `training/instruct_pretrain.py`) |
 | `microsoft/resnet-50`           | tiny ResNet pretrained on where things move (`training/resnet_pretrain.py`) |
 | `openai/clip-vit-base-patch32`  | tiny CLIP text model + tokenizer, random (PAC-Net fine-tunes it) |
 
@@ -55,6 +55,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from pecn_ml.data.synthetic import SyntheticConfig
 from pecn_ml.metrics import psnr, ssim
 from pecn_ml.models.tiny import (build_tiny_clip_text, build_tiny_resnet, build_tiny_tokenizer,
                                  ip2p_scheduler, save_pix2pix_pipeline, tiny_text_encoder,
@@ -83,6 +84,11 @@ class StandinConfig:
     instruct: InstructPretrainConfig = field(default_factory=InstructPretrainConfig)
     resnet: ResnetPretrainConfig = field(default_factory=ResnetPretrainConfig)
     clip_hidden: int = 32
+    # extra synthetic videos, written with a generator seed of their own, that the UNet is
+    # instruct-pretrained on besides the training videos (None: none). The real UNet was
+    # pretrained on far more than SSv2's training split; a stand-in that saw only the demo's 240
+    # videos memorises them instead of learning how named actions move things.
+    corpus: Optional[SyntheticConfig] = None
     scheduler: str = "euler_ancestral"     # the pipeline's sampler (a key of tiny.SCHEDULERS)
     prediction_type: str = "epsilon"       # what the UNet predicts: "epsilon", "v_prediction", "sample"
     seed: int = 0
@@ -95,6 +101,8 @@ class StandinConfig:
                     "autoencoder": asdict(self.autoencoder), "instruct": asdict(self.instruct)}
             if (self.scheduler, self.prediction_type) != ("euler_ancestral", "epsilon"):
                 part.update(scheduler=self.scheduler, prediction_type=self.prediction_type)
+            if self.corpus is not None:
+                part.update(corpus=asdict(self.corpus))
             return part
         if kind == "resnet":
             return {"seed": self.seed, "resnet": asdict(self.resnet)}
@@ -183,7 +191,7 @@ def _build(kind: str, root: str | Path, config: StandinConfig, data_version: str
 
 def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config: StandinConfig,
                           data_version: str, *, texts: Optional[Sequence[str]] = None,
-                          eval_frames: Optional[np.ndarray] = None,
+                          eval_frames: Optional[np.ndarray] = None, prompt_text: str = "class",
                           log: Optional[LogFn] = None, shipped: Optional[str | Path] = SHIPPED
                           ) -> BuiltStandin:
     """An InstructPix2Pix pipeline folder trained on `videos` (each (T, R, R, 3) uint8).
@@ -191,6 +199,8 @@ def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config
     `texts`: each video's action text, for the UNet's pretraining with `prompt="action"` (part of
     `data_version` then). `eval_frames` (N, R, R, 3), frames the VAE never saw, measure its round
     trip (SSIM, PSNR). `shipped`: where shipped stand-ins are looked for (None: nowhere).
+    With `config.corpus`, its videos are generated (into the build's temp folder, removed before the
+    folder is complete) and added to the UNet's pretraining, their texts written as `prompt_text`.
     """
     log = log or (lambda _m: None)
     if not videos:
@@ -219,16 +229,47 @@ def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config
             log(f"stand-in VAE round trip on {len(eval_frames)} held-out frames: SSIM "
                 f"{report['roundtrip_ssim']:.4f}, PSNR {report['roundtrip_psnr']:.2f} dB")
         t0 = time.perf_counter()
+        unet_videos, unet_texts = list(videos), None if texts is None else list(texts)
+        if config.corpus is not None:
+            extra, extra_texts = corpus_videos(tmp / "corpus", config.corpus, int(frames.shape[1]),
+                                               prompt_text, log)
+            unet_videos += extra
+            unet_texts = None if unet_texts is None else unet_texts + extra_texts
+            report.update(corpus_videos=len(extra), corpus_seconds=round(time.perf_counter() - t0, 2))
+            t0 = time.perf_counter()
         scheduler = ip2p_scheduler(config.scheduler, config.prediction_type)
         noise_scheduler = DDPMScheduler.from_config(scheduler.config)
-        losses = pretrain_instruct_unet(unet, vae, tokenizer, text_encoder, noise_scheduler, videos,
-                                        config.instruct, texts=texts, log=log)
-        report.update(instruct_loss=_curve(losses), instruct_seconds=round(time.perf_counter() - t0, 2))
+        losses = pretrain_instruct_unet(unet, vae, tokenizer, text_encoder, noise_scheduler, unet_videos,
+                                        config.instruct, texts=unet_texts, log=log)
+        shutil.rmtree(tmp / "corpus", ignore_errors=True)
+        report.update(instruct_loss=_curve(losses), instruct_seconds=round(time.perf_counter() - t0, 2),
+                      instruct_videos=len(unet_videos))
         save_pix2pix_pipeline(tmp, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler)
         return report
 
     return _build("pix2pix", root, config, data_version, build, log, shipped)
+
+
+def corpus_videos(data_dir: Path, corpus: SyntheticConfig, resolution: int, prompt_text: str,
+                  log: LogFn) -> tuple[list[np.ndarray], list[str]]:
+    """Write the synthetic `corpus` to `data_dir`, filter it as the platform filters SSv2 and decode
+    its training videos at `resolution`: (frames of each video, its action text)."""
+    from pecn_ml.data.annotations import TRAIN_FILTERED, FilterConfig, filter_annotations
+    from pecn_ml.data.frame_cache import build_frame_cache, open_frame_cache
+    from pecn_ml.data.synthetic import write_synthetic_ssv2
+    from pecn_ml.prompts import action_text
+
+    write_synthetic_ssv2(data_dir, corpus, log=log)
+    filtered = filter_annotations(data_dir, FilterConfig(), log=log)
+    entries = filtered.entries[TRAIN_FILTERED]
+    build_frame_cache(data_dir, resolution, [e["id"] for e in entries], log=log)
+    cache = open_frame_cache(data_dir, resolution)
+    entries = [e for e in entries if e["id"] in cache]
+    if not entries:
+        raise ValueError(f"stand-in corpus at {data_dir}: no decodable training video (kept by the filter: {filtered.counts})")
+    log(f"stand-in corpus: {len(entries)} training videos at {resolution} px")
+    return [cache.frames(e["id"]) for e in entries], [action_text(e, prompt_text) for e in entries]
 
 
 def build_standin_resnet(root: str | Path, videos: Sequence[np.ndarray], config: StandinConfig,

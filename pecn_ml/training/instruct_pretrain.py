@@ -5,11 +5,13 @@ that ability. The demo's stand-in must arrive the same way, or fine-tuning start
 before any variant is trained, its UNet learns a general task on the training videos: from
 frame i, produce frame i + k (k = 1 .. `max_offset`), told "show this k frames later"
 (`prompt="generic"`) or, as an editing model that has seen motion described in words,
-"{action text}, k frames later" (`prompt="action"`: the demo's, on every frame pair of every
-training video, so the stand-in arrives knowing which way the named action moves things). Never
-the seed's prompt form or the progress, which stay for the fine-tuning to teach.
+"{action text}, k frames later" (`prompt="action"`) or "{the seed's instruction for the action},
+k frames later" (`prompt="instruction"`: the demo's, on every frame pair of every training video
+and of the stand-in's own corpus, so the stand-in arrives knowing which way the named action moves
+things and reads the instruction the fine-tuning will use; the fine-tuning prompt is a prefix of
+it, see `instruction_with_gap`). Never the progress, which stays for the fine-tuning to teach.
 
-The loss is the variants' own (`pix2pix.training_step`: noise prediction, conditioning dropout),
+The loss is the variants' own (`pix2pix.training_step`, conditioning dropout),
 on latents of the frozen, already trained VAE; every frame is encoded once (posterior mean and
 log-variance; a fresh posterior sample per step, as `latent_cache` does).
 """
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from pecn_ml.models.pix2pix import encode_prompts
+from pecn_ml.prompts import build_prompt
 from pecn_ml.training.autoencoder import frames_to_pixels
 from pecn_ml.training.latent_cache import encode_pixels
 from pecn_ml.training.pix2pix import (LatentBatch, draw_step_randomness, step_generator,
@@ -43,8 +46,10 @@ class InstructPretrainConfig:
     learning_rate: float = 1e-3            # AdamW, cosine-annealed to 0 over `steps`
     max_offset: int = 5                    # target frame = input frame + k, k in 1..max_offset
     prompt: str = "generic"                # "generic": "show this k frames later"; "action": the
-    #                                        video's action text and the frame gap
+    #                                        video's action text and the frame gap; "instruction":
+    #                                        the seed's instruction for that text and the gap
     conditioning_dropout_prob: float = 0.05
+    min_timestep: int = 0                  # timesteps drawn from [min_timestep, 1000) (Pix2PixTrainConfig's)
     max_grad_norm: float = 1.0
     seed: int = 0
     log_every_s: float = 10.0
@@ -54,6 +59,8 @@ class InstructPretrainConfig:
             raise ValueError("InstructPretrainConfig: steps, batch_size, max_offset must be >= 1")
         if self.learning_rate <= 0:
             raise ValueError("InstructPretrainConfig: learning_rate must be > 0")
+        if self.min_timestep < 0:
+            raise ValueError("InstructPretrainConfig: min_timestep must be >= 0")
         if self.prompt not in PRETRAIN_PROMPTS:
             raise ValueError(f"InstructPretrainConfig: prompt must be one of {PRETRAIN_PROMPTS}, got {self.prompt!r}")
 
@@ -61,7 +68,7 @@ class InstructPretrainConfig:
         return asdict(self)
 
 
-PRETRAIN_PROMPTS = ("generic", "action")
+PRETRAIN_PROMPTS = ("generic", "action", "instruction")
 
 
 def generic_instruction(k: int) -> str:
@@ -74,6 +81,14 @@ def action_instruction(text: str, k: int) -> str:
     return f"{text}, {k} frames later"
 
 
+def instruction_with_gap(text: str, k: int) -> str:
+    """The `prompt="instruction"` pretraining prompt: the seed's instruction for the action text
+    (`prompts.build_prompt`, no progress) followed by the frame gap. The fine-tuning prompts
+    (`build_prompt(text)`, with or without the progress sentence) are its prefix, so a causal
+    text encoder (CLIP's) embeds their shared tokens exactly as in pretraining."""
+    return f"{build_prompt(text)}, {k} frames later"
+
+
 def pretraining_prompts(config: "InstructPretrainConfig", texts: Optional[Sequence[str]],
                         num_videos: int) -> tuple[list[str], list[int]]:
     """(distinct prompts, prompt index of each (video, k) as video * max_offset + k - 1)."""
@@ -83,7 +98,8 @@ def pretraining_prompts(config: "InstructPretrainConfig", texts: Optional[Sequen
     if texts is None or len(texts) != num_videos:
         raise ValueError(f"instruct pretraining with prompt='action' needs one action text per video "
                          f"({num_videos} videos, {0 if texts is None else len(texts)} texts)")
-    wanted = [action_instruction(t, k) for t in texts for k in range(1, config.max_offset + 1)]
+    form = action_instruction if config.prompt == "action" else instruction_with_gap
+    wanted = [form(t, k) for t in texts for k in range(1, config.max_offset + 1)]
     prompts = sorted(set(wanted))
     index = {p: i for i, p in enumerate(prompts)}
     return prompts, [index[p] for p in wanted]
@@ -149,7 +165,8 @@ def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: An
         draws = draw_step_randomness(batch.target_mean.shape,
                                      noise_scheduler.config.num_train_timesteps,
                                      generator=step_generator(config.seed, step, device),
-                                     dtype=batch.target_mean.dtype, device=device)
+                                     dtype=batch.target_mean.dtype, device=device,
+                                     min_timestep=config.min_timestep)
         loss = training_step(unet, noise_scheduler, batch, draws, empty_prompt_embeds=empty,
                              conditioning_dropout_prob=config.conditioning_dropout_prob,
                              scaling_factor=scaling)

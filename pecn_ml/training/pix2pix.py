@@ -79,6 +79,9 @@ class Pix2PixTrainConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     conditioning_dropout_prob: float = 0.05
+    # timesteps are drawn uniformly from [min_timestep, num_train_timesteps) (the seed's: 0). The
+    # demo samples with one DDIM step at the last timestep, so it trains where it samples.
+    min_timestep: int = 0
     mixed_precision: str = "fp16"                  # "no" | "fp16" | "bf16"; fp16 -> "no" off CUDA
     seed: Optional[int] = 42                       # None: a random seed, kept in checkpoints
     cache_latents: bool = True                     # encode frames/prompts once (exact, see latent_cache)
@@ -107,6 +110,7 @@ class Pix2PixTrainConfig:
             (self.num_train_epochs >= 1, "num_train_epochs must be >= 1"),
             (self.max_train_steps is None or self.max_train_steps >= 1, "max_train_steps must be >= 1"),
             (0 <= self.conditioning_dropout_prob <= 1 / 3, "conditioning_dropout_prob must be in [0, 1/3]"),
+            (self.min_timestep >= 0, "min_timestep must be >= 0"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
             (self.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
             (self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
@@ -198,26 +202,30 @@ def sample_generator(base_seed: int, epoch: int, index: int, device: torch.devic
 
 def draw_step_randomness(latent_shape: Sequence[int], num_train_timesteps: int, *,
                          generator: torch.Generator, dtype: torch.dtype,
-                         device: torch.device) -> StepDraws:
-    """Draw eps, noise, timesteps and the dropout uniforms, in that order, from `generator`."""
+                         device: torch.device, min_timestep: int = 0) -> StepDraws:
+    """Draw eps, noise, timesteps (uniform in [min_timestep, num_train_timesteps)) and the dropout
+    uniforms, in that order, from `generator`."""
+    if not 0 <= min_timestep < num_train_timesteps:
+        raise ValueError(f"min_timestep {min_timestep} is outside the scheduler's "
+                         f"{num_train_timesteps} training timesteps")
     b = latent_shape[0]
     eps = torch.randn(tuple(latent_shape), generator=generator, device=device, dtype=dtype)
     noise = torch.randn(tuple(latent_shape), generator=generator, device=device, dtype=dtype)
-    timesteps = torch.randint(0, num_train_timesteps, (b,), generator=generator, device=device)
+    timesteps = torch.randint(min_timestep, num_train_timesteps, (b,), generator=generator, device=device)
     u = torch.rand(b, generator=generator, device=device)
     return StepDraws(eps, noise, timesteps.long(), u)
 
 
 def draw_sample_randomness(latent_shape: Sequence[int], num_train_timesteps: int, *,
                            base_seed: int, epoch: int, indices: Sequence[int],
-                           dtype: torch.dtype, device: torch.device) -> StepDraws:
+                           dtype: torch.dtype, device: torch.device, min_timestep: int = 0) -> StepDraws:
     """The draws of a micro-batch, sample by sample: row i comes from
     `sample_generator(base_seed, epoch, indices[i])`, so it does not depend on the batch (its size,
     its other samples, the rank it runs on)."""
     assert len(indices) == latent_shape[0], (len(indices), tuple(latent_shape))
     rows = [draw_step_randomness((1, *latent_shape[1:]), num_train_timesteps,
                                  generator=sample_generator(base_seed, epoch, int(i), device),
-                                 dtype=dtype, device=device) for i in indices]
+                                 dtype=dtype, device=device, min_timestep=min_timestep) for i in indices]
     return StepDraws(torch.cat([r.latent_eps for r in rows]), torch.cat([r.noise for r in rows]),
                      torch.cat([r.timesteps for r in rows]), torch.cat([r.dropout_u for r in rows]))
 
@@ -446,7 +454,9 @@ def _fingerprint(config: Pix2PixTrainConfig, pretrained: str, dataset: Any,
             "pretrained": weights_identity(pretrained),
             "pairs": sha256_json([list(dataset.video_ids), list(dataset.prompts),
                                   dataset.input_idx, dataset.target_idx]),
-            "max_train_steps": max_train_steps}
+            "max_train_steps": max_train_steps,
+            # only when set, so checkpoints written before the field existed still resume
+            **({"min_timestep": config.min_timestep} if config.min_timestep else {})}
 
 
 def _checkpoint_to_resume(out_dir: Path, fingerprint: dict[str, Any], resume: bool, log: LogFn
@@ -552,7 +562,8 @@ def _micro_loss_sum(run: _Run, slots: torch.Tensor, data: Any, epoch: int) -> to
         inputs = encode_pair_batch(p.vae, p.tokenizer, p.text_encoder, data)
     draws = draw_sample_randomness(inputs.target_mean.shape, p.noise_scheduler.config.num_train_timesteps,
                                    base_seed=run.base_seed, epoch=epoch, indices=index.tolist(),
-                                   dtype=inputs.target_mean.dtype, device=run.device)
+                                   dtype=inputs.target_mean.dtype, device=run.device,
+                                   min_timestep=run.config.min_timestep)
     losses = training_step(run.unet, p.noise_scheduler, inputs, draws,
                            empty_prompt_embeds=run.empty_prompt_embeds,
                            conditioning_dropout_prob=run.config.conditioning_dropout_prob,

@@ -88,6 +88,42 @@ def test_action_prompts_carry_each_videos_text_and_the_gap():
         InstructPretrainConfig(prompt="label")
 
 
+def test_instruction_prompts_end_with_the_gap_so_the_fine_tuning_prompt_is_their_prefix(tmp_path):
+    from pecn_ml.models.pix2pix import encode_prompts
+    from pecn_ml.models.tiny import build_tiny_tokenizer, tiny_text_encoder
+    from pecn_ml.prompts import build_prompt
+
+    text = "pushing something from left to right"
+    prompts, index = pretraining_prompts(InstructPretrainConfig(max_offset=2, prompt="instruction"), [text], 1)
+    assert [prompts[i] for i in index] == [f"{build_prompt(text)}, 1 frames later", f"{build_prompt(text)}, 2 frames later"]
+    # CLIP's text encoder is causal: the fine-tuning prompt's tokens embed exactly as in pretraining
+    tok = build_tiny_tokenizer(tmp_path / "tok")
+    torch.manual_seed(0)
+    encoder = tiny_text_encoder(tok).eval()
+    n = len(tok(build_prompt(text)).input_ids) - 1                       # its tokens before end-of-text
+    fine, pre = encode_prompts(tok, encoder, [build_prompt(text), prompts[1]])
+    assert torch.equal(fine[:n], pre[:n]) and not torch.allclose(fine[n:], pre[n:])
+
+
+def test_corpus_videos_join_the_unet_pretraining_and_key_the_folder(tmp_path):
+    from pecn_ml.data.synthetic import SyntheticConfig
+
+    corpus = SyntheticConfig.tiny(seed=7, templates=("Pushing something from left to right",
+                                                     "Moving something up"),
+                                  task_val_per_template=0, other_val_per_template=0, num_test=0,
+                                  short_fraction=0.0, min_frames=26, max_frames=28, min_width=320, max_width=320)
+    config = replace(TINY, instruct=replace(TINY.instruct, prompt="instruction"), corpus=corpus)
+    videos = _videos()
+    logs: list[str] = []
+    built = build_standin_pix2pix(tmp_path, videos, config, "data-v1", texts=["moving something up"] * 4,
+                                  log=logs.append)
+    assert built.report["corpus_videos"] == 2 and built.report["instruct_videos"] == 6
+    assert built.report["config"]["corpus"]["seed"] == 7
+    assert built.path.name != f"instruct-pix2pix-{standin_key('pix2pix', replace(config, corpus=None), 'data-v1')}"
+    assert not (built.path / "corpus").exists()                          # generated, used, removed
+    assert any("stand-in corpus: 2 training videos at 32 px" in line for line in logs)
+
+
 def test_clean_latent_standin_ships_a_ddim_sampler_that_starts_from_noise(tmp_path):
     from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
 

@@ -103,6 +103,22 @@ def test_step_randomness_is_a_function_of_seed_and_index():
     assert a.timesteps.dtype == torch.long and int(a.timesteps.max()) < 1000
 
 
+def test_min_timestep_keeps_the_draws_where_a_one_step_sampler_samples():
+    cpu = torch.device("cpu")
+    high = draw_step_randomness((256, 4, 2, 2), 1000, generator=step_generator(7, 5, cpu),
+                                dtype=torch.float32, device=cpu, min_timestep=900)
+    assert 900 <= int(high.timesteps.min()) and int(high.timesteps.max()) <= 999
+    assert len(set(high.timesteps.tolist())) > 50                       # still a spread, not one value
+    everywhere = draw_step_randomness((256, 4, 2, 2), 1000, generator=step_generator(7, 5, cpu),
+                                      dtype=torch.float32, device=cpu)
+    assert int(everywhere.timesteps.min()) < 100                         # the seed's: all of [0, 1000)
+    with pytest.raises(ValueError, match="min_timestep 1000 is outside"):
+        draw_step_randomness((1, 4, 2, 2), 1000, generator=step_generator(7, 5, cpu),
+                             dtype=torch.float32, device=cpu, min_timestep=1000)
+    with pytest.raises(ValueError, match="min_timestep"):
+        Pix2PixTrainConfig(min_timestep=-1)
+
+
 class RecordingUNet(torch.nn.Module):
     """Stands in for the UNet: records its inputs, predicts zeros."""
 
