@@ -156,9 +156,12 @@ def test_evaluation_records_the_checkpoint_it_sampled(smoke_graph):
 def test_retraining_twice_leaves_every_earlier_evaluation_verifiable(smoke_graph):
     """Retrain one variant twice (other hyper-parameters from the run config, as the Launchpad
     would): each training writes a new folder, and all three evaluations stay verifiable."""
+    from pecn_ml.profiles import get_profile
+
     inst, key = smoke_graph.instance, "0|next1"
     evaluations = [meta(latest(inst, "evaluation", key))]
-    for learning_rate in (3e-4, 3e-3):
+    default = get_profile("smoke").pix2pix_train.learning_rate      # what the first training used
+    for learning_rate in (default / 3, default * 10):
         trained = run(smoke_graph, "ip2p_model", key, {"learning_rate": learning_rate})
         model = meta(latest(inst, "ip2p_model", key))
         assert model["train_config"]["learning_rate"] == learning_rate  # the value used is recorded
