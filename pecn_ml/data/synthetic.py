@@ -24,7 +24,11 @@ T ≈ 33 and 1/33 of the path per frame). The information is larger for next5 (f
 to place) than for next1 (one), and largest for go-and-come-back actions, where frame 20 alone
 does not even say whether the object is still going or already returning (progress < 50% or
 > 50%). A prompt with a *shuffled* percentage carries none of this: the negative control of
-`benchmarks/bench_known_answer.py`.
+`benchmarks/bench_known_answer.py`. With the default `motion_spread` 1 each video also draws its
+own distance, speed profile and timing, which hide most of that 1 / T; at `motion_spread` 0 (the
+demo's) the length is all that is left to guess, while where the object stands stays random, so
+frame 20 of a slide does not give its progress away (a lift or a fall starts from the table: its
+height does).
 
 CLI: python -m pecn_ml.data.synthetic --out DIR [--seed N] [--preset demo|tiny]
                                       [--templates KEY ...]
@@ -94,6 +98,9 @@ class SyntheticConfig:
     task_map_path: Optional[str] = None   # task -> label keys JSON; None = pecn_ml/data/tasks.json
     texture: float = 1.0                  # texture contrast of wall, table and objects (0 = flat colours)
     object_scale: float = 1.0             # size of the objects and the hand (1 = SSv2-like)
+    motion_spread: float = 1.0            # how much motion parameters (distance, speed profile,
+    #                                       timing) vary between videos of a template: 1 = the full
+    #                                       ranges, 0 = all at the middle (`sample_params`)
     crf: int = 24                         # libvpx-vp9 constant quality (lower = better)
     cpu_used: int = 8                     # libvpx-vp9 realtime speed (higher = faster)
 
@@ -121,6 +128,8 @@ class SyntheticConfig:
         if not 64 <= self.min_width <= self.max_width:
             raise ValueError(f"SyntheticConfig needs 64 <= min_width <= max_width, got "
                              f"{self.min_width}, {self.max_width}")
+        if not 0.0 <= self.motion_spread <= 1.0:
+            raise ValueError(f"SyntheticConfig.motion_spread must be in [0, 1], got {self.motion_spread}")
         if not 0 <= self.crf <= 63 or not 0 <= self.cpu_used <= 9:
             raise ValueError(f"SyntheticConfig: crf must be 0..63 and cpu_used 0..9, "
                              f"got {self.crf}, {self.cpu_used}")
@@ -354,7 +363,7 @@ def video_specs(config: SyntheticConfig) -> list[VideoSpec]:
         width = (config.max_width if rng.random() < 0.4
                  else int(rng.integers(config.min_width, config.max_width + 1)))
         motion, fixed = motion_of(t)
-        params = {**sample_params(motion, rng), **fixed}
+        params = {**sample_params(motion, rng, config.motion_spread), **fixed}
         rows.append(dict(id=str(int(ids[k])), split=split, template_index=t.index,
                          label_key=t.label_key, template=t.template,
                          placeholders=sample_placeholders(t, motion, rng), width=width,

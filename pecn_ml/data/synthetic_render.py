@@ -771,25 +771,43 @@ GENERIC_MOTIONS = ("rotate", "scale", "shake", "drift", "orbit", "squash", "hop"
                    "tilt")
 
 
-def sample_params(motion: str, rng: np.random.Generator) -> dict[str, float]:
-    """Random motion parameters of a family (fixed ones, e.g. direction, are set by the caller)."""
-    u = rng.uniform
-    common = {"ease": u(0, 1), "xf": u(0.35, 0.65)}
+# where an object stands (not how it moves): drawn from the whole range at any motion spread
+PLACEMENT_PARAMS = frozenset({"xf", "off", "bx", "phase", "a0"})
+
+
+def sample_params(motion: str, rng: np.random.Generator, spread: float = 1.0) -> dict[str, float]:
+    """Random motion parameters of a family (fixed ones, e.g. direction, are set by the caller).
+
+    spread scales every drawn range of the *motion* about its middle: 1 = the whole range, 0 = every
+    video of a family gets the middle (its distance, speed profile and timing). Where the object
+    stands (`place`: PLACEMENT_PARAMS) and signs (directions, sides) stay random at any spread, so
+    frame 20 alone does not give away how far a slide has come. The generator draws the same
+    numbers either way, so every other random choice of a dataset is the same at any spread."""
+    if not 0.0 <= spread <= 1.0:
+        raise ValueError(f"sample_params: spread must be in [0, 1], got {spread}")
+
+    def u(lo: float, hi: float) -> float:
+        v = float(rng.uniform(lo, hi))
+        return (lo + hi) / 2 + spread * (v - (lo + hi) / 2)
+
+    def place(lo: float, hi: float) -> float:
+        return float(rng.uniform(lo, hi))
+    common = {"ease": u(0, 1), "xf": place(0.35, 0.65)}
     sign = lambda: float(rng.choice((-1.0, 1.0)))   # noqa: E731
     table: dict[str, dict[str, float]] = {
-        "slide": {"dir": sign(), "grip": 0.0, "dist": u(0.35, 0.6), "off": u(-1, 1)},
+        "slide": {"dir": sign(), "grip": 0.0, "dist": u(0.35, 0.6), "off": place(-1, 1)},
         "lift": {"dir": -1.0, "dist": u(0.22, 0.38), "side": sign()},
         "depth": {"grow": 1.0, "small": u(0.55, 0.8), "ratio": u(1.7, 2.3)},
-        "drop": {"rel": 0.0, "bx": u(0.35, 0.65), "side": sign(), "h0": u(0.1, 0.25),
+        "drop": {"rel": 0.0, "bx": place(0.35, 0.65), "side": sign(), "h0": u(0.1, 0.25),
                  "land": u(0.7, 0.92), "tumble": u(-0.8, 0.8)},
-        "feather": {"bx": u(0.35, 0.65), "h0": u(0.1, 0.22), "land": u(0.85, 1.0),
-                    "amp": u(15, 35), "cycles": u(1.0, 2.0), "phase": u(0, 2 * np.pi),
+        "feather": {"bx": place(0.35, 0.65), "h0": u(0.1, 0.22), "land": u(0.85, 1.0),
+                    "amp": u(15, 35), "cycles": u(1.0, 2.0), "phase": place(0, 2 * np.pi),
                     "tilt": u(0.25, 0.6)},
         "cover": {"side": sign(), "dist": u(0.25, 0.35), "lift": u(30, 60), "end": u(0.8, 0.92)},
         "put": {"onto": 0.0, "lift": u(0.22, 0.35), "release": u(0.75, 0.88)},
         "edge_fall": {"side": sign(), "lift": u(0.12, 0.2), "release": u(0.4, 0.55)},
         "roll_back": {"dir": sign(), "len": u(0.45, 0.6), "theta": u(0.22, 0.38),
-                      "peak": u(0.6, 0.85), "off": u(-1, 1)},
+                      "peak": u(0.6, 0.85), "off": place(-1, 1)},
         "plug": {"dir": sign(), "sock": u(0.22, 0.3), "height": u(0.05, 0.2),
                  "dist": u(0.18, 0.28), "p_in": u(0.32, 0.45), "hold": u(0.08, 0.18)},
         "throw_catch": {"hand": u(0.05, 0.15), "height": u(0.35, 0.5), "spin": u(-4, 4),
@@ -799,7 +817,7 @@ def sample_params(motion: str, rng: np.random.Generator) -> dict[str, float]:
         "shake": {"amp": u(10, 22), "cycles": u(2, 3.5)},
         "drift": {"dist": u(70, 120), "dir": float(rng.choice((u(0.5, 1.0), u(2.1, 2.6),
                                                                  u(-1.0, -0.5), u(-2.6, -2.1))))},
-        "orbit": {"radius": u(25, 45), "a0": u(0, 2 * np.pi), "sweep": sign() * u(2.5, 4.5)},
+        "orbit": {"radius": u(25, 45), "a0": place(0, 2 * np.pi), "sweep": sign() * u(2.5, 4.5)},
         "squash": {"amount": u(0.35, 0.55)},
         "hop": {"height": u(25, 45), "hops": float(rng.integers(2, 4)), "dx": sign() * u(45, 80)},
         "pan": {"pan": sign() * u(40, 75)},

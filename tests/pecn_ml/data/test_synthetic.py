@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pecn_ml.data import synthetic as syn
-from pecn_ml.data.synthetic_render import build_scene, frame_progress, object_states, render_video
+from pecn_ml.data.synthetic_render import PLACEMENT_PARAMS, build_scene, frame_progress, object_states, render_video
 from pecn_ml.data.templates import load_task_map, load_templates
 
 REPO = Path(__file__).resolve().parents[3]
@@ -408,3 +408,30 @@ def test_texture_and_object_scale_knobs():
     assert wall_b.std(axis=0).max() < 0.6 < wall_a.std(axis=0).max()      # flat vs textured wall
     sa, sb = build_scene(plain, background=False), build_scene(flat, background=False)
     assert sb.A.w == pytest.approx(1.5 * sa.A.w) and sb.palm.w == pytest.approx(1.5 * sa.palm.w)
+
+
+def test_motion_spread_knob():
+    """motion_spread 0 puts every video of a template at the middle of each motion range (same
+    distance, speed profile and timing), keeps placement, signs, ids, lengths and scenes random, and the
+    default draws what it always did; out-of-range values are refused."""
+    config = syn.SyntheticConfig.tiny(templates=("Pushing something from left to right", "Moving something up",
+                                                 "Putting something on a surface"),
+                                      task_train_per_template=4, task_val_per_template=0, num_test=0)
+    full = syn.video_specs(config)
+    same = syn.video_specs(dataclasses.replace(config, motion_spread=0.0))
+    assert [(s.id, s.num_frames, s.seed, s.placeholders, s.start_idle) for s in full] == \
+        [(s.id, s.num_frames, s.seed, s.placeholders, s.start_idle) for s in same]
+    by_template: dict[int, set] = {}
+    for s in same:
+        by_template.setdefault(s.template_index, set()).add(
+            tuple((k, v) for k, v in s.params if k not in ("dir", "side", *PLACEMENT_PARAMS)))
+    assert all(len(v) == 1 for v in by_template.values())                 # one motion per template
+    offsets = [dict(s.params)["off"] for s in same if s.motion == "slide"]
+    assert len(set(offsets)) == len(offsets)                               # placement stays random
+    assert len({tuple(s.params) for s in full}) == len(full)               # the default varies
+    slide = dict(same[0].params) if same[0].motion == "slide" else dict(
+        next(s for s in same if s.motion == "slide").params)
+    assert slide["ease"] == pytest.approx(0.5) and slide["dist"] == pytest.approx((0.35 + 0.6) / 2)
+    assert syn.video_specs(dataclasses.replace(config, motion_spread=1.0)) == full
+    with pytest.raises(ValueError, match="motion_spread"):
+        syn.SyntheticConfig(motion_spread=1.5)
