@@ -401,6 +401,7 @@ class EvalSetResult:
     autoencoder_mean: Mapping[str, float]
     latent_copy_mean: Mapping[str, float] = field(default_factory=dict)   # VAE round trip of the input
     n_static: int = 0                 # samples whose motion mask was empty (scored on the whole frame)
+    ids_sha256: str = ""              # sha256 of the drawn video ids (results.json `selection`)
 
     @classmethod
     def from_results(cls, eval_set: str, results_json: Path, n_expected: int) -> "EvalSetResult":
@@ -408,7 +409,8 @@ class EvalSetResult:
         return cls(eval_set=eval_set, results_json=str(results_json), sha256=sha256_file(results_json),
                    n=int(results["n"]), n_expected=int(n_expected), mean=results["mean"], std=results["std"],
                    baseline_mean=results["baseline_mean"], autoencoder_mean=results["autoencoder_mean"],
-                   latent_copy_mean=results.get("latent_copy_mean", {}), n_static=int(results.get("n_static", 0)))
+                   latent_copy_mean=results.get("latent_copy_mean", {}), n_static=int(results.get("n_static", 0)),
+                   ids_sha256=str(results.get("selection", {}).get("ids_sha256", "")))
 
     def method_means(self) -> dict[str, Mapping[str, float]]:
         """{metadata key prefix: means} of the model and the three references, in table order."""
@@ -487,6 +489,8 @@ class Evaluation(Artifact):
                     out.update({f"{s}_latent_copy_{m}_mean": _mean_of(means, m) for m in ("ssim", "psnr")})
                 out.update({f"{s}_{prefix}{m}_mean": _mean_of(means, m) for m in MOTION_METRICS})
             out[f"{s}_n_static"] = r.n_static
+            if r.ids_sha256:
+                out[f"{s}_eval_ids_sha256"] = r.ids_sha256
         out.update(self.pooled())
         return out
 
@@ -607,6 +611,8 @@ class CopyFrameBaseline(FileArtifact):
         for t, v in self.by_target.items():
             out.update({f"target{t}_ssim_mean": float(v["ssim"]), f"target{t}_psnr_mean": float(v["psnr"]),
                         f"target{t}_motion_psnr_mean": _mean_of(v, "motion_psnr"), f"target{t}_n": int(v["n"])})
+            if v.get("ids_sha256"):
+                out[f"target{t}_eval_ids_sha256"] = str(v["ids_sha256"])
         return out
 
 
