@@ -7,8 +7,9 @@ The deployment is chosen here, once: `deployment_from_env()` reads the environme
     PECN_DATA_DIR, PECN_OUTPUTS_DIR, PECN_RESULTS_DIR          folders (default: the profile's)
     PECN_TRACKING       tensorboard (default) | mlflow | none
     MLFLOW_TRACKING_URI with mlflow: e.g. sqlite:////abs/mlflow.db (default: MLflow's own)
-    PECN_GPU_DEVICES    devices GPU steps claim from, e.g. "0,1,2,3" (default: every visible
-                        CUDA device; none on a CPU machine; set it to simulate devices)
+    PECN_GPU_DEVICES    devices GPU steps claim from, device indices only, e.g. "0,1,2,3"; ""
+                        means none (default: every visible CUDA device; none on a CPU machine;
+                        set it to simulate devices); anything else fails the load, value named
     PECN_GPU_LOCK_DIR   the device locks (default: $DAGSTER_HOME/gpu_locks)
     PECN_TRAIN_PROCESSES  training processes (= GPUs) per ip2p_model/pacnet step (default 1;
                         also the nvidia.com/gpu request of their pods on Kubernetes)
@@ -41,6 +42,7 @@ from pecn_assets.resources import PecnSettings, PretrainedModels, Tracking
 from pecn_ml.profiles import Profile, get_profile
 from pecn_ml.training.tracking import BACKENDS
 from pecn_ml.utils.cuda import allow_cpu_from_env
+from pecn_ml.utils.gpu_devices import DEVICES_ENV, parse_device_indices
 
 
 def default_seeds(profile: Profile) -> tuple[int, ...]:
@@ -66,6 +68,14 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(text)
 
 
+def _gpu_devices(env: Mapping[str, str]) -> Optional[str]:
+    """PECN_GPU_DEVICES as given (None when unset), refused now unless it lists device indices."""
+    text = env.get(DEVICES_ENV)
+    if text is not None:
+        parse_device_indices(text, DEVICES_ENV)
+    return text
+
+
 def deployment_from_env(env: Mapping[str, str] = os.environ) -> dict:
     """The keyword arguments of `build_definitions` that the environment chooses (module docstring)."""
     profile = get_profile(env.get("PECN_PROFILE") or "demo")
@@ -73,7 +83,7 @@ def deployment_from_env(env: Mapping[str, str] = os.environ) -> dict:
     settings = PecnSettings.for_profile(
         profile, env.get("PECN_DATA_DIR"), env.get("PECN_OUTPUTS_DIR"), env.get("PECN_RESULTS_DIR"),
         gpu_lock_dir=env.get("PECN_GPU_LOCK_DIR", ""), train_processes=_positive_int(env, "PECN_TRAIN_PROCESSES", 1),
-        allow_cpu=allow_cpu_from_env(env), gpu_devices=env.get("PECN_GPU_DEVICES"))
+        allow_cpu=allow_cpu_from_env(env), gpu_devices=_gpu_devices(env))
     tracking = Tracking(backend=env.get("PECN_TRACKING") or "tensorboard",
                         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""))
     return {"profile": profile, "seeds": seeds, "settings": settings, "tracking": tracking,

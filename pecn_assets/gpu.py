@@ -15,8 +15,12 @@ on the user-code deployment, whose environment reaches the run and step pods):
     PECN_K8S_GPU_CPU             CPU request of a GPU step pod (default "4")
     PECN_K8S_GPU_MEMORY          memory request of a GPU step pod (default "24Gi")
 
-A failed GPU step is retried (`GPU_RETRY`); the trainers are called with `resume=True`, so a retried
-training step continues from its last checkpoint instead of starting over.
+A failed GPU step is retried (`GPU_RETRY`): preemption, a killed training child, a device still busy
+after `gpu_claim_timeout_s`; the trainers are called with `resume=True`, so a retried training step
+continues from its last checkpoint instead of starting over. What a retry cannot fix fails at once
+(`dg.Failure(allow_retries=False)`): bad settings, refused in the step's first lines
+(`pecn_assets.configs.training_settings`), a full disk or a failed sha256 verification
+(`not_retried_when_hopeless`, `pecn_ml.utils.failures`).
 
 Which GPU: the pool says how many GPU steps run, `claimed_gpus` says which devices each one uses.
 A step claims `n` devices of the machine's set (`PecnSettings.gpu_devices`, else
@@ -32,15 +36,18 @@ at once on four GPUs; a training step with K processes claims K devices and its 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import dagster as dg
 
 from pecn_ml.utils.cuda import CudaRequiredError, allow_cpu_from_env, require_cuda
-from pecn_ml.utils.gpu_devices import CUDA_ENV, DeviceClaim, claim_devices, parse_devices
+from pecn_ml.utils.failures import permanent_reason
+from pecn_ml.utils.gpu_devices import (CUDA_ENV, DeviceClaim, claim_devices, device_set, parse_device_indices,
+                                       parse_devices)
 
 GPU_POOL = "gpu"
 GPU_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
@@ -114,21 +121,58 @@ def check_cuda(settings: Any, requires_gpu: bool, what: str) -> str:
         raise dg.Failure(str(e), allow_retries=False) from None
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def not_retried_when_hopeless(fn: F) -> F:
+    """An asset function whose failures a retry cannot fix (`pecn_ml.utils.failures`: a full disk,
+    a failed sha256 verification) fail the step at once instead of consuming its retry policy."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except dg.Failure:
+            raise
+        except Exception as e:
+            reason = permanent_reason(e)
+            if reason is None:
+                raise
+            raise dg.Failure(f"{reason}, so the step is not retried: {type(e).__name__}: {e}",
+                             allow_retries=False) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def machine_devices(settings: Any) -> list[str]:
+    """The devices GPU steps claim from: `settings.gpu_devices`, else `PECN_GPU_DEVICES`, else every
+    visible CUDA device (pecn_ml.utils.gpu_devices.device_set); device indices only."""
+    if settings.gpu_devices is not None:
+        return parse_device_indices(settings.gpu_devices, "PecnSettings.gpu_devices")
+    return device_set()
+
+
 @contextmanager
 def claimed_gpus(context: dg.AssetExecutionContext, settings: Any, n: int = 1) -> Iterator[DeviceClaim]:
     """Hold `n` of the machine's GPU devices for the block (an empty claim on a machine that
-    offers none); logs the wait and the claim."""
-    devices = parse_devices(settings.gpu_devices, "PecnSettings.gpu_devices") \
-        if settings.gpu_devices is not None else None
+    offers none); logs the wait and the claim. A claim that can never be met fails without a
+    retry, one that timed out (`gpu_claim_timeout_s`: the devices are busy) with one."""
     holder = {"run_id": context.run.run_id, "asset": context.asset_key.to_user_string(),
               "partition": context.partition_key if context.has_partition_key else ""}
+    try:
+        devices = machine_devices(settings)
+    except ValueError as e:
+        raise dg.Failure(str(e), allow_retries=False) from None
     try:
         with claim_devices(n, settings.gpu_lock_path(), timeout_s=settings.gpu_claim_timeout_s or None,
                            log=context.log.info, devices=devices, holder=holder) as claim:
             yield claim
-    except (TimeoutError, ValueError) as e:
+    except TimeoutError as e:
         if "claim_devices" in str(e):
             raise dg.Failure(str(e)) from None
+        raise
+    except ValueError as e:
+        if "claim_devices" in str(e):
+            raise dg.Failure(str(e), allow_retries=False) from None
         raise
 
 

@@ -16,6 +16,11 @@ uses the message channel. The other ranks log to stderr (the step's compute log)
 small record (`rank-{r}.json` under `{out_dir}/.pipes_ranks/{launch_id}/`) that rank 0 waits for
 and reports as `ranks`: evidence that every rank trained.
 
+Every rank dies with the step that launched it (`pecn_ml.utils.processes.die_with` on the step's
+pid, which the launcher passes as `PECN_LAUNCHER_PID` / `PECN_LAUNCHER_START`): a killed step
+leaves no orphan training on its devices. A failure a retry cannot fix (a full disk, a failed
+sha256 verification; `pecn_ml.utils.failures`) is announced on stderr so the step is not retried.
+
 This module imports `dagster_pipes`, never `dagster` (the launching side is `pipes_launch.py`).
 """
 
@@ -34,10 +39,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pecn_ml.utils.cuda import require_cuda
+from pecn_ml.utils.failures import NOT_RETRIED_MARKER, permanent_reason
+from pecn_ml.utils.processes import die_with
 from pecn_ml.utils.usage import bytes_on_disk, prune_training_state, safetensors_parameters, usage_metadata
 
 TRAINERS = ("pix2pix", "pacnet", "check")
 RANKS_DIR = ".pipes_ranks"
+LAUNCHER_PID_ENV = "PECN_LAUNCHER_PID"      # the step process that launched this child ...
+LAUNCHER_START_ENV = "PECN_LAUNCHER_START"  # ... and when it started (pecn_ml.utils.processes.start_ticks)
 LogFn = Callable[[str], None]
 
 
@@ -99,9 +108,12 @@ class PacNetJob:
 class CheckJob:
     """A launch check without a model: every rank makes an Accelerator, the ranks sum their
     numbers (all-reduce) and take one data-parallel step on a 4-weight model. Run it with the
-    step's K and devices to see that a K-process launch works before hours of training."""
+    step's K and devices to see that a K-process launch works before hours of training.
+    `hold_s`: then keep the launch (and its devices) this long, to see what stops a running launch
+    (an interrupted step, a killed one)."""
 
     options: dict = field(default_factory=dict)
+    hold_s: float = 0.0
 
 
 JOBS = {"pix2pix": Pix2PixJob, "pacnet": PacNetJob, "check": CheckJob}
@@ -301,6 +313,9 @@ def run_check(job: CheckJob, log: LogFn) -> tuple[dict, str]:
             "weights_agree": agree, "distributed_type": str(accelerator.distributed_type),
             "backend": str(accelerator.state.backend), "device": str(accelerator.device)}
     accelerator.end_training()
+    if job.hold_s > 0:
+        log(f"check: rank {rank} holds the launch for {job.hold_s:g}s")
+        time.sleep(job.hold_s)
     return meta, f"check-{n}"
 
 
@@ -356,8 +371,27 @@ def _parse(argv: Optional[list[str]]) -> tuple[str, Any]:
     return args.trainer, job_from_json(args.trainer, text)
 
 
+def _die_with_launcher() -> None:
+    """Stop when the step that launched this child dies (no-op when not launched by a step)."""
+    pid = os.environ.get(LAUNCHER_PID_ENV, "")
+    if pid.isdigit():
+        die_with(int(pid), os.environ.get(LAUNCHER_START_ENV, ""),
+                 log=lambda msg: print(f"[pipes child] {msg}", file=sys.stderr, flush=True))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    _die_with_launcher()
     trainer, job = _parse(argv)
+    try:
+        return _main(trainer, job)
+    except Exception as e:
+        reason = permanent_reason(e)
+        if reason is not None:
+            print(f"{NOT_RETRIED_MARKER} {reason}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        raise
+
+
+def _main(trainer: str, job: Any) -> int:
     rank = current_rank()
     opts = _options(job)
     if not rank.is_main:

@@ -9,7 +9,7 @@ import dagster as dg
 
 from pecn_assets.assets.pix2pix import progress_source
 from pecn_assets.configs import ProgressSourceConfig
-from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, torch_device
+from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, not_retried_when_hopeless, torch_device
 from pecn_assets.metadata import image_md, materialized
 from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings
@@ -60,6 +60,7 @@ def build_evaluation_assets(parts: Partitions) -> list:
 
     @dg.asset(group_name="evaluation", partitions_def=parts.model, kinds={"pytorch", "json"}, code_version="3",
               ins={"frame_cache": at_pix2pix_resolution}, **gpu_asset_args())
+    @not_retried_when_hopeless
     def evaluation(context: dg.AssetExecutionContext, config: ProgressSourceConfig, settings: PecnSettings,
                    filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef, ip2p_model: Pix2PixCheckpoint,
                    progress_estimates: Optional[ProgressEstimates]) -> dg.MaterializeResult:

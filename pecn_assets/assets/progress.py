@@ -4,8 +4,8 @@ from dataclasses import asdict
 
 import dagster as dg
 
-from pecn_assets.configs import LaunchConfig, apply, launch_options, trainer_config_class, used_values
-from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, torch_device
+from pecn_assets.configs import LaunchConfig, launch_options, trainer_config_class, training_settings, used_values
+from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, not_retried_when_hopeless, torch_device
 from pecn_assets.metadata import materialized, table_md
 from pecn_assets.partitions import Partitions
 from pecn_assets.pipes_child import PacNetJob
@@ -49,14 +49,15 @@ def build_progress_assets(parts: Partitions, train_processes: int = 1) -> list:
 
     @dg.asset(group_name="progress", partitions_def=parts.head, kinds={"pytorch"}, code_version="2",
               ins={"frame_cache": at_pacnet_resolution}, **gpu_asset_args(train_processes))
+    @not_retried_when_hopeless
     def pacnet(context: dg.AssetExecutionContext, config: PacNetRunConfig, settings: PecnSettings,
                tracking: Tracking, filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef,
                resnet_base: Weights, clip_text_base: Weights) -> dg.MaterializeResult:
         """PAC-Net (ResNet frames + Transformer + CLIP text) trained with dynamic temporal cropping (in a launched process, K processes on K claimed GPUs)."""
-        head, train_config = context.partition_key, apply(config, profile.pacnet_train)
+        train_config, k = training_settings(config, profile.pacnet_train, settings)
+        head = context.partition_key
         model_config = pacnet_model_config(profile, resnet_base.path, clip_text_base.path, head)
         out = run_dir(settings.outputs_path() / f"pacnet_{head}", context)
-        k = config.train_processes or settings.train_processes
         check_cuda(settings, profile.requires_gpu, f"pacnet (profile {profile.name})")
         job = PacNetJob(annotations=filtered_annotations.to_json(), frame_cache=frame_cache.to_json(), head=head,
                         model_config=model_config.to_dict(), train_config=asdict(train_config),
@@ -74,6 +75,7 @@ def build_progress_assets(parts: Partitions, train_processes: int = 1) -> list:
     @dg.asset(group_name="progress", kinds={"pytorch", "json"}, code_version="2", **gpu_asset_args(),
               ins={"frame_cache": at_pacnet_resolution,
                    "pacnet": dg.AssetIn(partition_mapping=dg.SpecificPartitionsPartitionMapping(["regression"]))})
+    @not_retried_when_hopeless
     def progress_estimates(context: dg.AssetExecutionContext, settings: PecnSettings,
                            filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef,
                            pacnet: PacNetCheckpoint) -> dg.MaterializeResult:

@@ -45,13 +45,12 @@ from pecn_ml.training.pacnet_data import (PacNetCropDataset, check_entries, crop
 from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs,
                                        start_tracking, tag_run)
 from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
-from pecn_ml.utils.accel import (GlobalBatchSampler, SlotDataset, collate_slots, gather_objects,
-                                 launched_rank, launched_world_size, make_accelerator, reduce_sum,
-                                 set_batchnorm_sync, slot_weights, sync_batchnorm)
+from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset, collate_slots,
+                                 gather_objects, launched_rank, launched_world_size, make_accelerator,
+                                 reduce_sum, set_batchnorm_sync, slot_weights, sync_batchnorm)
 from pecn_ml.utils.progress import LogFn, ProgressMeter
 
 STATE_FORMAT = "pecn.pacnet.train.v1"
-MIXED_PRECISION = ("no", "fp16", "bf16")
 # Fields that do not change the result; a resumed run may differ in these.
 _NON_RESULT_FIELDS = {"num_workers", "log_every_s"}
 # Pretrained folders: in a fingerprint by their weights' sha (see `_model_identity`).
@@ -69,7 +68,7 @@ class PacNetTrainConfig:
     backbone_lr_mult: float = 0.2      # ResNet + CLIP text lr = lr * mult
     min_ratio: float = 0.1             # crop ratio r ~ U(min_ratio, max_ratio)
     max_ratio: float = 0.9
-    mixed_precision: str = "no"        # "no" | "fp16" | "bf16" (accelerate)
+    mixed_precision: MixedPrecision = "no"  # "no" | "fp16" | "bf16" (accelerate)
     seed: int = 42                     # init, shuffling, training crops
     val_seed: int = 0                  # fixed validation crops
     num_workers: int = 0

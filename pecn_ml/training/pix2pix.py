@@ -35,7 +35,8 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+import typing
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -52,13 +53,15 @@ from pecn_ml.training.latent_cache import (LatentStore, PairLatents, encode_data
 from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs, log_image,
                                        start_tracking, tag_run)
 from pecn_ml.utils.files import atomic_dir, atomic_path, sha256_file, sha256_json
-from pecn_ml.utils.accel import (GlobalBatchSampler, SlotDataset, broadcast_object, collate_slots,
-                                 launched_rank, make_accelerator, reduce_sum, slot_indices,
-                                 slot_weights)
+from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset,
+                                 broadcast_object, collate_slots, launched_rank, make_accelerator, reduce_sum,
+                                 slot_indices, slot_weights)
 from pecn_ml.utils.progress import ProgressMeter
 
 LogFn = Callable[[str], None]
-MIXED_PRECISION = ("no", "fp16", "bf16")
+# diffusers.optimization.get_scheduler names that need no more than warmup and total steps
+LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+LR_SCHEDULERS: tuple[str, ...] = typing.get_args(LrScheduler)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class Pix2PixTrainConfig:
     learning_rate: float = 5e-6
     num_train_epochs: int = 40
     max_train_steps: Optional[int] = None          # optimizer steps; overrides num_train_epochs
-    lr_scheduler: str = "constant"                 # a diffusers.optimization.get_scheduler name
+    lr_scheduler: LrScheduler = "constant"         # a diffusers.optimization.get_scheduler name
     lr_warmup_steps: int = 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -82,7 +85,7 @@ class Pix2PixTrainConfig:
     # timesteps are drawn uniformly from [min_timestep, num_train_timesteps) (the seed's: 0). The
     # demo samples with one DDIM step at the last timestep, so it trains where it samples.
     min_timestep: int = 0
-    mixed_precision: str = "fp16"                  # "no" | "fp16" | "bf16"; fp16 -> "no" off CUDA
+    mixed_precision: MixedPrecision = "fp16"       # "no" | "fp16" | "bf16"; fp16 -> "no" off CUDA
     seed: Optional[int] = 42                       # None: a random seed, kept in checkpoints
     cache_latents: bool = True                     # encode frames/prompts once (exact, see latent_cache)
     latent_cache_dir: Optional[str] = None         # shared folder; None: {out_dir}/latent_cache
@@ -112,6 +115,7 @@ class Pix2PixTrainConfig:
             (0 <= self.conditioning_dropout_prob <= 1 / 3, "conditioning_dropout_prob must be in [0, 1/3]"),
             (self.min_timestep >= 0, "min_timestep must be >= 0"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
+            (self.lr_scheduler in LR_SCHEDULERS, f"lr_scheduler must be one of {LR_SCHEDULERS}"),
             (self.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
             (self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
              "checkpoints_total_limit must be >= 1 or None"),

@@ -19,11 +19,17 @@ that a K-process run computes what a one-process run with the same global batch 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Sequence
+import typing
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+
+# accelerate's mixed precision modes the trainers offer (a Literal: the run config's schema lists them)
+MixedPrecision = Literal["no", "fp16", "bf16"]
+MIXED_PRECISION: tuple[str, ...] = typing.get_args(MixedPrecision)
 
 
 def make_accelerator(**kwargs: Any):
