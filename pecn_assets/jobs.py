@@ -10,6 +10,8 @@
   observe `raw_annotations`, re-materialise `filtered_annotations`.
 - `pecn_automation` (automation sensor, running unless `PECN_AUTOMATION=off`): evaluates the
   assets' `automation_condition`s (frame_cache: eager).
+- `gpu_pool_size` (sensor, running; built in `pecn_assets.definitions` from `pecn_assets/gpu_pool.py`):
+  keeps the `gpu` pool's limit at claimable devices // training processes per step.
 - `cleanup_checkpoints` (job): deletes training-run folders that no latest materialisation of any
   asset refers to; a dry run unless its config says `dry_run: false` (pecn_assets/cleanup.py).
 
