@@ -433,7 +433,9 @@ def check(args: argparse.Namespace) -> int:
         measured[f"{kind}-k1"] = m = run_measurement(kind, 1, args, work_root)
         print(measurement_line(name, m), flush=True)
     bench = None if args.skip_bench else run_bench(work_root)
-    if bench is not None:
+    if bench is None:
+        print(f"bench_pix2pix_gpu: skipped ({'--skip-bench' if args.skip_bench else f'no {BENCH} here'})", flush=True)
+    else:
         print(f"bench_pix2pix_gpu: ours {bench['ours']['steps_per_s']} vs reference {bench['reference']['steps_per_s']} "
               f"steps/s -> {bench['ratio']}x (batch {bench['batch']}, {bench['precision']}, {bench['resolution']} px; "
               f"peak {bench['ours']['peak_mem_GiB']} / {bench['reference']['peak_mem_GiB']} GiB)", flush=True)
