@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 
     from pecn_assets.definitions import build_definitions, deployment_from_env
+    from pecn_assets.gpu_pool import size_gpu_pool
 
     t0 = time.perf_counter()
     deployment = deployment_from_env(os.environ)
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary:
             print(prediction_summary(instance, defs))
             return 0
+        print(size_gpu_pool(instance, settings, explicit=deployment["gpu_pool_limit"]).line(), flush=True)
         ok = materialize_all(instance, defs, only=args.only, log=lambda line: print(line, flush=True))
         if not ok:
             print(f"stopped at a failed run: see it in `make ui` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")

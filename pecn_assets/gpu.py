@@ -1,8 +1,9 @@
 """How GPU steps are marked: the `gpu` pool (one at a time per GPU), retries, and k8s pod resources.
 
-On a workstation the pool limit (`concurrency.pools.default_limit` in dagster_home/dagster.yaml,
-set it to the number of GPUs) keeps more GPU steps than GPUs from running at once, across all runs
-of the instance. Assets without a pool (the CPU assets) are not limited.
+The pool's limit keeps more GPU steps than GPUs from running at once, across all runs of the
+instance; it is sized to the machine when the platform starts (claimable devices // training
+processes per step, `pecn_assets/gpu_pool.py`), unless set explicitly. Assets without a pool
+(the CPU assets) are not limited.
 
 On Kubernetes (deploy/), `k8s_job_executor` runs each step in its own pod; the `dagster-k8s/config`
 op tag below asks for one `nvidia.com/gpu` for GPU steps only (it is deep-merged over the run
@@ -40,7 +41,7 @@ import functools
 import json
 import os
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import dagster as dg
 
@@ -75,13 +76,19 @@ def _json_env(name: str, expected: type) -> Any:
     return value
 
 
+def gpu_node_selector() -> Optional[dict]:
+    """The node selector of GPU step pods (`PECN_K8S_GPU_NODE_SELECTOR`; None when unset)."""
+    selector = _json_env(NODE_SELECTOR_ENV, dict)
+    if selector is not None and not all(isinstance(v, str) for v in selector.values()):
+        raise ValueError(f"{NODE_SELECTOR_ENV}: node selector values must be strings: {selector}")
+    return selector
+
+
 def gpu_k8s_config(gpus: int = 1) -> dict:
     """The `dagster-k8s/config` tag value of a GPU step with `gpus` GPUs (reads the PECN_K8S_GPU_*
     variables)."""
-    selector = _json_env(NODE_SELECTOR_ENV, dict)
+    selector = gpu_node_selector()
     tolerations = _json_env(TOLERATIONS_ENV, list)
-    if selector is not None and not all(isinstance(v, str) for v in selector.values()):
-        raise ValueError(f"{NODE_SELECTOR_ENV}: node selector values must be strings: {selector}")
     if tolerations is not None and not all(isinstance(t, dict) for t in tolerations):
         raise ValueError(f"{TOLERATIONS_ENV}: every toleration must be a JSON object: {tolerations}")
     resources = {

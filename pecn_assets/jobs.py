@@ -13,6 +13,8 @@
 - `release_dead_runs` (sensor, running, every 30 s): fails the runs of this machine whose
   processes are all gone (killed) and frees their pool slots, which would block every later GPU
   step; logs what it released (pecn_assets/runs.py).
+- `gpu_pool_size` (sensor, running; built in `pecn_assets.definitions` from `pecn_assets/gpu_pool.py`):
+  keeps the `gpu` pool's limit at claimable devices // training processes per step.
 - `cleanup_checkpoints` (job): deletes training-run folders that no materialisation of any asset
   refers to; a dry run unless its config says `dry_run: false` (pecn_assets/cleanup.py).
 

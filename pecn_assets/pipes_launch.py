@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import dagster as dg
 
 from pecn_assets.pipes_child import LAUNCHER_PID_ENV, LAUNCHER_START_ENV, job_to_json
 from pecn_ml.utils.failures import NOT_RETRIED_MARKER
+from pecn_ml.utils.accel import launch_command
 from pecn_ml.utils.files import owned_tmp_dir
 from pecn_ml.utils.processes import start_ticks
 
@@ -52,29 +52,12 @@ CHILD_MODULE = "pecn_assets.pipes_child"
 STDERR_TAIL_LINES = 60
 
 
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1 (for the rendezvous of one K > 1 launch)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def child_command(trainer: str, job_json: str, num_processes: int = 1, *, cpu: bool = False,
                   python: str = sys.executable, port: Optional[int] = None) -> list[str]:
-    """The command line of a training child with `num_processes` ranks."""
-    if num_processes < 1:
-        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    module = ["-m", CHILD_MODULE, trainer, "--config", job_json]
-    if num_processes == 1:
-        return [python, *module]
-    if cpu:
-        return [python, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", str(num_processes), *module]
-    return [python, "-m", "accelerate.commands.launch", "--multi_gpu",
-            "--num_processes", str(num_processes), "--num_machines", "1",
-            "--main_process_port", str(port or free_port()),
-            "--mixed_precision", "no",  # the trainer's Accelerator(mixed_precision=...) decides
-            "--dynamo_backend", "no", *module]
+    """The command line of a training child with `num_processes` ranks
+    (`pecn_ml.utils.accel.launch_command`)."""
+    return launch_command(["-m", CHILD_MODULE, trainer, "--config", job_json], num_processes, cpu=cpu,
+                          python=python, port=port)
 
 
 def child_env(claim_env: Mapping[str, str], num_processes: int = 1, *, cpu: bool = False,

@@ -140,14 +140,24 @@ class PacNetCropDataset(Dataset):
 
 
 class ArrayFrameCache:
-    """Frame cache over in-memory arrays {video_id: (T, H, W, 3) uint8}."""
+    """Frame cache over in-memory arrays {video_id: (T, H, W, 3) uint8}. `version` names the data
+    (the latent cache keys its folders by it); `resolution` is the side of square frames of one
+    size, as `FramePairDataset` needs."""
 
-    def __init__(self, videos: Mapping[str, np.ndarray]):
+    def __init__(self, videos: Mapping[str, np.ndarray], version: str = "in-memory"):
         self.videos = {str(k): np.asarray(v) for k, v in videos.items()}
+        self.version = version
         for k, v in self.videos.items():
             if v.dtype != np.uint8 or v.ndim != 4 or v.shape[-1] != 3:
                 raise ValueError(f"ArrayFrameCache: video {k!r} is {v.dtype} {v.shape}, "
                                  f"expected uint8 (T, H, W, 3)")
+
+    @property
+    def resolution(self) -> int:
+        sizes = {v.shape[1:3] for v in self.videos.values()}
+        if len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
+            raise ValueError(f"ArrayFrameCache: frames are not square of one size: {sorted(sizes)}")
+        return int(next(iter(sizes))[0])
 
     def _video(self, video_id: str) -> np.ndarray:
         try:

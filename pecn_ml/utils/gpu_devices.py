@@ -17,6 +17,8 @@ machine that owns the GPUs (`$DAGSTER_HOME/gpu_locks` on a workstation).
 
 On a CPU machine set `PECN_GPU_DEVICES` (or pass `devices=`) to simulate devices: the claims
 behave the same, and `CUDA_VISIBLE_DEVICES` of a CPU-only child changes nothing.
+
+`pool_slots` says how many GPU steps can hold their claims at once: the size of the `gpu` pool.
 """
 
 from __future__ import annotations
@@ -87,6 +89,19 @@ def device_set(environ: Optional[Mapping[str, str]] = None,
     if env.get(CUDA_ENV, "").strip():
         return parse_devices(env[CUDA_ENV], CUDA_ENV)[:count]
     return [str(i) for i in range(count)]
+
+
+def pool_slots(devices: int | Sequence[int], processes_per_step: int = 1) -> int:
+    """GPU steps that can run at once: `devices` // `processes_per_step` (a training step claims
+    one device per process), at least 1 (a CPU machine, or fewer devices than one step needs, still
+    runs one step at a time). `devices` may be a count per machine (Kubernetes nodes): a step's
+    processes share one machine, so each machine counts on its own."""
+    if processes_per_step < 1:
+        raise ValueError(f"pool_slots: processes_per_step must be >= 1, got {processes_per_step}")
+    counts = [devices] if isinstance(devices, int) else list(devices)
+    if any(c < 0 for c in counts):
+        raise ValueError(f"pool_slots: negative device count in {devices}")
+    return max(1, sum(c // processes_per_step for c in counts))
 
 
 @dataclass
