@@ -16,6 +16,7 @@ from pecn_assets.pipes_launch import child_result, run_training
 from pecn_assets.resources import PecnSettings, Tracking
 from pecn_assets.runs import run_dir, step_tags
 from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, ProgressEstimates, Weights
+from pecn_ml.model_cards import CardContext
 from pecn_ml.variants import VARIANTS, Variant
 
 
@@ -59,13 +60,19 @@ def build_pix2pix_assets(parts: Partitions, train_processes: int = 1) -> list:
         override, progress_meta = progress_source(config.use_progress_estimator, progress_estimates, VARIANTS[variant])
         out = run_dir(settings.outputs_path() / VARIANTS[variant].seed_name / f"seed_{seed}", context)
         check_cuda(settings, profile.requires_gpu, f"ip2p_model (profile {profile.name})")
+        versions = {"annotations": filtered_annotations.version, "frame_cache": frame_cache.version,
+                    **({"progress_estimates": progress_estimates.sha256} if override is not None else {})}
+        card = CardContext(run_id=context.run.run_id, bases=(pix2pix_base.card_base(),), data_versions=versions,
+                           extra={"variant": variant, "prompt_form": VARIANTS[variant].prompt_form(profile.prompt_text),
+                                  "prompt_text": profile.prompt_text, "progress_source": progress_meta["progress_source"],
+                                  "profile": profile.name})
         job = Pix2PixJob(
             annotations=filtered_annotations.to_json(), frame_cache=frame_cache.to_json(), base=pix2pix_base.to_json(),
             variant=variant, seed=seed, train_config=asdict(train_config), run_id=context.run.run_id,
             prompt_text=profile.prompt_text, progress_estimates=override,
             progress_source=progress_meta["progress_source"],
             tracking=asdict(tracking.for_run(f"ip2p_model {context.partition_key}", step_tags(context))),
-            options=launch_options(settings, profile, out))
+            options=launch_options(settings, profile, out), card=card.to_dict())
         with claimed_gpus(context, settings, k) as claim:
             checkpoint, meta = child_result(run_training(context, "pix2pix", job, num_processes=k, claim=claim))
         curve, grid = meta.pop("loss_curve_png"), meta.pop("validation_grid_png")
