@@ -1,56 +1,114 @@
-"""Delete the training-run folders that no latest materialisation of any asset refers to.
+"""Delete the training-run folders that no materialisation of any asset refers to.
 
     DAGSTER_HOME=$PWD/dagster_home .venv/bin/python -m pecn_assets.cleanup            # dry run
     DAGSTER_HOME=$PWD/dagster_home .venv/bin/python -m pecn_assets.cleanup --delete   # delete
+    ... -m pecn_assets.cleanup --delete --include-superseded   # also superseded checkpoints
 
 or the job `cleanup_checkpoints` in the UI (Launchpad config `dry_run: false` to delete).
 
 Every materialisation of a training asset writes a folder of its own, `{outputs}/…/runs/{run id}`
-(pecn_assets/runs.py), and never changes it, so old checkpoints pile up. A run folder is kept
-when a path in the metadata of the latest materialisation of any asset partition lies inside it
-(the checkpoint an `evaluation` scored, the PAC-Net that made the estimates, ...), when its run is
-not finished (a step that may still be retried), or when this instance does not know its run (a
-folder of another Dagster instance sharing the outputs folder). Everything else is listed (dry
-run) or deleted. Older materialisations name deleted folders afterwards: that is the point.
+(pecn_assets/runs.py), and never changes it, so old checkpoints pile up. Folders are matched to
+materialisations by identity, not by absolute path, so a moved or copied outputs folder
+(`PECN_OUTPUTS_DIR` pointing at the new place) is judged the same:
+
+- by run id and place: a path in a materialisation's metadata (anywhere in it: paths, text,
+  JSON) names the folder whose run id and path below the outputs folder
+  (`next1/seed_0/runs/{run id}`) it ends with, wherever the outputs folder was then;
+- by contents: a folder no materialisation names by place is named by one that names the sha256
+  of a file in it (a checkpoint's `checkpoint_sha256`, a data version, a report's list of the
+  checkpoints it used); such folders (finished runs only) have every file hashed.
+
+A folder is kept when the latest materialisation of any asset partition names it (the checkpoint
+an `evaluation` scored, the PAC-Net that made the estimates, ...): that is never deleted. It is
+also kept when its run is not finished (a step that may still be retried), when this instance
+does not know its run (a folder of another Dagster instance sharing the outputs folder), and when
+only earlier materialisations name it, by place or by a sha (superseded): those go only with
+`--include-superseded` (job config `include_superseded: true`), and the earlier materialisations
+that named them can no longer be re-verified. Everything else (the folders of failed trainings)
+is listed (dry run) or deleted.
 """
 
 
 import argparse
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, Optional
+from pathlib import Path, PurePath
+from typing import Any, Iterator, Optional
 
 import dagster as dg
+from pydantic import Field
 
 from pecn_assets.runs import RUNS
+from pecn_ml.utils.files import sha256_file
 
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+DATA_VERSION_TAG = "dagster/data_version"
+INPUT_DATA_VERSION = "dagster/input_data_version/"
+_SHA256 = re.compile(r"\b[0-9a-f]{64}\b")
+_PAGE = 1000
 
 
 @dataclass
 class CleanupPlan:
-    """What the cleanup keeps (folder -> why) and what it deletes (folder -> bytes)."""
+    """What the cleanup keeps (folder -> why) and what it deletes (folder -> bytes; why, if superseded)."""
 
     keep: dict[Path, str] = field(default_factory=dict)
     delete: dict[Path, int] = field(default_factory=dict)
+    superseded: dict[Path, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         freed = sum(self.delete.values()) / 2 ** 20
         return f"{len(self.delete)} run folder(s) to delete ({freed:.1f} MiB), {len(self.keep)} kept"
 
 
+@dataclass(frozen=True)
+class Mention:
+    """A materialisation ("asset[/partition]") that names something; `latest` of its partition or not."""
+
+    who: str
+    latest: bool
+
+
+def all_materializations(instance: dg.DagsterInstance) -> Iterator[tuple[str, bool, dg.EventLogRecord]]:
+    """("asset[/partition]", latest of that partition?, record) of every recorded materialisation."""
+    for key in instance.get_asset_keys():
+        seen: set[Optional[str]] = set()
+        cursor = None
+        while True:
+            result = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=_PAGE, cursor=cursor)
+            for record in result.records:  # newest first
+                partition = record.partition_key
+                yield (key.to_user_string() + (f"/{partition}" if partition else ""), partition not in seen, record)
+                seen.add(partition)
+            if not result.has_more:
+                break
+            cursor = result.cursor
+
+
 def latest_materializations(instance: dg.DagsterInstance) -> Iterator[tuple[str, dg.EventLogRecord]]:
     """("asset[/partition]", record) of the latest materialisation of every asset partition."""
-    for key in instance.get_asset_keys():
-        partitions = sorted(instance.get_materialized_partitions(key)) or [None]
-        for partition in partitions:
-            records = instance.fetch_materializations(dg.AssetRecordsFilter(
-                asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
-            if records:
-                yield key.to_user_string() + (f"/{partition}" if partition else ""), records[0]
+    return ((who, record) for who, latest, record in all_materializations(instance) if latest)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a metadata value (paths, text, JSON nested at any depth)."""
+    if isinstance(value, dg.PathMetadataValue):
+        yield str(value.path)
+    elif isinstance(value, dg.MetadataValue):
+        inner = getattr(value, "value", None)
+        if inner is not value:
+            yield from _strings(inner)
+    elif isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
 
 
 def referenced_paths(instance: dg.DagsterInstance) -> dict[Path, str]:
@@ -61,6 +119,51 @@ def referenced_paths(instance: dg.DagsterInstance) -> dict[Path, str]:
             if isinstance(value, dg.PathMetadataValue) and value.path:
                 out.setdefault(Path(value.path).resolve(), name)
     return out
+
+
+def run_folder_keys(path: str) -> Iterator[tuple[str, ...]]:
+    """The path components of every `…/runs/{run id}` folder that `path` lies in or is."""
+    parts = PurePath(path).parts
+    for i, part in enumerate(parts[:-1]):
+        if part == RUNS:
+            yield parts[:i + 2]
+
+
+@dataclass
+class Identities:
+    """Who names which run folder: by run id (with the full path named), and by sha256."""
+
+    by_run: dict[str, list[tuple[tuple[str, ...], Mention]]] = field(default_factory=dict)
+    by_sha: dict[str, list[Mention]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, instance: dg.DagsterInstance) -> "Identities":
+        ids = cls()
+        for who, latest, record in all_materializations(instance):
+            mat = record.asset_materialization
+            mention, tags = Mention(who, latest), mat.tags or {}
+            texts = [t for v in mat.metadata.values() for t in _strings(v)]
+            texts += [v for k, v in tags.items() if k == DATA_VERSION_TAG or k.startswith(INPUT_DATA_VERSION)]
+            for key in {k for t in texts if RUNS in t for k in run_folder_keys(t)}:
+                ids.by_run.setdefault(key[-1], []).append((key, mention))
+            for sha in {s for t in texts for s in _SHA256.findall(t)}:
+                ids.by_sha.setdefault(sha, []).append(mention)
+        return ids
+
+    def naming(self, folder_parts: tuple[str, ...]) -> list[Mention]:
+        """The materialisations whose metadata names the folder `…/{folder_parts}` (its path below
+        the outputs folder, ending with the run id), wherever the outputs folder was then."""
+        n = len(folder_parts)
+        return [m for key, m in self.by_run.get(folder_parts[-1], []) if key[-n:] == folder_parts]
+
+    def naming_file(self, folder: Path) -> Optional[tuple[Path, str, Mention]]:
+        """(file, its sha256, a materialisation naming that sha) for a file of `folder`, one that a
+        latest materialisation names if any; None if none is named (hashes every file)."""
+        hits = []
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+            sha = sha256_file(path)
+            hits += [(not m.latest, path, sha, m) for m in self.by_sha.get(sha, [])]
+        return min(hits, key=lambda h: (h[0], str(h[1])))[1:] if hits else None
 
 
 def run_folders(outputs: Path) -> Iterator[Path]:
@@ -74,30 +177,59 @@ def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def plan_cleanup(instance: dg.DagsterInstance, outputs: Path) -> CleanupPlan:
+def _by_contents(ids: Identities, folder: Path) -> tuple[bool, Optional[str]]:
+    """(live, why) of a folder no materialisation names by place, judged by its files' sha256."""
+    hit = ids.naming_file(folder)
+    if hit is None:
+        return False, None
+    path, sha, mention = hit
+    what = f"its file {path.relative_to(folder)} (sha256 {sha[:12]}) is named by"
+    if mention.latest:
+        return True, f"{what} the latest materialisation of {mention.who}"
+    return False, f"superseded: {what} an earlier materialisation of {mention.who}"
+
+
+def plan_cleanup(instance: dg.DagsterInstance, outputs: Path, include_superseded: bool = False) -> CleanupPlan:
     """Decide, for every run folder under `outputs`, whether it stays (and why) or goes."""
-    refs, plan = referenced_paths(instance), CleanupPlan()
-    for folder in run_folders(Path(outputs).resolve()):
-        user = next((who for path, who in refs.items() if path == folder or folder in path.parents), None)
+    outputs = Path(outputs).resolve()
+    ids, plan = Identities.of(instance), CleanupPlan()
+    for folder in run_folders(outputs):
+        named = ids.naming(folder.relative_to(outputs).parts)
+        live = next((m.who for m in named if m.latest), None)
         run = instance.get_run_by_id(folder.name)
-        if user is not None:
-            plan.keep[folder] = f"named by the latest materialisation of {user}"
-        elif run is None:
+        if live is not None:
+            plan.keep[folder] = f"named by the latest materialisation of {live}"
+            continue
+        if run is None:
             plan.keep[folder] = "run unknown to this Dagster instance"
-        elif run.status not in FINISHED:
+            continue
+        if run.status not in FINISHED:
             plan.keep[folder] = f"run is {run.status.value}"
+            continue
+        if named:
+            live_by_contents, why = False, f"superseded: named by an earlier materialisation of {named[0].who}"
+        else:
+            live_by_contents, why = _by_contents(ids, folder)
+        if live_by_contents:
+            plan.keep[folder] = why
+        elif why is not None and not include_superseded:
+            plan.keep[folder] = f"{why} (--include-superseded deletes it)"
         else:
             plan.delete[folder] = _size(folder)
+            if why is not None:
+                plan.superseded[folder] = why
     return plan
 
 
-def cleanup(instance: dg.DagsterInstance, outputs: Path, dry_run: bool = True, log=print) -> CleanupPlan:
+def cleanup(instance: dg.DagsterInstance, outputs: Path, dry_run: bool = True, log=print,
+            include_superseded: bool = False) -> CleanupPlan:
     """Print the plan; unless `dry_run`, delete the folders it does not keep."""
-    plan = plan_cleanup(instance, outputs)
+    plan = plan_cleanup(instance, outputs, include_superseded=include_superseded)
     for folder, why in plan.keep.items():
         log(f"keep   {folder}  ({why})")
     for folder, size in plan.delete.items():
-        log(f"{'would delete' if dry_run else 'delete'} {folder}  ({size / 2 ** 20:.1f} MiB)")
+        why = f"; {plan.superseded[folder]}" if folder in plan.superseded else ""
+        log(f"{'would delete' if dry_run else 'delete'} {folder}  ({size / 2 ** 20:.1f} MiB{why})")
         if not dry_run:
             shutil.rmtree(folder)
     log(("dry run: " if dry_run else "") + plan.summary())
@@ -105,21 +237,25 @@ def cleanup(instance: dg.DagsterInstance, outputs: Path, dry_run: bool = True, l
 
 
 class CleanupCheckpointsConfig(dg.Config):
-    """Run folders no latest materialisation names are listed; deleted only when dry_run is false."""
+    """Run folders no materialisation names are listed; deleted only when dry_run is false."""
 
-    dry_run: bool = True
+    dry_run: bool = Field(default=True, description="only list what would be deleted")
+    include_superseded: bool = Field(default=False, description="also delete folders that only earlier "
+                                     "materialisations name (by place or by a file's sha256)")
 
 
-@dg.op(description="Delete training-run folders that no latest materialisation of any asset refers to "
-                   "(dry run unless dry_run is false).", required_resource_keys={"settings"})
+@dg.op(description="Delete training-run folders that no materialisation of any asset refers to (dry run "
+                   "unless dry_run is false; superseded ones only with include_superseded).",
+       required_resource_keys={"settings"})
 def cleanup_checkpoints_op(context: dg.OpExecutionContext, config: CleanupCheckpointsConfig) -> None:
     plan = cleanup(context.instance, context.resources.settings.outputs_path(), dry_run=config.dry_run,
-                   log=context.log.info)
+                   log=context.log.info, include_superseded=config.include_superseded)
     context.log.info(plan.summary())
 
 
-@dg.job(name="cleanup_checkpoints", description="Delete training-run folders (checkpoints) that no latest "
-        "materialisation of any asset refers to; a dry run unless the op config says dry_run: false.")
+@dg.job(name="cleanup_checkpoints", description="Delete training-run folders (checkpoints) that no "
+        "materialisation of any asset refers to; a dry run unless the op config says dry_run: false, superseded "
+        "checkpoints only with include_superseded: true.")
 def cleanup_checkpoints_job():
     cleanup_checkpoints_op()
 
@@ -127,13 +263,15 @@ def cleanup_checkpoints_job():
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delete", action="store_true", help="delete (default: a dry run that only lists)")
+    parser.add_argument("--include-superseded", action="store_true",
+                        help="also folders that only earlier materialisations name (by place or sha256)")
     parser.add_argument("--outputs", help="the outputs folder (default: the deployment's, see definitions.py)")
     args = parser.parse_args(argv)
     from pecn_assets.definitions import deployment_from_env
 
     outputs = Path(args.outputs) if args.outputs else deployment_from_env(os.environ)["settings"].outputs_path()
     with dg.DagsterInstance.get() as instance:
-        cleanup(instance, outputs, dry_run=not args.delete)
+        cleanup(instance, outputs, dry_run=not args.delete, include_superseded=args.include_superseded)
     return 0
 
 

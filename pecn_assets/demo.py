@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from pecn_assets.runs import PID_TAG, in_process_tags, release_dead_runs  # PID_TAG: names the process of its runs
 
 ORDER = ("filtered_annotations", "frame_cache", "pix2pix_base", "resnet_base", "clip_text_base", "pacnet",
          "progress_estimates", "copy_frame_baseline", "ip2p_model", "evaluation", "t_tests", "summary_report")
@@ -55,39 +56,6 @@ def ensure_synthetic_data(data_dir: Path, config) -> None:
           f"{summary['num_videos']} videos, splits {summary['splits']}")
 
 
-PID_TAG = "pecn/demo_pid"
-
-
-def release_stale_runs(instance, log=print) -> int:
-    """Fail runs of an earlier demo process that died mid-run, and free their pool slots.
-
-    An in-process run killed with Ctrl-C or kill -9 stays STARTED and keeps its `gpu` pool slot,
-    which would block every later GPU step. Only runs this script launched (tag `pecn/demo_pid`)
-    whose process is gone are touched.
-    """
-    released = 0
-    for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED,
-                                                         dg.DagsterRunStatus.STARTING])):
-        pid = run.tags.get(PID_TAG)
-        if pid is None or _alive(int(pid)):
-            continue
-        instance.report_run_failed(run, message=f"demo process {pid} is gone; run marked failed")
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        log(f"released stale run {run.run_id} of dead demo process {pid}")
-        released += 1
-    return released
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def materialize_all(instance, defs, only: list[str] | None = None, run_config: dict | None = None,
                     log=print) -> bool:
     """Observe the raw sources, then materialise every asset/partition of `defs` in order (with
@@ -98,8 +66,8 @@ def materialize_all(instance, defs, only: list[str] | None = None, run_config: d
     """
     job = defs.resolve_implicit_global_asset_job_def()
     t_start = time.perf_counter()
-    release_stale_runs(instance, log=log)
-    tags = {PID_TAG: str(os.getpid())}
+    release_dead_runs(instance, log=log)  # runs of earlier processes that were killed hold pool slots
+    tags = in_process_tags()
     if not only:
         defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, tags=tags)
     for asset, keys in plan(defs):
@@ -143,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 
     from pecn_assets.definitions import build_definitions, deployment_from_env
+    from pecn_assets.gpu_pool import size_gpu_pool
 
     t0 = time.perf_counter()
     deployment = deployment_from_env(os.environ)
@@ -154,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.summary:
             print(prediction_summary(instance, defs))
             return 0
+        print(size_gpu_pool(instance, settings, explicit=deployment["gpu_pool_limit"]).line(), flush=True)
         ok = materialize_all(instance, defs, only=args.only, log=lambda line: print(line, flush=True))
         if not ok:
             print(f"stopped at a failed run: see it in `make ui` (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")

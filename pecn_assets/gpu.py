@@ -1,8 +1,9 @@
 """How GPU steps are marked: the `gpu` pool (one at a time per GPU), retries, and k8s pod resources.
 
-On a workstation the pool limit (`concurrency.pools.default_limit` in dagster_home/dagster.yaml,
-set it to the number of GPUs) keeps more GPU steps than GPUs from running at once, across all runs
-of the instance. Assets without a pool (the CPU assets) are not limited.
+The pool's limit keeps more GPU steps than GPUs from running at once, across all runs of the
+instance; it is sized to the machine when the platform starts (claimable devices // training
+processes per step, `pecn_assets/gpu_pool.py`), unless set explicitly. Assets without a pool
+(the CPU assets) are not limited.
 
 On Kubernetes (deploy/), `k8s_job_executor` runs each step in its own pod; the `dagster-k8s/config`
 op tag below asks for one `nvidia.com/gpu` for GPU steps only (it is deep-merged over the run
@@ -15,8 +16,12 @@ on the user-code deployment, whose environment reaches the run and step pods):
     PECN_K8S_GPU_CPU             CPU request of a GPU step pod (default "4")
     PECN_K8S_GPU_MEMORY          memory request of a GPU step pod (default "24Gi")
 
-A failed GPU step is retried (`GPU_RETRY`); the trainers are called with `resume=True`, so a retried
-training step continues from its last checkpoint instead of starting over.
+A failed GPU step is retried (`GPU_RETRY`): preemption, a killed training child, a device still busy
+after `gpu_claim_timeout_s`; the trainers are called with `resume=True`, so a retried training step
+continues from its last checkpoint instead of starting over. What a retry cannot fix fails at once
+(`dg.Failure(allow_retries=False)`): bad settings, refused in the step's first lines
+(`pecn_assets.configs.training_settings`), a full disk or a failed sha256 verification
+(`not_retried_when_hopeless`, `pecn_ml.utils.failures`).
 
 Which GPU: the pool says how many GPU steps run, `claimed_gpus` says which devices each one uses.
 A step claims `n` devices of the machine's set (`PecnSettings.gpu_devices`, else
@@ -32,15 +37,18 @@ at once on four GPUs; a training step with K processes claims K devices and its 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import dagster as dg
 
 from pecn_ml.utils.cuda import CudaRequiredError, allow_cpu_from_env, require_cuda
-from pecn_ml.utils.gpu_devices import CUDA_ENV, DeviceClaim, claim_devices, parse_devices
+from pecn_ml.utils.failures import permanent_reason
+from pecn_ml.utils.gpu_devices import (CUDA_ENV, DeviceClaim, claim_devices, device_set, parse_device_indices,
+                                       parse_devices)
 
 GPU_POOL = "gpu"
 GPU_RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
@@ -68,13 +76,19 @@ def _json_env(name: str, expected: type) -> Any:
     return value
 
 
+def gpu_node_selector() -> Optional[dict]:
+    """The node selector of GPU step pods (`PECN_K8S_GPU_NODE_SELECTOR`; None when unset)."""
+    selector = _json_env(NODE_SELECTOR_ENV, dict)
+    if selector is not None and not all(isinstance(v, str) for v in selector.values()):
+        raise ValueError(f"{NODE_SELECTOR_ENV}: node selector values must be strings: {selector}")
+    return selector
+
+
 def gpu_k8s_config(gpus: int = 1) -> dict:
     """The `dagster-k8s/config` tag value of a GPU step with `gpus` GPUs (reads the PECN_K8S_GPU_*
     variables)."""
-    selector = _json_env(NODE_SELECTOR_ENV, dict)
+    selector = gpu_node_selector()
     tolerations = _json_env(TOLERATIONS_ENV, list)
-    if selector is not None and not all(isinstance(v, str) for v in selector.values()):
-        raise ValueError(f"{NODE_SELECTOR_ENV}: node selector values must be strings: {selector}")
     if tolerations is not None and not all(isinstance(t, dict) for t in tolerations):
         raise ValueError(f"{TOLERATIONS_ENV}: every toleration must be a JSON object: {tolerations}")
     resources = {
@@ -114,21 +128,58 @@ def check_cuda(settings: Any, requires_gpu: bool, what: str) -> str:
         raise dg.Failure(str(e), allow_retries=False) from None
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def not_retried_when_hopeless(fn: F) -> F:
+    """An asset function whose failures a retry cannot fix (`pecn_ml.utils.failures`: a full disk,
+    a failed sha256 verification) fail the step at once instead of consuming its retry policy."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except dg.Failure:
+            raise
+        except Exception as e:
+            reason = permanent_reason(e)
+            if reason is None:
+                raise
+            raise dg.Failure(f"{reason}, so the step is not retried: {type(e).__name__}: {e}",
+                             allow_retries=False) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def machine_devices(settings: Any) -> list[str]:
+    """The devices GPU steps claim from: `settings.gpu_devices`, else `PECN_GPU_DEVICES`, else every
+    visible CUDA device (pecn_ml.utils.gpu_devices.device_set); device indices only."""
+    if settings.gpu_devices is not None:
+        return parse_device_indices(settings.gpu_devices, "PecnSettings.gpu_devices")
+    return device_set()
+
+
 @contextmanager
 def claimed_gpus(context: dg.AssetExecutionContext, settings: Any, n: int = 1) -> Iterator[DeviceClaim]:
     """Hold `n` of the machine's GPU devices for the block (an empty claim on a machine that
-    offers none); logs the wait and the claim."""
-    devices = parse_devices(settings.gpu_devices, "PecnSettings.gpu_devices") \
-        if settings.gpu_devices is not None else None
+    offers none); logs the wait and the claim. A claim that can never be met fails without a
+    retry, one that timed out (`gpu_claim_timeout_s`: the devices are busy) with one."""
     holder = {"run_id": context.run.run_id, "asset": context.asset_key.to_user_string(),
               "partition": context.partition_key if context.has_partition_key else ""}
+    try:
+        devices = machine_devices(settings)
+    except ValueError as e:
+        raise dg.Failure(str(e), allow_retries=False) from None
     try:
         with claim_devices(n, settings.gpu_lock_path(), timeout_s=settings.gpu_claim_timeout_s or None,
                            log=context.log.info, devices=devices, holder=holder) as claim:
             yield claim
-    except (TimeoutError, ValueError) as e:
+    except TimeoutError as e:
         if "claim_devices" in str(e):
             raise dg.Failure(str(e)) from None
+        raise
+    except ValueError as e:
+        if "claim_devices" in str(e):
+            raise dg.Failure(str(e), allow_retries=False) from None
         raise
 
 

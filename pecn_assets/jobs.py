@@ -10,8 +10,13 @@
   observe `raw_annotations`, re-materialise `filtered_annotations`.
 - `pecn_automation` (automation sensor, running unless `PECN_AUTOMATION=off`): evaluates the
   assets' `automation_condition`s (frame_cache: eager).
-- `cleanup_checkpoints` (job): deletes training-run folders that no latest materialisation of any
-  asset refers to; a dry run unless its config says `dry_run: false` (pecn_assets/cleanup.py).
+- `release_dead_runs` (sensor, running, every 30 s): fails the runs of this machine whose
+  processes are all gone (killed) and frees their pool slots, which would block every later GPU
+  step; logs what it released (pecn_assets/runs.py).
+- `gpu_pool_size` (sensor, running; built in `pecn_assets.definitions` from `pecn_assets/gpu_pool.py`):
+  keeps the `gpu` pool's limit at claimable devices // training processes per step.
+- `cleanup_checkpoints` (job): deletes training-run folders that no materialisation of any asset
+  refers to; a dry run unless its config says `dry_run: false` (pecn_assets/cleanup.py).
 
 The sweep is two steps because an `evaluation` partition reads the `ip2p_model` checkpoint of its
 variant: evaluations are requested only once that checkpoint has been materialised. (In Dagster
@@ -33,6 +38,7 @@ import dagster as dg
 from pecn_assets.cleanup import cleanup_checkpoints_job
 from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings
+from pecn_assets.runs import release_dead_runs
 from pecn_ml.data.versions import annotations_version
 
 EXECUTOR_ENV = "PECN_EXECUTOR"
@@ -258,6 +264,16 @@ def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
                     "filtered_annotations or raw_videos change). PECN_AUTOMATION=off starts it stopped.")
 
 
+@dg.sensor(name="release_dead_runs", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Fails the runs of this machine whose processes are all gone (killed, crashed) and frees "
+                       "their pool slots, which would otherwise block every later GPU step; the default run "
+                       "launcher gives Dagster's run monitoring no way to see a dead run worker.")
+def release_dead_runs_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    released = release_dead_runs(context.instance, log=context.log.info)
+    return dg.SkipReason(f"released {len(released)} dead run(s): {', '.join(released)}" if released
+                         else "no dead runs")
+
+
 def build_jobs(parts: Partitions, frame_cache: dg.AssetsDefinition) -> tuple[list, list, list]:
     """(jobs, schedules, sensors) of one deployment, with the executor `PECN_EXECUTOR` names."""
     executor = pecn_executor()
@@ -277,5 +293,6 @@ def build_jobs(parts: Partitions, frame_cache: dg.AssetsDefinition) -> tuple[lis
     by_name = {j.name: j for j in jobs}
     schedules = [build_sweep_schedule(parts, by_name["sweep_train"]),
                  build_frame_cache_schedule(frame_cache, by_name["build_frame_cache"])]
-    sensors = [build_sweep_sensor(by_name["sweep_evaluate"]), annotations_changed, build_automation_sensor()]
+    sensors = [build_sweep_sensor(by_name["sweep_evaluate"]), annotations_changed, build_automation_sensor(),
+               release_dead_runs_sensor]
     return jobs, schedules, sensors

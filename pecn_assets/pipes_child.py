@@ -16,6 +16,11 @@ uses the message channel. The other ranks log to stderr (the step's compute log)
 small record (`rank-{r}.json` under `{out_dir}/.pipes_ranks/{launch_id}/`) that rank 0 waits for
 and reports as `ranks`: evidence that every rank trained.
 
+Every rank dies with the step that launched it (`pecn_ml.utils.processes.die_with` on the step's
+pid, which the launcher passes as `PECN_LAUNCHER_PID` / `PECN_LAUNCHER_START`): a killed step
+leaves no orphan training on its devices. A failure a retry cannot fix (a full disk, a failed
+sha256 verification; `pecn_ml.utils.failures`) is announced on stderr so the step is not retried.
+
 This module imports `dagster_pipes`, never `dagster` (the launching side is `pipes_launch.py`).
 """
 
@@ -29,15 +34,20 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pecn_ml.utils.cuda import require_cuda
+from pecn_ml.utils.failures import NOT_RETRIED_MARKER, permanent_reason
+from pecn_ml.utils.processes import die_with
 from pecn_ml.utils.usage import bytes_on_disk, prune_training_state, safetensors_parameters, usage_metadata
 
 TRAINERS = ("pix2pix", "pacnet", "check")
 RANKS_DIR = ".pipes_ranks"
+LAUNCHER_PID_ENV = "PECN_LAUNCHER_PID"      # the step process that launched this child ...
+LAUNCHER_START_ENV = "PECN_LAUNCHER_START"  # ... and when it started (pecn_ml.utils.processes.start_ticks)
+SELECTION_SPLIT = "selection_split.json"   # PAC-Net's selection split, in its run folder
 LogFn = Callable[[str], None]
 
 
@@ -79,11 +89,13 @@ class Pix2PixJob:
     progress_estimates: Optional[dict] = None   # video id -> percent (PAC-Net); None: frame count
     progress_source: str = "none"        # what the prompts' percentages come from
     tracking: Optional[dict] = None      # TrackingConfig fields; None: TensorBoard in out_dir
+    card: Optional[dict] = None          # model_cards.CardContext.to_dict(): what the model card adds
 
 
 @dataclass(frozen=True)
 class PacNetJob:
-    """One PAC-Net training of one head on the training split, validated on both eval sets."""
+    """One PAC-Net training of one head: trained on the training split less its selection split, the
+    best epoch picked on the selection split, the chosen model scored on both eval sets (test)."""
 
     annotations: dict                    # FilteredAnnotations.to_json()
     frame_cache: dict                    # FrameCacheRef.to_json() (the profile's pacnet resolution)
@@ -93,15 +105,19 @@ class PacNetJob:
     options: dict                        # LaunchOptions fields
     run_id: str = ""
     tracking: Optional[dict] = None
+    card: Optional[dict] = None          # model_cards.CardContext.to_dict()
 
 
 @dataclass(frozen=True)
 class CheckJob:
     """A launch check without a model: every rank makes an Accelerator, the ranks sum their
     numbers (all-reduce) and take one data-parallel step on a 4-weight model. Run it with the
-    step's K and devices to see that a K-process launch works before hours of training."""
+    step's K and devices to see that a K-process launch works before hours of training.
+    `hold_s`: then keep the launch (and its devices) this long, to see what stops a running launch
+    (an interrupted step, a killed one)."""
 
     options: dict = field(default_factory=dict)
+    hold_s: float = 0.0
 
 
 JOBS = {"pix2pix": Pix2PixJob, "pacnet": PacNetJob, "check": CheckJob}
@@ -199,6 +215,16 @@ def _artifact(data: dict, cls: type) -> Any:
     return artifact.verify()
 
 
+def _card(job: Any, **data_versions: str):
+    """The job's model card context (with `data_versions` added); None where the job carries none."""
+    from pecn_ml.model_cards import CardContext
+
+    if job.card is None:
+        return None
+    context = CardContext.from_dict(job.card)
+    return replace(context, data_versions={**context.data_versions, **data_versions})
+
+
 def run_pix2pix(job: Pix2PixJob, log: LogFn) -> tuple[dict, str]:
     """Train; return (metadata with the `artifact` handle, data version = the UNet's sha256)."""
     from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, Pix2PixCheckpoint, UNET_WEIGHTS, Weights
@@ -220,7 +246,7 @@ def run_pix2pix(job: Pix2PixJob, log: LogFn) -> tuple[dict, str]:
 
     train, val = pairs(annotations.train()), pairs(annotations.eval_set("basic"))
     result = train_pix2pix(base.path, train, config, opts.out_dir, val_dataset=val, log=log,
-                           resume=bool(opts.resume), tracking=_tracking(job))
+                           resume=bool(opts.resume), tracking=_tracking(job), card=_card(job))
     checkpoint = Pix2PixCheckpoint.from_result(result, job.variant, job.seed, Path(opts.out_dir), job.run_id,
                                                base.sha256, job.progress_source)
     meta = {
@@ -246,16 +272,25 @@ def run_pacnet(job: PacNetJob, log: LogFn) -> tuple[dict, str]:
     """Train; return (metadata with the `artifact` handle, data version = the best weights' sha256)."""
     from pecn_ml.artifacts import PACNET_WEIGHTS, FilteredAnnotations, FrameCacheRef, PacNetCheckpoint
     from pecn_ml.models.pacnet import PacNetConfig
-    from pecn_ml.training.pacnet import PacNetTrainConfig, train_pacnet
+    from pecn_ml.training.pacnet import PacNetTrainConfig, pacnet_splits, train_pacnet
+    from pecn_ml.utils.files import sha256_json, write_json_atomic
 
     opts = _options(job)
     model_config = PacNetConfig.from_dict(job.model_config, "pacnet model_config")
     config = _from_dict(PacNetTrainConfig, job.train_config, "pacnet train_config")
     annotations = _artifact(job.annotations, FilteredAnnotations)
     cache = _artifact(job.frame_cache, FrameCacheRef).open()
-    result = train_pacnet(model_config, config, cache, annotations.train(), annotations.all_eval_sets(),
-                          opts.out_dir, log=log, resume=opts.resume, tracking=_tracking(job))
-    checkpoint = PacNetCheckpoint.from_result(result, job.head, Path(opts.out_dir), job.run_id)
+    # the best epoch is picked on training videos held out, never on the evaluation videos
+    splits = pacnet_splits(annotations.train(), annotations.all_eval_sets(), config)
+    split_file = Path(opts.out_dir) / SELECTION_SPLIT
+    if current_rank().is_main:
+        write_json_atomic(split_file, splits.to_json())
+    log(f"pacnet: selection split of {len(splits.selection)} training videos ({splits.to_json()['per_task']}), "
+        f"{len(splits.train)} left to train on, {len(splits.test)} evaluation videos as the test set: {split_file}")
+    result = train_pacnet(model_config, config, cache, splits.train, splits.selection, opts.out_dir, log=log,
+                          resume=opts.resume, tracking=_tracking(job), test_entries=splits.test,
+                          card=_card(job, selection_split_ids=sha256_json([e["id"] for e in splits.selection])))
+    checkpoint = PacNetCheckpoint.from_result(result, job.head, Path(opts.out_dir), job.run_id, split_file)
     history = [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()} for h in result.history]
     # this call's epochs (a resumed run counts only what it trained), validation included: an
     # upper bound of the optimizer step's time
@@ -301,6 +336,9 @@ def run_check(job: CheckJob, log: LogFn) -> tuple[dict, str]:
             "weights_agree": agree, "distributed_type": str(accelerator.distributed_type),
             "backend": str(accelerator.state.backend), "device": str(accelerator.device)}
     accelerator.end_training()
+    if job.hold_s > 0:
+        log(f"check: rank {rank} holds the launch for {job.hold_s:g}s")
+        time.sleep(job.hold_s)
     return meta, f"check-{n}"
 
 
@@ -356,8 +394,27 @@ def _parse(argv: Optional[list[str]]) -> tuple[str, Any]:
     return args.trainer, job_from_json(args.trainer, text)
 
 
+def _die_with_launcher() -> None:
+    """Stop when the step that launched this child dies (no-op when not launched by a step)."""
+    pid = os.environ.get(LAUNCHER_PID_ENV, "")
+    if pid.isdigit():
+        die_with(int(pid), os.environ.get(LAUNCHER_START_ENV, ""),
+                 log=lambda msg: print(f"[pipes child] {msg}", file=sys.stderr, flush=True))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    _die_with_launcher()
     trainer, job = _parse(argv)
+    try:
+        return _main(trainer, job)
+    except Exception as e:
+        reason = permanent_reason(e)
+        if reason is not None:
+            print(f"{NOT_RETRIED_MARKER} {reason}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        raise
+
+
+def _main(trainer: str, job: Any) -> int:
     rank = current_rank()
     opts = _options(job)
     if not rank.is_main:

@@ -10,18 +10,25 @@ A GPU asset claims its devices (`pecn_ml.utils.gpu_devices.claim_devices`), buil
   starts a single process unless MPI is installed).
 
 `run_training` is `PipesSubprocessClient.run` plus what training needs: the child inherits the
-device locks (`pass_fds`), so a claim outlives a killed step process until the child exits too;
-a failed child fails the step with the tail of its stderr in the error; an interrupted step
-sends SIGINT to the child, then SIGKILL after a grace period.
+device locks (`pass_fds`) and is named in them as their holder, so a claim outlives a killed step
+process until the child exits too; the child dies with the step (it is told the step's pid and
+start time, see `pipes_child`), so that is seconds. A failed child fails the step with the tail of
+its stderr in the error, without a retry when it announced a failure no retry can fix (a full
+disk, a failed verification: `pecn_ml.utils.failures`); an interrupted step sends SIGINT to the
+child, then SIGKILL after a grace period.
+
+The job file, the Pipes context and the message file live in a scratch folder of the step
+process, `$TMPDIR/.pecn-pipes.tmp-{host}-{pid}-{start}-*`, removed when the launch ends; one left
+by a killed step is removed by the next launch on the machine (`pecn_ml.utils.files.owned_tmp_dir`).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,40 +38,26 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import dagster as dg
 
-from pecn_assets.pipes_child import job_to_json
-from pecn_ml.utils.files import atomic_path
+from pecn_assets.pipes_child import LAUNCHER_PID_ENV, LAUNCHER_START_ENV, job_to_json
+from pecn_ml.utils.failures import NOT_RETRIED_MARKER
+from pecn_ml.utils.accel import launch_command
+from pecn_ml.utils.files import owned_tmp_dir
+from pecn_ml.utils.processes import start_ticks
 
 CHILD_MODULE = "pecn_assets.pipes_child"
 STDERR_TAIL_LINES = 60
 
 
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1 (for the rendezvous of one K > 1 launch)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def child_command(trainer: str, job_json: str, num_processes: int = 1, *, cpu: bool = False,
                   python: str = sys.executable, port: Optional[int] = None) -> list[str]:
-    """The command line of a training child with `num_processes` ranks."""
-    if num_processes < 1:
-        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    module = ["-m", CHILD_MODULE, trainer, "--config", job_json]
-    if num_processes == 1:
-        return [python, *module]
-    if cpu:
-        return [python, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node", str(num_processes), *module]
-    return [python, "-m", "accelerate.commands.launch", "--multi_gpu",
-            "--num_processes", str(num_processes), "--num_machines", "1",
-            "--main_process_port", str(port or free_port()),
-            "--mixed_precision", "no",  # the trainer's Accelerator(mixed_precision=...) decides
-            "--dynamo_backend", "no", *module]
+    """The command line of a training child with `num_processes` ranks
+    (`pecn_ml.utils.accel.launch_command`)."""
+    return launch_command(["-m", CHILD_MODULE, trainer, "--config", job_json], num_processes, cpu=cpu,
+                          python=python, port=port)
 
 
 def child_env(claim_env: Mapping[str, str], num_processes: int = 1, *, cpu: bool = False,
@@ -96,11 +89,14 @@ class CompleteLineMessageReader(dg.PipesMessageReader):
 
     FILE = "messages.jsonl"
 
+    def __init__(self, folder: Optional[str | os.PathLike] = None):
+        self.folder = folder  # where the message file goes (None: a temp folder of its own)
+
     @contextmanager
     def read_messages(self, handler: Any) -> Iterator[dict]:
         from dagster_pipes import PipesDefaultMessageWriter
 
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() if self.folder is None else contextlib.nullcontext(self.folder) as tmp:
             path = os.path.join(tmp, self.FILE)
             open(path, "w", encoding="utf-8").close()
             done = threading.Event()
@@ -141,8 +137,14 @@ class CompleteLineMessageReader(dg.PipesMessageReader):
         return "Attempted to read messages from a temp file (CompleteLineMessageReader)."
 
 
-def _pump(stream, tail: collections.deque) -> None:
-    """Copy the child's stderr to ours line by line (the step's compute log), keeping a tail."""
+def scratch_root() -> Path:
+    """The scratch folders of launches are `.{name}.tmp-*` beside this path (in $TMPDIR)."""
+    return Path(tempfile.gettempdir()) / "pecn-pipes"
+
+
+def _pump(stream, tail: collections.deque, not_retried: list) -> None:
+    """Copy the child's stderr to ours line by line (the step's compute log), keeping a tail and
+    the lines that say the failure cannot be fixed by a retry."""
     sink = getattr(sys.stderr, "buffer", None)
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", "replace")
@@ -152,6 +154,8 @@ def _pump(stream, tail: collections.deque) -> None:
             sys.stderr.write(line)
         sys.stderr.flush()
         tail.append(line.rstrip("\n"))
+        if NOT_RETRIED_MARKER in line:
+            not_retried.append(line.strip())
     stream.close()
 
 
@@ -168,22 +172,37 @@ def run_pipes_command(context: dg.AssetExecutionContext, command: Sequence[str],
                       env: Optional[Mapping[str, str]] = None, pass_fds: Sequence[int] = (),
                       cwd: Optional[str] = None, termination_grace_s: float = 30.0,
                       extras: Optional[Mapping[str, Any]] = None,
-                      metadata: Optional[Mapping[str, Any]] = None
+                      metadata: Optional[Mapping[str, Any]] = None,
+                      scratch: Optional[Path] = None,
+                      on_start: Optional[Callable[[int], None]] = None
                       ) -> dg.PipesClientCompletedInvocation:
     """Run `command` as a Pipes child of this step and return its results.
 
-    Raises `dg.Failure` with the exit code and the last `STDERR_TAIL_LINES` lines of stderr when
-    the child fails (metadata `stderr_tail`, `exit_code`). `metadata` is added to every result."""
+    The child is told this process's pid and start time (it dies with it); its context and
+    message files go to `scratch` (default: a scratch folder of this launch). `on_start(pid)` is
+    called once it runs. Raises `dg.Failure` with the exit code and the last `STDERR_TAIL_LINES`
+    lines of stderr when the child fails (metadata `stderr_tail`, `exit_code`), not retried when
+    the child announced a failure a retry cannot fix. `metadata` is added to every result."""
+    if scratch is None:
+        with owned_tmp_dir(scratch_root()) as own:
+            return run_pipes_command(context, command, env=env, pass_fds=pass_fds, cwd=cwd,
+                                     termination_grace_s=termination_grace_s, extras=extras,
+                                     metadata=metadata, scratch=own, on_start=on_start)
     tail: collections.deque = collections.deque(maxlen=STDERR_TAIL_LINES)
-    with dg.open_pipes_session(context=context, context_injector=dg.PipesTempFileContextInjector(),
-                               message_reader=CompleteLineMessageReader(),
+    not_retried: list[str] = []
+    launcher = {LAUNCHER_PID_ENV: str(os.getpid()), LAUNCHER_START_ENV: start_ticks(os.getpid())}
+    with dg.open_pipes_session(context=context,
+                               context_injector=dg.PipesFileContextInjector(str(Path(scratch) / "context.json")),
+                               message_reader=CompleteLineMessageReader(scratch),
                                extras=dict(extras or {})) as session:
         process = subprocess.Popen(
             list(command), cwd=cwd, stderr=subprocess.PIPE, pass_fds=tuple(pass_fds),
-            env={**os.environ, **(env or {}), **session.get_bootstrap_env_vars()})
-        pump = threading.Thread(target=_pump, args=(process.stderr, tail), daemon=True)
+            env={**os.environ, **(env or {}), **launcher, **session.get_bootstrap_env_vars()})
+        pump = threading.Thread(target=_pump, args=(process.stderr, tail, not_retried), daemon=True)
         pump.start()
         try:
+            if on_start is not None:
+                on_start(process.pid)
             code = process.wait()
         except BaseException:  # interrupted (run terminated): stop the child, then re-raise
             context.log.info("[pipes] step interrupted: stopping the training child")
@@ -193,10 +212,12 @@ def run_pipes_command(context: dg.AssetExecutionContext, command: Sequence[str],
             pump.join(timeout=10)
         if code != 0:
             text = "\n".join(tail)
+            why = f" ({not_retried[-1]}: not retried)" if not_retried else ""
             raise dg.Failure(
-                description=f"training child failed with exit code {code}; last stderr lines:\n{text}",
+                description=f"training child failed with exit code {code}{why}; last stderr lines:\n{text}",
                 metadata={"exit_code": code, "stderr_tail": dg.MetadataValue.md(f"```\n{text}\n```"),
-                          "command": " ".join(command[:8]) + (" ..." if len(command) > 8 else "")})
+                          "command": " ".join(command[:8]) + (" ..." if len(command) > 8 else "")},
+                allow_retries=not not_retried)
     return dg.PipesClientCompletedInvocation(session, metadata=metadata)
 
 
@@ -215,26 +236,27 @@ def run_training(context: dg.AssetExecutionContext, trainer: str, job: Any, *,
         cpu = not devices or not torch.cuda.is_available()
     if devices and num_processes > len(devices):
         raise dg.Failure(f"{num_processes} training processes need as many GPUs; the claim holds "
-                         f"{len(devices)} ({','.join(devices)})")
+                         f"{len(devices)} ({','.join(devices)})", allow_retries=False)
     job = with_launch_id(job)
-    # the job goes by file: its progress estimates alone can exceed the kernel's 128 KiB per argument
-    job_file = Path(job.options["out_dir"]) / f".pipes_job-{job.options['launch_id']}.json"
-    job_file.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(job_file) as tmp:
-        tmp.write_text(job_to_json(job), encoding="utf-8")
-    command = child_command(trainer, f"@{job_file}", num_processes, cpu=cpu)
     if threads_per_process is None:
         threads_per_process = threads_per_rank(num_processes, cpu)
     env = child_env(claim.env() if claim is not None else {}, num_processes, cpu=cpu,
                     threads_per_process=threads_per_process)
     context.log.info(f"launching {trainer} training: {num_processes} process(es), "
                      f"devices {','.join(devices) or 'none (CPU)'}")
-    try:
-        invocation = run_pipes_command(context, command, env=env,
-                                       pass_fds=claim.fds if claim is not None else (),
-                                       metadata=claim.metadata() if claim is not None else {"gpu_devices": []})
-    finally:
-        job_file.unlink(missing_ok=True)
+    with owned_tmp_dir(scratch_root()) as scratch:
+        # the job goes by file: its progress estimates alone can exceed the kernel's 128 KiB per argument
+        job_file = scratch / "job.json"
+        job_file.write_text(job_to_json(job), encoding="utf-8")
+        command = child_command(trainer, f"@{job_file}", num_processes, cpu=cpu)
+        try:
+            invocation = run_pipes_command(context, command, env=env, scratch=scratch,
+                                           pass_fds=claim.fds if claim is not None else (),
+                                           on_start=claim.hand_to if claim is not None else None,
+                                           metadata=claim.metadata() if claim is not None else {"gpu_devices": []})
+        finally:
+            if claim is not None:
+                claim.hand_to(os.getpid())  # the child is gone: the claimant holds the devices again
     return invocation.get_materialize_result()
 
 

@@ -23,10 +23,11 @@ class PecnSettings(dg.ConfigurableResource):
     results_dir: str = Field(default="", description="evaluation results and reports")
     gpu_lock_dir: str = Field(default="", description="one lock file per GPU device; empty: "
                               "$DAGSTER_HOME/gpu_locks (must be local to the machine that owns the GPUs)")
-    gpu_devices: Optional[str] = Field(default=None, description="devices GPU steps claim from, e.g. "
-                                       "'0,1,2,3'; None: $PECN_GPU_DEVICES, else every visible CUDA device")
-    gpu_claim_timeout_s: float = Field(default=0.0, description="fail a step that waited this long for a "
-                                       "free device; 0: wait (logging who holds them) for ever")
+    gpu_devices: Optional[str] = Field(default=None, description="devices GPU steps claim from, device "
+                                       "indices such as '0,1,2,3' ('' none); None: $PECN_GPU_DEVICES, else "
+                                       "every visible CUDA device")
+    gpu_claim_timeout_s: float = Field(default=0.0, ge=0, description="fail a step that waited this long for "
+                                       "a free device (and retry it); 0: wait (logging who holds them) for ever")
     train_processes: int = Field(default=1, ge=1, description="training processes (one GPU each) per "
                                  "ip2p_model/pacnet step; a run's config may ask for another number")
     allow_cpu: bool = Field(default=False, description="let GPU steps of a profile that needs CUDA run "

@@ -66,6 +66,10 @@ def _check_sha(what: str, path: Path, recorded: str, actual_of=sha256_file) -> N
                               f"(sha256 {actual[:12]} != {recorded[:12]})")
 
 
+def _or_nan(value: Optional[float]) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _finite(*values: float) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
@@ -234,12 +238,22 @@ class Weights(Artifact):
     path: str
     sha256: str                       # pecn_ml.models.weights.weights_sha256 of the folder
     source: str = ""
+    name: str = ""                    # hub id, or "stand-in for <hub id>"
+    revision: str = ""                # hub commit, or the stand-in's folder name (its content key)
 
     def verify(self) -> "Weights":
         from pecn_ml.models.weights import weights_sha256
 
         _check_sha(self.role, Path(self.path), self.sha256, weights_sha256)
         return self
+
+    def card_base(self):
+        """These weights as a model card names a base (`model_cards.BaseWeights`, license included)."""
+        from pecn_ml.model_cards import BaseWeights, base_license
+
+        name = self.name or self.path
+        return BaseWeights(role=self.role, name=name, revision=self.revision, sha256=self.sha256,
+                           license=base_license(self.path, name))
 
     def lineage(self) -> dict[str, Any]:
         """What a model trained from these weights records about them."""
@@ -253,54 +267,90 @@ class Weights(Artifact):
 
 @dataclass(frozen=True)
 class PacNetCheckpoint(Artifact):
-    """The best PAC-Net of one training run (`load_pacnet` folder) and how good it is."""
+    """The best PAC-Net of one training run (`load_pacnet` folder) and how good it is.
+
+    Its epoch was picked on the selection split (`val_mae`, over `num_val` training videos held out,
+    listed in the `selection_split` file); the evaluation videos only score it (`test_mae`), and the
+    blocking check judges that test score where there is one."""
 
     path: str                         # .../pacnet_{head}/runs/{run}/best
     sha256: str                       # of model.safetensors
     head: str
-    val_mae: float                    # percentage points
+    val_mae: float                    # percentage points, on the selection split (picked the epoch)
     baseline_mae: float               # the mean predictor on the same crops
     best_epoch: int
     epochs: int
     run_dir: str
     run_id: str = ""                  # the Dagster run that trained it
-    num_val: int = 0                  # validation videos the MAEs are over
+    num_val: int = 0                  # selection videos val_mae is over
     tracking: Optional[TrackingInfo] = None
+    test_mae: Optional[float] = None  # the chosen model on the evaluation videos (test score; None: none)
+    test_baseline_mae: Optional[float] = None   # the mean predictor on the same test crops
+    num_test: int = 0                 # evaluation videos the test MAEs are over
+    selection_split: str = ""         # JSON file of the selection split's ids
+    selection_split_sha256: str = ""
 
     @classmethod
-    def from_result(cls, result: Any, head: str, run_dir: Path, run_id: str) -> "PacNetCheckpoint":
-        """The handle of a `PacNetTrainResult`."""
+    def from_result(cls, result: Any, head: str, run_dir: Path, run_id: str,
+                    selection_split: Optional[Path] = None) -> "PacNetCheckpoint":
+        """The handle of a `PacNetTrainResult` (and the file of its selection split)."""
         return cls(path=str(result.best_dir), sha256=result.weights_sha256, head=head,
                    val_mae=float(result.val_mae), baseline_mae=float(result.baseline_mae),
                    best_epoch=int(result.best_epoch), epochs=int(result.epochs_run), run_dir=str(run_dir),
-                   run_id=run_id, num_val=int(result.num_val), tracking=result.tracking)
+                   run_id=run_id, num_val=int(result.num_val), tracking=result.tracking,
+                   test_mae=float(result.test_mae) if result.num_test else None,
+                   test_baseline_mae=float(result.test_baseline_mae) if result.num_test else None,
+                   num_test=int(result.num_test), selection_split=str(selection_split or ""),
+                   selection_split_sha256=sha256_file(selection_split) if selection_split else "")
+
+    def selection_ids(self) -> list[str]:
+        """The ids of the selection split ([] without a split file), its sha checked."""
+        if not self.selection_split:
+            return []
+        _check_sha("pacnet selection split", Path(self.selection_split), self.selection_split_sha256)
+        return list(json.loads(Path(self.selection_split).read_text(encoding="utf-8"))["ids"])
+
+    def _judged(self) -> tuple[str, float, float, int]:
+        """(name, MAE, mean predictor's MAE, videos) the check judges: the test score where there is
+        one (the selection MAE is biased low: it chose the epoch), else the validation MAE."""
+        if self.num_test > 0:
+            return "test_mae", _or_nan(self.test_mae), _or_nan(self.test_baseline_mae), self.num_test
+        return "val_mae", self.val_mae, self.baseline_mae, self.num_val
 
     def verify(self) -> "PacNetCheckpoint":
         _check_sha("pacnet checkpoint", Path(self.path) / PACNET_WEIGHTS, self.sha256)
         return self
 
     def _beaten(self) -> Optional[str]:
-        if self.val_mae < self.baseline_mae:
+        name, mae, baseline, _ = self._judged()
+        if mae < baseline:
             return None
-        return f"val_mae {self.val_mae:.2f} pp is not below the mean predictor's {self.baseline_mae:.2f} pp"
+        return f"{name} {mae:.2f} pp is not below the mean predictor's {baseline:.2f} pp"
 
     def problems(self) -> list[str]:
-        if not _finite(self.val_mae, self.baseline_mae):
-            return [f"val_mae {self.val_mae} or baseline_mae {self.baseline_mae} is not finite"]
+        name, mae, baseline, n = self._judged()
+        if not _finite(mae, baseline):
+            return [f"{name} {mae} or its mean predictor's {baseline} is not finite"]
         beaten = self._beaten()
-        return [beaten] if beaten and self.num_val >= MIN_VAL_VIDEOS_TO_JUDGE else []
+        return [beaten] if beaten and n >= MIN_VAL_VIDEOS_TO_JUDGE else []
 
     def warnings(self) -> list[str]:
-        beaten = self._beaten() if _finite(self.val_mae, self.baseline_mae) else None
-        if beaten and self.num_val < MIN_VAL_VIDEOS_TO_JUDGE:
-            return [f"{beaten}; only {self.num_val} validation videos (< {MIN_VAL_VIDEOS_TO_JUDGE}): too few to judge"]
+        name, mae, baseline, n = self._judged()
+        beaten = self._beaten() if _finite(mae, baseline) else None
+        if beaten and n < MIN_VAL_VIDEOS_TO_JUDGE:
+            what = "evaluation" if name == "test_mae" else "validation"
+            return [f"{beaten}; only {n} {what} videos (< {MIN_VAL_VIDEOS_TO_JUDGE}): too few to judge"]
         return []
 
     def metadata(self) -> dict[str, Any]:
+        test = ({"test_mae": _or_nan(self.test_mae), "test_baseline_mae": _or_nan(self.test_baseline_mae),
+                 "num_test": self.num_test} if self.num_test > 0 else {})
+        split = ({"selection_split": Path(self.selection_split), "selection_split_sha256": self.selection_split_sha256,
+                  "num_selection": self.num_val} if self.selection_split else {})
         return {"val_mae": float(self.val_mae), "baseline_mae": float(self.baseline_mae),
                 "checkpoint": Path(self.path), "checkpoint_sha256": self.sha256, "run_dir": Path(self.run_dir),
                 "epochs": self.epochs, "best_epoch": self.best_epoch, "num_val": self.num_val,
-                **tracking_metadata(self.tracking)}
+                **test, **split, **tracking_metadata(self.tracking)}
 
 
 @dataclass(frozen=True)
@@ -401,6 +451,7 @@ class EvalSetResult:
     autoencoder_mean: Mapping[str, float]
     latent_copy_mean: Mapping[str, float] = field(default_factory=dict)   # VAE round trip of the input
     n_static: int = 0                 # samples whose motion mask was empty (scored on the whole frame)
+    ids_sha256: str = ""              # sha256 of the drawn video ids (results.json `selection`)
 
     @classmethod
     def from_results(cls, eval_set: str, results_json: Path, n_expected: int) -> "EvalSetResult":
@@ -408,7 +459,8 @@ class EvalSetResult:
         return cls(eval_set=eval_set, results_json=str(results_json), sha256=sha256_file(results_json),
                    n=int(results["n"]), n_expected=int(n_expected), mean=results["mean"], std=results["std"],
                    baseline_mean=results["baseline_mean"], autoencoder_mean=results["autoencoder_mean"],
-                   latent_copy_mean=results.get("latent_copy_mean", {}), n_static=int(results.get("n_static", 0)))
+                   latent_copy_mean=results.get("latent_copy_mean", {}), n_static=int(results.get("n_static", 0)),
+                   ids_sha256=str(results.get("selection", {}).get("ids_sha256", "")))
 
     def method_means(self) -> dict[str, Mapping[str, float]]:
         """{metadata key prefix: means} of the model and the three references, in table order."""
@@ -487,6 +539,8 @@ class Evaluation(Artifact):
                     out.update({f"{s}_latent_copy_{m}_mean": _mean_of(means, m) for m in ("ssim", "psnr")})
                 out.update({f"{s}_{prefix}{m}_mean": _mean_of(means, m) for m in MOTION_METRICS})
             out[f"{s}_n_static"] = r.n_static
+            if r.ids_sha256:
+                out[f"{s}_eval_ids_sha256"] = r.ids_sha256
         out.update(self.pooled())
         return out
 
@@ -607,6 +661,8 @@ class CopyFrameBaseline(FileArtifact):
         for t, v in self.by_target.items():
             out.update({f"target{t}_ssim_mean": float(v["ssim"]), f"target{t}_psnr_mean": float(v["psnr"]),
                         f"target{t}_motion_psnr_mean": _mean_of(v, "motion_psnr"), f"target{t}_n": int(v["n"])})
+            if v.get("ids_sha256"):
+                out[f"target{t}_eval_ids_sha256"] = str(v["ids_sha256"])
         return out
 
 

@@ -2,10 +2,16 @@
 
 What the seed's evaluate.sh + sample_from_pix2pix.py + ssim.py do, as library code:
 
-* which samples: the first `num_samples` *eligible* entries of the eval annotations, in file order.
-  Eligible = cached in the frame cache and `num_frames > target_idx` (and, when PAC-Net estimates
-  are used for progress prompts, having an estimate). Every entry looked at before the selection
-  was complete and not taken is recorded in `skipped` with its reason.
+* which samples: a matched, stratified draw. Eligible = cached in the frame cache and long enough
+  for the *latest* target any variant has (`selection_target_idx`, default `MATCHED_TARGET_IDX`:
+  frame 25, so next1 and next5 models are scored on the same videos). The eligible videos of each
+  task are ranked by sha256("{selection_seed}:{video_id}") and taken in turns, one per task (tasks
+  in name order), until `num_samples`: equal numbers per task (within one; a task that runs out
+  leaves its turns to the others), independent of the variant, the annotation order and the
+  batch size. Every variant, training seed and the copy-frame baseline of a set get the same ids;
+  results.json records them with their sha256 (`selection`). When PAC-Net estimates are used for
+  progress prompts, a drawn video without an estimate is dropped (it would be the only
+  difference). Every entry not taken for a reason is recorded in `skipped` with its reason.
 * prompts: `build_prompt(label, progress)`; progress = `progress_percent(input_idx, num_frames)`,
   or PAC-Net's estimate from `progress_override` (the seed's USE_PROGRESS_ESTIMATOR).
   Shuffled progress (control arms, `config.progress_shuffle_seed`): the samples are selected
@@ -69,6 +75,7 @@ from pecn_ml.training.autoencoder import roundtrip
 from pecn_ml.prompts import PROMPT_TEXTS, action_text, build_prompt, progress_percent, shuffle_percents
 from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
 from pecn_ml.utils.progress import ProgressMeter
+from pecn_ml.variants import VARIANTS
 
 LogFn = Callable[[str], None]
 
@@ -81,6 +88,8 @@ METRICS = ("ssim", "psnr", "motion_psnr", "motion_mae")   # keys of every set-le
 METHODS = {"output": "", "latent_copy": "latent_copy_", "input": "baseline_", "autoencoder": "autoencoder_"}
 COMPARISON_LABELS = ["Input", "GT", "Output", "VAE(GT)", "VAE(Input)"]
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
+# every sample must have the latest target of any variant (frame 25): next1 and next5 share videos
+MATCHED_TARGET_IDX = max(v.target_idx for v in VARIANTS.values())
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,8 @@ class SamplingConfig:
 
     input_idx: int = 20                  # 0-based input frame
     target_idx: int = 21                 # 0-based ground-truth frame (21 or 25)
-    num_samples: int = 100               # first N eligible videos of the eval set, file order
+    num_samples: int = 100               # videos of the eval set: a matched draw, equal per task
+    selection_seed: int = 0              # the draw's seed (same for every variant and training seed)
     num_inference_steps: int = 25
     image_guidance_scale: float = 1.5
     guidance_scale: float = 7.5          # text guidance
@@ -108,6 +118,8 @@ class SamplingConfig:
         if not (isinstance(self.target_idx, int) and self.target_idx > self.input_idx):
             raise ValueError(f"SamplingConfig.target_idx must be an int > input_idx ({self.input_idx}), "
                              f"got {self.target_idx!r}")
+        if not (isinstance(self.selection_seed, int) and self.selection_seed >= 0):
+            raise ValueError(f"SamplingConfig.selection_seed must be an int >= 0, got {self.selection_seed!r}")
         for name in ("num_samples", "num_inference_steps", "batch_size"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
@@ -207,22 +219,57 @@ def _cached_num_frames(cache: Any, video_id: str) -> Optional[int]:
     return int(n) if n else None
 
 
+def _draw_rank(selection_seed: int, video_id: str) -> str:
+    return hashlib.sha256(f"{int(selection_seed)}:{video_id}".encode("utf-8")).hexdigest()
+
+
+def stratified_draw(by_task: Mapping[str, Sequence[str]], num_samples: int, selection_seed: int) -> list[str]:
+    """`num_samples` ids taken in turns from each task's ids (tasks in name order), each task's in
+    the order of sha256("{selection_seed}:{id}"): equal numbers per task within one."""
+    queues = {t: sorted(ids, key=lambda v: _draw_rank(selection_seed, v)) for t, ids in sorted(by_task.items())}
+    out: list[str] = []
+    depth = 0
+    while len(out) < num_samples and any(depth < len(q) for q in queues.values()):
+        out += [q[depth] for q in queues.values() if depth < len(q)][: num_samples - len(out)]
+        depth += 1
+    return out
+
+
+def selection_record(chosen: Sequence["Selected"], selection_seed: int, required_idx: int) -> dict[str, Any]:
+    """results.json `selection`: the drawn ids in order, their sha256, the count per task."""
+    ids = [s.video_id for s in chosen]
+    per_task: dict[str, int] = {}
+    for s in chosen:
+        per_task[s.task] = per_task.get(s.task, 0) + 1
+    return {"rule": "stratified by task, sha256-ranked, in turns", "seed": int(selection_seed),
+            "frames_required": int(required_idx) + 1, "ids": ids, "ids_sha256": ids_sha256(ids),
+            "per_task": dict(sorted(per_task.items()))}
+
+
+def ids_sha256(ids: Sequence[str]) -> str:
+    """sha256 of the ids as a compact JSON list: the same draw gives the same hash."""
+    return hashlib.sha256(json.dumps(list(ids), separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def select_samples(cache: Any, entries: Sequence[Mapping], input_idx: int, target_idx: int,
                    num_samples: int, *, add_progress: bool = False,
                    progress_override: Optional[Mapping[str, float]] = None,
                    prompt_text: str = "class",
-                   shuffle_seed: Optional[int] = None) -> tuple[list[Selected], dict[str, str]]:
-    """The first `num_samples` eligible entries in file order, and {video_id: reason} of the
-    entries passed over before the selection was complete (see the module docstring). With
-    `shuffle_seed` (and `add_progress`) the selection is the same and the percents are deranged
-    among the selected samples."""
+                   shuffle_seed: Optional[int] = None, selection_seed: int = 0,
+                   selection_target_idx: Optional[int] = None) -> tuple[list[Selected], dict[str, str]]:
+    """The matched, stratified draw of `num_samples` eligible entries (module docstring), and
+    {video_id: reason} of every entry not taken for a reason. The draw depends only on the
+    entries, the cache, `selection_seed` and the frame every sample must have
+    (max(target_idx, selection_target_idx or MATCHED_TARGET_IDX)). With `shuffle_seed` (and
+    `add_progress`) the selection is the same and the percents are deranged among the selected
+    samples."""
     assert 0 <= input_idx < target_idx, (input_idx, target_idx)
-    chosen: list[Selected] = []
+    required = max(target_idx, MATCHED_TARGET_IDX if selection_target_idx is None else selection_target_idx)
     skipped: dict[str, str] = {}
     seen: set[str] = set()
+    eligible: dict[str, tuple[str, str, str, str, int]] = {}
+    by_task: dict[str, list[str]] = {}
     for i, entry in enumerate(entries):
-        if len(chosen) >= num_samples:
-            break
         vid, label, task, text = _entry_fields(entry, i, prompt_text)
         if vid in seen:
             skipped.setdefault(vid, f"duplicate id (entry {i})")
@@ -232,9 +279,14 @@ def select_samples(cache: Any, entries: Sequence[Mapping], input_idx: int, targe
         if n is None:
             skipped[vid] = "not in frame cache"
             continue
-        if n <= target_idx:
-            skipped[vid] = f"only {n} frames; frame {target_idx} (0-based) needed"
+        if n <= required:
+            skipped[vid] = f"only {n} frames; frame {required} (0-based) needed"
             continue
+        eligible[vid] = (vid, label, task, text, n)
+        by_task.setdefault(task, []).append(vid)
+    chosen: list[Selected] = []
+    for vid in stratified_draw(by_task, num_samples, selection_seed):
+        vid, label, task, text, n = eligible[vid]
         progress: Optional[int] = None
         if add_progress:
             if progress_override is not None:
@@ -290,7 +342,8 @@ def score_methods(images: Mapping[str, np.ndarray], target: np.ndarray, inp: np.
 
 
 def copy_frame_baseline(cache: Any, entries: Sequence[Mapping], input_idx: int, target_idx: int,
-                        num_samples: int, *, log: Optional[LogFn] = None) -> dict[str, Any]:
+                        num_samples: int, *, selection_seed: int = 0,
+                        log: Optional[LogFn] = None) -> dict[str, Any]:
     """SSIM/PSNR and motion-region PSNR/MAE of "predict the input frame unchanged" on the samples
     `evaluate_model` would take (same selection rule, without progress estimates). Needs no model.
 
@@ -298,8 +351,8 @@ def copy_frame_baseline(cache: Any, entries: Sequence[Mapping], input_idx: int, 
     "motion_fraction"}], "mean", "std", "n", "n_requested", "skipped", "config"}; metric dicts are
     keyed by `METRICS`.
     """
-    chosen, skipped = select_samples(cache, entries, input_idx, target_idx, num_samples,
-                                     prompt_text="label")  # no prompt here: any entry will do
+    chosen, skipped = select_samples(cache, entries, input_idx, target_idx, num_samples, prompt_text="label",
+                                     selection_seed=selection_seed)  # no prompt here: any entry will do
     meter = ProgressMeter(f"copy-frame baseline {input_idx}->{target_idx}", len(chosen), log, unit="samples")
     rows = []
     for s in chosen:
@@ -310,7 +363,7 @@ def copy_frame_baseline(cache: Any, entries: Sequence[Mapping], input_idx: int, 
         meter.update()
     mean, std = _summary(rows)
     return {"samples": rows, "mean": mean, "std": std, "n": len(rows), "n_requested": num_samples,
-            "skipped": skipped,
+            "skipped": skipped, "selection": selection_record(chosen, selection_seed, max(target_idx, MATCHED_TARGET_IDX)),
             "config": {"method": "copy input frame", "input_idx": input_idx, "target_idx": target_idx,
                        "num_samples": num_samples, "cache_resolution": getattr(cache, "resolution", None),
                        "cache_version": getattr(cache, "version", None), "metrics": METRIC_SETTINGS}}
@@ -410,7 +463,8 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     chosen, skipped = select_samples(cache, entries, config.input_idx, config.target_idx, config.num_samples,
                                      add_progress=config.add_progress, progress_override=progress_override,
-                                     prompt_text=config.prompt_text, shuffle_seed=config.progress_shuffle_seed)
+                                     prompt_text=config.prompt_text, shuffle_seed=config.progress_shuffle_seed,
+                                     selection_seed=config.selection_seed)
     if not chosen:
         reasons = sorted(set(skipped.values()))[:5]
         raise ValueError(f"no eligible sample among {len(entries)} eval entries for frames "
@@ -471,6 +525,7 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
             "autoencoder_mean": ae_mean, "autoencoder_std": ae_std,
             "latent_copy_mean": lc_mean, "latent_copy_std": lc_std,
             "motion_fraction_mean": fraction_mean, "n_static": n_static,
+            "selection": selection_record(chosen, config.selection_seed, max(config.target_idx, MATCHED_TARGET_IDX)),
             "config": {**config.to_dict(), **{f"resolved_{k}": v for k, v in resolved.items()},
                        "progress_source": progress_source_text(config, progress_override is not None),
                        "cache_resolution": getattr(cache, "resolution", None),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from pecn_ml.prompts import PROGRESS_SHUFFLE_SEED
+from pecn_ml.prompts import PROGRESS_SHUFFLE_SEED, PROGRESS_SUFFIX, PROMPT_PREFIX
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,14 @@ class Variant:
     def progress(self) -> str:
         """"none" (no progress sentence), "true" (this video's percent) or "shuffled"."""
         return "shuffled" if self.shuffled_progress else "true" if self.add_progress else "none"
+
+    def prompt_form(self, prompt_text: str = "class") -> str:
+        """The variant's prompt as a template, e.g. "Generate a future frame of this action: {class
+        text}. And {percent}% of the action has been completed." (`prompt_text`: "class" or "label")."""
+        form = PROMPT_PREFIX + ("{class text}" if prompt_text == "class" else "{filled label}")
+        if self.add_progress:
+            form += PROGRESS_SUFFIX.format(p="{another video's percent}" if self.shuffled_progress else "{percent}")
+        return form
 
     @property
     def shuffle_seed(self) -> Optional[int]:

@@ -102,11 +102,11 @@ def test_unchecked_temp_folders_are_removed_only_when_old(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process start times need /proc")
 def test_a_reused_pid_does_not_keep_a_dead_writers_folder(tmp_path):
-    from pecn_ml.utils import files
+    from pecn_ml.utils.files import owned_prefix
+    from pecn_ml.utils.processes import host_tag
 
-    pid = os.getpid()
-    alive = tmp_path / f".out.tmp-{files._host_tag()}-{pid}-{files._start_ticks(pid)}-a"
-    reused = tmp_path / f".out.tmp-{files._host_tag()}-{pid}-1-b"   # this pid, an earlier process
+    alive = tmp_path / (owned_prefix(tmp_path / "out") + "a")
+    reused = tmp_path / f".out.tmp-{host_tag()}-{os.getpid()}-1-b"   # this pid, an earlier process
     alive.mkdir()
     reused.mkdir()
     assert clean_stale_tmp_dirs(tmp_path / "out") == [reused]

@@ -9,7 +9,7 @@ import dagster as dg
 
 from pecn_assets.assets.pix2pix import progress_source
 from pecn_assets.configs import ProgressSourceConfig
-from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, torch_device
+from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, not_retried_when_hopeless, torch_device
 from pecn_assets.metadata import image_md, materialized
 from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings
@@ -28,7 +28,7 @@ def evaluate_set(checkpoint: Pix2PixCheckpoint, cache, eval_set: str, entries: l
                  out_dir: Path, override: Optional[dict], lineage: dict, log) -> EvalSetResult:
     """Sample and score one eval set; n is checked against min(samples requested, eligible videos)."""
     expected, _ = select_samples(cache, entries, sampling.input_idx, sampling.target_idx, sampling.num_samples,
-                                 prompt_text=sampling.prompt_text)
+                                 prompt_text=sampling.prompt_text, selection_seed=sampling.selection_seed)
     result = evaluate_model(checkpoint.path, cache, entries, sampling, out_dir, progress_override=override,
                             extra_metadata=lineage, log=log)
     if result.checkpoint_sha256 != checkpoint.sha256:
@@ -60,6 +60,7 @@ def build_evaluation_assets(parts: Partitions) -> list:
 
     @dg.asset(group_name="evaluation", partitions_def=parts.model, kinds={"pytorch", "json"}, code_version="3",
               ins={"frame_cache": at_pix2pix_resolution}, **gpu_asset_args())
+    @not_retried_when_hopeless
     def evaluation(context: dg.AssetExecutionContext, config: ProgressSourceConfig, settings: PecnSettings,
                    filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef, ip2p_model: Pix2PixCheckpoint,
                    progress_estimates: Optional[ProgressEstimates]) -> dg.MaterializeResult:
@@ -96,12 +97,13 @@ def build_evaluation_assets(parts: Partitions) -> list:
         """"Predict the input frame unchanged": SSIM/PSNR and motion-region PSNR for targets 21 and 25 on the same samples."""
         eval_set, cache = context.partition_key, frame_cache.open()
         results = {str(t): compute_copy_frame_baseline(cache, filtered_annotations.eval_set(eval_set),
-                                                       profile.sampling.input_idx, t, profile.sampling.num_samples)
+                                                       profile.sampling.input_idx, t, profile.sampling.num_samples,
+                                                       selection_seed=profile.sampling.selection_seed)
                    for t in sorted({v.target_idx for v in VARIANTS.values()})}
         path = write_json_atomic(run_dir(settings.results_path() / f"copy_frame_baseline_{eval_set}", context)
                                  / "results.json", results)
         by_target = {t: {"ssim": r["mean"]["ssim"], "psnr": r["mean"]["psnr"], "motion_psnr": r["mean"]["motion_psnr"],
-                         "n": r["n"]} for t, r in results.items()}
+                         "n": r["n"], "ids_sha256": r["selection"]["ids_sha256"]} for t, r in results.items()}
         sha = sha256_file(path)
         return materialized(CopyFrameBaseline(str(path), sha, eval_set=eval_set, by_target=by_target), sha)
 

@@ -6,8 +6,9 @@ from typing import Optional
 
 import dagster as dg
 
-from pecn_assets.configs import Pix2PixLaunchConfig, apply, launch_options, trainer_config_class, used_values
-from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args
+from pecn_assets.configs import (Pix2PixLaunchConfig, launch_options, trainer_config_class, training_settings,
+                                 used_values)
+from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, not_retried_when_hopeless
 from pecn_assets.metadata import image_md, materialized
 from pecn_assets.partitions import Partitions, seed_and_variant
 from pecn_assets.pipes_child import Pix2PixJob
@@ -15,6 +16,7 @@ from pecn_assets.pipes_launch import child_result, run_training
 from pecn_assets.resources import PecnSettings, Tracking
 from pecn_assets.runs import run_dir, step_tags
 from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, ProgressEstimates, Weights
+from pecn_ml.model_cards import CardContext
 from pecn_ml.variants import VARIANTS, Variant
 
 
@@ -47,24 +49,30 @@ def build_pix2pix_assets(parts: Partitions, train_processes: int = 1) -> list:
     @dg.asset(group_name="pix2pix", partitions_def=parts.model, kinds={"pytorch"}, code_version="2",
               ins={"frame_cache": dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pix2pix_resolution))},
               **gpu_asset_args(train_processes))
+    @not_retried_when_hopeless
     def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, settings: PecnSettings,
                    tracking: Tracking, filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef,
                    pix2pix_base: Weights, progress_estimates: Optional[ProgressEstimates]) -> dg.MaterializeResult:
         """InstructPix2Pix fine-tuned on the four-task training set, one variant (plain, progress or shuffled-progress control) and training seed per partition (trained in a launched process, K processes on K claimed GPUs)."""
         seed, variant = seed_and_variant(context.partition_key)
-        override, progress_meta = progress_source(config.use_progress_estimator, progress_estimates, VARIANTS[variant])
-        train_config = apply(config, profile.pix2pix_train, seed=seed, latent_cache_dir=(
+        train_config, k = training_settings(config, profile.pix2pix_train, settings, seed=seed, latent_cache_dir=(
             profile.pix2pix_train.latent_cache_dir or str(settings.outputs_path() / "latent_cache")))
+        override, progress_meta = progress_source(config.use_progress_estimator, progress_estimates, VARIANTS[variant])
         out = run_dir(settings.outputs_path() / VARIANTS[variant].seed_name / f"seed_{seed}", context)
-        k = config.train_processes or settings.train_processes
         check_cuda(settings, profile.requires_gpu, f"ip2p_model (profile {profile.name})")
+        versions = {"annotations": filtered_annotations.version, "frame_cache": frame_cache.version,
+                    **({"progress_estimates": progress_estimates.sha256} if override is not None else {})}
+        card = CardContext(run_id=context.run.run_id, bases=(pix2pix_base.card_base(),), data_versions=versions,
+                           extra={"variant": variant, "prompt_form": VARIANTS[variant].prompt_form(profile.prompt_text),
+                                  "prompt_text": profile.prompt_text, "progress_source": progress_meta["progress_source"],
+                                  "profile": profile.name})
         job = Pix2PixJob(
             annotations=filtered_annotations.to_json(), frame_cache=frame_cache.to_json(), base=pix2pix_base.to_json(),
             variant=variant, seed=seed, train_config=asdict(train_config), run_id=context.run.run_id,
             prompt_text=profile.prompt_text, progress_estimates=override,
             progress_source=progress_meta["progress_source"],
             tracking=asdict(tracking.for_run(f"ip2p_model {context.partition_key}", step_tags(context))),
-            options=launch_options(settings, profile, out))
+            options=launch_options(settings, profile, out), card=card.to_dict())
         with claimed_gpus(context, settings, k) as claim:
             checkpoint, meta = child_result(run_training(context, "pix2pix", job, num_processes=k, claim=claim))
         curve, grid = meta.pop("loss_curve_png"), meta.pop("validation_grid_png")

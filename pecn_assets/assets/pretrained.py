@@ -17,8 +17,8 @@ from pecn_assets.metadata import image_md, materialized, table_md
 from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings, PretrainedModels
 from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, Weights
-from pecn_ml.models.standins import (BuiltStandin, build_standin_clip_text, build_standin_pix2pix,
-                                     build_standin_resnet)
+from pecn_ml.models.standins import (STANDS_IN_FOR, BuiltStandin, build_standin_clip_text,
+                                     build_standin_pix2pix, build_standin_resnet)
 from pecn_ml.models.weights import ResolvedWeights, resolve_weights
 from pecn_ml.prompts import action_text
 from pecn_ml.training.pix2pix import plot_loss_curve
@@ -61,8 +61,12 @@ def weights_metadata(weights: ResolvedWeights | BuiltStandin) -> dict:
 
 
 def _result(role: str, weights: ResolvedWeights | BuiltStandin, **extra) -> dg.MaterializeResult:
-    source = "hub" if isinstance(weights, ResolvedWeights) else "stand-in"
-    handle = Weights(role=role, path=str(weights.path), sha256=weights.weights_sha256, source=source)
+    if isinstance(weights, ResolvedWeights):
+        source, name, revision = "hub", weights.name, weights.revision or ""
+    else:  # the folder's name is its content key
+        source, name, revision = "stand-in", f"stand-in for {STANDS_IN_FOR[weights.kind]}", weights.path.name
+    handle = Weights(role=role, path=str(weights.path), sha256=weights.weights_sha256, source=source,
+                     name=name, revision=revision)
     sizes = {"parameters": safetensors_parameters(weights.path), "bytes_on_disk": bytes_on_disk(weights.path, follow_symlinks=True)}
     return materialized(handle, weights.weights_sha256, **{**weights_metadata(weights), **sizes, **extra})
 
@@ -83,7 +87,7 @@ def build_pretrained_assets(parts: Partitions) -> list:
         videos, texts, version, held_out = training_videos(filtered_annotations, frame_cache, profile.prompt_text)
         built = build_standin_pix2pix(settings.outputs_path() / "pretrained", videos, profile.standins, version,
                                       texts=texts, eval_frames=held_out, prompt_text=profile.prompt_text,
-                                      log=context.log.info)
+                                      log=context.log.info, run_id=context.run.run_id)
         return _result("pix2pix_base", built,
                        roundtrip_psnr=float(built.report.get("roundtrip_psnr", float("nan"))),
                        roundtrip_ssim=float(built.report.get("roundtrip_ssim", float("nan"))))
@@ -95,13 +99,15 @@ def build_pretrained_assets(parts: Partitions) -> list:
         """PAC-Net's frame encoder: microsoft/resnet-50 pinned to a commit, or the demo's stand-in pretrained on where things move."""
         videos, _, version, _ = training_videos(filtered_annotations, frame_cache)
         return _result("resnet_base", build_standin_resnet(settings.outputs_path() / "pretrained", videos,
-                                                           profile.standins, version, log=context.log.info))
+                                                           profile.standins, version, log=context.log.info,
+                                                           run_id=context.run.run_id))
 
     @dg.asset(group_name="pretrained", kinds={"pytorch"}, code_version="2")
     def clip_text_base(context: dg.AssetExecutionContext, settings: PecnSettings) -> dg.MaterializeResult:
         """PAC-Net's text encoder: openai/clip-vit-base-patch32 pinned to a commit, or the demo's small random stand-in."""
         return _result("clip_text_base", build_standin_clip_text(settings.outputs_path() / "pretrained",
-                                                                 profile.standins, log=context.log.info))
+                                                                 profile.standins, log=context.log.info,
+                                                                 run_id=context.run.run_id))
 
     return [pix2pix_base, resnet_base, clip_text_base]
 

@@ -71,6 +71,9 @@ LogFn = Callable[[str], None]
 REPORT = "standin.json"
 FORMAT = 1
 KINDS = ("pix2pix", "resnet", "clip_text")
+# the hub weights each kind stands in for (the real run's, `pecn_ml.profiles`)
+STANDS_IN_FOR = {"pix2pix": "timbrooks/instruct-pix2pix", "resnet": "microsoft/resnet-50",
+                 "clip_text": "openai/clip-vit-base-patch32"}
 SHIPPED = Path(__file__).with_name("shipped_standins")   # the package's shipped stand-ins
 MANIFEST = "shipped.json"
 
@@ -158,19 +161,59 @@ def _curve(losses: Sequence[float]) -> dict[str, Any]:
             "values": [round(float(v), 5) for v in losses]}
 
 
+def standin_card(kind: str, folder_name: str, report: dict[str, Any], run_id: str = "", source: str = "built"):
+    """The model card of a stand-in folder, from its `standin.json` report: what it stands in for,
+    its config and seed, the training data's version, its losses; trained from scratch, so no base."""
+    from pecn_ml.model_cards import STANDIN_LICENSE_NAME, CardContext, build_card
+
+    config = report.get("config", {})
+    curves = {k: {"steps": v.get("steps"), "first": v.get("first"), "last": v.get("last")}
+              for k, v in report.items() if isinstance(v, dict) and "values" in v}
+    scalars = {k: v for k, v in report.items()
+               if (k.startswith(("roundtrip_", "train_")) or k == "trained") and not isinstance(v, dict)}
+    return build_card(
+        title=f"PECN demo stand-in for {STANDS_IN_FOR[kind]}", kind=f"standin-{kind}",
+        description=(f"A small `{STANDS_IN_FOR[kind]}`-shaped model built from random initialisation by "
+                     f"`pecn_ml.models.standins` ({source}), for the demo and tests; it loads with the same "
+                     "`from_pretrained` call as the hub weights. Not the hub model, and no hub weights in it."),
+        context=CardContext(run_id=run_id, data_versions={"training_frames": str(report.get("data_version", ""))}),
+        training_config=config, seed=config.get("seed"), loss_summary={**curves, **scalars},
+        library_name="diffusers" if kind == "pix2pix" else "transformers", own_license=STANDIN_LICENSE_NAME,
+        extra={"stands_in_for": STANDS_IN_FOR[kind], "standin_folder": folder_name, "standin_source": source})
+
+
+def _ensure_card(kind: str, folder: Path, report: dict[str, Any], log: LogFn) -> None:
+    """A stand-in folder built before folders carried cards gets one (one file, written atomically;
+    the weights and their shas are untouched)."""
+    from pecn_ml.model_cards import CARD_NAME, write_card
+
+    if (folder / CARD_NAME).is_file():
+        return
+    try:
+        write_card(folder, standin_card(kind, folder.name, report, source="built before cards; card added on reuse"))
+    except OSError as e:   # a read-only folder is still usable, only without its card
+        log(f"stand-in {kind}: WARNING: cannot add a model card to {folder} ({e})")
+        return
+    log(f"stand-in {kind}: added the missing model card to {folder}")
+
+
 def _build(kind: str, root: str | Path, config: StandinConfig, data_version: str,
            builder: Callable[[Path], dict[str, Any]], log: LogFn,
-           shipped: Optional[str | Path] = SHIPPED) -> BuiltStandin:
+           shipped: Optional[str | Path] = SHIPPED, run_id: str = "") -> BuiltStandin:
     """Reuse the folder of an identical build, else copy a verified shipped one (`shipped`: the
-    folder of shipped stand-ins, None for none), else build into a temp folder and rename."""
+    folder of shipped stand-ins, None for none), else build into a temp folder and rename. Every
+    folder gets a model card (README.md; `run_id`: the Dagster run that builds or copies it)."""
+    from pecn_ml.model_cards import write_card
+
     folder = Path(root) / f"{_folder_name(kind)}-{standin_key(kind, config, data_version)}"
     report_path = folder / REPORT
     if report_path.is_file():
         log(f"stand-in {kind}: reusing {folder}")
-        return BuiltStandin(kind, folder, weights_sha256(folder), True,
-                            json.loads(report_path.read_text(encoding="utf-8")))
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        _ensure_card(kind, folder, report, log)
+        return BuiltStandin(kind, folder, weights_sha256(folder), True, report)
     if shipped is not None:
-        copied = _from_shipped(kind, folder, Path(shipped), config.part(kind), data_version, log)
+        copied = _from_shipped(kind, folder, Path(shipped), config.part(kind), data_version, log, run_id)
         if copied is not None:
             return copied
     t0 = time.perf_counter()
@@ -183,6 +226,7 @@ def _build(kind: str, root: str | Path, config: StandinConfig, data_version: str
             report.update(kind=kind, format=FORMAT, config=config.part(kind), data_version=data_version,
                           seconds=round(time.perf_counter() - t0, 2))
             write_json_atomic(tmp / REPORT, report)
+            write_card(tmp, standin_card(kind, folder.name, report, run_id))
     finally:
         torch.set_num_threads(threads)
     log(f"stand-in {kind}: built {folder} in {report['seconds']:.1f}s")
@@ -192,8 +236,8 @@ def _build(kind: str, root: str | Path, config: StandinConfig, data_version: str
 def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config: StandinConfig,
                           data_version: str, *, texts: Optional[Sequence[str]] = None,
                           eval_frames: Optional[np.ndarray] = None, prompt_text: str = "class",
-                          log: Optional[LogFn] = None, shipped: Optional[str | Path] = SHIPPED
-                          ) -> BuiltStandin:
+                          log: Optional[LogFn] = None, shipped: Optional[str | Path] = SHIPPED,
+                          run_id: str = "") -> BuiltStandin:
     """An InstructPix2Pix pipeline folder trained on `videos` (each (T, R, R, 3) uint8).
 
     `texts`: each video's action text, for the UNet's pretraining with `prompt="action"` (part of
@@ -248,7 +292,7 @@ def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config
                               scheduler=scheduler)
         return report
 
-    return _build("pix2pix", root, config, data_version, build, log, shipped)
+    return _build("pix2pix", root, config, data_version, build, log, shipped, run_id)
 
 
 def corpus_videos(data_dir: Path, corpus: SyntheticConfig, resolution: int, prompt_text: str,
@@ -274,7 +318,7 @@ def corpus_videos(data_dir: Path, corpus: SyntheticConfig, resolution: int, prom
 
 def build_standin_resnet(root: str | Path, videos: Sequence[np.ndarray], config: StandinConfig,
                          data_version: str, *, log: Optional[LogFn] = None,
-                         shipped: Optional[str | Path] = SHIPPED) -> BuiltStandin:
+                         shipped: Optional[str | Path] = SHIPPED, run_id: str = "") -> BuiltStandin:
     """A `ResNetModel` folder (like `microsoft/resnet-50`) pretrained on where things move."""
     log = log or (lambda _m: None)
     if not videos:
@@ -289,17 +333,17 @@ def build_standin_resnet(root: str | Path, videos: Sequence[np.ndarray], config:
         resnet.save_pretrained(tmp)
         return {"pretrain_loss": _curve(losses), "train_videos": len(videos)}
 
-    return _build("resnet", root, config, data_version, build, log, shipped)
+    return _build("resnet", root, config, data_version, build, log, shipped, run_id)
 
 
 def build_standin_clip_text(root: str | Path, config: StandinConfig, *, log: Optional[LogFn] = None,
-                            shipped: Optional[str | Path] = SHIPPED) -> BuiltStandin:
+                            shipped: Optional[str | Path] = SHIPPED, run_id: str = "") -> BuiltStandin:
     """A tiny `CLIPTextModel` + tokenizer folder (like `openai/clip-vit-base-patch32`), random."""
     def build(tmp: Path) -> dict[str, Any]:
         build_tiny_clip_text(tmp, hidden=config.clip_hidden, seed=config.seed)
         return {"trained": False}
 
-    return _build("clip_text", root, config, "none", build, log or (lambda _m: None), shipped)
+    return _build("clip_text", root, config, "none", build, log or (lambda _m: None), shipped, run_id)
 
 
 # Shipped stand-ins: copied into the package by `ship`, verified file by file before each use.
@@ -354,9 +398,13 @@ def _copy_verified(src: Path, files: dict[str, str], dest: Optional[Path]) -> No
 
 
 def _from_shipped(kind: str, folder: Path, shipped: Path, part: dict[str, Any], data_version: str,
-                  log: LogFn) -> Optional[BuiltStandin]:
+                  log: LogFn, run_id: str = "") -> Optional[BuiltStandin]:
     """Copy the shipped stand-in named like `folder` into `folder` (atomically) if it verifies;
-    None where none is shipped, or where it fails (then with a warning: the caller builds)."""
+    None where none is shipped, or where it fails (then with a warning: the caller builds). A shipped
+    folder without a card gets one in the copy, written before the rename; the verified files are
+    copied as they are (the card is not one of them, and no weight sha covers it)."""
+    from pecn_ml.model_cards import CARD_NAME, write_card
+
     name = folder.name
     try:
         manifest = read_manifest(shipped)
@@ -375,6 +423,9 @@ def _from_shipped(kind: str, folder: Path, shipped: Path, part: dict[str, Any], 
             raise ShippedMismatch("manifest's config or data version is not this build's")
         with atomic_dir(folder) as tmp:
             _copy_verified(shipped / name, entry["files"], tmp)
+            if CARD_NAME not in entry["files"]:
+                report = json.loads((tmp / REPORT).read_text(encoding="utf-8"))
+                write_card(tmp, standin_card(kind, name, report, run_id, source="copied from the shipped stand-ins"))
     except ShippedMismatch as e:
         log(f"stand-in {kind}: WARNING: shipped weights {name} fail verification ({e}); "
             f"not using them, building instead")

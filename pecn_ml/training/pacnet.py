@@ -39,21 +39,22 @@ from torch.utils.data import DataLoader, Subset, default_collate
 
 from pecn_ml.models.pacnet import (PacNet, PacNetConfig, load_pacnet,
                                    read_pacnet_config, write_pacnet_files, WEIGHTS_NAME)
-from pecn_ml.models.weights import weights_identity
-from pecn_ml.training.pacnet_data import (PacNetCropDataset, check_entries, crop_indices,
-                                          epoch_permutation)
+from pecn_ml.model_cards import BaseWeights, CardContext, base_license, build_card, write_card
+from pecn_ml.models.weights import is_local, weights_identity
+from pecn_ml.training.pacnet_data import (PacNetCropDataset, carve_selection_split, check_disjoint,
+                                          check_entries, crop_indices, epoch_permutation)
 from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs,
                                        start_tracking, tag_run)
 from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
-from pecn_ml.utils.accel import (GlobalBatchSampler, SlotDataset, collate_slots, gather_objects,
-                                 launched_rank, launched_world_size, make_accelerator, reduce_sum,
-                                 set_batchnorm_sync, slot_weights, sync_batchnorm)
+from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset, collate_slots,
+                                 gather_objects, launched_rank, launched_world_size, make_accelerator,
+                                 reduce_sum, set_batchnorm_sync, slot_weights, sync_batchnorm)
 from pecn_ml.utils.progress import LogFn, ProgressMeter
 
 STATE_FORMAT = "pecn.pacnet.train.v1"
-MIXED_PRECISION = ("no", "fp16", "bf16")
-# Fields that do not change the result; a resumed run may differ in these.
-_NON_RESULT_FIELDS = {"num_workers", "log_every_s"}
+# Fields that do not change the result; a resumed run may differ in these. (The selection split's
+# fraction and seed decide the entries, which the fingerprint holds themselves.)
+_NON_RESULT_FIELDS = {"num_workers", "log_every_s", "selection_fraction", "selection_seed"}
 # Pretrained folders: in a fingerprint by their weights' sha (see `_model_identity`).
 _PRETRAINED_FIELDS = ("resnet_name", "clip_name")
 
@@ -69,7 +70,7 @@ class PacNetTrainConfig:
     backbone_lr_mult: float = 0.2      # ResNet + CLIP text lr = lr * mult
     min_ratio: float = 0.1             # crop ratio r ~ U(min_ratio, max_ratio)
     max_ratio: float = 0.9
-    mixed_precision: str = "no"        # "no" | "fp16" | "bf16" (accelerate)
+    mixed_precision: MixedPrecision = "no"  # "no" | "fp16" | "bf16" (accelerate)
     seed: int = 42                     # init, shuffling, training crops
     val_seed: int = 0                  # fixed validation crops
     num_workers: int = 0
@@ -80,6 +81,11 @@ class PacNetTrainConfig:
     max_grad_norm: Optional[float] = None
     cpu: bool = False                  # force CPU even when CUDA is present
     log_every_s: float = 30.0
+    # The selection split (`pacnet_splits`): this fraction of each task's training videos, drawn
+    # with `selection_seed`, picks the best epoch; the evaluation videos only score the chosen model.
+    # 0.05 of the seed's 7,962 training videos is ~400 (~100 per task), the size of its validation set.
+    selection_fraction: float = 0.05
+    selection_seed: int = 0
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -93,6 +99,9 @@ class PacNetTrainConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"PacNetTrainConfig.mixed_precision must be one of "
                              f"{MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if not 0.0 < self.selection_fraction < 1.0:
+            raise ValueError(f"PacNetTrainConfig.selection_fraction must be in (0, 1), got "
+                             f"{self.selection_fraction}")
         for name in ("max_train_videos", "max_val_videos"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -117,7 +126,8 @@ class PacNetTrainConfig:
 class PacNetTrainResult:
     """What a training run produced (MAE values in percentage points)."""
 
-    val_mae: float                 # best validation MAE (the model in best_dir)
+    val_mae: float                 # best validation MAE (the model in best_dir): on `val_entries`,
+                                   # the selection split in the platform (it picked the epoch)
     baseline_mae: float            # mean-progress predictor on the same validation crops
     mean_train_progress: float     # the constant that predictor outputs, in [0, 1]
     best_epoch: int
@@ -132,6 +142,44 @@ class PacNetTrainResult:
     tracking: Optional[TrackingInfo] = None   # where the run logged (None: nothing left to train)
     num_processes: int = 1         # K data-parallel processes
     global_batch_size: int = 0     # batch_size x K
+    # the test score: the best model once on `test_entries` (fixed crops, val_seed); nan/0 without
+    test_mae: float = float("nan")
+    test_baseline_mae: float = float("nan")   # the mean predictor on the same test crops
+    num_test: int = 0
+
+
+@dataclass(frozen=True)
+class PacNetSplits:
+    """Training, selection (picks the best epoch) and test (scores the chosen model) entries."""
+
+    train: list
+    selection: list
+    test: list
+    fraction: float
+    seed: int
+
+    def to_json(self) -> dict:
+        """What `selection_split.json` records: the selection ids and how they were drawn."""
+        tasks: dict[str, int] = {}
+        for e in self.selection:
+            tasks[str(e.get("task") or "")] = tasks.get(str(e.get("task") or ""), 0) + 1
+        return {"format": "pecn.pacnet.selection_split.v1", "fraction": self.fraction, "seed": self.seed,
+                "ids": [e["id"] for e in self.selection], "per_task": tasks,
+                "num_train": len(self.train), "num_selection": len(self.selection), "num_test": len(self.test),
+                "train_ids_sha256": sha256_json([e["id"] for e in self.train]),
+                "test_ids_sha256": sha256_json([e["id"] for e in self.test]),
+                "overlap_with_test": sorted({e["id"] for e in self.selection} & {e["id"] for e in self.test})}
+
+
+def pacnet_splits(train_entries: Sequence[Mapping], eval_entries: Sequence[Mapping],
+                  cfg: PacNetTrainConfig) -> PacNetSplits:
+    """The selection split carved from the training videos (`cfg.selection_fraction` per task, seeded
+    by `cfg.selection_seed`), disjoint from the evaluation videos, which become the test set. Raises
+    `SplitOverlap` when any two of the three share a video."""
+    test = check_entries(eval_entries, "eval_entries")
+    train, selection = carve_selection_split(train_entries, cfg.selection_fraction, cfg.selection_seed,
+                                             exclude=test)
+    return PacNetSplits(train, selection, test, cfg.selection_fraction, cfg.selection_seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,6 +449,52 @@ def _result(state: dict, out_dir: Path, resumed_from: int, n_train: int, n_val: 
         global_batch_size=int(state["train_config"]["batch_size"]))
 
 
+def _test_scores(out_dir: Path, test_ds: Optional[PacNetCropDataset], mean_progress: float, accelerator,
+                 cfg: PacNetTrainConfig, rank: int, k: int) -> dict:
+    """The test score of best/: its MAE and the mean predictor's on the fixed test crops (every rank
+    predicts a shard, as in validation); {} without test entries."""
+    if test_ds is None:
+        return {}
+    model = load_pacnet(out_dir / "best", device=accelerator.device)
+    loader = _val_shard(test_ds, rank, k, cfg.batch_size, cfg.num_workers, accelerator.device.type == "cuda")
+    preds, targets = _evaluate(model, loader, accelerator)
+    return {"test_mae": mae_percent(preds, targets),
+            "test_baseline_mae": mae_percent(np.full_like(targets, mean_progress), targets),
+            "num_test": len(test_ds)}
+
+
+def _card_context(model_config: PacNetConfig, fingerprint: dict, card: Optional[CardContext]) -> CardContext:
+    """The caller's context; without one, the bases as the trainer knows them (name + weights sha)."""
+    if card is not None and card.bases:
+        return card
+    bases = []
+    for role, key in (("resnet_base", "resnet_name"), ("clip_text_base", "clip_name")):
+        name, identity = str(getattr(model_config, key)), str(fingerprint["model_config"][key])
+        bases.append(BaseWeights(role=role, name=name, sha256=identity.removeprefix("sha256:")
+                                 if identity.startswith("sha256:") else "",
+                                 license=base_license(name if is_local(name) else None, name)))
+    return replace(card or CardContext(), bases=tuple(bases))
+
+
+def _write_best(tmp: Path, model, model_config: PacNetConfig, cfg: PacNetTrainConfig, metrics: dict,
+                history: list, context: CardContext, n_train: int, n_val: int) -> None:
+    """best/: the model files, metrics.json and the model card."""
+    write_pacnet_files(model, tmp)
+    write_json_atomic(tmp / "metrics.json", metrics)
+    summary = {"best_epoch": metrics["epoch"], "selection_mae_pp": metrics["val_mae"],
+               "mean_predictor_mae_pp": metrics["baseline_mae"],
+               "train_loss_first_epoch": history[0]["train_loss"],
+               "train_loss_best_epoch": history[-1]["train_loss"], "epochs_run": len(history),
+               "num_train": n_train, "num_selection": n_val}
+    write_card(tmp, build_card(
+        title=f"PAC-Net ({model_config.head} head)", kind="pacnet", library_name="pytorch",
+        description=("Progress estimation (ResNet frames + Transformer + CLIP text) trained with dynamic "
+                     "temporal cropping; the epoch was chosen on the selection split (MAE in percentage "
+                     "points), never on the evaluation videos. Load with `pecn_ml.models.pacnet.load_pacnet`."),
+        context=context, training_config=cfg.to_dict(), seed=cfg.seed, loss_summary=summary,
+        extra={"head": model_config.head, "model_config": model_config.to_dict()}))
+
+
 def _train_epoch(model, loader, sampler: GlobalBatchSampler, optimizer, scheduler, accelerator,
                  cfg: PacNetTrainConfig, epoch: int, steps_per_epoch: int, meter: ProgressMeter
                  ) -> list[float]:
@@ -438,8 +532,15 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
                  out_dir: str | os.PathLike, *, log: Optional[LogFn] = None,
                  resume: bool | str = True,
                  on_epoch_end: Optional[Callable[[int, dict], None]] = None,
-                 tracking: Optional[TrackingConfig] = None) -> PacNetTrainResult:
+                 tracking: Optional[TrackingConfig] = None, test_entries: Sequence[Mapping] = (),
+                 card: Optional[CardContext] = None) -> PacNetTrainResult:
     """Train PAC-Net; returns the best validation MAE beside the mean-predictor floor.
+
+    `val_entries` pick the best epoch (the platform passes the selection split of `pacnet_splits`);
+    `test_entries` (the evaluation videos) score the best model once, at the end: `test_mae` beside
+    the mean predictor's `test_baseline_mae`. The three must be disjoint (`SplitOverlap` otherwise).
+    best/ gets a model card (README.md); `card` adds what the caller knows (run id, data versions,
+    bases' revisions and licenses).
 
     `resume=True` continues from out_dir/last (the last finished epoch) and gives the same
     result as an uninterrupted run; `resume=False` starts over; `resume="auto"` resumes only a
@@ -459,15 +560,22 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
     say = main_log or (lambda _msg: None)
     train = _prepare_entries(train_entries, cfg.max_train_videos, "train_entries")
     val = _prepare_entries(val_entries, cfg.max_val_videos, "val_entries")
+    test = check_entries(test_entries, "test_entries")
+    check_disjoint({"training (train_entries)": check_entries(train_entries, "train_entries"),
+                    "selection (val_entries)": check_entries(val_entries, "val_entries"),
+                    "test (test_entries)": test})
     train_ds = PacNetCropDataset(cache, train, model_config.num_frames, cfg.min_ratio,
                                  cfg.max_ratio, seed=cfg.seed, what="train_entries")
     val_ds = PacNetCropDataset(cache, val, model_config.num_frames, cfg.min_ratio,
                                cfg.max_ratio, seed=cfg.val_seed, fixed=True, what="val_entries")
+    test_ds = PacNetCropDataset(cache, test, model_config.num_frames, cfg.min_ratio, cfg.max_ratio,
+                                seed=cfg.val_seed, fixed=True, what="test_entries") if test else None
     # The trivial predictor: the mean of every training target the run sees (all epochs).
     mean_progress = float(np.mean([train_ds.targets(ep) for ep in range(1, cfg.epochs + 1)]))
     val_targets = val_ds.targets()
     baseline = mae_percent(np.full_like(val_targets, mean_progress), val_targets)
     fingerprint = _fingerprint(model_config, cfg, train, val, k)
+    context = _card_context(model_config, fingerprint, card)
 
     last = _find_last(out_dir) if resume else None
     state = None
@@ -482,7 +590,15 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
             last = state = None
         elif state["epoch"] >= cfg.epochs:
             say(f"pacnet: {out_dir} already finished {state['epoch']} epochs; nothing to do")
-            return _result(state, out_dir, int(state["epoch"]), len(train), len(val))
+            result = _result(state, out_dir, int(state["epoch"]), len(train), len(val))
+            if test_ds is None:
+                return result
+            accelerator = _make_accelerator(cfg.mixed_precision, cfg.cpu)
+            try:
+                return replace(result, **_test_scores(out_dir, test_ds, result.mean_train_progress,
+                                                      accelerator, cfg, rank, k))
+            finally:
+                accelerator.end_training()
 
     sampler = GlobalBatchSampler(lambda ep: epoch_permutation(cfg.seed, ep, len(train_ds)),
                                  len(train_ds), cfg.batch_size, k)
@@ -540,7 +656,7 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
         say(f"pacnet: resuming after epoch {start_epoch}/{cfg.epochs} from {last}")
     elif rank > 0:
         torch.manual_seed(_rank_seed(cfg.seed, rank, 0))  # its own dropout stream
-    say(f"pacnet: {len(train_ds)} train / {len(val_ds)} val videos, head={model_config.head}, "
+    say(f"pacnet: {len(train_ds)} train / {len(val_ds)} selection / {len(test)} test videos, head={model_config.head}, "
         f"device={accelerator.device}, mixed_precision={cfg.mixed_precision}, "
         f"{k} process(es) x batch {cfg.batch_size}, "
         f"mean-progress baseline MAE {baseline:.2f} pp")
@@ -576,9 +692,9 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
                 metrics = {"epoch": epoch, "val_mae": val_mae, "baseline_mae": baseline,
                            "mean_train_progress": mean_progress}
                 if accelerator.is_main_process:
-                    _write_dir_atomic(out_dir / "best", lambda tmp: (
-                        write_pacnet_files(accelerator.unwrap_model(model), tmp),
-                        write_json_atomic(tmp / "metrics.json", metrics)))
+                    _write_dir_atomic(out_dir / "best", lambda tmp: _write_best(
+                        tmp, accelerator.unwrap_model(model), model_config, cfg, metrics, history, context,
+                        len(train), len(val)))
             state = dict(fingerprint, epoch=epoch, history=history, best_val_mae=best_mae,
                          best_epoch=best_epoch, baseline_mae=baseline,
                          mean_train_progress=mean_progress, num_processes=k)
@@ -590,11 +706,18 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
         result = _result(state, out_dir, start_epoch, len(train), len(val))
+        scores = _test_scores(out_dir, test_ds, mean_progress, accelerator, cfg, rank, k)
+        if scores:
+            accelerator.log({"test/mae_pp": scores["test_mae"], "test/baseline_mae_pp": scores["test_baseline_mae"]},
+                            step=cfg.epochs * steps_per_epoch)
+            say(f"pacnet: test MAE {scores['test_mae']:.2f} pp (mean predictor {scores['test_baseline_mae']:.2f} pp) "
+                f"on {scores['num_test']} evaluation videos, best epoch {result.best_epoch}")
+            result = replace(result, **scores)
         tag_run(accelerator, {"checkpoint_sha256": result.weights_sha256})
     finally:
         accelerator.end_training()
     return replace(result, tracking=tracked)
 
 
-__all__ = ["PacNetTrainConfig", "PacNetTrainResult", "train_pacnet", "layered_param_groups",
-           "training_step", "progress_loss", "predict_loader", "mae_percent", "crop_indices"]
+__all__ = ["PacNetTrainConfig", "PacNetTrainResult", "PacNetSplits", "pacnet_splits", "train_pacnet",
+           "layered_param_groups", "training_step", "progress_loss", "predict_loader", "mae_percent", "crop_indices"]

@@ -85,6 +85,57 @@ def check_entries(entries: Sequence[Mapping], what: str) -> list[dict]:
     return out
 
 
+class SplitOverlap(ValueError):
+    """Two splits that must be disjoint (training, selection, evaluation videos) share video ids."""
+
+
+def check_disjoint(splits: Mapping[str, Sequence[Mapping]]) -> None:
+    """Raise `SplitOverlap` naming the splits and (up to 5 of) the ids when any two of `splits`
+    ({name: entries}) share a video id."""
+    ids = {name: {str(e["id"]) for e in entries} for name, entries in splits.items()}
+    names = list(ids)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = sorted(ids[a] & ids[b])
+            if shared:
+                raise SplitOverlap(f"PAC-Net splits overlap: {len(shared)} video(s) are in both {a} and {b} "
+                                   f"(e.g. {shared[:5]}); the model would be chosen or scored on videos it "
+                                   f"trained or was chosen on")
+
+
+def selection_counts(task_sizes: Mapping[str, int], fraction: float) -> dict[str, int]:
+    """Videos per task for the selection split: round(fraction x n), at least 1 where a task has 2 or
+    more videos (one stays for training), 0 for a task of one video. Proportional, so the training
+    videos keep their task mix."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"selection fraction must be in (0, 1), got {fraction}")
+    return {task: (min(max(1, round(fraction * n)), n - 1) if n >= 2 else 0)
+            for task, n in sorted(task_sizes.items())}
+
+
+def carve_selection_split(train_entries: Sequence[Mapping], fraction: float, seed: int,
+                          exclude: Sequence[Mapping] = ()) -> tuple[list[dict], list[dict]]:
+    """(training entries left, selection entries): per task (entry "task"; none: one group) a seeded
+    draw of `selection_counts` videos from the training entries, both lists in their input order.
+
+    The draw depends on the set of ids and the seed, not on the file's order. `exclude` (the
+    evaluation videos) must share no id with the result: `SplitOverlap` otherwise."""
+    entries = check_entries(train_entries, "train_entries")
+    by_task: dict[str, list[str]] = {}
+    for e in entries:
+        by_task.setdefault(str(e.get("task") or ""), []).append(e["id"])
+    chosen: set[str] = set()
+    for task, k in selection_counts({t: len(v) for t, v in by_task.items()}, fraction).items():
+        ids = sorted(set(by_task[task]))
+        rng = np.random.default_rng([int(seed), video_key(task)])
+        chosen.update(ids[i] for i in rng.choice(len(ids), size=min(k, len(ids)), replace=False))
+    train = [e for e in entries if e["id"] not in chosen]
+    selection = [e for e in entries if e["id"] in chosen]
+    check_disjoint({"training": train, "selection": selection,
+                    "evaluation": check_entries(exclude, "evaluation entries")})
+    return train, selection
+
+
 class PacNetCropDataset(Dataset):
     """One temporally cropped clip per entry.
 
@@ -140,14 +191,24 @@ class PacNetCropDataset(Dataset):
 
 
 class ArrayFrameCache:
-    """Frame cache over in-memory arrays {video_id: (T, H, W, 3) uint8}."""
+    """Frame cache over in-memory arrays {video_id: (T, H, W, 3) uint8}. `version` names the data
+    (the latent cache keys its folders by it); `resolution` is the side of square frames of one
+    size, as `FramePairDataset` needs."""
 
-    def __init__(self, videos: Mapping[str, np.ndarray]):
+    def __init__(self, videos: Mapping[str, np.ndarray], version: str = "in-memory"):
         self.videos = {str(k): np.asarray(v) for k, v in videos.items()}
+        self.version = version
         for k, v in self.videos.items():
             if v.dtype != np.uint8 or v.ndim != 4 or v.shape[-1] != 3:
                 raise ValueError(f"ArrayFrameCache: video {k!r} is {v.dtype} {v.shape}, "
                                  f"expected uint8 (T, H, W, 3)")
+
+    @property
+    def resolution(self) -> int:
+        sizes = {v.shape[1:3] for v in self.videos.values()}
+        if len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
+            raise ValueError(f"ArrayFrameCache: frames are not square of one size: {sorted(sizes)}")
+        return int(next(iter(sizes))[0])
 
     def _video(self, video_id: str) -> np.ndarray:
         try:

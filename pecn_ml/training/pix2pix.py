@@ -33,9 +33,10 @@ import contextlib
 import math
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+import typing
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,20 +46,23 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pecn_ml.data.pairs import collate_pairs
 from pecn_ml.models.pix2pix import (DEFAULT_PRETRAINED, build_pipeline, encode_prompts,
                                     load_pix2pix_components)
-from pecn_ml.models.weights import weights_identity
+from pecn_ml.model_cards import BaseWeights, CardContext, base_license, build_card, write_card
+from pecn_ml.models.weights import is_local, weights_identity
 from pecn_ml.training import pix2pix_checkpoints as ckpt
 from pecn_ml.training.latent_cache import (LatentStore, PairLatents, encode_dataset,
                                            encode_pixels, sample_latents)
 from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs, log_image,
                                        start_tracking, tag_run)
 from pecn_ml.utils.files import atomic_dir, atomic_path, sha256_file, sha256_json
-from pecn_ml.utils.accel import (GlobalBatchSampler, SlotDataset, broadcast_object, collate_slots,
-                                 launched_rank, make_accelerator, reduce_sum, slot_indices,
-                                 slot_weights)
+from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset,
+                                 broadcast_object, collate_slots, launched_rank, make_accelerator, reduce_sum,
+                                 slot_indices, slot_weights)
 from pecn_ml.utils.progress import ProgressMeter
 
 LogFn = Callable[[str], None]
-MIXED_PRECISION = ("no", "fp16", "bf16")
+# diffusers.optimization.get_scheduler names that need no more than warmup and total steps
+LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+LR_SCHEDULERS: tuple[str, ...] = typing.get_args(LrScheduler)
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class Pix2PixTrainConfig:
     learning_rate: float = 5e-6
     num_train_epochs: int = 40
     max_train_steps: Optional[int] = None          # optimizer steps; overrides num_train_epochs
-    lr_scheduler: str = "constant"                 # a diffusers.optimization.get_scheduler name
+    lr_scheduler: LrScheduler = "constant"         # a diffusers.optimization.get_scheduler name
     lr_warmup_steps: int = 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -82,7 +86,7 @@ class Pix2PixTrainConfig:
     # timesteps are drawn uniformly from [min_timestep, num_train_timesteps) (the seed's: 0). The
     # demo samples with one DDIM step at the last timestep, so it trains where it samples.
     min_timestep: int = 0
-    mixed_precision: str = "fp16"                  # "no" | "fp16" | "bf16"; fp16 -> "no" off CUDA
+    mixed_precision: MixedPrecision = "fp16"       # "no" | "fp16" | "bf16"; fp16 -> "no" off CUDA
     seed: Optional[int] = 42                       # None: a random seed, kept in checkpoints
     cache_latents: bool = True                     # encode frames/prompts once (exact, see latent_cache)
     latent_cache_dir: Optional[str] = None         # shared folder; None: {out_dir}/latent_cache
@@ -112,6 +116,7 @@ class Pix2PixTrainConfig:
             (0 <= self.conditioning_dropout_prob <= 1 / 3, "conditioning_dropout_prob must be in [0, 1/3]"),
             (self.min_timestep >= 0, "min_timestep must be >= 0"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
+            (self.lr_scheduler in LR_SCHEDULERS, f"lr_scheduler must be one of {LR_SCHEDULERS}"),
             (self.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
             (self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
              "checkpoints_total_limit must be >= 1 or None"),
@@ -490,12 +495,39 @@ def _make_accelerator(config: Pix2PixTrainConfig, log: LogFn, **tracker_kwargs: 
                             cpu=config.force_cpu, **tracker_kwargs)
 
 
-def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path) -> Path:
+def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path, card: Any = None) -> Path:
     """`save_pretrained` of a pipeline with the trained UNet and the pretrained (fp32) frozen parts,
-    written beside `model_dir` and renamed onto it."""
+    and its model card (`card`, a `ModelCard`), written beside `model_dir` and renamed onto it."""
     with atomic_dir(model_dir) as tmp:
         build_pipeline(pretrained, unet=unet).save_pretrained(tmp)
+        if card is not None:
+            write_card(tmp, card)
     return model_dir
+
+
+def model_card(config: Pix2PixTrainConfig, pretrained: str, dataset: Any, fingerprint: dict[str, Any],
+               seed: int, loss_summary: dict[str, Any], context: Optional[CardContext] = None) -> Any:
+    """The card of a fine-tuned pipeline folder: what the trainer knows (config, seed, losses, the
+    pairs' sha, the prompt form) and the caller's `context` (run id, data versions, the base's
+    revision and license, the variant); without a context the base is named by the trainer's identity."""
+    context = context or CardContext()
+    if not context.bases:
+        identity = str(fingerprint["pretrained"])
+        context = replace(context, bases=(BaseWeights(
+            role="pix2pix_base", name=pretrained,
+            sha256=identity.removeprefix("sha256:") if identity.startswith("sha256:") else "",
+            license=base_license(pretrained if is_local(pretrained) else None, pretrained)),))
+    context = replace(context, data_versions={**context.data_versions, "train_pairs_sha256": fingerprint["pairs"]})
+    prompts = list(getattr(dataset, "prompts", []))
+    return build_card(
+        title="InstructPix2Pix fine-tuned for future-frame prediction", kind="instruct-pix2pix",
+        library_name="diffusers",
+        description=("Given frame `input_idx` of a video and a prompt naming the action (and, in progress "
+                     "variants, how much of it is done), predicts frame `target_idx`. A "
+                     "`StableDiffusionInstructPix2PixPipeline` folder: `from_pretrained` loads it."),
+        context=context, training_config=asdict(config), seed=seed, loss_summary=loss_summary,
+        extra={"input_idx": getattr(dataset, "input_idx", None), "target_idx": getattr(dataset, "target_idx", None),
+               "prompt_example": prompts[0] if prompts else ""})
 
 
 def _make_loader(config: Pix2PixTrainConfig, dataset: Any, parts: Any, out_dir: Path,
@@ -640,7 +672,8 @@ def _validate(run: _Run, pretrained: str, val_dataset: Any, out_dir: Path, tag: 
 
 def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfig,
                   out_dir: str | Path, *, val_dataset: Any = None, log: Optional[LogFn] = None,
-                  resume: bool = True, tracking: Optional[TrackingConfig] = None) -> Pix2PixTrainResult:
+                  resume: bool = True, tracking: Optional[TrackingConfig] = None,
+                  card: Optional[CardContext] = None) -> Pix2PixTrainResult:
     """Fine-tune InstructPix2Pix on a `FramePairDataset`; write checkpoints, tracker logs,
     validation grids and the final pipeline (`{out_dir}/model`) under `out_dir`.
 
@@ -653,6 +686,8 @@ def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTra
     shared machine one thread per run avoids OpenMP threads spinning against each other.
     `tracking`: where to log (default: TensorBoard in `{out_dir}/tensorboard`); the config, seed
     and tags are the run's hyper-parameters, the final UNet's sha256 is added as a tag.
+    `{out_dir}/model` holds a model card (README.md, see `model_card`); `card` adds what the caller
+    knows (Dagster run id, data versions, the base's revision and license, variant and prompt form).
     Under `torchrun`/`accelerate launch` every rank calls this with the same arguments; all ranks
     return the same result (`log` is called on rank 0 only), rank 0 writes the files.
     """
@@ -661,7 +696,7 @@ def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTra
         torch.set_num_threads(config.torch_threads)
     try:
         return _train(pretrained, train_dataset, config, out_dir, val_dataset=val_dataset,
-                      log=log, resume=resume, tracking=tracking)
+                      log=log, resume=resume, tracking=tracking, card=card)
     finally:
         torch.set_num_threads(threads)
 
@@ -713,7 +748,7 @@ def _max_steps(config: Pix2PixTrainConfig, n: int, num_processes: int) -> int:
 
 def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfig,
            out_dir: str | Path, *, val_dataset: Any, log: Optional[LogFn],
-           resume: bool, tracking: Optional[TrackingConfig]) -> Pix2PixTrainResult:
+           resume: bool, tracking: Optional[TrackingConfig], card: Optional[CardContext]) -> Pix2PixTrainResult:
     t0 = time.perf_counter()
     noop: LogFn = lambda _msg: None  # noqa: E731
     log = (log or noop) if launched_rank() == 0 else noop
@@ -799,9 +834,16 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
                     validation_grid, validated_at = grid, global_step
 
         model_dir = out_dir / "model"
+        final_loss = float(np.mean(loss_curve[-steps_per_epoch:])) if loss_curve else float("nan")
+        # the first epoch's worth of steps, or the first half of a run shorter than two epochs
+        loss_window = max(1, min(steps_per_epoch, len(loss_curve) // 2))
+        first_loss = float(np.mean(loss_curve[:loss_window])) if loss_curve else float("nan")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _save_final_pipeline(pretrained, accelerator.unwrap_model(run.unet), model_dir)
+            losses = {"steps": global_step, "first_loss": first_loss, "final_loss": final_loss,
+                      "loss_window": loss_window, "resumed_from_step": resumed_step}
+            _save_final_pipeline(pretrained, accelerator.unwrap_model(run.unet), model_dir,
+                                 model_card(config, pretrained, train_dataset, fingerprint, base_seed, losses, card))
         if validated_at != global_step:
             validation_grid = _validate(run, pretrained, val_dataset, out_dir, "final", global_step,
                                         weight_dtype, log) or validation_grid
@@ -811,10 +853,6 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
         accelerator.wait_for_everyone()      # rank 0's files exist for every rank from here on
         unet_sha = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
         tag_run(accelerator, {"checkpoint_sha256": unet_sha})
-        final_loss = float(np.mean(loss_curve[-steps_per_epoch:])) if loss_curve else float("nan")
-        # the first epoch's worth of steps, or the first half of a run shorter than two epochs
-        loss_window = max(1, min(steps_per_epoch, len(loss_curve) // 2))
-        first_loss = float(np.mean(loss_curve[:loss_window])) if loss_curve else float("nan")
         seconds = time.perf_counter() - t0
         log(f"pix2pix done: {global_step} steps, final loss {final_loss:.4f}, {seconds:.1f}s, "
             f"model {model_dir}")

@@ -14,16 +14,26 @@ that a K-process run computes what a one-process run with the same global batch 
 - `GlobalBatchNorm2d` / `sync_batchnorm`: BatchNorm statistics over the global batch (autograd-aware
   all-reduce; torch's `SyncBatchNorm` refuses CPU tensors, so it cannot run under gloo).
 - `launched_rank`, `launched_world_size`, `reduce_sum`, `gather_objects`, `broadcast_object`: small collective helpers.
+- `launch_command`: the command line that starts a module with K ranks (`accelerate launch` on GPUs,
+  `torchrun` over gloo on the CPU).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Sequence
+import socket
+import sys
+import typing
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+
+# accelerate's mixed precision modes the trainers offer (a Literal: the run config's schema lists them)
+MixedPrecision = Literal["no", "fp16", "bf16"]
+MIXED_PRECISION: tuple[str, ...] = typing.get_args(MixedPrecision)
 
 
 def make_accelerator(**kwargs: Any):
@@ -43,6 +53,35 @@ def launched_rank() -> int:
 def launched_world_size() -> int:
     """The number of processes the launcher started (`WORLD_SIZE`; 1 when not launched)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (for the rendezvous of one K > 1 launch)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(module_args: Sequence[str], num_processes: int = 1, *, cpu: bool = False,
+                   python: str = sys.executable, port: Optional[int] = None) -> list[str]:
+    """The command line that runs `python -m ...` (`module_args`, e.g. ["-m", "pkg.mod", "--x"])
+    with `num_processes` ranks: the plain command for one; `accelerate launch --multi_gpu` (one
+    rank per visible GPU, NCCL) for K > 1; `torchrun --standalone` for K > 1 on the CPU (run it
+    with ACCELERATE_USE_CPU=true so accelerate talks gloo; `accelerate launch --cpu` starts a
+    single process unless MPI is installed)."""
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    module_args = list(module_args)
+    if num_processes == 1:
+        return [python, *module_args]
+    if cpu:
+        return [python, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(num_processes), *module_args]
+    return [python, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(num_processes), "--num_machines", "1",
+            "--main_process_port", str(port or free_port()),
+            "--mixed_precision", "no",  # the trainer's Accelerator(mixed_precision=...) decides
+            "--dynamo_backend", "no", *module_args]
 
 
 # --- data order -----------------------------------------------------------------------------------

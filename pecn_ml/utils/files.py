@@ -7,12 +7,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from pecn_ml.utils.processes import host_tag, process_alive, start_ticks
 
 # A temp folder of `atomic_dir` whose writer cannot be checked (another machine sharing the
 # folder, or a name from before writers were named) is stale only after this long.
@@ -36,29 +37,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _host_tag() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+def owned_prefix(path: str | os.PathLike) -> str:
+    """`.{name}.tmp-{host}-{pid}-{start}-`: the name prefix of a temp folder of `path` that names
+    this process as its writer (`clean_stale_tmp_dirs` removes it once the writer is gone)."""
+    pid = os.getpid()
+    return f".{Path(path).name}.tmp-{host_tag()}-{pid}-{start_ticks(pid)}-"
 
 
-def _start_ticks(pid: int) -> str:
-    """When process `pid` started (clock ticks since boot, Linux); "" where unknown."""
+@contextmanager
+def owned_tmp_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A scratch folder beside `path`, named after this process and removed when the block ends;
+    one left by a killed process is removed by the next `owned_tmp_dir` of `path` (or any
+    `clean_stale_tmp_dirs(path)`), never one of a process that still runs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp_dirs(path)
+    tmp = Path(tempfile.mkdtemp(prefix=owned_prefix(path), dir=path.parent))
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat[stat.rindex(")") + 2:].split()[19]  # field 22, counted after "pid (comm) "
-
-
-def _writer_alive(pid: int, start: str) -> bool:
-    """Whether process `pid` of this machine runs, and is the one that started at `start`."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # someone else's process: alive
-    now = _start_ticks(pid)
-    return not (start and now and now != start)  # else the pid was reused by a later process
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -72,8 +70,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp_dirs(path)
-    pid = os.getpid()
-    prefix = f".{path.name}.tmp-{_host_tag()}-{pid}-{_start_ticks(pid)}-"
+    prefix = owned_prefix(path)
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     try:
         yield tmp
@@ -99,14 +96,14 @@ def clean_stale_tmp_dirs(path: str | os.PathLike,
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    prefix, host, now = f".{path.name}.tmp-", _host_tag(), time.time()
+    prefix, host, now = f".{path.name}.tmp-", host_tag(), time.time()
     removed = []
     for p in path.parent.iterdir():
         if not (p.name.startswith(prefix) and p.is_dir()):
             continue
         writer = _WRITER.match(p.name[len(prefix):])
         if writer and writer["host"] == host:
-            stale = not _writer_alive(int(writer["pid"]), writer["start"])
+            stale = not process_alive(int(writer["pid"]), writer["start"])
         else:
             try:
                 stale = now - p.stat().st_mtime > unchecked_after_s

@@ -1,7 +1,7 @@
 """Which GPUs a step may use: exclusive device claims that survive a killed holder.
 
-A machine offers a set of devices (`PECN_GPU_DEVICES`, e.g. "0,1,2,3"; default every CUDA device
-visible to this process; none on a CPU machine). A GPU step takes `n` of them with
+A machine offers a set of devices (`PECN_GPU_DEVICES`, device indices only, e.g. "0,1,2,3"; default
+every CUDA device visible to this process; none on a CPU machine). A GPU step takes `n` of them with
 `claim_devices`, runs its work with `CUDA_VISIBLE_DEVICES` set to its claim, and gives them back
 when the block ends.
 
@@ -10,12 +10,15 @@ Each device is one lock file, `{lock_dir}/gpu-{id}.lock`, held with an exclusive
 dies, however it dies (SIGKILL, OOM killer), the kernel closes its files and the device is free
 again; nothing stale is left to clean up. Locks are per open file, so two threads of one process
 exclude each other just like two processes. A launched child that should keep the claim alive
-even if its parent is killed gets the descriptors with `subprocess.Popen(pass_fds=claim.fds)`.
+even if its parent is killed gets the descriptors with `subprocess.Popen(pass_fds=claim.fds)`, and
+`claim.hand_to(child.pid)` names it as the holder in the lock files (beside the claimant).
 flock needs a local file system (or NFSv4 with working locks) under `lock_dir`: put it on the
 machine that owns the GPUs (`$DAGSTER_HOME/gpu_locks` on a workstation).
 
 On a CPU machine set `PECN_GPU_DEVICES` (or pass `devices=`) to simulate devices: the claims
 behave the same, and `CUDA_VISIBLE_DEVICES` of a CPU-only child changes nothing.
+
+`pool_slots` says how many GPU steps can hold their claims at once: the size of the `gpu` pool.
 """
 
 from __future__ import annotations
@@ -34,20 +37,32 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 DEVICES_ENV = "PECN_GPU_DEVICES"
 CUDA_ENV = "CUDA_VISIBLE_DEVICES"
 LOCK_PREFIX = "gpu-"
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")  # an index, or a GPU/MIG UUID
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")  # an index, or a GPU/MIG UUID (CUDA_VISIBLE_DEVICES)
+_DEVICE_INDEX = re.compile(r"^[0-9]+$")          # PECN_GPU_DEVICES: device indices only
 
 LogFn = Callable[[str], None]
 
 
-def parse_devices(text: str, what: str = DEVICES_ENV) -> list[str]:
-    """"0,1, 3" -> ["0", "1", "3"]; empty -> []. Rejects repeats and odd characters."""
+def parse_devices(text: str, what: str = CUDA_ENV, pattern: re.Pattern = _DEVICE_ID) -> list[str]:
+    """"0,1, 3" -> ["0", "1", "3"]; empty -> []. Rejects repeats and ids `pattern` does not match
+    (default: indices or GPU UUIDs, as CUDA_VISIBLE_DEVICES may list)."""
     devices = [d.strip() for d in text.split(",") if d.strip()]
-    bad = [d for d in devices if not _DEVICE_ID.match(d)]
+    bad = [d for d in devices if not pattern.match(d)]
     if bad:
-        raise ValueError(f"{what}: invalid device id(s) {bad} in {text!r} (expected e.g. '0,1,2,3')")
+        raise ValueError(f"{what}={text!r}: invalid device id(s) {bad}; expected a comma list of "
+                         f"device indices such as '0,1,2,3' (empty: none)")
     if len(set(devices)) != len(devices):
         raise ValueError(f"{what}: a device is listed twice in {text!r}")
     return devices
+
+
+def parse_device_indices(text: str, what: str = DEVICES_ENV) -> list[str]:
+    """The machine's device set as PECN_GPU_DEVICES writes it: "0,1,3" -> ["0", "1", "3"], "" -> [];
+    anything but non-negative integers ("a,b", "-1", "0,,1") raises ValueError naming the value."""
+    if text.strip() and any(not d.strip() for d in text.split(",")):
+        raise ValueError(f"{what}={text!r}: an empty entry; expected a comma list of device "
+                         f"indices such as '0,1,2,3' (empty: none)")
+    return parse_devices(text, what, _DEVICE_INDEX)
 
 
 def _cuda_device_count() -> int:
@@ -67,13 +82,26 @@ def device_set(environ: Optional[Mapping[str, str]] = None,
     (a child must be given the same physical ids), else 0..count-1; none without CUDA."""
     env = os.environ if environ is None else environ
     if DEVICES_ENV in env:
-        return parse_devices(env[DEVICES_ENV])
+        return parse_device_indices(env[DEVICES_ENV])
     count = (cuda_count or _cuda_device_count)()
     if count <= 0:
         return []
     if env.get(CUDA_ENV, "").strip():
         return parse_devices(env[CUDA_ENV], CUDA_ENV)[:count]
     return [str(i) for i in range(count)]
+
+
+def pool_slots(devices: int | Sequence[int], processes_per_step: int = 1) -> int:
+    """GPU steps that can run at once: `devices` // `processes_per_step` (a training step claims
+    one device per process), at least 1 (a CPU machine, or fewer devices than one step needs, still
+    runs one step at a time). `devices` may be a count per machine (Kubernetes nodes): a step's
+    processes share one machine, so each machine counts on its own."""
+    if processes_per_step < 1:
+        raise ValueError(f"pool_slots: processes_per_step must be >= 1, got {processes_per_step}")
+    counts = [devices] if isinstance(devices, int) else list(devices)
+    if any(c < 0 for c in counts):
+        raise ValueError(f"pool_slots: negative device count in {devices}")
+    return max(1, sum(c // processes_per_step for c in counts))
 
 
 @dataclass
@@ -84,6 +112,7 @@ class DeviceClaim:
     lock_paths: tuple[Path, ...] = ()
     waited_s: float = 0.0
     fds: tuple[int, ...] = field(default=(), repr=False)
+    holder: Mapping[str, object] = field(default_factory=dict, repr=False)
 
     @property
     def cuda_visible_devices(self) -> Optional[str]:
@@ -98,6 +127,14 @@ class DeviceClaim:
     def metadata(self) -> dict:
         """What a step records: `gpu_devices` (list) and how long it waited for them."""
         return {"gpu_devices": list(self.devices), "gpu_wait_s": round(self.waited_s, 3)}
+
+    def hand_to(self, pid: int) -> None:
+        """Name process `pid` (a launched child given `fds`) as the holder in the lock files; the
+        claimant is kept as `claimed_by_pid`. `hand_to(os.getpid())` names the claimant again."""
+        record = dict(self.holder) if pid == os.getpid() else {**self.holder, "pid": pid,
+                                                                 "claimed_by_pid": os.getpid()}
+        for fd in self.fds:
+            _write_holder(fd, record)
 
 
 def lock_path(lock_dir: str | os.PathLike, device: str) -> Path:
@@ -223,7 +260,7 @@ def claim_devices(n: int, lock_dir: str | os.PathLike, timeout_s: Optional[float
         time.sleep(poll_s if timeout_s is None else max(0.0, min(poll_s, timeout_s - waited)))
     claimed, fds = got
     claim = DeviceClaim(devices=tuple(claimed), lock_paths=tuple(lock_path(lock_dir, d) for d in claimed),
-                        waited_s=time.monotonic() - t0, fds=tuple(fds))
+                        waited_s=time.monotonic() - t0, fds=tuple(fds), holder={**info, "devices": claimed})
     if log is not None:
         log(f"claimed GPU device(s) {claim.cuda_visible_devices} after {claim.waited_s:.1f}s")
     old = os.environ.get(CUDA_ENV)

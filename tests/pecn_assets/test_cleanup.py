@@ -1,6 +1,7 @@
 """The explicit cleanup of training-run folders, on the smoke graph: it keeps every folder a latest
 materialisation names (a superseded checkpoint that an evaluation still scored included), runs
-that are not finished and folders of unknown runs; a dry run deletes nothing."""
+that are not finished and folders of unknown runs, and superseded ones unless asked to delete
+them; a dry run deletes nothing. (A moved outputs folder: test_cleanup_identity.py.)"""
 
 from pathlib import Path
 
@@ -45,13 +46,15 @@ def test_cleanup_deletes_only_what_no_latest_materialisation_names(smoke_graph, 
     inst.add_run(unfinished)
     (old.parent / unfinished.run_id).mkdir()                       # a step of it may still be retried
     (old.parent / "not-a-run-of-this-instance").mkdir()
-    plan = cleanup(inst, outputs, dry_run=True)
+    plan = cleanup(inst, outputs, dry_run=True)                   # superseded: kept unless asked
+    assert plan.keep[old.resolve()].startswith("superseded: named by an earlier materialisation of ")
+    plan = cleanup(inst, outputs, dry_run=True, include_superseded=True)
     assert old.resolve() in plan.delete and old.is_dir()          # a dry run lists, deletes nothing
     assert plan.keep[(old.parent / unfinished.run_id).resolve()] == "run is STARTED"
     assert plan.keep[(old.parent / "not-a-run-of-this-instance").resolve()] == "run unknown to this Dagster instance"
     assert "dry run:" in capsys.readouterr().out
 
-    plan = cleanup(inst, outputs, dry_run=False)
+    plan = cleanup(inst, outputs, dry_run=False, include_superseded=True)
     assert not old.exists() and new.is_dir()
     for path, who in referenced_paths(inst).items():
         assert path.exists(), f"{who} names {path}, which the cleanup deleted"

@@ -256,3 +256,49 @@ def test_every_check_ran_and_the_blocking_ones_passed(smoke_graph):
             evaluation = record.event.dagster_event.event_specific_data if record.event else None
             if evaluation is not None and not evaluation.passed:
                 assert evaluation.severity == dg.AssetCheckSeverity.WARN, (key, evaluation.description)
+
+
+def test_every_model_folder_has_a_card_and_pacnet_picks_its_epoch_on_training_videos(smoke_graph):
+    """Issue 18: a model card in every model folder (stand-ins, PAC-Net heads, InstructPix2Pix
+    variants) naming its run, seed, config, data and losses, the folder still loading; PAC-Net's
+    selection split is written, disjoint from the evaluation videos, which give its test score."""
+    import torch
+
+    from pecn_ml.model_cards import read_card
+    from pecn_ml.models.pacnet import load_pacnet
+    from pecn_ml.sampling import load_pipeline
+
+    inst = smoke_graph.instance
+    files = meta(latest(inst, "filtered_annotations"))["files"]
+    eval_ids = {e["id"] for f in files if "val_filtered" in f for e in json.loads(Path(f).read_text())}
+    train_ids = {e["id"] for f in files if f.endswith("train_filtered.json") for e in json.loads(Path(f).read_text())}
+    folders = {}
+    for role in ("pix2pix_base", "resnet_base", "clip_text_base"):
+        record = latest(inst, role)
+        folders[role] = (meta(record)["path"], record.run_id)
+    for head in ("regression", "classification"):
+        record = latest(inst, "pacnet", head)
+        m = meta(record)
+        split = json.loads(Path(m["selection_split"]).read_text())
+        assert split["ids"] and set(split["ids"]) <= train_ids and not set(split["ids"]) & eval_ids
+        assert m["num_selection"] == m["num_val"] == len(split["ids"]) and m["num_train"] == len(train_ids) - len(split["ids"])
+        assert m["num_test"] == split["num_test"] > 0 and 0 <= m["test_mae"] <= 100 and 0 <= m["test_baseline_mae"] <= 100
+        load_pacnet(m["checkpoint"])
+        folders[f"pacnet {head}"] = (m["checkpoint"], record.run_id)
+    estimates = meta(latest(inst, "progress_estimates"))["mae_by_task"]
+    assert {"val", "train", "selection"} <= set(estimates)
+    for variant in ("next1", "next5_progress"):
+        record = latest(inst, "ip2p_model", f"0|{variant}")
+        folders[variant] = (meta(record)["checkpoint"], record.run_id)
+        card = read_card(folders[variant][0]).data
+        assert card.variant == variant and card.base_weights[0]["role"] == "pix2pix_base" and card.prompt_form
+        assert {"annotations", "frame_cache"} <= set(card.data_versions)
+        load_pipeline(folders[variant][0], torch.device("cpu"), torch.float32)
+    for name, (folder, run_id) in folders.items():
+        card = read_card(folder).data.to_dict()
+        # the run that built the folder (a stand-in folder is content-addressed: a later run may reuse it)
+        asset = name.split()[0] if name.startswith("pacnet") else name if name.endswith("_base") else "ip2p_model"
+        runs = {r.run_id for r in inst.fetch_materializations(dg.AssetKey(asset), limit=1000).records}
+        assert card["dagster_run_id"] == run_id or card["dagster_run_id"] in runs, name
+        assert card["license"] and card["training_config"] and card["loss_summary"] and "seed" in card, name
+    assert read_card(folders["clip_text_base"][0]).data.loss_summary == {"trained": False}   # random, untrained

@@ -220,4 +220,20 @@ def test_helm_values_deploy_the_project_image_with_the_k8s_executor(values):
     mounts = {m["mountPath"] for m in deployment["volumeMounts"]}
     dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
     assert "WORKDIR /mnt/pecn" in dockerfile and "/mnt/pecn" in mounts  # relative data paths land on the volume
-    assert "download.pytorch.org/whl/cu" in dockerfile and "pip install ." in dockerfile
+    assert "download.pytorch.org/whl/cu" in dockerfile and "pip install -c constraints.txt ." in dockerfile
+    # the image installs from the lock, which the build context must carry
+    assert "COPY constraints.txt" in dockerfile and "--no-deps -c constraints.txt" in dockerfile
+    assert "!constraints.txt" in (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
+
+
+def test_gpu_pool_rbac_lets_the_code_server_list_nodes(values):
+    """The gpu_pool_size sensor runs in the code server and lists nodes: the ClusterRoleBinding's
+    subject is the user deployment's service account, in the namespace the runs go to."""
+    role, binding = yaml.safe_load_all((DEPLOY / "k8s" / "gpu-pool-rbac.yaml").read_text(encoding="utf-8"))
+    assert role["kind"] == "ClusterRole" and binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]}]
+    account = values["dagster-user-deployments"]["serviceAccount"]
+    [subject] = binding["subjects"]
+    instance = yaml.safe_load((DEPLOY / "dagster.yaml").read_text(encoding="utf-8"))
+    assert (subject["kind"], subject["name"]) == ("ServiceAccount", account["name"]) and account["create"]
+    assert subject["namespace"] == instance["run_launcher"]["config"]["job_namespace"]

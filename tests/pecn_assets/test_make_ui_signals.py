@@ -1,5 +1,5 @@
 """`make ui` started the way a script starts it (in the background: SIGINT ignored) still stops on
-SIGTERM to make and on SIGINT to its process group.
+SIGTERM to make and on SIGINT to its process group (after sizing the gpu pool, pecn_assets/gpu_pool.py).
 
 `dagster dev` is replaced by a stub that does what matters here: it copies its SIGINT handler to
 SIGTERM, as dagster dev does (dagster._utils.interrupts.setup_interrupt_handlers), then waits. A fake
@@ -64,13 +64,18 @@ def _read_until(proc: subprocess.Popen, prefix: str, timeout_s: float = 60) -> l
 
 
 @pytest.mark.parametrize("how", ["SIGTERM to make", "SIGINT to the group"])
-def test_background_make_ui_stops_on_signal(fake_venv, how):
+def test_background_make_ui_stops_on_signal(fake_venv, tmp_path, how):
+    home = tmp_path / "dagster_home"   # `make ui` sizes the gpu pool of this instance first
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PECN_GPU_DEVICES": "0,1", "PECN_TRAIN_PROCESSES": "1"}
+    env.pop("PECN_GPU_POOL_LIMIT", None)
     proc = subprocess.Popen(["make", "--no-print-directory", "-C", str(REPO), "ui", f"VENV={fake_venv}"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, preexec_fn=_ignore_sigint, start_new_session=True)
+                            text=True, preexec_fn=_ignore_sigint, start_new_session=True, env=env)
     try:
         started = _read_until(proc, "dagster ")
         assert started[-1] == "dagster dev -h 127.0.0.1 -p 3000"  # the web UI stays on 127.0.0.1
+        assert any(line.startswith("gpu pool limit 2") for line in started), started
         if how == "SIGTERM to make":
             proc.send_signal(signal.SIGTERM)
         else:

@@ -5,7 +5,8 @@ the smoke graph's upstream artifacts (a copy of its artifact store) and writes t
 Tolerance: the K = 2 ranks see exactly the K = 1 samples and randomness, split in two; what can
 differ is the order of float sums (a mean over 2 x B/2 instead of B, gradients all-reduced over
 gloo), i.e. float32 rounding: relative differences of a few ulps per step, compounded over the few
-steps of the smoke run. We allow rtol 1e-5 on every loss value and on the PAC-Net val_mae (measured: about 2e-7)."""
+steps of the smoke run. We allow rtol 1e-5 on every loss value and on the PAC-Net val_mae and test_mae
+(measured: about 2e-7)."""
 
 import shutil
 
@@ -78,3 +79,6 @@ def test_pacnet_with_two_processes_matches_one(k_defs):
     np.testing.assert_allclose(two["train_loss_values"], one["train_loss_values"], rtol=RTOL)
     np.testing.assert_allclose(two["val_mae"], one["val_mae"], rtol=RTOL)
     np.testing.assert_allclose(two["baseline_mae"], one["baseline_mae"], rtol=RTOL)
+    # the test score: the chosen model on the evaluation videos, every rank predicting a shard
+    assert one["num_test"] == two["num_test"] > 0 and one["selection_split"] != two["selection_split"]
+    np.testing.assert_allclose(two["test_mae"], one["test_mae"], rtol=RTOL)

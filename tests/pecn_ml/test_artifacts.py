@@ -98,6 +98,37 @@ def test_pacnet_check_compares_with_the_mean_predictor():
     assert "not finite" in net(math.nan).problems()[0]
 
 
+def test_pacnet_check_judges_the_test_score_where_there_is_one(tmp_path):
+    """The selection split picked the epoch (val_mae, biased low); the evaluation videos score it."""
+    split = tmp_path / "selection_split.json"
+    split.write_text(json.dumps({"ids": ["3", "5"]}))
+
+    def net(test_mae, num_test=MIN_VAL_VIDEOS_TO_JUDGE, val_mae=5.0):
+        return PacNetCheckpoint("p", "s", "regression", val_mae, 20.0, 1, 1, "d", num_val=24, test_mae=test_mae,
+                                test_baseline_mae=19.0, num_test=num_test, selection_split=str(split),
+                                selection_split_sha256=sha256_file(split))
+
+    assert net(10.0).problems() == [] and "test_mae 19.50 pp is not below" in net(19.5).problems()[0]
+    assert net(19.5, num_test=10).problems() == [] and "10 evaluation videos" in net(19.5, num_test=10).warnings()[0]
+    assert net(10.0, val_mae=25.0).problems() == []          # a poor selection score alone does not block
+    meta = net(10.0).metadata()
+    assert meta["selection_split"] == split and meta["num_selection"] == 24 and meta["num_test"] == 50
+    assert {"val_mae", "baseline_mae", "test_mae", "test_baseline_mae", "num_val"} <= set(meta)
+    recorded = net(10.0)
+    assert recorded.selection_ids() == ["3", "5"] and artifact_from_json(recorded.to_json()) == recorded
+    split.write_text(json.dumps({"ids": ["3"]}))
+    with pytest.raises(ArtifactChanged):
+        recorded.selection_ids()
+    old = PacNetCheckpoint("p", "s", "regression", 10.0, 20.0, 1, 1, "d", num_val=60)   # before the split
+    assert old.selection_ids() == [] and "test_mae" not in old.metadata() and "selection_split" not in old.metadata()
+
+
+def test_weights_name_their_base_for_a_model_card(tmp_path):
+    hub = Weights("pix2pix_base", str(tmp_path), "a" * 64, "hub", name="timbrooks/instruct-pix2pix", revision="c" * 40)
+    assert hub.card_base().license == "mit" and hub.card_base().revision == "c" * 40
+    assert Weights("resnet_base", str(tmp_path), "b" * 64).card_base().name == str(tmp_path)   # older handle
+
+
 def test_evaluation_checks_samples_ranges_and_the_copy_frame_baseline(tmp_path):
     ok = eval_set(tmp_path)
     assert ok.problems() == []

@@ -13,7 +13,7 @@ from pecn_ml.metrics import motion_mae, motion_mask, motion_psnr, psnr, ssim
 from pecn_ml.models.tiny import build_tiny_pix2pix
 from pecn_ml.training.autoencoder import roundtrip
 from pecn_ml.sampling import (SamplingConfig, copy_frame_baseline, evaluate_model, load_pipeline, sample_seed,
-                              select_samples)
+                              _draw_rank, ids_sha256, select_samples, stratified_draw)
 
 R = 96
 
@@ -52,9 +52,10 @@ def _entry(vid, task="move_object"):
             "placeholders": ["pen"], "task": task}
 
 
-# 11 is short (24 frames), 12 is not cached, 13 appears twice.
-ENTRIES = [_entry("11"), _entry("12"), _entry("13"), _entry("13"), _entry("14", "drop_object"),
-           _entry("15"), _entry("16")]
+# 11 is short (24 frames), 12 is not cached, 13 appears twice. Tasks in name order cover, drop, move:
+# the stratified draw (selection seed 0) takes 13, 14, then 15 (15 ranks before 16).
+ENTRIES = [_entry("11"), _entry("12"), _entry("13", "cover_object"), _entry("13", "cover_object"),
+           _entry("14", "drop_object"), _entry("15"), _entry("16")]
 LENGTHS = {"11": 24, "13": 40, "14": 30, "15": 50, "16": 33}
 
 
@@ -86,16 +87,32 @@ def evaluated(model_dir, cache, tmp_path_factory):
 # ----------------------------------------------------------------------------- selection
 
 
-def test_select_samples_file_order_and_skip_reasons(cache):
+def test_select_samples_matched_stratified_and_skip_reasons(cache):
     chosen, skipped = select_samples(cache, ENTRIES, 20, 25, 3)
-    assert [s.video_id for s in chosen] == ["13", "14", "15"]
+    assert [s.video_id for s in chosen] == ["13", "14", "15"]                # one per task, in turns
     assert skipped == {"11": "only 24 frames; frame 25 (0-based) needed", "12": "not in frame cache",
                        "13": "duplicate id (entry 3)"}
     assert chosen[1].task == "drop_object" and chosen[1].num_frames == 30
     assert all(s.progress_percent is None for s in chosen)
-    # target 21: video 11 (24 frames) is eligible again; nothing after the 3rd pick is looked at
-    chosen, skipped = select_samples(cache, ENTRIES, 20, 21, 2)
-    assert [s.video_id for s in chosen] == ["11", "13"] and skipped == {"12": "not in frame cache"}
+    # target 21 is scored on the same videos (11 has frame 21 but not 25: next1 and next5 match)
+    chosen21, skipped21 = select_samples(cache, ENTRIES, 20, 21, 3)
+    assert [s.video_id for s in chosen21] == ["13", "14", "15"] and skipped21 == skipped
+    # the draw does not depend on the annotation order; the fourth sample is the task with two left
+    assert [s.video_id for s in select_samples(cache, ENTRIES[::-1], 20, 25, 3)[0]] == ["13", "14", "15"]
+    assert [s.video_id for s in select_samples(cache, ENTRIES, 20, 25, 9)[0]] == ["13", "14", "15", "16"]
+    # another selection seed ranks the move_object videos otherwise
+    assert [s.video_id for s in select_samples(cache, ENTRIES, 20, 25, 3, selection_seed=5)[0]] == ["13", "14", "16"]
+
+
+def test_stratified_draw_equal_per_task_within_one():
+    by_task = {"a": [f"a{i}" for i in range(10)], "b": ["b0", "b1", "b2"], "c": [f"c{i}" for i in range(10)]}
+    drawn = stratified_draw(by_task, 12, 0)
+    counts = {t: sum(d.startswith(t) for d in drawn) for t in by_task}
+    assert len(drawn) == len(set(drawn)) == 12 and counts == {"a": 5, "b": 3, "c": 4}  # b ran out after 3
+    assert drawn[:3] == [min(by_task[t], key=lambda v: _draw_rank(0, v)) for t in "abc"]
+    assert stratified_draw(by_task, 99, 0) == stratified_draw(by_task, 23, 0)   # all 23, once each
+    assert stratified_draw({t: v[::-1] for t, v in by_task.items()}, 12, 0) == drawn
+    assert stratified_draw(by_task, 12, 1) != drawn
 
 
 def test_select_samples_progress_from_frames_or_estimates(cache):
@@ -103,7 +120,8 @@ def test_select_samples_progress_from_frames_or_estimates(cache):
     assert [s.progress_percent for s in chosen] == [50, 66, 40]  # int(20 / n * 100) for n = 40, 30, 50
     chosen, skipped = select_samples(cache, ENTRIES, 20, 25, 3, add_progress=True,
                                      progress_override={"13": 37.9, "15": 81, "16": 12})
-    assert [(s.video_id, s.progress_percent) for s in chosen] == [("13", 37), ("15", 81), ("16", 12)]
+    # a drawn video without an estimate is dropped, not replaced (the others stay matched)
+    assert [(s.video_id, s.progress_percent) for s in chosen] == [("13", 37), ("15", 81)]
     assert skipped["14"] == "no PAC-Net progress estimate"
     with pytest.raises(ValueError, match="video 13"):
         select_samples(cache, ENTRIES, 20, 25, 3, add_progress=True, progress_override={"13": 140})
@@ -126,8 +144,8 @@ def test_select_samples_shuffled_progress_keeps_the_selection(cache):
     # PAC-Net estimates are deranged the same way among the selected samples
     est = {"13": 37.9, "15": 81, "16": 12}
     by_est, _ = select_samples(cache, ENTRIES, 20, 25, 3, add_progress=True, progress_override=est, shuffle_seed=5)
-    assert [s.video_id for s in by_est] == ["13", "15", "16"]
-    assert [s.progress_percent for s in by_est] == [[37, 81, 12][j] for j in perm]
+    assert [s.video_id for s in by_est] == ["13", "15"]
+    assert [s.progress_percent for s in by_est] == [81, 37]                    # two: swapped
     # without progress there is nothing to shuffle
     plain, _ = select_samples(cache, ENTRIES, 20, 25, 3, shuffle_seed=5)
     assert all(s.progress_percent is None for s in plain)
@@ -158,6 +176,9 @@ def test_sampling_config_defaults_demo_and_validation():
 def test_copy_frame_baseline_equals_input_vs_target_metrics(cache):
     res = copy_frame_baseline(cache, ENTRIES, 20, 25, 3)
     assert res["n"] == 3 and [s["video_id"] for s in res["samples"]] == ["13", "14", "15"]
+    assert res["selection"]["ids"] == ["13", "14", "15"] and res["selection"]["per_task"] == {
+        "cover_object": 1, "drop_object": 1, "move_object": 1}
+    assert copy_frame_baseline(cache, ENTRIES, 20, 21, 3)["selection"] == res["selection"]   # matched
     assert res["skipped"]["11"].startswith("only 24 frames")
     for s in res["samples"]:
         inp, tgt = cache.frame(s["video_id"], 20), cache.frame(s["video_id"], 25)
@@ -249,6 +270,8 @@ def test_results_json_schema_and_metrics_from_files(evaluated, cache, model_dir)
     assert data["n_static"] == res.n_static == 0
     assert data["motion_fraction_mean"] == pytest.approx(np.mean([r["motion_fraction"] for r in data["samples"]]))
     assert "motion_region" in data["config"]["metrics"]
+    assert data["selection"]["ids"] == [r["video_id"] for r in data["samples"]]
+    assert data["selection"]["ids_sha256"] == ids_sha256(["13", "14", "15"]) and data["selection"]["seed"] == 0
     baseline = copy_frame_baseline(cache, ENTRIES, 20, 25, 3)
     assert baseline["mean"]["psnr"] == pytest.approx(data["baseline_mean"]["psnr"], abs=1e-12)
     assert baseline["mean"]["motion_psnr"] == pytest.approx(data["baseline_mean"]["motion_psnr"], abs=1e-12)
@@ -279,11 +302,11 @@ def test_progress_prompts_and_rerun_replaces_folder(model_dir, cache, tmp_path):
     res = evaluate_model(model_dir, cache, ENTRIES, _config(add_progress=True, num_samples=2, batch_size=2), out,
                          progress_override={"13": 37, "15": 81})
     assert not (out / "output" / "stale.png").exists()
-    assert sorted(p.name for p in (out / "output").iterdir()) == ["13.png", "15.png"]
+    assert sorted(p.name for p in (out / "output").iterdir()) == ["13.png"]  # 14 drawn, no estimate
     data = json.loads(res.results_json.read_text(encoding="utf-8"))
     assert data["samples"][0]["prompt"] == ("Generate a future frame of this action: moving something up. "
                                             "And 37% of the action has been completed.")
-    assert [r["progress_percent"] for r in data["samples"]] == [37, 81]
+    assert [r["progress_percent"] for r in data["samples"]] == [37]
     assert data["config"]["progress_source"] == "PAC-Net estimate"
     assert data["skipped"]["14"] == "no PAC-Net progress estimate"
     # without add_progress the override is ignored (one mapping can be passed to every variant)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pecn_ml.metrics import psnr
+from pecn_ml.model_cards import read_card
 from pecn_ml.models.standins import (StandinConfig, build_standin_clip_text, build_standin_pix2pix,
                                      build_standin_resnet, standin_key)
 from pecn_ml.models.tiny import tiny_vae
@@ -170,6 +171,10 @@ def test_pix2pix_standin_loads_like_the_hub_model_and_is_reused(tmp_path):
     assert pipe.vae.config.scaling_factor != pytest.approx(0.18215)     # measured, not SD's
     assert {"roundtrip_psnr", "roundtrip_ssim", "autoencoder_loss", "instruct_loss"} <= set(built.report)
     assert built.report["data_version"] == "data-v1" and built.report["train_videos"] == 4
+    card = read_card(built.path).data.to_dict()                       # a model card, written with the weights
+    assert card["stands_in_for"] == "timbrooks/instruct-pix2pix" and card["data_versions"] == {"training_frames": "data-v1"}
+    assert card["training_config"] == json.loads(json.dumps(TINY.part("pix2pix"))) and card["seed"] == TINY.seed
+    assert card["loss_summary"]["instruct_loss"]["steps"] == TINY.instruct.steps and card["license"] == "other"
     again = build_standin_pix2pix(tmp_path, videos, TINY, "data-v1", log=logs.append)
     assert again.reused and again.path == built.path and again.weights_sha256 == built.weights_sha256
     assert any("reusing" in line for line in logs)
@@ -184,8 +189,10 @@ def test_resnet_and_clip_text_standins(tmp_path):
     resnet = build_standin_resnet(tmp_path, _videos(), TINY, "data-v1")
     assert ResNetModel.from_pretrained(resnet.path).config.hidden_sizes == [16, 32]
     assert resnet.report["pretrain_loss"]["steps"] == 4
-    clip = build_standin_clip_text(tmp_path, TINY)
+    assert read_card(resnet.path).data.loss_summary["pretrain_loss"]["steps"] == 4
+    clip = build_standin_clip_text(tmp_path, TINY, run_id="run-7")
     CLIPTextModel.from_pretrained(clip.path)
+    assert read_card(clip.path).data.dagster_run_id == "run-7"
     assert CLIPTokenizer.from_pretrained(clip.path)("moving something up").input_ids
     assert standin_key("resnet", TINY, "a") != standin_key("resnet", replace(TINY, seed=1), "a")
     with pytest.raises(ValueError, match="no training videos"):
@@ -267,6 +274,28 @@ def test_ship_command_latest_prune_and_missing_manifests(tmp_path):
     assert any("no shipped weights" in line and second.path.name in line for line in logs), logs
     (dest / "shipped.json").write_text("{}", encoding="utf-8")                        # empty: built
     assert not build_standin_clip_text(tmp_path / "fresh", TINY, shipped=dest).reused
+
+
+def test_a_shipped_standin_without_a_card_gets_one_in_its_copy_and_old_folders_on_reuse(tmp_path):
+    """Shipped folders of before the cards verify as they are; the copy gets a card (not a verified
+    file, outside every weight sha), and so does a reused folder built before the cards."""
+    from pecn_ml.models import standins
+
+    built = build_standin_clip_text(tmp_path / "a", TINY, shipped=None)
+    (built.path / "README.md").unlink()                                    # as built before the cards
+    shipped = tmp_path / "shipped"
+    assert standins.main(["ship", str(tmp_path / "a"), "--dest", str(shipped)]) == 0
+    assert "README.md" not in standins.read_manifest(shipped)[built.path.name]["files"]
+    copied = build_standin_clip_text(tmp_path / "b", TINY, shipped=shipped, run_id="run-3")
+    assert copied.report["source"] == "shipped" and copied.weights_sha256 == built.weights_sha256
+    card = read_card(copied.path).data
+    assert card.dagster_run_id == "run-3" and card.standin_source == "copied from the shipped stand-ins"
+    assert standins.verify_shipped(shipped) == {built.path.name: None}
+    assert not (shipped / built.path.name / "README.md").exists()          # the shipped folder is untouched
+    logs: list[str] = []
+    again = build_standin_clip_text(tmp_path / "a", TINY, shipped=None, log=logs.append)
+    assert again.reused and again.weights_sha256 == built.weights_sha256 and read_card(again.path).data.seed == TINY.seed
+    assert any("added the missing model card" in line for line in logs)
 
 
 def test_the_packages_shipped_standins_verify():

@@ -1,8 +1,10 @@
-"""PAC-Net training: cropping, layered LR, loss, overfitting, baseline, checkpoints, resume."""
+"""PAC-Net training: cropping, layered LR, loss, overfitting, baseline, checkpoints, resume, the
+selection split (disjoint from the evaluation videos), the test score and the model card."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,10 +15,10 @@ from safetensors.torch import load_file
 from pecn_ml.models.pacnet import PacNet, PacNetConfig, load_pacnet
 from pecn_ml.models.tiny import build_tiny_models
 from pecn_ml.training.pacnet import (PacNetTrainConfig, _make_accelerator, crop_indices,
-                                     layered_param_groups, mae_percent, progress_loss,
+                                     layered_param_groups, mae_percent, pacnet_splits, progress_loss,
                                      train_pacnet, training_step)
-from pecn_ml.training.pacnet_data import (ArrayFrameCache, PacNetCropDataset, crop_ratio,
-                                          moving_square_dataset)
+from pecn_ml.training.pacnet_data import (ArrayFrameCache, PacNetCropDataset, SplitOverlap, crop_ratio,
+                                          moving_square_dataset, selection_counts)
 from pecn_ml.utils.files import sha256_file
 
 
@@ -285,3 +287,79 @@ def test_learns_progress_of_moving_squares(tiny, tmp_path):
     truth = np.array([r["truth_percent"] for r in rows])
     floor = np.mean(np.abs(truth - res.mean_train_progress * 100))
     assert mae_by_task(rows)["all"]["mae"] < 0.6 * floor
+
+
+# -- selection split, test score, model card ---------------------------------------------------
+
+
+def _tasked(n_per_task: dict, prefix: str = "v") -> list[dict]:
+    return [{"id": f"{prefix}{task}{i}", "label": "pushing something", "task": task}
+            for task, n in n_per_task.items() for i in range(n)]
+
+
+def test_selection_split_is_seeded_stratified_and_disjoint_from_the_evaluation_videos():
+    train = _tasked({"move_object": 90, "drop_object": 70, "cover_object": 50, "back_and_forth": 30})
+    evaluation = _tasked({"move_object": 9, "back_and_forth": 3}, prefix="e")
+    cfg = PacNetTrainConfig(selection_fraction=0.1, selection_seed=5)
+    splits = pacnet_splits(train, evaluation, cfg)
+    # 10 % of each task (the training videos keep their task mix), 240 = 216 + 24
+    assert splits.to_json()["per_task"] == {"move_object": 9, "drop_object": 7, "cover_object": 5,
+                                            "back_and_forth": 3}
+    assert len(splits.train) == 216 and len(splits.selection) == 24 and splits.test == evaluation
+    ids = {name: {e["id"] for e in getattr(splits, name)} for name in ("train", "selection", "test")}
+    assert not ids["train"] & ids["selection"] and not ids["selection"] & ids["test"]
+    assert not ids["train"] & ids["test"] and ids["train"] | ids["selection"] == {e["id"] for e in train}
+    # seeded: the same draw whatever the file order; another seed draws others
+    assert pacnet_splits(train[::-1], evaluation, cfg).to_json()["ids"] == sorted(
+        splits.to_json()["ids"], key=[e["id"] for e in train[::-1]].index)
+    assert set(pacnet_splits(train, evaluation, replace(cfg, selection_seed=6)).to_json()["ids"]) != ids["selection"]
+    assert splits.to_json()["overlap_with_test"] == []
+    # an evaluation video among the training videos: refused, with the ids named
+    with pytest.raises(SplitOverlap, match=r"training and evaluation .*'vmove_object3'"):
+        pacnet_splits(train, evaluation + [train[3]], cfg)
+    assert selection_counts({"a": 1, "b": 2, "c": 3}, 0.1) == {"a": 0, "b": 1, "c": 1}
+    with pytest.raises(ValueError, match="selection_fraction"):
+        PacNetTrainConfig(selection_fraction=0.0)
+
+
+def test_train_pacnet_refuses_a_selection_split_that_overlaps_the_test_videos(tiny, squares, tmp_path):
+    cache, train, val = squares
+    with pytest.raises(SplitOverlap, match="selection .*test"):
+        train_pacnet(_config(tiny), _train_config(epochs=1), cache, train, val, tmp_path, test_entries=val[:1])
+    with pytest.raises(SplitOverlap, match="training .*selection"):
+        train_pacnet(_config(tiny), _train_config(epochs=1), cache, train, train[:1], tmp_path)
+    assert not (tmp_path / "best").exists()
+
+
+def test_the_chosen_model_is_scored_on_the_test_videos_and_carries_a_card(tiny, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from pecn_ml.model_cards import BaseWeights, CardContext
+
+    cache, entries = moving_square_dataset(12, size=24, min_len=12, max_len=20, seed=4)
+    train, selection, test = entries[:6], entries[6:8], entries[8:]
+    cfg, tcfg = _config(tiny), _train_config(epochs=2)
+    context = CardContext(run_id="run-123", data_versions={"annotations": "ann-v1"},
+                          bases=(BaseWeights("resnet_base", "stand-in for microsoft/resnet-50", "resnet-abc", "f" * 64,
+                                             "pecn-demo-stand-in"),))
+    res = train_pacnet(cfg, tcfg, cache, train, selection, tmp_path, test_entries=test, card=context)
+    assert res.num_val == 2 and res.num_test == 4 and np.isfinite(res.test_mae)
+    # the best model's MAE and the mean predictor's, both on the test videos' fixed crops
+    targets = PacNetCropDataset(cache, test, 4, 0.1, 0.9, seed=tcfg.val_seed, fixed=True).targets()
+    assert res.test_baseline_mae == pytest.approx(np.mean(np.abs(targets - res.mean_train_progress)) * 100)
+    assert res.val_mae == min(h["val_mae"] for h in res.history)   # the selection split picked the epoch
+    card = ModelCard.load(tmp_path / "best" / "README.md").data.to_dict()
+    assert card["dagster_run_id"] == "run-123" and card["data_versions"] == {"annotations": "ann-v1"}
+    assert card["seed"] == tcfg.seed and card["training_config"]["epochs"] == 2 and card["head"] == "regression"
+    assert card["base_weights"][0]["revision"] == "resnet-abc" and card["license"] == "other"
+    assert card["loss_summary"]["best_epoch"] == res.best_epoch
+    assert card["loss_summary"]["selection_mae_pp"] == pytest.approx(res.val_mae)
+    assert load_pacnet(tmp_path / "best").config == cfg                     # the folder still loads
+    # a finished run is not trained again, and still reports its test score
+    again = train_pacnet(cfg, tcfg, cache, train, selection, tmp_path, test_entries=test, card=context)
+    assert again.resumed_from_epoch == 2 and again.test_mae == pytest.approx(res.test_mae)
+    # without a context the card names the bases as the trainer knows them (folder + weights sha)
+    plain = train_pacnet(cfg, _train_config(epochs=1), cache, train, selection, tmp_path / "plain")
+    bases = ModelCard.load(plain.best_dir / "README.md").data.base_weights
+    assert [b["role"] for b in bases] == ["resnet_base", "clip_text_base"] and all(len(b["sha256"]) == 64 for b in bases)
+    assert plain.num_test == 0 and np.isnan(plain.test_mae)

@@ -430,3 +430,33 @@ def test_accelerator_leaves_gradient_accumulation_to_the_loop():
 
     acc = _make_accelerator(small_config(mixed_precision="bf16", gradient_accumulation_steps=3), print)
     assert acc.mixed_precision == "bf16" and acc.gradient_accumulation_steps == 1
+
+
+def test_the_saved_pipeline_carries_a_model_card_and_still_loads(tiny_models, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from pecn_ml.model_cards import BaseWeights, CardContext
+    from pecn_ml.sampling import checkpoint_sha256, load_pipeline
+
+    ds = make_dataset(4, target_idx=25, add_progress=True)
+    cfg = small_config(max_train_steps=2, gradient_accumulation_steps=1, checkpointing_steps=5, seed=4)
+    base = BaseWeights("pix2pix_base", "timbrooks/instruct-pix2pix", "a" * 40, "b" * 64, "mit")
+    context = CardContext(run_id="run-9", bases=(base,), data_versions={"annotations": "ann-v1", "frame_cache": "fc-v2"},
+                          extra={"variant": "next5_progress", "prompt_form": "Generate ... {percent}% ..."})
+    res = train_pix2pix(tiny_models.pix2pix, ds, cfg, tmp_path / "run", card=context)
+    card = ModelCard.load(res.model_dir / "README.md").data.to_dict()
+    assert card["dagster_run_id"] == "run-9" and card["seed"] == 4 and card["variant"] == "next5_progress"
+    assert card["base_model"] == "timbrooks/instruct-pix2pix" and card["license"] == "mit"
+    assert card["base_weights"] == [{"role": "pix2pix_base", "name": "timbrooks/instruct-pix2pix",
+                                     "revision": "a" * 40, "sha256": "b" * 64, "license": "mit"}]
+    assert {"annotations", "frame_cache", "train_pairs_sha256"} <= set(card["data_versions"])
+    assert card["training_config"]["max_train_steps"] == 2 and card["prompt_form"].endswith("...")
+    assert card["loss_summary"]["steps"] == 2 and card["loss_summary"]["final_loss"] == pytest.approx(res.final_loss)
+    assert card["target_idx"] == 25 and "% of the action has been completed." in card["prompt_example"]
+    # the folder loads as before, and the card is outside the checkpoint's sha
+    load_pipeline(res.model_dir, torch.device("cpu"), torch.float32)
+    assert checkpoint_sha256(res.model_dir) == res.unet_sha256
+    # without a context: the base as the trainer knows it (the local folder, by its weights' sha)
+    plain = train_pix2pix(tiny_models.pix2pix, ds, cfg, tmp_path / "plain")
+    bases = ModelCard.load(plain.model_dir / "README.md").data.base_weights
+    assert bases[0]["name"] == str(tiny_models.pix2pix) and len(bases[0]["sha256"]) == 64

@@ -1,9 +1,10 @@
-"""require_cuda: fail fast without a GPU unless the CPU was explicitly allowed."""
+"""require_cuda: fail fast without a GPU unless the CPU was explicitly allowed; torch_build: which
+build `make setup` installed."""
 
 import pytest
 import torch
 
-from pecn_ml.utils.cuda import ALLOW_CPU_ENV, CudaRequiredError, allow_cpu_from_env, require_cuda
+from pecn_ml.utils.cuda import ALLOW_CPU_ENV, CudaRequiredError, allow_cpu_from_env, require_cuda, torch_build
 
 
 def test_without_cuda_it_fails_fast_with_a_clear_message(monkeypatch):
@@ -37,3 +38,16 @@ def test_opt_in_allows_the_cpu_and_cuda_passes(monkeypatch):
 def test_opt_in_from_the_environment(value, expected):
     assert allow_cpu_from_env({ALLOW_CPU_ENV: value}) is expected
     assert allow_cpu_from_env({}) is False
+
+
+def test_torch_build_says_cpu_or_cuda_and_its_version(monkeypatch):
+    line = torch_build()
+    assert line.startswith(f"torch {torch.__version__}: ")
+    assert ("CPU build" in line) == (torch.version.cuda is None)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H100 80GB HBM3")
+    assert torch_build().endswith(": CUDA 12.8 build, 2 GPUs visible (NVIDIA H100 80GB HBM3)")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ": CUDA 12.8 build, no GPU visible (" in torch_build()

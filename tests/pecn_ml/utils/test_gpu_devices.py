@@ -28,6 +28,10 @@ def test_device_set_from_env_cuda_or_none():
         parse_devices("0,0")
     with pytest.raises(ValueError, match="invalid"):
         parse_devices("0;1")
+    for bad in ("a,b", "-1", "0,,1", "GPU-1234"):  # PECN_GPU_DEVICES: device indices only, named when refused
+        with pytest.raises(ValueError, match=f"{DEVICES_ENV}={bad!r}"):
+            device_set({DEVICES_ENV: bad})
+    assert device_set({CUDA_ENV: "GPU-1234"}, cuda_count=lambda: 1) == ["GPU-1234"]  # CUDA may name UUIDs
 
 
 def test_claim_sets_visible_devices_and_refuses_impossible_claims(tmp_path, monkeypatch):
@@ -37,6 +41,11 @@ def test_claim_sets_visible_devices_and_refuses_impossible_claims(tmp_path, monk
         assert os.environ[CUDA_ENV] == "0,1" and claim.env() == {CUDA_ENV: "0,1"}
         assert free_devices(tmp_path, ["0", "1", "2"]) == ["2"]
         assert read_holders(tmp_path, ["0"])["0"]["pid"] == os.getpid()
+        claim.hand_to(12345)                                   # a launched child holds them now
+        assert {h["pid"] for h in read_holders(tmp_path, ["0", "1"]).values()} == {12345}
+        assert read_holders(tmp_path, ["1"])["1"]["claimed_by_pid"] == os.getpid()
+        claim.hand_to(os.getpid())                             # and back
+        assert "claimed_by_pid" not in read_holders(tmp_path, ["0"])["0"]
         assert claim.metadata()["gpu_devices"] == ["0", "1"]
     assert os.environ[CUDA_ENV] == "before"
     assert free_devices(tmp_path, ["0", "1", "2"]) == ["0", "1", "2"]

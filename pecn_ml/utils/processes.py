@@ -1,0 +1,117 @@
+"""Processes of this machine: who is alive (a pid and its start time, so a reused pid is not taken
+for the process that is gone), and a launched child that dies with the process that launched it.
+
+`die_with(pid)` is for a training child: on Linux the kernel sends it SIGINT when its parent
+exits (`prctl(PR_SET_PDEATHSIG)`, however the parent died, SIGKILL included), and a watchdog
+thread checks every second that `pid` (the step process that launched it, also for the ranks of a
+`torchrun` launch, whose parent is the launcher) still runs. When it is gone the child gets SIGINT
+(the same stop as an interrupted step sends: `KeyboardInterrupt`, so `finally` blocks run and
+checkpoints already written, atomically, stay resumable) and is ended with `os._exit` if it has
+not stopped within `grace_s`. Its device locks (inherited descriptors) are closed with it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+PR_SET_PDEATHSIG = 1
+EXIT_PARENT_GONE = 70  # os._exit code of a child whose parent died and that did not stop in time
+
+
+def host_tag() -> str:
+    """A short tag of this machine (names temp folders by their writer's machine)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def start_ticks(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, Linux); "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2:].split()[19]  # field 22, counted after "pid (comm) "
+
+
+def started_at(pid: int) -> Optional[float]:
+    """When process `pid` started (Unix time, Linux); None where unknown."""
+    ticks = start_ticks(pid)
+    try:
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return boot + int(ticks) / os.sysconf("SC_CLK_TCK") if ticks else None
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X")
+
+
+def process_alive(pid: int, start: str = "") -> bool:
+    """Whether process `pid` of this machine runs (a zombie does not), and, with `start` (its
+    `start_ticks`), is the one that started then, not a later process given the same pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: alive
+    if _zombie(pid):
+        return False
+    now = start_ticks(pid)
+    return not (start and now and now != start)
+
+
+def set_parent_death_signal(sig: int = signal.SIGINT) -> bool:
+    """Ask the kernel to send `sig` to this process when its parent exits (Linux; False elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with(pid: int, start: str = "", *, poll_s: float = 1.0, grace_s: float = 15.0,
+             log: Optional[Callable[[str], None]] = None) -> threading.Thread:
+    """Stop this process when process `pid` (started at `start`, see `start_ticks`) is gone: the
+    parent-death signal, then a watchdog thread (module docstring). Returns the thread."""
+    parent = os.getppid()
+    set_parent_death_signal(signal.SIGINT)
+
+    def gone() -> Optional[str]:
+        if not process_alive(pid, start):
+            return f"process {pid} that launched this one is gone"
+        if os.getppid() != parent:  # re-parented: the direct parent (e.g. torchrun) died
+            return f"parent process {parent} is gone"
+        return None
+
+    def watch() -> None:
+        while (why := gone()) is None:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGINT)
+        try:  # best effort: the dead parent may have held the read end of our stderr (BrokenPipeError)
+            if log is not None:
+                log(f"{why}: stopping (pid {os.getpid()})")
+        except Exception:
+            pass
+        time.sleep(grace_s)
+        os._exit(EXIT_PARENT_GONE)
+
+    thread = threading.Thread(target=watch, name="die-with-parent", daemon=True)
+    thread.start()
+    return thread
