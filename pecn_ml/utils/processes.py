@@ -75,10 +75,22 @@ def process_alive(pid: int, start: str = "") -> bool:
     return not (start and now and now != start)
 
 
+def heed_sigint() -> None:
+    """Make SIGINT raise KeyboardInterrupt again where it arrived ignored: a process started in the
+    background by a non-interactive shell (`cmd &`, nohup, CI) inherits SIGINT ignored, and Python
+    keeps it so, which would make the death signal and the watchdog's SIGINT do nothing. Main
+    thread only (signal handlers can be set nowhere else); elsewhere a no-op."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def set_parent_death_signal(sig: int = signal.SIGINT) -> bool:
-    """Ask the kernel to send `sig` to this process when its parent exits (Linux; False elsewhere)."""
+    """Ask the kernel to send `sig` to this process when its parent exits (Linux; False elsewhere).
+    With SIGINT, an inherited "ignore" is undone first (`heed_sigint`)."""
     if not sys.platform.startswith("linux"):
         return False
+    if sig == signal.SIGINT:
+        heed_sigint()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
@@ -91,6 +103,7 @@ def die_with(pid: int, start: str = "", *, poll_s: float = 1.0, grace_s: float =
     """Stop this process when process `pid` (started at `start`, see `start_ticks`) is gone: the
     parent-death signal, then a watchdog thread (module docstring). Returns the thread."""
     parent = os.getppid()
+    heed_sigint()
     set_parent_death_signal(signal.SIGINT)
 
     def gone() -> Optional[str]:

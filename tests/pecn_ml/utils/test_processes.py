@@ -79,8 +79,8 @@ def test_the_watchdog_stops_a_child_whose_launcher_died_even_with_a_broken_stder
         launcher.kill()
         launcher.wait()
         t0 = time.monotonic()
-        child.wait(timeout=10)
-        assert time.monotonic() - t0 < 5
+        child.wait(timeout=30)                               # the issue's bound; a 1 s poll
+        assert time.monotonic() - t0 < 30                    # (5 s was missed on a loaded CI machine)
         assert (tmp_path / "stopped").read_text() == "stopped"  # a KeyboardInterrupt: finally blocks run
     finally:
         for p in (launcher, child):
@@ -97,7 +97,7 @@ def test_the_parent_death_signal_stops_a_child_of_a_killed_parent(tmp_path):
         _wait_for(tmp_path / "ready")
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        assert _gone_within(child, 10) < 5
+        assert _gone_within(child, 30) < 30                  # the issue's bound (10 s missed under load)
         assert (tmp_path / "stopped").read_text() == "stopped"
     finally:
         if parent.poll() is None:
@@ -105,3 +105,34 @@ def test_the_parent_death_signal_stops_a_child_of_a_killed_parent(tmp_path):
             parent.wait()
         if process_alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_child_started_with_sigint_ignored_still_dies_with_its_launcher(tmp_path):
+    """A background job of a non-interactive shell (`cmd &`, CI) inherits SIGINT ignored; the death
+    signal and the watchdog's SIGINT must still stop the child (and run its finally blocks)."""
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    for mode in ("watch", "signal"):
+        launcher = subprocess.Popen(["sleep", "600"])
+        if mode == "watch":
+            child = subprocess.Popen([sys.executable, "-c", _CHILD, str(launcher.pid), str(tmp_path / f"ready_{mode}"),
+                                      str(tmp_path / f"stopped_{mode}"), mode], cwd=REPO, preexec_fn=ignore)
+            _wait_for(tmp_path / f"ready_{mode}")
+            launcher.kill()
+            launcher.wait()
+            child.wait(timeout=30)
+        else:
+            launcher.kill()
+            launcher.wait()
+            parent = subprocess.Popen([sys.executable, "-c", _PARENT, _CHILD, str(tmp_path / f"ready_{mode}"),
+                                       str(tmp_path / f"stopped_{mode}"), mode], cwd=REPO, stdout=subprocess.PIPE,
+                                      text=True, preexec_fn=ignore)
+            pid = int(parent.stdout.readline())
+            _wait_for(tmp_path / f"ready_{mode}")
+            parent.send_signal(signal.SIGKILL)
+            parent.wait()
+            try:
+                _gone_within(pid, 30)
+            finally:
+                if process_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+        assert (tmp_path / f"stopped_{mode}").read_text() == "stopped", mode   # KeyboardInterrupt, not _exit
