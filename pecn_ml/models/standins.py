@@ -83,6 +83,10 @@ class StandinConfig:
     """How the stand-ins are built (the profile holds one; None in the real run)."""
 
     unet_channels: tuple[int, ...] = (32, 32)
+    # the dtype the UNet's weights are saved in: "float16" halves the file (like the hub's fp16
+    # variants); `from_pretrained` loads it as float32 unless told otherwise, so training and
+    # sampling run as with a float32 file, on weights rounded to float16
+    unet_dtype: str = "float32"
     autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
     instruct: InstructPretrainConfig = field(default_factory=InstructPretrainConfig)
     resnet: ResnetPretrainConfig = field(default_factory=ResnetPretrainConfig)
@@ -97,6 +101,10 @@ class StandinConfig:
     seed: int = 0
     torch_threads: Optional[int] = None   # CPU threads while training (None: torch's)
 
+    def __post_init__(self) -> None:
+        if self.unet_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"StandinConfig.unet_dtype must be float32, float16 or bfloat16, got {self.unet_dtype!r}")
+
     def part(self, kind: str) -> dict[str, Any]:
         """The settings that decide stand-in `kind` (its folder key)."""
         if kind == "pix2pix":
@@ -106,6 +114,8 @@ class StandinConfig:
                 part.update(scheduler=self.scheduler, prediction_type=self.prediction_type)
             if self.corpus is not None:
                 part.update(corpus=asdict(self.corpus))
+            if self.unet_dtype != "float32":
+                part.update(unet_dtype=self.unet_dtype)
             return part
         if kind == "resnet":
             return {"seed": self.seed, "resnet": asdict(self.resnet)}
@@ -288,8 +298,8 @@ def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config
         shutil.rmtree(tmp / "corpus", ignore_errors=True)
         report.update(instruct_loss=_curve(losses), instruct_seconds=round(time.perf_counter() - t0, 2),
                       instruct_videos=len(unet_videos))
-        save_pix2pix_pipeline(tmp, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                              scheduler=scheduler)
+        save_pix2pix_pipeline(tmp, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              unet=unet.to(getattr(torch, config.unet_dtype)), scheduler=scheduler)
         return report
 
     return _build("pix2pix", root, config, data_version, build, log, shipped, run_id)

@@ -30,7 +30,7 @@ from pecn_ml.models.pix2pix import encode_prompts
 from pecn_ml.prompts import build_prompt
 from pecn_ml.training.autoencoder import frames_to_pixels
 from pecn_ml.training.latent_cache import encode_pixels
-from pecn_ml.training.pix2pix import (LatentBatch, draw_step_randomness, step_generator,
+from pecn_ml.training.pix2pix import (TARGET_LATENTS, LatentBatch, draw_step_randomness, step_generator,
                                       training_step)
 from pecn_ml.utils.progress import ProgressMeter
 
@@ -50,6 +50,7 @@ class InstructPretrainConfig:
     #                                        the seed's instruction for that text and the gap
     conditioning_dropout_prob: float = 0.05
     min_timestep: int = 0                  # timesteps drawn from [min_timestep, 1000) (Pix2PixTrainConfig's)
+    target_latents: str = "sample"         # "sample" or "mode" (Pix2PixTrainConfig's)
     max_grad_norm: float = 1.0
     seed: int = 0
     log_every_s: float = 10.0
@@ -61,6 +62,9 @@ class InstructPretrainConfig:
             raise ValueError("InstructPretrainConfig: learning_rate must be > 0")
         if self.min_timestep < 0:
             raise ValueError("InstructPretrainConfig: min_timestep must be >= 0")
+        if self.target_latents not in TARGET_LATENTS:
+            raise ValueError(f"InstructPretrainConfig: target_latents must be one of {TARGET_LATENTS}, "
+                             f"got {self.target_latents!r}")
         if self.prompt not in PRETRAIN_PROMPTS:
             raise ValueError(f"InstructPretrainConfig: prompt must be one of {PRETRAIN_PROMPTS}, got {self.prompt!r}")
 
@@ -169,7 +173,7 @@ def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: An
                                      min_timestep=config.min_timestep)
         loss = training_step(unet, noise_scheduler, batch, draws, empty_prompt_embeds=empty,
                              conditioning_dropout_prob=config.conditioning_dropout_prob,
-                             scaling_factor=scaling)
+                             scaling_factor=scaling, target_latents=config.target_latents)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), config.max_grad_norm)

@@ -63,6 +63,8 @@ LogFn = Callable[[str], None]
 # diffusers.optimization.get_scheduler names that need no more than warmup and total steps
 LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 LR_SCHEDULERS: tuple[str, ...] = typing.get_args(LrScheduler)
+TargetLatents = Literal["sample", "mode"]
+TARGET_LATENTS: tuple[str, ...] = typing.get_args(TargetLatents)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ class Pix2PixTrainConfig:
     # timesteps are drawn uniformly from [min_timestep, num_train_timesteps) (the seed's: 0). The
     # demo samples with one DDIM step at the last timestep, so it trains where it samples.
     min_timestep: int = 0
+    # the target frame's latents: "sample", a posterior sample per step (the seed's and diffusers'
+    # script), or "mode", the posterior mean (the demo: its small VAE's posterior noise, std 0.17
+    # against latents of std 1.25, is noise in the very target a copy-level model must reproduce)
+    target_latents: TargetLatents = "sample"
     mixed_precision: MixedPrecision = "fp16"       # "no" | "fp16" | "bf16"; fp16 -> "no" off CUDA
     seed: Optional[int] = 42                       # None: a random seed, kept in checkpoints
     cache_latents: bool = True                     # encode frames/prompts once (exact, see latent_cache)
@@ -115,6 +121,7 @@ class Pix2PixTrainConfig:
             (self.max_train_steps is None or self.max_train_steps >= 1, "max_train_steps must be >= 1"),
             (0 <= self.conditioning_dropout_prob <= 1 / 3, "conditioning_dropout_prob must be in [0, 1/3]"),
             (self.min_timestep >= 0, "min_timestep must be >= 0"),
+            (self.target_latents in TARGET_LATENTS, f"target_latents must be one of {TARGET_LATENTS}"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
             (self.lr_scheduler in LR_SCHEDULERS, f"lr_scheduler must be one of {LR_SCHEDULERS}"),
             (self.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
@@ -249,16 +256,21 @@ def conditioning_dropout_masks(u: torch.Tensor, prob: float) -> tuple[torch.Tens
 
 def training_step(unet: Any, noise_scheduler: Any, batch: LatentBatch, draws: StepDraws, *,
                   empty_prompt_embeds: torch.Tensor, conditioning_dropout_prob: float,
-                  scaling_factor: float, reduction: str = "mean") -> torch.Tensor:
+                  scaling_factor: float, reduction: str = "mean", target_latents: str = "sample") -> torch.Tensor:
     """The noise-prediction loss of one micro-batch (forward only; the loop does backward):
     a scalar (`reduction="mean"`) or one loss per sample, (B,) (`reduction="none"`).
 
     `empty_prompt_embeds` (1, L, D) is the embedding of "" (computed once by the caller).
+    `target_latents`: "sample" (the posterior sample `draws.latent_eps` picks) or "mode" (its mean;
+    the draw is made all the same, so a run's other random numbers do not depend on the choice).
     """
     b = batch.target_mean.shape[0]
     assert batch.image_latents.shape == batch.target_mean.shape, "input/target latent shapes differ"
     assert batch.prompt_embeds.shape[0] == b and draws.timesteps.shape == (b,), "batch sizes differ"
-    latents = sample_latents(batch.target_mean, batch.target_logvar, draws.latent_eps) * scaling_factor
+    if target_latents not in TARGET_LATENTS:
+        raise ValueError(f"target_latents must be one of {TARGET_LATENTS}, got {target_latents!r}")
+    latents = (batch.target_mean if target_latents == "mode"
+               else sample_latents(batch.target_mean, batch.target_logvar, draws.latent_eps)) * scaling_factor
     noisy = noise_scheduler.add_noise(latents, draws.noise, draws.timesteps)  # (B, 4, h, w)
     hidden, image = batch.prompt_embeds, batch.image_latents
     if conditioning_dropout_prob > 0:
@@ -599,7 +611,8 @@ def _micro_loss_sum(run: _Run, slots: torch.Tensor, data: Any, epoch: int) -> to
     losses = training_step(run.unet, p.noise_scheduler, inputs, draws,
                            empty_prompt_embeds=run.empty_prompt_embeds,
                            conditioning_dropout_prob=run.config.conditioning_dropout_prob,
-                           scaling_factor=float(p.vae.config.scaling_factor), reduction="none")  # (B,)
+                           scaling_factor=float(p.vae.config.scaling_factor), reduction="none",
+                           target_latents=run.config.target_latents)  # (B,)
     weights = slot_weights(slots, run.n, run.accelerator.num_processes).to(run.device)
     return (losses * weights).sum()
 
