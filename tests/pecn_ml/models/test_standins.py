@@ -190,7 +190,7 @@ def test_resnet_and_clip_text_standins(tmp_path):
     assert ResNetModel.from_pretrained(resnet.path).config.hidden_sizes == [16, 32]
     assert resnet.report["pretrain_loss"]["steps"] == 4
     assert read_card(resnet.path).data.loss_summary["pretrain_loss"]["steps"] == 4
-    clip = build_standin_clip_text(tmp_path, TINY, run_id="run-7")
+    clip = build_standin_clip_text(tmp_path, TINY, run_id="run-7", shipped=None)   # built: its run's card
     CLIPTextModel.from_pretrained(clip.path)
     assert read_card(clip.path).data.dagster_run_id == "run-7"
     assert CLIPTokenizer.from_pretrained(clip.path)("moving something up").input_ids
@@ -303,3 +303,33 @@ def test_the_packages_shipped_standins_verify():
 
     assert (standins.SHIPPED / standins.MANIFEST).is_file()
     assert {name: p for name, p in standins.verify_shipped().items() if p} == {}
+
+
+def test_every_shipped_file_stays_under_2_mb():
+    """The stand-ins travel in git: no file of theirs may outgrow 2 MB (the demo's UNet is saved in
+    float16 for that, `StandinConfig.unet_dtype`)."""
+    from pecn_ml.models import standins
+
+    sizes = {str(p.relative_to(standins.SHIPPED)): p.stat().st_size
+             for p in standins.SHIPPED.rglob("*") if p.is_file()}
+    assert sizes and {name: n for name, n in sizes.items() if n > 2 * 1024 * 1024} == {}
+
+
+def test_a_float16_unet_is_saved_half_size_and_loads_as_float32(tmp_path):
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from safetensors import safe_open
+
+    videos = _videos()
+    wide = replace(TINY, unet_channels=(32, 32))
+    half = replace(wide, unet_dtype="float16")
+    assert standin_key("pix2pix", half, "d") != standin_key("pix2pix", wide, "d")
+    built = {c.unet_dtype: build_standin_pix2pix(tmp_path, videos, c, "d", shipped=None) for c in (wide, half)}
+    files = {k: b.path / "unet" / "diffusion_pytorch_model.safetensors" for k, b in built.items()}
+    with safe_open(str(files["float16"]), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert files["float16"].stat().st_size < 0.6 * files["float32"].stat().st_size
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(built["float16"].path, safety_checker=None,
+                                                                  requires_safety_checker=False)
+    assert {p.dtype for p in pipe.unet.parameters()} == {torch.float32}   # trains and samples in fp32
+    with pytest.raises(ValueError, match="unet_dtype"):
+        replace(TINY, unet_dtype="int8")

@@ -13,6 +13,7 @@ from pecn_ml.models.pix2pix import encode_prompts, load_pix2pix_components
 from pecn_ml.models.tiny import build_tiny_models
 from pecn_ml.training import pix2pix_checkpoints as ckpt
 from pecn_ml.training.latent_cache import LatentStore, encode_dataset
+from pecn_ml.training.instruct_pretrain import InstructPretrainConfig
 from pecn_ml.training.pix2pix import (EpochShuffleSampler, LatentBatch, Pix2PixTrainConfig,
                                       cached_pair_batch, conditioning_dropout_masks,
                                       draw_step_randomness, encode_pair_batch, step_generator,
@@ -460,3 +461,33 @@ def test_the_saved_pipeline_carries_a_model_card_and_still_loads(tiny_models, tm
     plain = train_pix2pix(tiny_models.pix2pix, ds, cfg, tmp_path / "plain")
     bases = ModelCard.load(plain.model_dir / "README.md").data.base_weights
     assert bases[0]["name"] == str(tiny_models.pix2pix) and len(bases[0]["sha256"]) == 64
+
+
+def test_mode_targets_ignore_the_posterior_draw_and_sample_targets_follow_it(parts):
+    """target_latents "mode" (the demo's): the target is the posterior mean whatever eps is drawn;
+    "sample" (the seed's): the loss moves with the posterior draw."""
+    from diffusers import DDPMScheduler
+
+    b = 3
+    batch = LatentBatch(torch.randn(b, 4, 8, 8), torch.full((b, 4, 8, 8), -2.0),
+                        torch.randn(b, 4, 8, 8), torch.randn(b, 77, 32))
+    scheduler = DDPMScheduler.from_config(parts.noise_scheduler.config, prediction_type="sample")
+
+    class Oracle(torch.nn.Module):                     # returns the scaled posterior mean exactly
+        def forward(self, x, t, hidden):
+            return type("Out", (), {"sample": batch.target_mean * 0.5})()
+
+    def loss(seed: int, mode: str) -> float:
+        draws = draw_step_randomness((b, 4, 8, 8), 1000, generator=torch.Generator().manual_seed(seed),
+                                     dtype=torch.float32, device=torch.device("cpu"))
+        return float(training_step(Oracle(), scheduler, batch, draws, empty_prompt_embeds=torch.zeros(1, 77, 32),
+                                   conditioning_dropout_prob=0.0, scaling_factor=0.5, target_latents=mode))
+
+    assert loss(1, "mode") < 1e-12 and loss(2, "mode") < 1e-12
+    assert loss(1, "sample") > 1e-4 and loss(1, "sample") != loss(2, "sample")
+    with pytest.raises(ValueError, match="target_latents"):
+        loss(1, "median")
+    with pytest.raises(ValueError, match="target_latents"):
+        Pix2PixTrainConfig(target_latents="median")
+    with pytest.raises(ValueError, match="target_latents"):
+        InstructPretrainConfig(target_latents="median")
