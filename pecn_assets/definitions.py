@@ -3,7 +3,8 @@
 The deployment is chosen here, once: `deployment_from_env()` reads the environment
 
     PECN_PROFILE        demo (default) | full | smoke          (pecn_ml/profiles.py)
-    PECN_SEEDS          training seeds, e.g. "0,1,2" (default: the profile's pix2pix seed)
+    PECN_SEEDS          training seeds to start with, e.g. "0,1,2" (default: the profile's pix2pix
+                        seed); added to the dynamic seed partitions when missing, more in the UI
     PECN_DATA_DIR, PECN_OUTPUTS_DIR, PECN_RESULTS_DIR          folders (default: the profile's)
     PECN_TRACKING       tensorboard (default) | mlflow | none
     MLFLOW_TRACKING_URI with mlflow: e.g. sqlite:////abs/mlflow.db (default: MLflow's own)
@@ -43,7 +44,7 @@ from pecn_assets.checks import build_checks
 from pecn_assets.gpu_pool import K8S_EXECUTOR, build_gpu_pool_sensor, parse_pool_limit
 from pecn_assets.io_manager import ArtifactIOManager
 from pecn_assets.jobs import build_jobs, pecn_executor
-from pecn_assets.partitions import Partitions
+from pecn_assets.partitions import SEEDS_METADATA, Partitions
 from pecn_assets.resources import PecnSettings, PretrainedModels, Tracking
 from pecn_ml.profiles import Profile, get_profile
 from pecn_ml.training.tracking import BACKENDS
@@ -118,7 +119,7 @@ def build_definitions(profile: Profile, seeds: Optional[tuple[int, ...]] = None,
     settings = settings or PecnSettings.for_profile(profile)
     artifacts_dir = artifacts_dir or str(settings.outputs_path() / "_artifacts")
     assets = build_assets(parts, settings.train_processes, automation or Automation())
-    jobs, sensors = build_jobs()
+    jobs, sensors = build_jobs(parts.seeds)
     executor = pecn_executor()
     sensors = [*sensors, build_gpu_pool_sensor(settings, executor.name == K8S_EXECUTOR, gpu_pool_limit)]
     if tracking is not None and tracking.backend not in BACKENDS:
@@ -128,7 +129,7 @@ def build_definitions(profile: Profile, seeds: Optional[tuple[int, ...]] = None,
         executor=executor,
         resources={"settings": settings, "models": models or PretrainedModels(),
                    "tracking": tracking or Tracking(), "io_manager": ArtifactIOManager(root=artifacts_dir)},
-        metadata={"pecn/profile": profile.name, "pecn/seeds": ",".join(str(s) for s in parts.seeds)},
+        metadata={"pecn/profile": profile.name, SEEDS_METADATA: ",".join(str(s) for s in parts.seeds)},
     )
 
 

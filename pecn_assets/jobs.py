@@ -6,6 +6,9 @@
   follows its model, `frame_cache` is eager. It replaced the `experiment_sweep` schedule (retrained
   every seed x variant weekly, changed or not), the `sweep_evaluations` sensor and the hourly
   `refresh_frame_cache` schedule (staleness computed by hand).
+- `register_seeds` (sensor, running): adds the deployment's training seeds (`PECN_SEEDS` or the
+  profile's) to the dynamic seed partitions once each (a cursor remembers them, so a seed deleted
+  in the UI stays deleted); more seeds are added in the UI, without a restart.
 - `annotations_changed` (sensor, stopped): the raw annotation files hash to a new version:
   observe `raw_annotations`, re-materialise `filtered_annotations`. Kept: automation can watch a
   source only by launching an observation run on every tick; this sensor hashes the files in
@@ -24,12 +27,14 @@
 The environment is read when `build_jobs` runs (from `pecn_assets.definitions`), not at import.
 """
 
+import json
 import os
 from typing import Optional
 
 import dagster as dg
 
 from pecn_assets.cleanup import cleanup_checkpoints_job
+from pecn_assets.partitions import SEED_PARTITIONS
 from pecn_assets.resources import PecnSettings
 from pecn_assets.runs import release_dead_runs
 from pecn_ml.data.versions import annotations_version
@@ -41,6 +46,7 @@ ANNOTATIONS_VERSION_TAG = "pecn/annotations_version"
 DATA_VERSION_TAG = "dagster/data_version"
 
 RAW_ANNOTATIONS = dg.AssetKey("raw_annotations")
+SEED_PARTITIONS_DEF = dg.DynamicPartitionsDefinition(name=SEED_PARTITIONS)
 
 
 def pecn_executor() -> dg.ExecutorDefinition:
@@ -132,8 +138,30 @@ def release_dead_runs_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReas
                          else "no dead runs")
 
 
-def build_jobs() -> tuple[list, list]:
-    """(jobs, sensors) of one deployment, with the executor `PECN_EXECUTOR` names."""
+def build_seed_sensor(seeds: tuple[int, ...]) -> dg.SensorDefinition:
+    """`register_seeds`: the deployment's training seeds into the dynamic seed partitions, once each."""
+
+    @dg.sensor(name="register_seeds", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Adds the deployment's training seeds (PECN_SEEDS or the profile's) to the dynamic "
+                           "seed partitions of ip2p_model / evaluation, each once (cursor), so a seed deleted in "
+                           "the UI stays deleted. More seeds: asset -> Partitions -> Add partition (docs/UI.md).")
+    def register_seeds(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        done = set(json.loads(context.cursor)) if context.cursor else set()
+        wanted = [str(s) for s in seeds if str(s) not in done]
+        new = [s for s in wanted if not context.instance.has_dynamic_partition(SEED_PARTITIONS, s)]
+        cursor = json.dumps(sorted(done | set(wanted), key=int))
+        if not new:
+            return dg.SensorResult(skip_reason=f"training seeds {', '.join(map(str, seeds))} registered",
+                                   cursor=cursor)
+        context.log.info(f"adding training seeds {', '.join(new)} to the {SEED_PARTITIONS} partitions")
+        return dg.SensorResult(dynamic_partitions_requests=[SEED_PARTITIONS_DEF.build_add_request(new)],
+                               cursor=cursor)
+
+    return register_seeds
+
+
+def build_jobs(seeds: tuple[int, ...]) -> tuple[list, list]:
+    """(jobs, sensors) of one deployment (training `seeds` to register), with the executor `PECN_EXECUTOR` names."""
     executor = pecn_executor()
     jobs = [
         _job("observe_sources", ["raw_annotations", "raw_videos"],
@@ -148,4 +176,4 @@ def build_jobs() -> tuple[list, list]:
              "Evaluate one trained model on every eval set (partition = seed|variant).", executor),
         cleanup_checkpoints_job,
     ]
-    return jobs, [annotations_changed, build_automation_sensor(), release_dead_runs_sensor]
+    return jobs, [build_seed_sensor(seeds), annotations_changed, build_automation_sensor(), release_dead_runs_sensor]

@@ -12,6 +12,7 @@ import pytest
 from pecn_assets.automation import DEFAULT_SWEEP_CRON, SWEEP_CRON_ENV, Automation, backfill_cron
 from pecn_assets.definitions import build_definitions
 from pecn_assets.jobs import DATA_VERSION_TAG
+from pecn_assets.partitions import add_seeds
 from pecn_ml.profiles import get_profile
 from pecn_ml.variants import VARIANTS
 
@@ -38,6 +39,7 @@ class Ticks:
 
     def __init__(self, defs: dg.Definitions):
         self.defs, self.instance, self.cursor = defs, dg.DagsterInstance.ephemeral(), None
+        add_seeds(self.instance, SEEDS)
         # the events are stamped with the real clock: every tick is evaluated after them
         self.start = _saturday_3am_after(datetime.now(timezone.utc)) + timedelta(days=3)  # a Wednesday
 
@@ -135,6 +137,19 @@ def test_a_model_trained_by_hand_is_evaluated_at_once(ticks):
     ticks.report("evaluation", "v2", partition="1|next5_progress")
     assert ticks.tick(wednesday + timedelta(minutes=1)) == {}
     assert ticks.tick(saturday) == {}
+
+
+def test_a_seed_added_at_run_time_fills_its_row_at_the_weekly_tick(ticks):
+    wednesday, saturday = ticks.week(1)
+    ticks.instance.add_dynamic_partitions("training_seed", ["7"])  # what the UI's "Add partition" does
+    row = {f"7|{v}" for v in VARIANTS}
+    assert ticks.tick(wednesday) == {}
+    assert ticks.tick(saturday) == {"ip2p_model": row, "evaluation": row}  # the new row only, models and evaluations
+    for key in row:
+        ticks.report("ip2p_model", "v1", partition=key)
+        ticks.report("evaluation", "v1", partition=key)
+    assert ticks.tick(saturday + timedelta(hours=1)) == {}  # trained and evaluated in the same runs: done
+    assert ticks.tick(ticks.week(2)[1]) == {}
 
 
 def test_new_progress_estimates_retrain_nothing(ticks):

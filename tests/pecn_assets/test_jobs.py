@@ -117,6 +117,41 @@ def test_annotations_sensor_skips_with_the_folder_named_when_files_are_missing(d
     assert not data.run_requests and str(tmp_path / "nowhere") in data.skip_message
 
 
+# --- training seeds: dynamic partitions -------------------------------------------------------
+
+def test_register_seeds_adds_the_deployment_seeds_once(instance):
+    from pecn_assets.partitions import SEED_PARTITIONS
+
+    sensor = jobs.build_seed_sensor((0, 3))
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
+    (request,) = first.dynamic_partitions_requests
+    assert request.partitions_def_name == SEED_PARTITIONS and list(request.partition_keys) == ["0", "3"]
+    instance.add_dynamic_partitions(SEED_PARTITIONS, list(request.partition_keys))  # what the daemon does
+    second = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+    assert not second.dynamic_partitions_requests and "registered" in second.skip_message
+
+    instance.delete_dynamic_partition(SEED_PARTITIONS, "3")  # deleted in the UI: it stays deleted
+    third = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=second.cursor))
+    assert not third.dynamic_partitions_requests
+    fresh = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))  # a new cursor (sensor reset)
+    assert [list(r.partition_keys) for r in fresh.dynamic_partitions_requests] == [["3"]]
+
+
+def test_model_partition_keys_are_unchanged_and_come_from_the_instance(instance):
+    from pecn_assets.partitions import add_seeds, model_key, seed_and_variant
+
+    parts = Partitions.build(get_profile("demo"), (0,))
+    assert parts.model_keys(instance) == []  # nothing registered yet
+    assert add_seeds(instance, (0,)) == ["0"] and add_seeds(instance, (0,)) == []
+    instance.add_dynamic_partitions("training_seed", ["5"])  # the UI's "Add partition"
+    keys = parts.model_keys(instance)
+    assert keys[:2] == ["0|next1", "0|next1_progress"] and "5|next5_shuffled" in keys and len(keys) == 12
+    assert str(model_key(5, "next1")) == "5|next1" and seed_and_variant("5|next1") == (5, "next1")
+    with pytest.raises(dg.Failure, match="not an integer"):
+        seed_and_variant("five|next1")
+
+
 # --- declarative automation and the executor --------------------------------------------------
 
 def test_frame_cache_is_eager_and_the_automation_sensor_runs_it(defs, instance):
@@ -158,5 +193,5 @@ def test_definitions_load_with_every_job_schedule_and_sensor(defs):
     assert {"observe_sources", "refilter_annotations", "build_frame_cache", "sweep_train", "sweep_evaluate",
             "cleanup_checkpoints"} <= {j.name for j in defs.jobs}
     assert not defs.schedules  # the weekly backfill is declarative automation (tests/pecn_assets/test_automation.py)
-    assert {s.name for s in defs.sensors} == {"annotations_changed", "pecn_automation", "release_dead_runs",
-                                              "gpu_pool_size"}
+    assert {s.name for s in defs.sensors} == {"register_seeds", "annotations_changed", "pecn_automation",
+                                              "release_dead_runs", "gpu_pool_size"}
