@@ -7,12 +7,16 @@
   (`config_code_version`), since the partition was last requested or materialised. Unchanged
   partitions are not retrained: training is deterministic, the same inputs give the same numbers.
 - `evaluation`, `progress_estimates` (`Automation.follow`): a partition follows its model as soon
-  as that model partition is materialised (a tick after, or in the same run when both are
-  requested together), and is otherwise rebuilt at the weekly tick like the models.
-- `frame_cache` (`Automation.cache`): eager (rebuilt when `filtered_annotations` or `raw_videos`
-  update, missing partitions built) and when its code version changes.
+  as that model partition gets a new data version (a tick after), and is otherwise rebuilt at the
+  weekly tick like the models (missing, or its code version changed). Requested in the same tick
+  as its model, it shares the model's request: the automation sensor turns a tick's requests of
+  several partitions into one asset backfill (its `emit_backfills` default), whose daemon runs
+  each evaluation after its model.
+- `frame_cache` (`Automation.cache`): eager (rebuilt at once when `filtered_annotations` or
+  `raw_videos` get a new data version, missing partitions built) and when its code version changes.
 
-Nothing of this runs unless the automation sensor (`pecn_automation`, pecn_assets/jobs.py) is on.
+Nothing of this runs unless the automation sensor (`pecn_automation`, pecn_assets/jobs.py) is on
+(and, for backfills, the daemon: `make ui` runs it).
 `progress_estimates` is read by `ip2p_model` and `evaluation` only when a run's config says
 `use_progress_estimator` (off by default, the only setting automation uses), so neither waits
 for it nor is rebuilt when it changes.

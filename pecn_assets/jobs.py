@@ -122,6 +122,7 @@ def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         "pecn_automation", target=dg.AssetSelection.all(), default_status=_automation_status(),
         minimum_interval_seconds=60,
+        emit_backfills=True,  # (the default) a tick's requests: one asset backfill, each evaluation after its model
         description="Evaluates the assets' automation conditions: at the weekly tick (PECN_SWEEP_CRON) "
                     "ip2p_model and pacnet partitions missing or stale (an upstream's data version or the "
                     "code version / training config changed); evaluation and progress_estimates follow "

@@ -108,6 +108,25 @@ def test_new_base_weights_retrain_and_re_evaluate_every_model_at_the_weekly_tick
     assert ticks.tick(ticks.week(2)[1]) == {}  # and not again the week after
 
 
+def test_a_model_and_its_evaluation_requested_together_are_one_backfill(ticks):
+    """What the automation sensor launches from a tick's requests (Dagster's own builder, private:
+    `build_run_requests`): one asset backfill holding models and evaluations, whose daemon runs each
+    evaluation after its model; without backfills, one run per partition with both assets."""
+    from dagster._core.definitions.automation_tick_evaluation_context import build_run_requests
+
+    ticks.report("pix2pix_base", "v2")
+    ticks.tick(ticks.week(1)[0])
+    result = dg.evaluate_automation_conditions(defs=ticks.defs, instance=ticks.instance,
+                                               evaluation_time=ticks.week(1)[1], cursor=ticks.cursor)
+    graph = ticks.defs.resolve_asset_graph()
+    (backfill,) = build_run_requests(result._requested_subsets, graph, {}, emit_backfills=True)
+    assert backfill.requires_backfill_daemon()
+    assert {k.to_user_string() for k in backfill.asset_graph_subset.asset_keys} == {"ip2p_model", "evaluation"}
+    runs = build_run_requests(result._requested_subsets, graph, {}, emit_backfills=False)
+    assert {r.partition_key: {k.to_user_string() for k in r.asset_selection} for r in runs} == {
+        key: {"ip2p_model", "evaluation"} for key in MODELS}
+
+
 def test_new_text_encoder_retrains_pacnet_and_its_estimates_follow(ticks):
     ticks.report("clip_text_base", "v2")
     wednesday, saturday = ticks.week(1)
@@ -184,6 +203,7 @@ def test_the_cron_comes_from_the_deployment_settings():
 def test_the_automation_sensor_is_in_the_definitions_and_runs_by_default(defs):
     sensor = defs.get_sensor_def("pecn_automation")
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    assert sensor.emit_backfills  # a tick's requests of several partitions: one backfill, in dependency order
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert not defs.schedules  # the weekly sweep is the automation conditions' cron now
     graph = defs.resolve_asset_graph()
