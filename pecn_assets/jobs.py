@@ -46,7 +46,6 @@ ANNOTATIONS_VERSION_TAG = "pecn/annotations_version"
 DATA_VERSION_TAG = "dagster/data_version"
 
 RAW_ANNOTATIONS = dg.AssetKey("raw_annotations")
-SEED_PARTITIONS_DEF = dg.DynamicPartitionsDefinition(name=SEED_PARTITIONS)
 
 
 def pecn_executor() -> dg.ExecutorDefinition:
@@ -79,7 +78,6 @@ def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> Opti
         return None
     event = latest.asset_materialization or latest.asset_observation
     return event.tags.get(DATA_VERSION_TAG) if event is not None else None
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +143,7 @@ def build_seed_sensor(seeds: tuple[int, ...]) -> dg.SensorDefinition:
     @dg.sensor(name="register_seeds", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
                description="Adds the deployment's training seeds (PECN_SEEDS or the profile's) to the dynamic "
                            "seed partitions of ip2p_model / evaluation, each once (cursor), so a seed deleted in "
-                           "the UI stays deleted. More seeds: asset -> Partitions -> Add partition (docs/UI.md).")
+                           "the UI stays deleted. More seeds: ip2p_model -> Materialize... -> Add a partition (docs/UI.md).")
     def register_seeds(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         done = set(json.loads(context.cursor)) if context.cursor else set()
         wanted = [str(s) for s in seeds if str(s) not in done]
@@ -155,8 +153,8 @@ def build_seed_sensor(seeds: tuple[int, ...]) -> dg.SensorDefinition:
             return dg.SensorResult(skip_reason=f"training seeds {', '.join(map(str, seeds))} registered",
                                    cursor=cursor)
         context.log.info(f"adding training seeds {', '.join(new)} to the {SEED_PARTITIONS} partitions")
-        return dg.SensorResult(dynamic_partitions_requests=[SEED_PARTITIONS_DEF.build_add_request(new)],
-                               cursor=cursor)
+        request = dg.AddDynamicPartitionsRequest(partitions_def_name=SEED_PARTITIONS, partition_keys=new)
+        return dg.SensorResult(dynamic_partitions_requests=[request], cursor=cursor)
 
     return register_seeds
 

@@ -6,8 +6,8 @@
   orders the dimensions by name), e.g. `0|next1`. An evaluation partition reads the checkpoint of
   the same key and scores it on every eval set. The seed dimension is dynamic
   (`DynamicPartitionsDefinition` "training_seed"): its keys live in the Dagster instance, so a seed
-  is added in the UI (asset -> Partitions -> "Add partition") without a restart, and code that
-  lists the keys needs the instance (`model_keys(instance)`). The deployment's seeds (`PECN_SEEDS`
+  is added in the UI (ip2p_model -> Materialize... -> "Add a partition") without a restart, and
+  code that lists the keys needs the instance (`model_keys(instance)`). The deployment's seeds (`PECN_SEEDS`
   or the profile's) are added when missing: `add_seeds` (the demo, the rehearsal) and the
   `register_seeds` sensor (pecn_assets/jobs.py);
 - `eval_set` (copy_frame_baseline): basic, backforth.

@@ -160,7 +160,7 @@ def test_a_model_trained_by_hand_is_evaluated_at_once(ticks):
 
 def test_a_seed_added_at_run_time_fills_its_row_at_the_weekly_tick(ticks):
     wednesday, saturday = ticks.week(1)
-    ticks.instance.add_dynamic_partitions("training_seed", ["7"])  # what the UI's "Add partition" does
+    ticks.instance.add_dynamic_partitions("training_seed", ["7"])  # what the UI's "Add a partition" does
     row = {f"7|{v}" for v in VARIANTS}
     assert ticks.tick(wednesday) == {}
     assert ticks.tick(saturday) == {"ip2p_model": row, "evaluation": row}  # the new row only, models and evaluations

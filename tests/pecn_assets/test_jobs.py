@@ -144,7 +144,7 @@ def test_model_partition_keys_are_unchanged_and_come_from_the_instance(instance)
     parts = Partitions.build(get_profile("demo"), (0,))
     assert parts.model_keys(instance) == []  # nothing registered yet
     assert add_seeds(instance, (0,)) == ["0"] and add_seeds(instance, (0,)) == []
-    instance.add_dynamic_partitions("training_seed", ["5"])  # the UI's "Add partition"
+    instance.add_dynamic_partitions("training_seed", ["5"])  # the UI's "Add a partition"
     keys = parts.model_keys(instance)
     assert keys[:2] == ["0|next1", "0|next1_progress"] and "5|next5_shuffled" in keys and len(keys) == 12
     assert str(model_key(5, "next1")) == "5|next1" and seed_and_variant("5|next1") == (5, "next1")
