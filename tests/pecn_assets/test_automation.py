@@ -41,7 +41,8 @@ class Ticks:
         self.defs, self.instance, self.cursor = defs, dg.DagsterInstance.ephemeral(), None
         add_seeds(self.instance, SEEDS)
         # the events are stamped with the real clock: every tick is evaluated after them
-        self.start = _saturday_3am_after(datetime.now(timezone.utc)) + timedelta(days=3)  # a Wednesday
+        self.start = _saturday_3am_after(datetime.now(timezone.utc)) + timedelta(days=3)
+        assert self.start.weekday() == 1  # a Tuesday: the first tick, before any weekly tick
 
     def report(self, asset: str, version: str, partition=None) -> None:
         self.instance.report_runless_asset_event(dg.AssetMaterialization(
