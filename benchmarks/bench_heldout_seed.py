@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     graph = defs.resolve_asset_graph()
     results = {}
     with dg.DagsterInstance.get() as instance:
-        for key in graph.get(dg.AssetKey("ip2p_model")).partitions_def.get_partition_keys():
+        for key in graph.get(dg.AssetKey("ip2p_model")).partitions_def.get_partition_keys(
+                dynamic_partitions_store=instance):  # the seeds in the instance (the seed dimension is dynamic)
             ckpt = defs.load_asset_value("ip2p_model", partition_key=key, instance=instance)
             v = VARIANTS[ckpt.variant]
             sampling = replace(profile.sampling, input_idx=v.input_idx, target_idx=v.target_idx,

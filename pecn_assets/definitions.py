@@ -3,7 +3,8 @@
 The deployment is chosen here, once: `deployment_from_env()` reads the environment
 
     PECN_PROFILE        demo (default) | full | smoke          (pecn_ml/profiles.py)
-    PECN_SEEDS          training seeds, e.g. "0,1,2" (default: the profile's pix2pix seed)
+    PECN_SEEDS          training seeds to start with, e.g. "0,1,2" (default: the profile's pix2pix
+                        seed); added to the dynamic seed partitions when missing, more in the UI
     PECN_DATA_DIR, PECN_OUTPUTS_DIR, PECN_RESULTS_DIR          folders (default: the profile's)
     PECN_TRACKING       tensorboard (default) | mlflow | none
     MLFLOW_TRACKING_URI with mlflow: e.g. sqlite:////abs/mlflow.db (default: MLflow's own)
@@ -16,6 +17,8 @@ The deployment is chosen here, once: `deployment_from_env()` reads the environme
     PECN_GPU_POOL_LIMIT the `gpu` pool's limit, set explicitly (default: claimable devices //
                         PECN_TRAIN_PROCESSES, set when the platform starts: pecn_assets/gpu_pool.py)
     PECN_ALLOW_CPU      1: GPU steps of the full profile may run on the CPU (the rehearsal)
+    PECN_SWEEP_CRON     the weekly backfill's cron: missing or stale ip2p_model / pacnet
+                        partitions are trained then (default "0 3 * * 6"; pecn_assets/automation.py)
     PECN_ARTIFACTS_DIR  where the artifact I/O manager keeps its JSON handles
                         (default: {outputs}/_artifacts, beside the checkpoints they name, so
                         every step pod that sees the outputs sees them too)
@@ -36,11 +39,12 @@ from pecn_assets.assets.evaluation import build_evaluation_assets
 from pecn_assets.assets.pix2pix import build_pix2pix_assets
 from pecn_assets.assets.pretrained import build_pretrained_assets
 from pecn_assets.assets.progress import build_progress_assets
+from pecn_assets.automation import Automation, backfill_cron
 from pecn_assets.checks import build_checks
 from pecn_assets.gpu_pool import K8S_EXECUTOR, build_gpu_pool_sensor, parse_pool_limit
 from pecn_assets.io_manager import ArtifactIOManager
 from pecn_assets.jobs import build_jobs, pecn_executor
-from pecn_assets.partitions import Partitions
+from pecn_assets.partitions import SEEDS_METADATA, Partitions
 from pecn_assets.resources import PecnSettings, PretrainedModels, Tracking
 from pecn_ml.profiles import Profile, get_profile
 from pecn_ml.training.tracking import BACKENDS
@@ -91,40 +95,41 @@ def deployment_from_env(env: Mapping[str, str] = os.environ) -> dict:
                         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI", ""))
     return {"profile": profile, "seeds": seeds, "settings": settings, "tracking": tracking,
             "artifacts_dir": env.get("PECN_ARTIFACTS_DIR") or None,
-            "gpu_pool_limit": parse_pool_limit(env.get("PECN_GPU_POOL_LIMIT"))}
+            "gpu_pool_limit": parse_pool_limit(env.get("PECN_GPU_POOL_LIMIT")),
+            "automation": Automation(backfill_cron(env))}
 
 
-def build_assets(parts: Partitions, train_processes: int = 1) -> list:
+def build_assets(parts: Partitions, train_processes: int = 1, automation: Automation = Automation()) -> list:
     """Every asset of one deployment, the observable sources first (`train_processes`: the GPUs
-    of a training step's pod on Kubernetes)."""
-    return [raw_annotations, raw_videos, *build_data_assets(parts), *build_pretrained_assets(parts),
-            *build_progress_assets(parts, train_processes), *build_pix2pix_assets(parts, train_processes),
-            *build_evaluation_assets(parts)]
+    of a training step's pod on Kubernetes; `automation`: the weekly backfill's conditions)."""
+    return [raw_annotations, raw_videos, *build_data_assets(parts, automation), *build_pretrained_assets(parts),
+            *build_progress_assets(parts, train_processes, automation),
+            *build_pix2pix_assets(parts, train_processes, automation), *build_evaluation_assets(parts, automation)]
 
 
 def build_definitions(profile: Profile, seeds: Optional[tuple[int, ...]] = None, *,
                       settings: Optional[PecnSettings] = None, models: Optional[PretrainedModels] = None,
                       tracking: Optional[Tracking] = None, artifacts_dir: Optional[str] = None,
-                      gpu_pool_limit: Optional[int] = None) -> dg.Definitions:
+                      gpu_pool_limit: Optional[int] = None, automation: Optional[Automation] = None) -> dg.Definitions:
     """The Definitions of one deployment: `profile`, training `seeds` (default: the profile's one),
     folders (`settings`, default: the profile's), hub weights, tracking, artifact storage, and an
-    explicit `gpu` pool limit (None: sized to the machine by the `gpu_pool_size` sensor)."""
+    explicit `gpu` pool limit (None: sized to the machine by the `gpu_pool_size` sensor), and the
+    automation conditions (default: the weekly backfill at its default cron)."""
     parts = Partitions.build(profile, seeds or default_seeds(profile))
     settings = settings or PecnSettings.for_profile(profile)
     artifacts_dir = artifacts_dir or str(settings.outputs_path() / "_artifacts")
-    assets = build_assets(parts, settings.train_processes)
-    frame_cache = next(a for a in assets if isinstance(a, dg.AssetsDefinition) and a.key == dg.AssetKey("frame_cache"))
-    jobs, schedules, sensors = build_jobs(parts, frame_cache)
+    assets = build_assets(parts, settings.train_processes, automation or Automation())
+    jobs, sensors = build_jobs(parts.seeds)
     executor = pecn_executor()
     sensors = [*sensors, build_gpu_pool_sensor(settings, executor.name == K8S_EXECUTOR, gpu_pool_limit)]
     if tracking is not None and tracking.backend not in BACKENDS:
         raise ValueError(f"tracking backend {tracking.backend!r}: expected one of {', '.join(BACKENDS)}")
     return dg.Definitions(
-        assets=assets, asset_checks=build_checks(parts), jobs=jobs, schedules=schedules, sensors=sensors,
+        assets=assets, asset_checks=build_checks(parts), jobs=jobs, sensors=sensors,
         executor=executor,
         resources={"settings": settings, "models": models or PretrainedModels(),
                    "tracking": tracking or Tracking(), "io_manager": ArtifactIOManager(root=artifacts_dir)},
-        metadata={"pecn/profile": profile.name, "pecn/seeds": ",".join(str(s) for s in parts.seeds)},
+        metadata={"pecn/profile": profile.name, SEEDS_METADATA: ",".join(str(s) for s in parts.seeds)},
     )
 
 

@@ -20,15 +20,17 @@ from pathlib import Path
 
 import dagster as dg
 
+from pecn_assets.partitions import SEED_PARTITIONS, add_seeds, deployment_seeds
 from pecn_assets.runs import PID_TAG, in_process_tags, release_dead_runs  # PID_TAG: names the process of its runs
 
 ORDER = ("filtered_annotations", "frame_cache", "pix2pix_base", "resnet_base", "clip_text_base", "pacnet",
          "progress_estimates", "copy_frame_baseline", "ip2p_model", "evaluation", "t_tests", "summary_report")
 
 
-def plan(defs) -> list[tuple[str, list]]:
+def plan(defs, instance) -> list[tuple[str, list]]:
     """(asset, partition keys) in dependency order, every materialisable asset of `defs` once;
-    `[None]` for unpartitioned assets. (ip2p_model and evaluation: one key per seed x variant.)"""
+    `[None]` for unpartitioned assets. (ip2p_model and evaluation: one key per seed x variant, for
+    the seeds in `instance`: the seed dimension is dynamic.)"""
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.materializable_asset_keys}
     missing = keys - set(ORDER)
@@ -36,7 +38,8 @@ def plan(defs) -> list[tuple[str, list]]:
     out = []
     for asset in ORDER:
         partitions_def = graph.get(dg.AssetKey(asset)).partitions_def
-        out.append((asset, partitions_def.get_partition_keys() if partitions_def else [None]))
+        out.append((asset, partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+                       if partitions_def else [None]))
     return out
 
 
@@ -58,8 +61,10 @@ def ensure_synthetic_data(data_dir: Path, config) -> None:
 
 def materialize_all(instance, defs, only: list[str] | None = None, run_config: dict | None = None,
                     log=print) -> bool:
-    """Observe the raw sources, then materialise every asset/partition of `defs` in order (with
-    its asset checks), one run each. `run_config`: {asset: op config} for the runs of that asset.
+    """Add the deployment's training seeds to `instance` when missing, observe the raw sources, then
+    materialise every asset/partition of `defs` in order (with its asset checks), one run each (every
+    seed in the instance, those added in the UI too). `run_config`: {asset: op config} for the runs
+    of that asset.
 
     Returns False at the first failed run, a failed blocking check included (its events are in
     `instance`).
@@ -68,9 +73,12 @@ def materialize_all(instance, defs, only: list[str] | None = None, run_config: d
     t_start = time.perf_counter()
     release_dead_runs(instance, log=log)  # runs of earlier processes that were killed hold pool slots
     tags = in_process_tags()
+    added = add_seeds(instance, deployment_seeds(defs))
+    if added:
+        log(f"training seeds {', '.join(added)} added to the instance's {SEED_PARTITIONS} partitions")
     if not only:
         defs.resolve_job_def("observe_sources").execute_in_process(instance=instance, tags=tags)
-    for asset, keys in plan(defs):
+    for asset, keys in plan(defs, instance):
         if only and asset not in only:
             continue
         config = {"ops": {asset: {"config": run_config[asset]}}} if run_config and asset in run_config else None
@@ -95,7 +103,7 @@ def prediction_summary(instance, defs) -> str:
     from pecn_ml.report import prediction_table
 
     graph = defs.resolve_asset_graph()
-    keys = graph.get(dg.AssetKey("evaluation")).partitions_def.get_partition_keys()
+    keys = graph.get(dg.AssetKey("evaluation")).partitions_def.get_partition_keys(dynamic_partitions_store=instance)
     evaluation = {k: defs.load_asset_value("evaluation", partition_key=k, instance=instance) for k in keys}
     return prediction_table(results_by_model(evaluation), defs.load_asset_value("t_tests", instance=instance).rows())
 

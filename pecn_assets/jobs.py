@@ -1,63 +1,50 @@
-"""Jobs, schedules and sensors, and the executor every job runs on.
+"""Jobs and sensors, and the executor every job runs on.
 
-- `experiment_sweep` (schedule, cron `PECN_SWEEP_CRON`, default weekly; starts stopped): one
-  `ip2p_model` run per training seed x variant, tagged `pecn/sweep`.
-- `sweep_evaluations` (sensor, running): when a `pecn/sweep` run materialises
-  `ip2p_model/<seed>|<variant>`, requests `evaluation` of the same partition (every eval set).
-- `refresh_frame_cache` (schedule, cron `PECN_FRAME_CACHE_CRON`, default hourly; stopped):
-  `frame_cache` partitions never built or whose upstream data version or code version changed.
-- `annotations_changed` (sensor, stopped): the raw annotation files hash to a new version:
-  observe `raw_annotations`, re-materialise `filtered_annotations`.
 - `pecn_automation` (automation sensor, running unless `PECN_AUTOMATION=off`): evaluates the
-  assets' `automation_condition`s (frame_cache: eager).
+  assets' `automation_condition`s (pecn_assets/automation.py): at the weekly tick (`PECN_SWEEP_CRON`)
+  it trains the `ip2p_model` / `pacnet` partitions that are missing or stale, each `evaluation`
+  follows its model, `frame_cache` is eager. It replaced the `experiment_sweep` schedule (retrained
+  every seed x variant weekly, changed or not), the `sweep_evaluations` sensor and the hourly
+  `refresh_frame_cache` schedule (staleness computed by hand).
+- `register_seeds` (sensor, running): adds the deployment's training seeds (`PECN_SEEDS` or the
+  profile's) to the dynamic seed partitions once each (a cursor remembers them, so a seed deleted
+  in the UI stays deleted); more seeds are added in the UI, without a restart.
+- `annotations_changed` (sensor, stopped): the raw annotation files hash to a new version:
+  observe `raw_annotations`, re-materialise `filtered_annotations`. Kept: automation can watch a
+  source only by launching an observation run on every tick; this sensor hashes the files in
+  the daemon and launches a run only when they changed.
 - `release_dead_runs` (sensor, running, every 30 s): fails the runs of this machine whose
   processes are all gone (killed) and frees their pool slots, which would block every later GPU
-  step; logs what it released (pecn_assets/runs.py).
+  step; logs what it released (pecn_assets/runs.py). Kept: not a materialisation decision.
 - `gpu_pool_size` (sensor, running; built in `pecn_assets.definitions` from `pecn_assets/gpu_pool.py`):
   keeps the `gpu` pool's limit at claimable devices // training processes per step.
 - `cleanup_checkpoints` (job): deletes training-run folders that no materialisation of any asset
   refers to; a dry run unless its config says `dry_run: false` (pecn_assets/cleanup.py).
-
-The sweep is two steps because an `evaluation` partition reads the `ip2p_model` checkpoint of its
-variant: evaluations are requested only once that checkpoint has been materialised. (In Dagster
-1.13 a schedule cannot launch an asset backfill; only sensors can, through a private constructor.)
+- `sweep_train`, `sweep_evaluate`, `build_frame_cache`, ... (jobs): for runs and backfills by hand.
 
 `PECN_EXECUTOR` picks the executor: `multiprocess` (default; `in_process` via run config),
 `in_process`, or `k8s` (`dagster_k8s.k8s_job_executor`: each step in its own pod, see deploy/).
 The environment is read when `build_jobs` runs (from `pecn_assets.definitions`), not at import.
 """
 
-import hashlib
 import json
 import os
-from datetime import timezone
 from typing import Optional
 
 import dagster as dg
 
 from pecn_assets.cleanup import cleanup_checkpoints_job
-from pecn_assets.partitions import Partitions
+from pecn_assets.partitions import SEED_PARTITIONS
 from pecn_assets.resources import PecnSettings
 from pecn_assets.runs import release_dead_runs
 from pecn_ml.data.versions import annotations_version
 
 EXECUTOR_ENV = "PECN_EXECUTOR"
-SWEEP_CRON_ENV = "PECN_SWEEP_CRON"
-DEFAULT_SWEEP_CRON = "0 3 * * 6"            # Saturdays 03:00 UTC
-FRAME_CACHE_CRON_ENV = "PECN_FRAME_CACHE_CRON"
-DEFAULT_FRAME_CACHE_CRON = "0 * * * *"      # hourly; a tick only queries the instance
 AUTOMATION_ENV = "PECN_AUTOMATION"
 
-SWEEP_TAG = "pecn/sweep"
-FRAME_CACHE_STATE_TAG = "pecn/frame_cache_state"
-FRAME_CACHE_REASON_TAG = "pecn/frame_cache_reason"
 ANNOTATIONS_VERSION_TAG = "pecn/annotations_version"
 DATA_VERSION_TAG = "dagster/data_version"
-INPUT_DATA_VERSION_PREFIX = "dagster/input_data_version/"
-CODE_VERSION_TAG = "dagster/code_version"
-PARTITION_TAG = "dagster/partition"
 
-IP2P_MODEL = dg.AssetKey("ip2p_model")
 RAW_ANNOTATIONS = dg.AssetKey("raw_annotations")
 
 
@@ -80,72 +67,6 @@ def _job(name: str, keys: list[str], description: str, executor: dg.ExecutorDefi
                                executor_def=executor)
 
 
-def _cron(env: str, default: str) -> str:
-    """The cron string in `env` (default when unset), checked so a typo fails at load time."""
-    cron = os.environ.get(env, "").strip() or default
-    try:
-        dg.ScheduleDefinition(name="cron_check", cron_schedule=cron, job_name="cron_check")
-    except dg.DagsterInvalidDefinitionError as e:
-        raise ValueError(f"{env}={cron!r} is not a valid cron schedule: {e}") from None
-    return cron
-
-
-# ---------------------------------------------------------------------------------------------
-# The experiment sweep: train every variant (schedule), then evaluate each trained one (sensor).
-# ---------------------------------------------------------------------------------------------
-
-def build_sweep_schedule(parts: Partitions, sweep_train_job) -> dg.ScheduleDefinition:
-    """The `experiment_sweep` schedule at the cron in `PECN_SWEEP_CRON` (default weekly)."""
-
-    @dg.schedule(cron_schedule=_cron(SWEEP_CRON_ENV, DEFAULT_SWEEP_CRON), job=sweep_train_job,
-                 name="experiment_sweep", execution_timezone="UTC",
-                 default_status=dg.DefaultScheduleStatus.STOPPED,
-                 description="Retrain ip2p_model for every training seed and variant; sweep_evaluations "
-                             "then evaluates each one on both eval sets. Cron: PECN_SWEEP_CRON.")
-    def experiment_sweep(context: dg.ScheduleEvaluationContext):
-        when = context.scheduled_execution_time  # set by the daemon and by the UI's "test schedule"
-        sweep_id = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%MZ")
-        for key in parts.model_keys():
-            yield dg.RunRequest(run_key=f"{sweep_id}:{key}", partition_key=key, tags={SWEEP_TAG: sweep_id})
-
-    return experiment_sweep
-
-
-def build_sweep_sensor(sweep_evaluate_job) -> dg.SensorDefinition:
-    """`sweep_evaluations`: evaluate each model partition a sweep run trained."""
-
-    @dg.sensor(job=sweep_evaluate_job, name="sweep_evaluations", minimum_interval_seconds=60,
-               default_status=dg.DefaultSensorStatus.RUNNING,
-               description="When a run tagged pecn/sweep materialises ip2p_model/<seed>|<variant>, requests "
-                           "evaluation of the same partition (every eval set). Cursor: event storage id.")
-    def sweep_evaluations(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        after = int(context.cursor) if context.cursor else None
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=IP2P_MODEL, after_storage_id=after), limit=200, ascending=True,
-        ).records
-        if not records:
-            return dg.SensorResult(skip_reason="no new ip2p_model materialisation", cursor=context.cursor)
-        latest_by_key: dict[str, str] = {}
-        for record in records:
-            run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
-            sweep = run.tags.get(SWEEP_TAG) if run else None
-            if sweep and record.partition_key:
-                latest_by_key[record.partition_key] = sweep
-        cursor = str(max(r.storage_id for r in records))
-        requests = [dg.RunRequest(run_key=f"{sweep}:{key}", partition_key=key, tags={SWEEP_TAG: sweep})
-                    for key, sweep in latest_by_key.items()]
-        if not requests:
-            return dg.SensorResult(skip_reason=f"{len(records)} new ip2p_model materialisation(s), none from "
-                                               f"a sweep run (tag {SWEEP_TAG})", cursor=cursor)
-        return dg.SensorResult(run_requests=requests, cursor=cursor)
-
-    return sweep_evaluations
-
-
-# ---------------------------------------------------------------------------------------------
-# Frame cache: rebuild partitions that are missing or stale.
-# ---------------------------------------------------------------------------------------------
-
 def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> Optional[str]:
     """The data version of the latest materialisation or observation of `key` (None if none)."""
     latest = None
@@ -157,70 +78,6 @@ def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> Opti
         return None
     event = latest.asset_materialization or latest.asset_observation
     return event.tags.get(DATA_VERSION_TAG) if event is not None else None
-
-
-def stale_frame_cache_partitions(instance: dg.DagsterInstance, frame_cache: dg.AssetsDefinition
-                                 ) -> list[tuple[str, str, str]]:
-    """(partition, reason, state) for each frame_cache partition that is missing or stale.
-
-    Stale: an upstream's data version differs from the one recorded when the partition was
-    built (`dagster/input_data_version/<upstream>`), or frame_cache's code version changed.
-    `state` is a short hash of the upstream versions and code version the rebuild would use.
-    """
-    key = frame_cache.key
-    upstream = sorted({dep.asset_key for dep in frame_cache.specs_by_key[key].deps},
-                      key=lambda k: k.to_user_string())
-    code_version = frame_cache.code_versions_by_key.get(key)
-    current = {up.to_user_string(): current_data_version(instance, up) for up in upstream}
-    state = hashlib.sha256(json.dumps({"upstream": current, "code_version": code_version},
-                                      sort_keys=True).encode()).hexdigest()[:16]
-    out = []
-    for partition in frame_cache.partitions_def.get_partition_keys():
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
-        if not records:
-            out.append((partition, "missing", state))
-            continue
-        tags = records[0].asset_materialization.tags or {}
-        changed = [name for name, version in current.items()
-                   if version is not None and tags.get(INPUT_DATA_VERSION_PREFIX + name) != version]
-        if changed:
-            out.append((partition, " and ".join(changed) + " changed", state))
-        elif code_version is not None and tags.get(CODE_VERSION_TAG) != code_version:
-            out.append((partition, f"code version {tags.get(CODE_VERSION_TAG)} -> {code_version}", state))
-    return out
-
-
-def build_frame_cache_schedule(frame_cache: dg.AssetsDefinition, frame_cache_job) -> dg.ScheduleDefinition:
-    """The `refresh_frame_cache` schedule at the cron in `PECN_FRAME_CACHE_CRON` (default hourly)."""
-
-    @dg.schedule(cron_schedule=_cron(FRAME_CACHE_CRON_ENV, DEFAULT_FRAME_CACHE_CRON), job=frame_cache_job,
-                 name="refresh_frame_cache", execution_timezone="UTC",
-                 default_status=dg.DefaultScheduleStatus.STOPPED,
-                 description="Builds frame_cache partitions never materialised or whose upstream "
-                             "(filtered_annotations, raw_videos) data version or code version changed.")
-    def refresh_frame_cache(context: dg.ScheduleEvaluationContext):
-        if current_data_version(context.instance, dg.AssetKey("filtered_annotations")) is None:
-            yield dg.SkipReason("filtered_annotations has never been materialised: nothing to cache yet")
-            return
-        stale = stale_frame_cache_partitions(context.instance, frame_cache)
-        if not stale:
-            yield dg.SkipReason("every frame_cache partition is up to date")
-            return
-        waiting = []
-        for partition, reason, state in stale:
-            tried = context.instance.get_run_records(
-                dg.RunsFilter(tags={FRAME_CACHE_STATE_TAG: state, PARTITION_TAG: partition}), limit=1)
-            if tried:  # in progress, or failed for this very state: don't pile up runs
-                waiting.append(f"{partition} ({reason}): run {tried[0].dagster_run.run_id} "
-                               f"is {tried[0].dagster_run.status.value}")
-                continue
-            yield dg.RunRequest(run_key=f"{partition}:{state}", partition_key=partition,
-                                tags={FRAME_CACHE_STATE_TAG: state, FRAME_CACHE_REASON_TAG: reason})
-        if waiting and len(waiting) == len(stale):
-            yield dg.SkipReason("already requested for this state: " + "; ".join(waiting))
-
-    return refresh_frame_cache
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +105,7 @@ def annotations_changed(context: dg.SensorEvaluationContext, settings: PecnSetti
 
 
 # ---------------------------------------------------------------------------------------------
-# Declarative automation (frame_cache: eager) and the lists definitions.py imports.
+# Declarative automation (conditions: pecn_assets/automation.py) and the lists definitions.py imports.
 # ---------------------------------------------------------------------------------------------
 
 def _automation_status() -> dg.DefaultSensorStatus:
@@ -257,11 +114,17 @@ def _automation_status() -> dg.DefaultSensorStatus:
 
 
 def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    """`pecn_automation`: the one sensor that evaluates every asset's automation condition. Running by
+    default (the weekly backfill and evaluations following their models need it); `PECN_AUTOMATION=off`
+    starts it stopped, e.g. on a machine that shares the instance but must not launch training."""
     return dg.AutomationConditionSensorDefinition(
         "pecn_automation", target=dg.AssetSelection.all(), default_status=_automation_status(),
         minimum_interval_seconds=60,
-        description="Evaluates the assets' automation conditions (frame_cache: eager, i.e. rebuilt when "
-                    "filtered_annotations or raw_videos change). PECN_AUTOMATION=off starts it stopped.")
+        emit_backfills=True,  # (the default) a tick's requests: one asset backfill, each evaluation after its model
+        description="Evaluates the assets' automation conditions: at the weekly tick (PECN_SWEEP_CRON) "
+                    "ip2p_model and pacnet partitions missing or stale (an upstream's data version or the "
+                    "code version / training config changed); evaluation and progress_estimates follow "
+                    "their model; frame_cache eager. PECN_AUTOMATION=off starts it stopped.")
 
 
 @dg.sensor(name="release_dead_runs", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
@@ -274,8 +137,30 @@ def release_dead_runs_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReas
                          else "no dead runs")
 
 
-def build_jobs(parts: Partitions, frame_cache: dg.AssetsDefinition) -> tuple[list, list, list]:
-    """(jobs, schedules, sensors) of one deployment, with the executor `PECN_EXECUTOR` names."""
+def build_seed_sensor(seeds: tuple[int, ...]) -> dg.SensorDefinition:
+    """`register_seeds`: the deployment's training seeds into the dynamic seed partitions, once each."""
+
+    @dg.sensor(name="register_seeds", minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Adds the deployment's training seeds (PECN_SEEDS or the profile's) to the dynamic "
+                           "seed partitions of ip2p_model / evaluation, each once (cursor), so a seed deleted in "
+                           "the UI stays deleted. More seeds: ip2p_model -> Materialize... -> Add a partition (docs/UI.md).")
+    def register_seeds(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        done = set(json.loads(context.cursor)) if context.cursor else set()
+        wanted = [str(s) for s in seeds if str(s) not in done]
+        new = [s for s in wanted if not context.instance.has_dynamic_partition(SEED_PARTITIONS, s)]
+        cursor = json.dumps(sorted(done | set(wanted), key=int))
+        if not new:
+            return dg.SensorResult(skip_reason=f"training seeds {', '.join(map(str, seeds))} registered",
+                                   cursor=cursor)
+        context.log.info(f"adding training seeds {', '.join(new)} to the {SEED_PARTITIONS} partitions")
+        request = dg.AddDynamicPartitionsRequest(partitions_def_name=SEED_PARTITIONS, partition_keys=new)
+        return dg.SensorResult(dynamic_partitions_requests=[request], cursor=cursor)
+
+    return register_seeds
+
+
+def build_jobs(seeds: tuple[int, ...]) -> tuple[list, list]:
+    """(jobs, sensors) of one deployment (training `seeds` to register), with the executor `PECN_EXECUTOR` names."""
     executor = pecn_executor()
     jobs = [
         _job("observe_sources", ["raw_annotations", "raw_videos"],
@@ -290,9 +175,4 @@ def build_jobs(parts: Partitions, frame_cache: dg.AssetsDefinition) -> tuple[lis
              "Evaluate one trained model on every eval set (partition = seed|variant).", executor),
         cleanup_checkpoints_job,
     ]
-    by_name = {j.name: j for j in jobs}
-    schedules = [build_sweep_schedule(parts, by_name["sweep_train"]),
-                 build_frame_cache_schedule(frame_cache, by_name["build_frame_cache"])]
-    sensors = [build_sweep_sensor(by_name["sweep_evaluate"]), annotations_changed, build_automation_sensor(),
-               release_dead_runs_sensor]
-    return jobs, schedules, sensors
+    return jobs, [build_seed_sensor(seeds), annotations_changed, build_automation_sensor(), release_dead_runs_sensor]

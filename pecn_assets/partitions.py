@@ -4,7 +4,12 @@
 - `head` (pacnet): regression, classification;
 - `model` (ip2p_model and evaluation): training seed x variant, keys `{seed}|{variant}` (Dagster
   orders the dimensions by name), e.g. `0|next1`. An evaluation partition reads the checkpoint of
-  the same key and scores it on every eval set;
+  the same key and scores it on every eval set. The seed dimension is dynamic
+  (`DynamicPartitionsDefinition` "training_seed"): its keys live in the Dagster instance, so a seed
+  is added in the UI (ip2p_model -> Materialize... -> "Add a partition") without a restart, and
+  code that lists the keys needs the instance (`model_keys(instance)`). The deployment's seeds (`PECN_SEEDS`
+  or the profile's) are added when missing: `add_seeds` (the demo, the rehearsal) and the
+  `register_seeds` sensor (pecn_assets/jobs.py);
 - `eval_set` (copy_frame_baseline): basic, backforth.
 
 Nothing here reads the environment: `pecn_assets.definitions` picks the profile and seeds once.
@@ -20,11 +25,13 @@ from pecn_ml.profiles import Profile
 from pecn_ml.variants import EVAL_SETS, VARIANTS
 
 HEADS = ("regression", "classification")
+SEED_PARTITIONS = "training_seed"   # the dynamic partitions of the seed dimension (stored in the instance)
+SEEDS_METADATA = "pecn/seeds"       # the Definitions' metadata: the deployment's seeds
 
 
 @dataclass(frozen=True)
 class Partitions:
-    """Every partitions definition of one deployment (profile + training seeds)."""
+    """Every partitions definition of one deployment (profile + the training seeds it starts with)."""
 
     profile: Profile
     seeds: tuple[int, ...]
@@ -49,7 +56,7 @@ class Partitions:
             resolution=dg.StaticPartitionsDefinition(resolutions),
             head=dg.StaticPartitionsDefinition(list(HEADS)),
             model=dg.MultiPartitionsDefinition({
-                "seed": dg.StaticPartitionsDefinition([str(s) for s in seeds]),
+                "seed": dg.DynamicPartitionsDefinition(name=SEED_PARTITIONS),
                 "variant": dg.StaticPartitionsDefinition(list(VARIANTS))}),
             eval_set=dg.StaticPartitionsDefinition(list(EVAL_SETS)),
         )
@@ -58,8 +65,22 @@ class Partitions:
         """Every downstream partition reads the frame cache partition of one resolution."""
         return dg.SpecificPartitionsPartitionMapping([str(resolution)])
 
-    def model_keys(self) -> list[str]:
-        return self.model.get_partition_keys()
+    def model_keys(self, instance: dg.DagsterInstance) -> list[str]:
+        """The `{seed}|{variant}` keys of the seeds in `instance`."""
+        return self.model.get_partition_keys(dynamic_partitions_store=instance)
+
+
+def add_seeds(instance: dg.DagsterInstance, seeds) -> list[str]:
+    """Add the training `seeds` that `instance` lacks to the seed partitions; the ones added."""
+    missing = [str(s) for s in seeds if not instance.has_dynamic_partition(SEED_PARTITIONS, str(s))]
+    if missing:
+        instance.add_dynamic_partitions(SEED_PARTITIONS, missing)
+    return missing
+
+
+def deployment_seeds(defs: dg.Definitions) -> tuple[int, ...]:
+    """The training seeds a `build_definitions` deployment starts with (its `pecn/seeds` metadata)."""
+    return tuple(int(s) for s in defs.metadata[SEEDS_METADATA].value.split(","))
 
 
 def model_key(seed: int, variant: str) -> dg.MultiPartitionKey:
@@ -68,7 +89,11 @@ def model_key(seed: int, variant: str) -> dg.MultiPartitionKey:
 
 
 def seed_and_variant(key: str | dg.MultiPartitionKey) -> tuple[int, str]:
-    """(seed, variant) of a `model` partition key such as `0|next1`."""
+    """(seed, variant) of a `model` partition key such as `0|next1`; a seed added in the UI that is
+    no integer >= 0 fails the step at once (no retry can fix it)."""
     dims = key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else dict(
         zip(("seed", "variant"), str(key).split("|")))
+    if not dims["seed"].isdigit():
+        raise dg.Failure(f"partition {key}: training seed {dims['seed']!r} is not an integer >= 0; delete it "
+                         f"from the {SEED_PARTITIONS} partitions and add a number", allow_retries=False)
     return int(dims["seed"]), dims["variant"]

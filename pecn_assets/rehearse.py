@@ -349,8 +349,11 @@ def run_asset_step(defs, asset: str, partition: Optional[str], log: LogFn) -> di
     """Materialise one asset partition into the instance at $DAGSTER_HOME; its measurements."""
     import dagster as dg
 
+    from pecn_assets.partitions import add_seeds, deployment_seeds
+
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.DagsterInstance.get() as instance:
+        add_seeds(instance, deployment_seeds(defs))  # the seed dimension's keys live in the instance
         result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(asset)],
                                         partition_key=partition, raise_on_error=False,
                                         tags={"pecn/rehearsal": "1"})
@@ -515,9 +518,11 @@ def machine_info(cuda: bool) -> dict:
 
 
 def parent_main(args: argparse.Namespace, log: LogFn = print) -> int:
+    import dagster as dg
     import torch
 
     from pecn_assets.demo import plan
+    from pecn_assets.partitions import add_seeds, deployment_seeds
     from pecn_assets.resources import PecnSettings
     from pecn_ml.utils.cuda import ALLOW_CPU_ENV
 
@@ -563,10 +568,13 @@ def parent_main(args: argparse.Namespace, log: LogFn = print) -> int:
 
     models_root = Path(args.models)
     roots = [settings.data_path(), outputs, settings.results_path(), models_root.absolute()]
-    os.environ["DAGSTER_HOME"] = str(home)  # for plan(): the definitions only, nothing is run here
+    os.environ["DAGSTER_HOME"] = str(home)  # for plan(): the seed partitions live in the rehearsal's instance
+    defs = rehearsal_definitions(profile, models_root)
+    with dg.DagsterInstance.get() as instance:
+        add_seeds(instance, deployment_seeds(defs))
+        planned = plan(defs, instance)
     steps: list[tuple[str, Optional[str]]] = [(s, None) for s in SETUP_STEPS]
-    steps += [(asset, None if key is None else str(key))
-              for asset, keys in plan(rehearsal_definitions(profile, models_root)) for key in keys]
+    steps += [(asset, None if key is None else str(key)) for asset, keys in planned for key in keys]
     if args.only:
         steps = [s for s in steps if s[0] in args.only]
     log(f"{len(steps)} steps, each in its own process (logs in {logs})")

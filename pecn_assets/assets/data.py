@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from pecn_assets.automation import Automation
 from pecn_assets.metadata import image_md, materialized, table_md
 from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings
@@ -66,8 +67,8 @@ def cache_checks(cache, ids: list[str]) -> list[dg.AssetCheckResult]:
     ]
 
 
-def build_data_assets(parts: Partitions) -> list:
-    """filtered_annotations (the profile's filter) and frame_cache (the profile's resolutions)."""
+def build_data_assets(parts: Partitions, automation: Automation = Automation()) -> list:
+    """filtered_annotations (the profile's filter) and frame_cache (the profile's resolutions; eager)."""
 
     @dg.asset(group_name="data", deps=[raw_annotations], kinds={"json"}, code_version="2")
     def filtered_annotations(context: dg.AssetExecutionContext, settings: PecnSettings) -> dg.MaterializeResult:
@@ -84,7 +85,7 @@ def build_data_assets(parts: Partitions) -> list:
 
     @dg.asset(
         group_name="data", deps=[raw_videos], partitions_def=parts.resolution, kinds={"numpy"},
-        code_version="2", automation_condition=dg.AutomationCondition.eager(),
+        code_version="2", automation_condition=automation.cache(),
         check_specs=[dg.AssetCheckSpec("all_videos_accounted_for", asset="frame_cache"),
                      dg.AssetCheckSpec("too_short_for_frame_25", asset="frame_cache")],
     )

@@ -8,6 +8,7 @@ from typing import Optional
 import dagster as dg
 
 from pecn_assets.assets.pix2pix import progress_source
+from pecn_assets.automation import Automation
 from pecn_assets.configs import ProgressSourceConfig
 from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, not_retried_when_hopeless, torch_device
 from pecn_assets.metadata import image_md, materialized
@@ -53,13 +54,15 @@ def evaluation_rows(evaluation: dict[str, Evaluation]) -> list[dict]:
     return rows
 
 
-def build_evaluation_assets(parts: Partitions) -> list:
-    """evaluation (per training seed x variant), copy_frame_baseline (per eval set), t_tests, summary_report."""
+def build_evaluation_assets(parts: Partitions, automation: Automation = Automation()) -> list:
+    """evaluation (per training seed x variant; follows its ip2p_model partition), copy_frame_baseline (per
+    eval set), t_tests, summary_report."""
     profile = parts.profile
     at_pix2pix_resolution = dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pix2pix_resolution))
 
     @dg.asset(group_name="evaluation", partitions_def=parts.model, kinds={"pytorch", "json"}, code_version="3",
-              ins={"frame_cache": at_pix2pix_resolution}, **gpu_asset_args())
+              ins={"frame_cache": at_pix2pix_resolution}, automation_condition=automation.follow("ip2p_model"),
+              **gpu_asset_args())
     @not_retried_when_hopeless
     def evaluation(context: dg.AssetExecutionContext, config: ProgressSourceConfig, settings: PecnSettings,
                    filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef, ip2p_model: Pix2PixCheckpoint,

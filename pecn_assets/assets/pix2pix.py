@@ -6,6 +6,7 @@ from typing import Optional
 
 import dagster as dg
 
+from pecn_assets.automation import Automation, config_code_version
 from pecn_assets.configs import (Pix2PixLaunchConfig, launch_options, trainer_config_class, training_settings,
                                  used_values)
 from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, not_retried_when_hopeless
@@ -37,16 +38,18 @@ def progress_source(use_estimator: bool, estimates: Optional[ProgressEstimates],
     return estimates.percent_by_video(), {**lineage, "progress_source": lineage["progress_source"] + shuffled}
 
 
-def build_pix2pix_assets(parts: Partitions, train_processes: int = 1) -> list:
+def build_pix2pix_assets(parts: Partitions, train_processes: int = 1, automation: Automation = Automation()) -> list:
     """ip2p_model: one partition per training seed x variant; hyper-parameters in the run config.
-    `train_processes`: the GPUs a step's pod asks for on Kubernetes (settings.train_processes)."""
+    `train_processes`: the GPUs a step's pod asks for on Kubernetes (settings.train_processes);
+    retrained at the weekly tick when missing or stale (pecn_assets/automation.py)."""
     profile = parts.profile
     Pix2PixRunConfig = trainer_config_class(
         "Pix2PixRunConfig", profile.pix2pix_train, exclude=("seed", "latent_cache_dir"), base=Pix2PixLaunchConfig,
         doc=f"InstructPix2Pix hyper-parameters (defaults: profile {profile.name}; the seed is the partition); "
             "the values used are recorded.")
 
-    @dg.asset(group_name="pix2pix", partitions_def=parts.model, kinds={"pytorch"}, code_version="2",
+    @dg.asset(group_name="pix2pix", partitions_def=parts.model, kinds={"pytorch"},
+              code_version=config_code_version("2", profile.pix2pix_train), automation_condition=automation.retrain(),
               ins={"frame_cache": dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pix2pix_resolution))},
               **gpu_asset_args(train_processes))
     @not_retried_when_hopeless

@@ -5,6 +5,7 @@ from typing import Sequence
 
 import dagster as dg
 
+from pecn_assets.automation import Automation, config_code_version
 from pecn_assets.configs import LaunchConfig, launch_options, trainer_config_class, training_settings, used_values
 from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, not_retried_when_hopeless, torch_device
 from pecn_assets.metadata import materialized, table_md
@@ -47,8 +48,9 @@ def estimate_rows(model, cache, annotations: FilteredAnnotations, input_idx: int
     return rows, by_task
 
 
-def build_progress_assets(parts: Partitions, train_processes: int = 1) -> list:
-    """pacnet (one partition per head; hyper-parameters in the run config) and progress_estimates.
+def build_progress_assets(parts: Partitions, train_processes: int = 1, automation: Automation = Automation()) -> list:
+    """pacnet (one partition per head; hyper-parameters in the run config; retrained at the weekly tick
+    when missing or stale) and progress_estimates (follows pacnet's regression head).
     `train_processes`: the GPUs a pacnet step's pod asks for on Kubernetes."""
     profile = parts.profile
     PacNetRunConfig = trainer_config_class(
@@ -56,7 +58,8 @@ def build_progress_assets(parts: Partitions, train_processes: int = 1) -> list:
         doc=f"PAC-Net hyper-parameters (defaults: profile {profile.name}); the values used are recorded.")
     at_pacnet_resolution = dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pacnet_resolution))
 
-    @dg.asset(group_name="progress", partitions_def=parts.head, kinds={"pytorch"}, code_version="3",
+    @dg.asset(group_name="progress", partitions_def=parts.head, kinds={"pytorch"},
+              code_version=config_code_version("3", profile.pacnet_train), automation_condition=automation.retrain(),
               ins={"frame_cache": at_pacnet_resolution}, **gpu_asset_args(train_processes))
     @not_retried_when_hopeless
     def pacnet(context: dg.AssetExecutionContext, config: PacNetRunConfig, settings: PecnSettings,
@@ -85,6 +88,7 @@ def build_progress_assets(parts: Partitions, train_processes: int = 1) -> list:
             frame_cache_version=frame_cache.version, **resnet_base.lineage(), **clip_text_base.lineage())
 
     @dg.asset(group_name="progress", kinds={"pytorch", "json"}, code_version="3", **gpu_asset_args(),
+              automation_condition=automation.follow("pacnet"),
               ins={"frame_cache": at_pacnet_resolution,
                    "pacnet": dg.AssetIn(partition_mapping=dg.SpecificPartitionsPartitionMapping(["regression"]))})
     @not_retried_when_hopeless

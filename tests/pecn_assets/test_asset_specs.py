@@ -61,17 +61,20 @@ def test_the_deployment_is_chosen_once_and_a_mismatch_fails_at_load(tmp_path):
     from dataclasses import replace
 
     from pecn_assets.definitions import build_definitions, deployment_from_env, parse_seeds
+    from pecn_assets.partitions import add_seeds, deployment_seeds
     from pecn_ml.profiles import get_profile
 
     deployment = deployment_from_env({"PECN_PROFILE": "smoke", "PECN_SEEDS": "3, 4",
                                       "PECN_OUTPUTS_DIR": str(tmp_path / "out")})
     defs = build_definitions(**deployment)
-    assert defs.get_assets_def("evaluation").partitions_def.get_partition_keys()[:2] == ["3|next1", "3|next1_progress"]
+    instance = dg.DagsterInstance.ephemeral()
+    assert add_seeds(instance, deployment_seeds(defs)) == ["3", "4"]
+    assert defs.get_assets_def("evaluation").partitions_def.get_partition_keys(
+        dynamic_partitions_store=instance)[:2] == ["3|next1", "3|next1_progress"]
     assert defs.resources["settings"].outputs_dir == str(tmp_path / "out")
     assert defs.resources["io_manager"].root == str(tmp_path / "out" / "_artifacts")
     assert defs.resources["settings"].data_dir.endswith(get_profile("smoke").data_dir)
-    assert build_definitions(get_profile("full")).get_assets_def("ip2p_model").partitions_def.get_partition_keys()[0] \
-        == "42|next1"  # one seed by default: the profile's
+    assert deployment_seeds(build_definitions(get_profile("full"))) == (42,)  # one seed by default: the profile's
     with pytest.raises(ValueError, match="pix2pix_resolution 64"):
         build_definitions(replace(get_profile("smoke"), pix2pix_resolution=64))
     with pytest.raises(ValueError, match="distinct"):

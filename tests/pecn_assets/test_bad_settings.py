@@ -16,7 +16,7 @@ import pytest
 
 from pecn_assets.definitions import build_assets, deployment_from_env
 from pecn_assets.gpu import claimed_gpus, gpu_asset_args, not_retried_when_hopeless
-from pecn_assets.partitions import Partitions
+from pecn_assets.partitions import Partitions, add_seeds
 from pecn_assets.pipes_launch import run_pipes_command
 from pecn_assets.resources import PecnSettings, PretrainedModels, Tracking
 from pecn_ml.artifacts import ArtifactChanged
@@ -48,6 +48,13 @@ def _settings(tmp_path: Path, devices: str = "0", **kw) -> PecnSettings:
                         **kw)
 
 
+def _instance() -> dg.DagsterInstance:
+    """An in-memory instance with training seed 0 (the seed partitions live in the instance)."""
+    instance = dg.DagsterInstance.ephemeral()
+    add_seeds(instance, (0,))
+    return instance
+
+
 def _step_events(result) -> list[str]:
     """The step's lifecycle: start, retries, the end."""
     return [e.event_type_value for e in result.all_events if e.event_type_value in
@@ -71,7 +78,7 @@ def test_a_bad_setting_fails_the_step_once_before_any_work(smoke_assets, tmp_pat
                                                             message):
     t0 = time.monotonic()
     result = dg.materialize(smoke_assets, selection=[asset], partition_key=partition,
-                            instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+                            instance=_instance(), raise_on_error=False,
                             resources={"settings": _settings(tmp_path), "tracking": Tracking(),
                                        "models": PretrainedModels(), "io_manager": NoInputs()},
                             run_config={"ops": {asset: {"config": config}}})
@@ -87,7 +94,7 @@ def test_a_bad_setting_fails_the_step_once_before_any_work(smoke_assets, tmp_pat
                                            ("ip2p_model", {"learning_rate": "fast"}),
                                            ("pacnet", {"mixed_precision": "int8"})])
 def test_the_config_schema_refuses_types_and_choices_before_a_run(smoke_assets, tmp_path, asset, config):
-    instance = dg.DagsterInstance.ephemeral()
+    instance = _instance()
     with pytest.raises(dg.DagsterInvalidConfigError, match=str(next(iter(config.values())))):
         dg.materialize(smoke_assets, selection=[asset], instance=instance,
                        partition_key="0|next1" if asset == "ip2p_model" else "regression",

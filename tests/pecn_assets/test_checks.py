@@ -12,7 +12,7 @@ from scipy import stats
 
 from pecn_assets.checks import build_checks, predicts_motion
 from pecn_assets.io_manager import ArtifactIOManager
-from pecn_assets.partitions import Partitions
+from pecn_assets.partitions import Partitions, add_seeds
 from pecn_ml.artifacts import (UNET_WEIGHTS, EvalSetResult, Evaluation, PacNetCheckpoint, Pix2PixCheckpoint,
                                ProgressEstimates)
 from pecn_ml.profiles import get_profile
@@ -62,7 +62,9 @@ def setup(tmp_path):
     assets = [ip2p_standin(tmp_path), evaluation_standin, t_tests_standin, dg.AssetSpec("progress_estimates")]
     resources = {"io_manager": ArtifactIOManager(root=str(tmp_path / "artifacts"))}
     defs = dg.Definitions(assets=assets, asset_checks=[CHECKS["loss_decreased"]], resources=resources)
-    return defs, dg.DagsterInstance.ephemeral(), tmp_path
+    instance = dg.DagsterInstance.ephemeral()
+    add_seeds(instance, PARTS.seeds)  # the seed dimension's keys live in the instance
+    return defs, instance, tmp_path
 
 
 def _run(defs, instance, assets, key=KEY, loss=None):
@@ -113,7 +115,8 @@ def test_a_warning_does_not_block(setup):
 
 def test_t_tests_read_every_partition_and_refuse_a_failed_one(setup):
     defs, instance, _ = setup
-    keys = PARTS.model_keys()
+    keys = PARTS.model_keys(instance)
+    assert len(keys) == 2 * 6
     for key in keys:
         assert _run(defs, instance, ["ip2p_model", "evaluation"], key=key, loss=(0.05, 100)).success
     read = _run(defs, instance, ["t_tests"], key=None)

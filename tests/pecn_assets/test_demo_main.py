@@ -10,6 +10,7 @@ import pytest
 
 from pecn_assets import demo
 from pecn_assets.definitions import build_definitions, deployment_from_env
+from pecn_assets.partitions import add_seeds
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")  # reads the smoke graph's data folder
 
@@ -70,7 +71,9 @@ def test_main_stops_at_a_failed_run_with_exit_code_1(demo_env, capsys):
 def test_the_plan_materialises_every_asset_once_per_partition():
     for seeds in ((0,), (0, 1)):
         defs = build_definitions(**{**deployment_from_env({"PECN_PROFILE": "demo"}), "seeds": seeds})
-        plan = dict(demo.plan(defs))
+        instance = dg.DagsterInstance.ephemeral()
+        add_seeds(instance, seeds)
+        plan = dict(demo.plan(defs, instance))
         graph = defs.resolve_asset_graph()
         assert set(plan) == {k.to_user_string() for k in graph.materializable_asset_keys}
         assert len(plan["ip2p_model"]) == len(plan["evaluation"]) == 6 * len(seeds)  # six variants

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from pecn_assets.definitions import build_definitions
+from pecn_assets.partitions import add_seeds, deployment_seeds
 from pecn_ml.profiles import get_profile
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")
@@ -38,7 +39,9 @@ def k_defs(smoke_graph, tmp_path_factory):
 
 def _materialize(defs, asset: str, partition: str, config: dict) -> dict:
     job = defs.resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), asset_selection=[dg.AssetKey(asset)],
+    instance = dg.DagsterInstance.ephemeral()
+    add_seeds(instance, deployment_seeds(defs))  # the seed partitions live in the instance
+    result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(asset)],
                                     partition_key=partition, raise_on_error=False,
                                     run_config={"ops": {asset: {"config": config}}})
     failures = [e.step_failure_data.error.message for e in result.all_events

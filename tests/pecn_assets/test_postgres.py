@@ -217,9 +217,8 @@ def test_lineage_reads_back_from_postgres(pg_slice, instance):
 @pytest.mark.xdist_group("postgres")  # one database and data set per run
 def test_project_lineage_helpers_on_postgres(pg_slice, instance):
     """The platform's own readers (the cleanup's latest materialisations and the paths they name,
-    the frame-cache staleness check) on PostgreSQL."""
+    frame_cache's automation condition) on PostgreSQL."""
     from pecn_assets.cleanup import latest_materializations, referenced_paths
-    from pecn_assets.jobs import stale_frame_cache_partitions
 
     _, defs, frame_cache_run = pg_slice
     latest = dict(latest_materializations(instance))
@@ -229,9 +228,14 @@ def test_project_lineage_helpers_on_postgres(pg_slice, instance):
     assert any(who == f"frame_cache/{RESOLUTION}" for who in referenced_paths(instance).values())
 
     frame_cache = defs.get_assets_def("frame_cache")
-    stale = {partition: reason for partition, reason, _ in stale_frame_cache_partitions(instance, frame_cache)}
-    others = set(frame_cache.partitions_def.get_partition_keys()) - {RESOLUTION}
-    assert stale == {key: "missing" for key in others}, stale
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance,
+                                              asset_selection=dg.AssetSelection.keys("frame_cache"))
+    assert first.total_requested == 0  # the first evaluation only starts the cursor
+    instance.report_runless_asset_event(dg.AssetObservation(asset_key="raw_videos",
+                                                            tags={"dagster/data_version": "new videos"}))
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor,
+                                              asset_selection=dg.AssetSelection.keys("frame_cache"))
+    assert after.get_requested_partitions(frame_cache.key) == set(frame_cache.partitions_def.get_partition_keys())
 
 
 def test_sqlite_stays_the_default(tmp_path):

@@ -159,11 +159,16 @@ def test_bytes_written_leaves_out_the_rehearsals_own_files(tmp_path):
 def test_the_rehearsal_graph_builds_with_local_model_folders(tmp_path, cuda):
     """The definitions the steps materialise: every asset of the full graph, one frame-cache
     partition, the local folders in place of the hub names."""
+    import dagster as dg
+
     from pecn_assets.demo import ORDER, plan
+    from pecn_assets.partitions import add_seeds, deployment_seeds
 
     profile, _ = cpu_adjustments(rehearsal_profile(), cuda=cuda, memory_bytes=64 * GIB, training_bytes=GIB)
     defs = rehearse.rehearsal_definitions(profile, tmp_path / "models")
-    steps = plan(defs)
+    instance = dg.DagsterInstance.ephemeral()
+    add_seeds(instance, deployment_seeds(defs))
+    steps = plan(defs, instance)
     assert [a for a, _ in steps] == list(ORDER)
     assert dict(steps)["frame_cache"] == ["224"] and len(dict(steps)["ip2p_model"]) == 6  # six variants
     models = defs.resources["models"]

@@ -106,7 +106,8 @@ def _latest(instance, asset: str, partition: str | None = None) -> dg.EventLogRe
 
 def _first_evaluation_partition(smoke_graph) -> tuple[str, str, str]:
     """(partition key, training seed, variant) of the first `evaluation` partition, e.g. 0|next1."""
-    key = smoke_graph.defs.get_assets_def("evaluation").partitions_def.get_partition_keys()[0]
+    key = smoke_graph.defs.get_assets_def("evaluation").partitions_def.get_partition_keys(
+        dynamic_partitions_store=smoke_graph.instance)[0]
     dims = key.keys_by_dimension
     return str(key), dims["seed"], dims["variant"]
 
@@ -216,7 +217,8 @@ def test_comparison_grid_image_renders(ui, page, instance, smoke_graph):
 
 def test_summary_report_renders_its_tables(ui, page, instance, smoke_graph):
     assert smoke_graph.ok, "the smoke graph did not materialise completely (see the smoke_graph fixture log)"
-    models = smoke_graph.defs.get_assets_def("ip2p_model").partitions_def.get_partition_keys()
+    models = smoke_graph.defs.get_assets_def("ip2p_model").partitions_def.get_partition_keys(
+        dynamic_partitions_store=smoke_graph.instance)
     shas = {str(k): _latest(instance, "ip2p_model", k).asset_materialization.metadata["checkpoint_sha256"].value
             for k in models}
 
