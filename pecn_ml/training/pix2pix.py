@@ -53,7 +53,8 @@ from pecn_ml.training.latent_cache import (LatentStore, PairLatents, encode_data
                                            encode_pixels, sample_latents)
 from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs, log_image,
                                        start_tracking, tag_run)
-from pecn_ml.utils.files import atomic_dir, atomic_path, sha256_file, sha256_json
+from pecn_ml.utils.files import (atomic_dir, atomic_path, folder_manifest, manifest_sha256, sha256_file,
+                                 sha256_json)
 from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset,
                                  broadcast_object, collate_slots, launched_rank, make_accelerator, reduce_sum,
                                  slot_indices, slot_weights)
@@ -176,6 +177,8 @@ class Pix2PixTrainResult:
     global_batch_size: int = 0     # train_batch_size x K x gradient_accumulation_steps
     seconds_per_step: float = float("nan")   # optimizer steps of this call only (the first, warm-up,
                                              # left out when there are more); no load, cache, save
+    checkpoint_sha256: str = ""    # of model_dir's manifest: every file the pipeline loads (the handle's sha)
+    checkpoint_files: dict = field(default_factory=dict)   # that manifest: relative path -> sha256
 
 
 # --- one step --------------------------------------------------------------------------------
@@ -698,7 +701,8 @@ def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTra
     `config.torch_threads` sets torch's CPU threads for the run (restored afterwards): on a
     shared machine one thread per run avoids OpenMP threads spinning against each other.
     `tracking`: where to log (default: TensorBoard in `{out_dir}/tensorboard`); the config, seed
-    and tags are the run's hyper-parameters, the final UNet's sha256 is added as a tag.
+    and tags are the run's hyper-parameters, the final checkpoint's sha256 (of its manifest, every
+    file of `{out_dir}/model` but the card) is added as a tag.
     `{out_dir}/model` holds a model card (README.md, see `model_card`); `card` adds what the caller
     knows (Dagster run id, data versions, the base's revision and license, variant and prompt form).
     Under `torchrun`/`accelerate launch` every rank calls this with the same arguments; all ranks
@@ -865,12 +869,14 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
             plot_loss_curve(loss_curve, curve_png, title=f"InstructPix2Pix train loss ({global_step} steps)")
         accelerator.wait_for_everyone()      # rank 0's files exist for every rank from here on
         unet_sha = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
-        tag_run(accelerator, {"checkpoint_sha256": unet_sha})
+        files = folder_manifest(model_dir)
+        tag_run(accelerator, {"checkpoint_sha256": manifest_sha256(files)})
         seconds = time.perf_counter() - t0
         log(f"pix2pix done: {global_step} steps, final loss {final_loss:.4f}, {seconds:.1f}s, "
             f"model {model_dir}")
         return Pix2PixTrainResult(final_loss=final_loss, steps=global_step, epochs=num_epochs,
                                   loss_curve=loss_curve, model_dir=model_dir, unet_sha256=unet_sha,
+                                  checkpoint_sha256=manifest_sha256(files), checkpoint_files=files,
                                   validation_grid=validation_grid, loss_curve_png=curve_png,
                                   tensorboard_dir=tb_dir, resumed_from_step=resumed_step,
                                   seconds=round(seconds, 3), latent_cache=cache_info,

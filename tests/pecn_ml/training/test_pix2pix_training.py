@@ -436,7 +436,9 @@ def test_the_saved_pipeline_carries_a_model_card_and_still_loads(tiny_models, tm
     from huggingface_hub import ModelCard
 
     from pecn_ml.model_cards import BaseWeights, CardContext
+    from pecn_ml.artifacts import Pix2PixCheckpoint
     from pecn_ml.sampling import checkpoint_sha256, load_pipeline
+    from pecn_ml.utils.files import manifest_sha256
 
     ds = make_dataset(4, target_idx=25, add_progress=True)
     cfg = small_config(max_train_steps=2, gradient_accumulation_steps=1, checkpointing_steps=5, seed=4)
@@ -453,9 +455,15 @@ def test_the_saved_pipeline_carries_a_model_card_and_still_loads(tiny_models, tm
     assert card["training_config"]["max_train_steps"] == 2 and card["prompt_form"].endswith("...")
     assert card["loss_summary"]["steps"] == 2 and card["loss_summary"]["final_loss"] == pytest.approx(res.final_loss)
     assert card["target_idx"] == 25 and "% of the action has been completed." in card["prompt_example"]
-    # the folder loads as before, and the card is outside the checkpoint's sha
+    # the folder loads as before; the checkpoint's sha covers every file of it but the card
     load_pipeline(res.model_dir, torch.device("cpu"), torch.float32)
-    assert checkpoint_sha256(res.model_dir) == res.unet_sha256
+    assert checkpoint_sha256(res.model_dir) == res.checkpoint_sha256 == manifest_sha256(res.checkpoint_files)
+    assert {"model_index.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+            "scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors"} <= set(res.checkpoint_files)
+    assert "README.md" not in res.checkpoint_files
+    assert res.checkpoint_files["unet/diffusion_pytorch_model.safetensors"] == res.unet_sha256
+    handle = Pix2PixCheckpoint.from_result(res, "next5_progress", 4, tmp_path / "run", "run-9", "b" * 64, "frame count")
+    assert handle.verify() is handle and handle.sha256 == res.checkpoint_sha256
     # without a context: the base as the trainer knows it (the local folder, by its weights' sha)
     plain = train_pix2pix(tiny_models.pix2pix, ds, cfg, tmp_path / "plain")
     bases = ModelCard.load(plain.model_dir / "README.md").data.base_weights
