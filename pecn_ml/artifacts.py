@@ -427,7 +427,9 @@ class ProgressEstimates(FileArtifact):
 
 @dataclass(frozen=True)
 class Pix2PixCheckpoint(Artifact):
-    """One fine-tuned InstructPix2Pix (`save_pretrained` folder) of one variant and training seed."""
+    """One fine-tuned InstructPix2Pix of one variant and training seed: a `save_pretrained` folder, or
+    the trained UNet with a verified reference to its base's frozen parts (`pecn_ml.models.pix2pix`);
+    `verify()` checks the base of the latter too."""
 
     path: str                         # .../{model}/seed_{seed}/runs/{run}/model (never rewritten)
     sha256: str                       # of the folder's manifest (older handles: of the UNet's weights file)
@@ -458,6 +460,13 @@ class Pix2PixCheckpoint(Artifact):
 
     def verify(self) -> "Pix2PixCheckpoint":
         _check_folder("ip2p checkpoint", Path(self.path), self.sha256, self.sha256_scheme, self.files)
+        from pecn_ml.models.pix2pix import BASE_REF, resolve_base
+
+        if (Path(self.path) / BASE_REF).is_file():   # a light checkpoint: its base's frozen parts too
+            try:
+                resolve_base(self.path)
+            except ValueError as e:
+                raise ArtifactChanged(f"ip2p checkpoint: {e}") from None
         return self
 
     def _decreased(self) -> bool:

@@ -6,7 +6,8 @@
 - `conditioning_dropout_masks`, `draw_sample_randomness`, `training_step`: one noise-prediction loss;
 - `train_pix2pix`: the loop (accelerate for mixed precision and K-process data parallelism,
   accelerate's trackers: TensorBoard or MLflow, see `tracking.py`; rotating checkpoints and resume,
-  validation grids, final `save_pretrained` pipeline).
+  validation grids, the final model: the UNet with a verified reference to a local base, else a
+  full `save_pretrained` pipeline; see `pecn_ml.models.pix2pix`).
 
 As in the example: frozen VAE and text encoder cast to the weight dtype, UNet master weights in
 fp32 under autocast, DDPM noise from the folder's scheduler config, the target frame's latents
@@ -44,8 +45,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pecn_ml.data.pairs import collate_pairs
-from pecn_ml.models.pix2pix import (DEFAULT_PRETRAINED, build_pipeline, encode_prompts,
-                                    load_pix2pix_components)
+from pecn_ml.models.pix2pix import (DEFAULT_PRETRAINED, TRAINED_PART, build_pipeline, encode_prompts,
+                                    load_pix2pix_components, write_base_ref)
 from pecn_ml.model_cards import BaseWeights, CardContext, base_license, build_card, write_card
 from pecn_ml.models.weights import is_local, weights_identity
 from pecn_ml.training import pix2pix_checkpoints as ckpt
@@ -161,7 +162,7 @@ class Pix2PixTrainResult:
     steps: int                     # optimizer steps done (accumulation respected)
     epochs: int
     loss_curve: list[float]        # one value per optimizer step (mean over its global batch)
-    model_dir: Path                # save_pretrained pipeline folder
+    model_dir: Path                # the final model: UNet + base.json (local base) or a full pipeline
     unet_sha256: str               # of model_dir/unet/diffusion_pytorch_model.safetensors
     validation_grid: Optional[Path]  # Input | GT | Output PNG of the last validation
     loss_curve_png: Path
@@ -511,10 +512,16 @@ def _make_accelerator(config: Pix2PixTrainConfig, log: LogFn, **tracker_kwargs: 
 
 
 def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path, card: Any = None) -> Path:
-    """`save_pretrained` of a pipeline with the trained UNet and the pretrained (fp32) frozen parts,
-    and its model card (`card`, a `ModelCard`), written beside `model_dir` and renamed onto it."""
+    """The fine-tuned model and its model card (`card`, a `ModelCard`), written beside `model_dir`
+    and renamed onto it: for a local base folder the light layout (the trained UNet and
+    `base.json`, a verified reference to the base's frozen parts; see `pecn_ml.models.pix2pix`),
+    for a hub base a full `save_pretrained` pipeline (the trained UNet and the fp32 frozen parts)."""
     with atomic_dir(model_dir) as tmp:
-        build_pipeline(pretrained, unet=unet).save_pretrained(tmp)
+        if is_local(str(pretrained)):
+            unet.save_pretrained(tmp / TRAINED_PART)
+            write_base_ref(tmp, pretrained, model_dir)
+        else:
+            build_pipeline(pretrained, unet=unet).save_pretrained(tmp)
         if card is not None:
             write_card(tmp, card)
     return model_dir
@@ -539,7 +546,9 @@ def model_card(config: Pix2PixTrainConfig, pretrained: str, dataset: Any, finger
         library_name="diffusers",
         description=("Given frame `input_idx` of a video and a prompt naming the action (and, in progress "
                      "variants, how much of it is done), predicts frame `target_idx`. A "
-                     "`StableDiffusionInstructPix2PixPipeline` folder: `from_pretrained` loads it."),
+                     "`StableDiffusionInstructPix2PixPipeline`: `pecn_ml.sampling.load_pipeline` loads it (a "
+                     "full pipeline folder, or the fine-tuned `unet/` with `base.json`, a verified reference to "
+                     "the frozen parts of its base)."),
         context=context, training_config=asdict(config), seed=seed, loss_summary=loss_summary,
         extra={"input_idx": getattr(dataset, "input_idx", None), "target_idx": getattr(dataset, "target_idx", None),
                "prompt_example": prompts[0] if prompts else ""})

@@ -202,13 +202,14 @@ class ManifestMismatch(RuntimeError):
     """A folder's files are not those of its recorded manifest; the message names the file."""
 
 
-def check_manifest(folder: str | os.PathLike, sha256: str, recorded: Mapping[str, str]) -> dict[str, str]:
-    """The folder's manifest, if it hashes to `sha256`; else ManifestMismatch naming the folder and
-    the first file that changed, is missing or was added (compared with `recorded`, the manifest
-    stored with the sha)."""
+def check_manifest(folder: str | os.PathLike, sha256: str, recorded: Mapping[str, str],
+                   manifest_of: Callable[[Path], Mapping[str, str]] = folder_manifest) -> dict[str, str]:
+    """The folder's manifest (`manifest_of(folder)`: all of it, or the part a loader reads), if it
+    hashes to `sha256`; else ManifestMismatch naming the folder and the first file that changed,
+    is missing or was added (compared with `recorded`, the manifest stored with the sha)."""
     folder = Path(folder)
     try:
-        actual = folder_manifest(folder)
+        actual = dict(manifest_of(folder))
     except FileNotFoundError as e:
         raise ManifestMismatch(f"{e} (recorded manifest sha256 {sha256[:12]})") from None
     got = manifest_sha256(actual)

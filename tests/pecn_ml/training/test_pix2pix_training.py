@@ -312,8 +312,12 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_models, tmp_path)
     assert full.latent_cache["enabled"] and full.latent_cache["encoded"]["frames"] == 20
 
     # save/load round trip: the pipeline loads and holds the trained UNet
-    from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(full.model_dir)
+    from diffusers import UNet2DConditionModel
+
+    from pecn_ml.sampling import load_pipeline
+    # a local base: the light layout, the trained UNet and a reference to the base's frozen parts
+    assert (full.model_dir / "base.json").is_file() and not (full.model_dir / "vae").exists()
+    pipe = load_pipeline(full.model_dir, torch.device("cpu"), torch.float32)
     assert pipe.unet.config.in_channels == 8
     saved = UNet2DConditionModel.from_pretrained(resumed.model_dir, subfolder="unet").state_dict()
     pretrained = UNet2DConditionModel.from_pretrained(tiny_models.pix2pix, subfolder="unet").state_dict()
@@ -458,8 +462,7 @@ def test_the_saved_pipeline_carries_a_model_card_and_still_loads(tiny_models, tm
     # the folder loads as before; the checkpoint's sha covers every file of it but the card
     load_pipeline(res.model_dir, torch.device("cpu"), torch.float32)
     assert checkpoint_sha256(res.model_dir) == res.checkpoint_sha256 == manifest_sha256(res.checkpoint_files)
-    assert {"model_index.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
-            "scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors"} <= set(res.checkpoint_files)
+    assert set(res.checkpoint_files) == {"base.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"}
     assert "README.md" not in res.checkpoint_files
     assert res.checkpoint_files["unet/diffusion_pytorch_model.safetensors"] == res.unet_sha256
     handle = Pix2PixCheckpoint.from_result(res, "next5_progress", 4, tmp_path / "run", "run-9", "b" * 64, "frame count")
