@@ -15,8 +15,9 @@ materialisations by identity, not by absolute path, so a moved or copied outputs
   JSON) names the folder whose run id and path below the outputs folder
   (`next1/seed_0/runs/{run id}`) it ends with, wherever the outputs folder was then;
 - by contents: a folder no materialisation names by place is named by one that names the sha256
-  of a file in it (a checkpoint's `checkpoint_sha256`, a data version, a report's list of the
-  checkpoints it used); such folders (finished runs only) have every file hashed.
+  of a file in it or the manifest sha256 of a folder in it (a checkpoint's `checkpoint_sha256`,
+  older ones the sha of one weights file; a data version, a report's list of the checkpoints it
+  used); such folders (finished runs only) have every file hashed.
 
 A folder is kept when the latest materialisation of any asset partition names it (the checkpoint
 an `evaluation` scored, the PAC-Net that made the estimates, ...): that is never deleted. It is
@@ -42,7 +43,7 @@ import dagster as dg
 from pydantic import Field
 
 from pecn_assets.runs import RUNS
-from pecn_ml.utils.files import sha256_file
+from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_file
 
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 DATA_VERSION_TAG = "dagster/data_version"
@@ -157,12 +158,27 @@ class Identities:
         return [m for key, m in self.by_run.get(folder_parts[-1], []) if key[-n:] == folder_parts]
 
     def naming_file(self, folder: Path) -> Optional[tuple[Path, str, Mention]]:
-        """(file, its sha256, a materialisation naming that sha) for a file of `folder`, one that a
-        latest materialisation names if any; None if none is named (hashes every file)."""
+        """(file or sub-folder, its sha256, a materialisation naming that sha) for a file of
+        `folder` or a folder in it (by its manifest sha256, `pecn_ml.utils.files.folder_manifest`),
+        one that a latest materialisation names if any; None if none is named (hashes every file
+        once)."""
+        shas: dict[Path, str] = {}
+
+        def sha_of(path: Path) -> str:
+            if path not in shas:
+                shas[path] = sha256_file(path)
+            return shas[path]
+
         hits = []
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
-            sha = sha256_file(path)
+            sha = sha_of(path)
             hits += [(not m.latest, path, sha, m) for m in self.by_sha.get(sha, [])]
+        for sub in sorted(p for p in [folder, *folder.rglob("*")] if p.is_dir() and not p.is_symlink()):
+            try:
+                sha = manifest_sha256(folder_manifest(sub, sha_of=sha_of))
+            except FileNotFoundError:   # no file to list
+                continue
+            hits += [(not m.latest, sub, sha, m) for m in self.by_sha.get(sha, [])]
         return min(hits, key=lambda h: (h[0], str(h[1])))[1:] if hits else None
 
 
@@ -183,7 +199,8 @@ def _by_contents(ids: Identities, folder: Path) -> tuple[bool, Optional[str]]:
     if hit is None:
         return False, None
     path, sha, mention = hit
-    what = f"its file {path.relative_to(folder)} (sha256 {sha[:12]}) is named by"
+    kind = "folder" if path.is_dir() else "file"
+    what = f"its {kind} {path.relative_to(folder).as_posix()} (sha256 {sha[:12]}) is named by"
     if mention.latest:
         return True, f"{what} the latest materialisation of {mention.who}"
     return False, f"superseded: {what} an earlier materialisation of {mention.who}"

@@ -9,7 +9,8 @@ and loads it back verified, so that an asset's signature shows what it reads.
   the artifact; an input annotated `dict[str, X]` gets {partition key: artifact}; an `Optional[X]`
   input gets None when the upstream was never materialised (else that is an error).
   Every artifact is `verify()`d (its files must hash to the recorded sha256: a checkpoint that
-  changed on disk fails the step), and one whose blocking check fails (`problems()`) is refused,
+  changed on disk fails the step, the file named; a handle recorded before shas covered whole
+  folders is checked on what its sha covered, with a warning in the step's log), and one whose blocking check fails (`problems()`) is refused,
   also in a later run, so nothing downstream runs on it. The asset checks themselves (op tag
   `pecn/check`) load without that refusal: they are what reports it.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import collections.abc
 import json
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
@@ -26,7 +28,7 @@ from urllib.parse import quote
 import dagster as dg
 from pydantic import Field
 
-from pecn_ml.artifacts import Artifact, ArtifactChanged, artifact_from_json
+from pecn_ml.artifacts import Artifact, ArtifactChanged, PartialShaWarning, artifact_from_json
 from pecn_ml.utils.files import write_json_atomic
 
 CHECK_OP_TAG = "pecn/check"
@@ -77,7 +79,14 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             raise dg.Failure(f"{name} has never been materialised (no {path}): materialise it first")
         artifact = artifact_from_json(json.loads(path.read_text(encoding="utf-8")))
         try:
-            artifact.verify()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", PartialShaWarning)
+                artifact.verify()
+            for w in caught:
+                if issubclass(w.category, PartialShaWarning):
+                    context.log.warning(f"{name}: {w.message}")
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         except ArtifactChanged as e:
             raise dg.Failure(f"{name}: {e}; re-materialise {context.asset_key.to_user_string()}",
                              allow_retries=False) from None

@@ -226,7 +226,7 @@ def _card(job: Any, **data_versions: str):
 
 
 def run_pix2pix(job: Pix2PixJob, log: LogFn) -> tuple[dict, str]:
-    """Train; return (metadata with the `artifact` handle, data version = the UNet's sha256)."""
+    """Train; return (metadata with the `artifact` handle, data version = the checkpoint's manifest sha256)."""
     from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, Pix2PixCheckpoint, UNET_WEIGHTS, Weights
     from pecn_ml.data.pairs import FramePairDataset
     from pecn_ml.training.pix2pix import Pix2PixTrainConfig, train_pix2pix
@@ -265,11 +265,11 @@ def run_pix2pix(job: Pix2PixJob, log: LogFn) -> tuple[dict, str]:
         "parameters": safetensors_parameters(Path(result.model_dir) / UNET_WEIGHTS),
         "model_bytes_on_disk": bytes_on_disk(result.model_dir),
     }
-    return meta, result.unet_sha256
+    return meta, result.checkpoint_sha256
 
 
 def run_pacnet(job: PacNetJob, log: LogFn) -> tuple[dict, str]:
-    """Train; return (metadata with the `artifact` handle, data version = the best weights' sha256)."""
+    """Train; return (metadata with the `artifact` handle, data version = the best checkpoint's manifest sha256)."""
     from pecn_ml.artifacts import PACNET_WEIGHTS, FilteredAnnotations, FrameCacheRef, PacNetCheckpoint
     from pecn_ml.models.pacnet import PacNetConfig
     from pecn_ml.training.pacnet import PacNetTrainConfig, pacnet_splits, train_pacnet
@@ -308,7 +308,7 @@ def run_pacnet(job: PacNetJob, log: LogFn) -> tuple[dict, str]:
         "train_seconds": round(seconds, 3),
         **({"optimizer_steps": steps, "seconds_per_step": round(seconds / steps, 4)} if steps else {}),
     }
-    return meta, result.weights_sha256
+    return meta, result.checkpoint_sha256
 
 
 def run_check(job: CheckJob, log: LogFn) -> tuple[dict, str]:

@@ -4,7 +4,14 @@ Models, frames and tables stay in their files; an artifact is a few hundred byte
 I/O manager stores and loads (`to_json` / `artifact_from_json`). Each artifact
 
 * `verify()`s itself: the files it names must still hash to the recorded sha256, or it raises
-  `ArtifactChanged` (a loader calls it, so nothing reads a checkpoint that changed on disk);
+  `ArtifactChanged` naming the file (a loader calls it, so nothing reads a checkpoint that changed
+  on disk). A model folder (InstructPix2Pix pipeline, PAC-Net checkpoint, base weights) is covered
+  whole: its sha256 is that of its manifest, {relative path: sha256} of every file its loader reads
+  (`pecn_ml.utils.files.folder_manifest`), and the handle carries the manifest to name the file
+  that changed. `sha256_scheme` says what a handle's sha covers: `manifest`, or for handles recorded
+  before manifests (their JSON has no such field) the one file (`file:<path>`) or the weight files
+  (`weight files`) it always covered; those still verify what they covered, with a
+  `PartialShaWarning` that the rest is unchecked (re-materialise to cover the whole folder);
 * lists `problems()`: what fails its blocking check (a loader refuses such an artifact, so
   nothing downstream runs on it), and `warnings()`: what only warns;
 * builds the `metadata()` the UI shows, as plain values: `pathlib.Path` for paths, `Markdown` and
@@ -20,12 +27,13 @@ import dataclasses
 import json
 import math
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pecn_ml.training.tracking import TrackingInfo
-from pecn_ml.utils.files import sha256_file
+from pecn_ml.utils.files import ManifestMismatch, check_manifest, sha256_file
 from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
 
 MIN_STEPS_TO_JUDGE = 10        # fewer optimizer steps: a loss decrease is noise, only warned about
@@ -34,10 +42,18 @@ SSIM_RANGE, PSNR_RANGE = (-1.0, 1.0), (0.0, 100.0)   # PSNR of identical images 
 PREDICTS_MOTION_ALPHA = 0.05   # one-sided paired p below which the model beats the latent copy in the motion region
 UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 PACNET_WEIGHTS = "model.safetensors"
+MANIFEST = "manifest"                  # sha256 of the folder's manifest: every file its loader reads
+LEGACY_UNET = f"file:{UNET_WEIGHTS.as_posix()}"   # checkpoints recorded before manifests
+LEGACY_PACNET = f"file:{PACNET_WEIGHTS}"
+LEGACY_WEIGHTS = "weight files"        # pecn_ml.models.weights.weights_sha256 (base weights before manifests)
 
 
 class ArtifactChanged(RuntimeError):
     """A file an artifact names is missing or no longer hashes to the recorded sha256."""
+
+
+class PartialShaWarning(UserWarning):
+    """A handle's sha256 is of an older scheme that covers only part of its folder."""
 
 
 class Markdown(str):
@@ -64,6 +80,32 @@ def _check_sha(what: str, path: Path, recorded: str, actual_of=sha256_file) -> N
     if actual != recorded:
         raise ArtifactChanged(f"{what}: {path} changed since it was recorded "
                               f"(sha256 {actual[:12]} != {recorded[:12]})")
+
+
+def _check_folder(what: str, folder: Path, recorded: str, scheme: str, files: Mapping[str, str]) -> None:
+    """`folder` still holds what `recorded`, a sha256 of `scheme`, covers: every file of its
+    manifest (`MANIFEST`; `files` is the recorded manifest, to name the file that differs), or
+    for a handle from before manifests one file (`file:<path>`) or the weight files
+    (`LEGACY_WEIGHTS`), with a PartialShaWarning. ArtifactChanged otherwise."""
+    if scheme == MANIFEST:
+        try:
+            check_manifest(folder, recorded, files)
+        except ManifestMismatch as e:
+            raise ArtifactChanged(f"{what}: {e}") from None
+        return
+    if scheme.startswith("file:"):
+        path, sha_of, covered = folder / scheme.removeprefix("file:"), sha256_file, scheme.removeprefix("file:")
+    elif scheme == LEGACY_WEIGHTS:
+        from pecn_ml.models.weights import weights_sha256
+
+        path, sha_of, covered = folder, weights_sha256, "its weight files"
+    else:
+        raise ArtifactChanged(f"{what}: {folder}: unknown sha256 scheme {scheme!r} (known: {MANIFEST!r}, "
+                              f"'file:<path>', {LEGACY_WEIGHTS!r})")
+    warnings.warn(f"{what}: {folder}: its sha256 was recorded before shas covered whole folders and covers "
+                  f"only {covered}; its other files are not checked (re-materialise it to record a manifest "
+                  f"sha256)", PartialShaWarning, stacklevel=3)
+    _check_sha(what, path, recorded, sha_of)
 
 
 def _or_nan(value: Optional[float]) -> float:
@@ -236,15 +278,15 @@ class Weights(Artifact):
 
     role: str                         # pix2pix_base, resnet_base, clip_text_base
     path: str
-    sha256: str                       # pecn_ml.models.weights.weights_sha256 of the folder
+    sha256: str                       # of the folder's manifest (older handles: weights_sha256 of its weight files)
     source: str = ""
     name: str = ""                    # hub id, or "stand-in for <hub id>"
     revision: str = ""                # hub commit, or the stand-in's folder name (its content key)
+    sha256_scheme: str = LEGACY_WEIGHTS   # what `sha256` covers: MANIFEST, or the old weight files only
+    files: Mapping[str, str] = field(default_factory=dict)   # the manifest: relative path -> sha256
 
     def verify(self) -> "Weights":
-        from pecn_ml.models.weights import weights_sha256
-
-        _check_sha(self.role, Path(self.path), self.sha256, weights_sha256)
+        _check_folder(self.role, Path(self.path), self.sha256, self.sha256_scheme, self.files)
         return self
 
     def card_base(self):
@@ -260,7 +302,8 @@ class Weights(Artifact):
         return {f"{self.role}_sha256": self.sha256, f"{self.role}_path": Path(self.path)}
 
     def metadata(self) -> dict[str, Any]:
-        return {"path": Path(self.path), "weights_sha256": self.sha256, "source": self.source}
+        return {"path": Path(self.path), "weights_sha256": self.sha256, "sha256_scheme": self.sha256_scheme,
+                "source": self.source}
 
 
 # --- PAC-Net ---------------------------------------------------------------------------------------
@@ -274,7 +317,7 @@ class PacNetCheckpoint(Artifact):
     blocking check judges that test score where there is one."""
 
     path: str                         # .../pacnet_{head}/runs/{run}/best
-    sha256: str                       # of model.safetensors
+    sha256: str                       # of the folder's manifest (older handles: of model.safetensors)
     head: str
     val_mae: float                    # percentage points, on the selection split (picked the epoch)
     baseline_mae: float               # the mean predictor on the same crops
@@ -289,19 +332,22 @@ class PacNetCheckpoint(Artifact):
     num_test: int = 0                 # evaluation videos the test MAEs are over
     selection_split: str = ""         # JSON file of the selection split's ids
     selection_split_sha256: str = ""
+    sha256_scheme: str = LEGACY_PACNET   # what `sha256` covers: MANIFEST, or the old weights file only
+    files: Mapping[str, str] = field(default_factory=dict)   # the manifest: relative path -> sha256
 
     @classmethod
     def from_result(cls, result: Any, head: str, run_dir: Path, run_id: str,
                     selection_split: Optional[Path] = None) -> "PacNetCheckpoint":
         """The handle of a `PacNetTrainResult` (and the file of its selection split)."""
-        return cls(path=str(result.best_dir), sha256=result.weights_sha256, head=head,
+        return cls(path=str(result.best_dir), sha256=result.checkpoint_sha256, head=head,
                    val_mae=float(result.val_mae), baseline_mae=float(result.baseline_mae),
                    best_epoch=int(result.best_epoch), epochs=int(result.epochs_run), run_dir=str(run_dir),
                    run_id=run_id, num_val=int(result.num_val), tracking=result.tracking,
                    test_mae=float(result.test_mae) if result.num_test else None,
                    test_baseline_mae=float(result.test_baseline_mae) if result.num_test else None,
                    num_test=int(result.num_test), selection_split=str(selection_split or ""),
-                   selection_split_sha256=sha256_file(selection_split) if selection_split else "")
+                   selection_split_sha256=sha256_file(selection_split) if selection_split else "",
+                   sha256_scheme=MANIFEST, files=dict(result.checkpoint_files))
 
     def selection_ids(self) -> list[str]:
         """The ids of the selection split ([] without a split file), its sha checked."""
@@ -318,7 +364,7 @@ class PacNetCheckpoint(Artifact):
         return "val_mae", self.val_mae, self.baseline_mae, self.num_val
 
     def verify(self) -> "PacNetCheckpoint":
-        _check_sha("pacnet checkpoint", Path(self.path) / PACNET_WEIGHTS, self.sha256)
+        _check_folder("pacnet checkpoint", Path(self.path), self.sha256, self.sha256_scheme, self.files)
         return self
 
     def _beaten(self) -> Optional[str]:
@@ -348,7 +394,8 @@ class PacNetCheckpoint(Artifact):
         split = ({"selection_split": Path(self.selection_split), "selection_split_sha256": self.selection_split_sha256,
                   "num_selection": self.num_val} if self.selection_split else {})
         return {"val_mae": float(self.val_mae), "baseline_mae": float(self.baseline_mae),
-                "checkpoint": Path(self.path), "checkpoint_sha256": self.sha256, "run_dir": Path(self.run_dir),
+                "checkpoint": Path(self.path), "checkpoint_sha256": self.sha256,
+                "checkpoint_sha256_scheme": self.sha256_scheme, "run_dir": Path(self.run_dir),
                 "epochs": self.epochs, "best_epoch": self.best_epoch, "num_val": self.num_val,
                 **test, **split, **tracking_metadata(self.tracking)}
 
@@ -380,10 +427,12 @@ class ProgressEstimates(FileArtifact):
 
 @dataclass(frozen=True)
 class Pix2PixCheckpoint(Artifact):
-    """One fine-tuned InstructPix2Pix (`save_pretrained` folder) of one variant and training seed."""
+    """One fine-tuned InstructPix2Pix of one variant and training seed: a `save_pretrained` folder, or
+    the trained UNet with a verified reference to its base's frozen parts (`pecn_ml.models.pix2pix`);
+    `verify()` checks the base of the latter too."""
 
     path: str                         # .../{model}/seed_{seed}/runs/{run}/model (never rewritten)
-    sha256: str                       # of unet/diffusion_pytorch_model.safetensors
+    sha256: str                       # of the folder's manifest (older handles: of the UNet's weights file)
     variant: str
     seed: int
     steps: int
@@ -395,19 +444,29 @@ class Pix2PixCheckpoint(Artifact):
     base_sha256: str = ""             # the pix2pix_base weights it was fine-tuned from
     progress_source: str = "frame count"
     tracking: Optional[TrackingInfo] = None
+    sha256_scheme: str = LEGACY_UNET  # what `sha256` covers: MANIFEST, or the old UNet weights file only
+    files: Mapping[str, str] = field(default_factory=dict)   # the manifest: relative path -> sha256
 
     @classmethod
     def from_result(cls, result: Any, variant: str, seed: int, run_dir: Path, run_id: str, base_sha256: str,
                     progress_source: str) -> "Pix2PixCheckpoint":
         """The handle of a `Pix2PixTrainResult`."""
-        return cls(path=str(result.model_dir), sha256=result.unet_sha256, variant=variant, seed=int(seed),
+        return cls(path=str(result.model_dir), sha256=result.checkpoint_sha256, variant=variant, seed=int(seed),
                    steps=int(result.steps), final_loss=float(result.final_loss),
                    first_loss=float(result.first_loss), loss_window=int(result.loss_window),
                    run_dir=str(run_dir), run_id=run_id, base_sha256=base_sha256,
-                   progress_source=progress_source, tracking=result.tracking)
+                   progress_source=progress_source, tracking=result.tracking, sha256_scheme=MANIFEST,
+                   files=dict(result.checkpoint_files))
 
     def verify(self) -> "Pix2PixCheckpoint":
-        _check_sha("ip2p checkpoint", Path(self.path) / UNET_WEIGHTS, self.sha256)
+        _check_folder("ip2p checkpoint", Path(self.path), self.sha256, self.sha256_scheme, self.files)
+        from pecn_ml.models.pix2pix import BASE_REF, resolve_base
+
+        if (Path(self.path) / BASE_REF).is_file():   # a light checkpoint: its base's frozen parts too
+            try:
+                resolve_base(self.path)
+            except ValueError as e:
+                raise ArtifactChanged(f"ip2p checkpoint: {e}") from None
         return self
 
     def _decreased(self) -> bool:
@@ -428,7 +487,8 @@ class Pix2PixCheckpoint(Artifact):
         return []
 
     def metadata(self) -> dict[str, Any]:
-        return {"checkpoint": Path(self.path), "checkpoint_sha256": self.sha256, "seed": self.seed,
+        return {"checkpoint": Path(self.path), "checkpoint_sha256": self.sha256,
+                "checkpoint_sha256_scheme": self.sha256_scheme, "seed": self.seed,
                 "steps": self.steps, "final_loss": float(self.final_loss), "first_loss": float(self.first_loss),
                 "loss_window": self.loss_window, "run_dir": Path(self.run_dir),
                 "progress_source": self.progress_source, **tracking_metadata(self.tracking)}
@@ -496,6 +556,8 @@ class Evaluation(Artifact):
     checkpoint_sha256: str
     sets: Mapping[str, EvalSetResult]
     progress_source: str = "frame count"
+    checkpoint_sha256_scheme: str = LEGACY_UNET   # what checkpoint_sha256 covers (Pix2PixCheckpoint.sha256_scheme)
+    checkpoint_files: Mapping[str, str] = field(default_factory=dict)   # the checkpoint's manifest
 
     def verify(self) -> "Evaluation":
         for r in self.sets.values():
@@ -504,8 +566,8 @@ class Evaluation(Artifact):
 
     def verify_checkpoint(self) -> "Evaluation":
         """The checkpoint these numbers came from still exists and hashes to the recorded sha."""
-        _check_sha(f"checkpoint of evaluation {self.variant} seed {self.seed}",
-                   Path(self.checkpoint) / UNET_WEIGHTS, self.checkpoint_sha256)
+        _check_folder(f"checkpoint of evaluation {self.variant} seed {self.seed}", Path(self.checkpoint),
+                      self.checkpoint_sha256, self.checkpoint_sha256_scheme, self.checkpoint_files)
         return self
 
     def results(self, eval_set: str) -> dict:

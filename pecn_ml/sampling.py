@@ -73,7 +73,7 @@ from pecn_ml.metrics import (METRIC_SETTINGS, mean_std, motion_fraction, motion_
                              ssim)
 from pecn_ml.training.autoencoder import roundtrip
 from pecn_ml.prompts import PROMPT_TEXTS, action_text, build_prompt, progress_percent, shuffle_percents
-from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
+from pecn_ml.utils.files import atomic_dir, folder_manifest, manifest_sha256, write_json_atomic
 from pecn_ml.utils.progress import ProgressMeter
 from pecn_ml.variants import VARIANTS
 
@@ -87,7 +87,6 @@ METRICS = ("ssim", "psnr", "motion_psnr", "motion_mae")   # keys of every set-le
 # scored images (saved subfolder) -> key prefix in results.json; all against target/ on one mask
 METHODS = {"output": "", "latent_copy": "latent_copy_", "input": "baseline_", "autoencoder": "autoencoder_"}
 COMPARISON_LABELS = ["Input", "GT", "Output", "VAE(GT)", "VAE(Input)"]
-UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
 # every sample must have the latest target of any variant (frame 25): next1 and next5 share videos
 MATCHED_TARGET_IDX = max(v.target_idx for v in VARIANTS.values())
 
@@ -386,32 +385,37 @@ def resolve_device_dtype(config: SamplingConfig):
 
 
 def checkpoint_sha256(model_dir: str | os.PathLike) -> str:
-    """sha256 of the fine-tuned UNet weights `unet/diffusion_pytorch_model.safetensors` (the only
-    component training changes). Without that file: sha256 over {relative path: file sha256} of
-    every file under `unet/`."""
-    model_dir = Path(model_dir)
-    weights = model_dir / UNET_WEIGHTS
-    if weights.is_file():
-        return sha256_file(weights)
-    unet = model_dir / "unet"
-    files = sorted(p for p in unet.rglob("*") if p.is_file()) if unet.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"{model_dir}: no unet/ weights to hash (not a saved pipeline folder)")
-    return sha256_json({str(p.relative_to(model_dir)): sha256_file(p) for p in files})
+    """sha256 of the checkpoint folder's manifest: {relative path: sha256} of every file the
+    pipeline loads (UNet, VAE, text encoder, tokenizer, scheduler, model_index.json; a light
+    checkpoint's UNet and base.json, which holds the sha of its base's frozen parts; the model card
+    README.md is left out, see `pecn_ml.utils.files.folder_manifest`). FileNotFoundError for a
+    folder that is gone or empty."""
+    return manifest_sha256(folder_manifest(model_dir))
 
 
 def load_pipeline(model_dir: str | os.PathLike, device, dtype):
-    """`StableDiffusionInstructPix2PixPipeline` from a `save_pretrained` folder, no safety checker,
-    progress bars off, on `device` in `dtype`."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
+    """`StableDiffusionInstructPix2PixPipeline` of a checkpoint, no safety checker, progress bars
+    off, on `device` in `dtype`: a full `save_pretrained` folder, or a light one (`unet/` and
+    `base.json`), assembled from its UNet and the frozen parts of its base, which must hash to the
+    sha256 the reference records (ValueError naming the file otherwise; see `pecn_ml.models.pix2pix`)."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+
+    from pecn_ml.models.pix2pix import BASE_REF, TRAINED_PART, build_pipeline, resolve_base
 
     model_dir = Path(model_dir)
-    if not (model_dir / "model_index.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: model_index.json missing; not a saved InstructPix2Pix pipeline")
+    full = (model_dir / "model_index.json").is_file()
+    if not full and not (model_dir / BASE_REF).is_file():
+        raise FileNotFoundError(f"{model_dir}: neither model_index.json (a saved pipeline) nor {BASE_REF} (a "
+                                f"fine-tuned UNet with its base); not an InstructPix2Pix checkpoint")
     with warnings.catch_warnings():  # diffusers >= 0.36 renames torch_dtype to dtype; both work
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-        pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            model_dir, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        if full:
+            pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+                model_dir, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        else:
+            base = resolve_base(model_dir)
+            unet = UNet2DConditionModel.from_pretrained(model_dir / TRAINED_PART, torch_dtype=dtype)
+            pipe = build_pipeline(base, unet=unet, torch_dtype=dtype)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

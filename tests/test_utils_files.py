@@ -1,5 +1,6 @@
 """Atomic writes: a folder or file replaces its target only when complete; temp folders of
-killed writers are removed, those of running writers never."""
+killed writers are removed, those of running writers never. Folder manifests: every file a
+loader reads is listed, and a check names the file that changed, is missing or was added."""
 
 import os
 import signal
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pecn_ml.utils.files import atomic_dir, clean_stale_tmp_dirs
+from pecn_ml.utils.files import (ManifestMismatch, atomic_dir, check_manifest, clean_stale_tmp_dirs,
+                                 folder_manifest, manifest_difference, manifest_sha256, sha256_file)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,3 +113,53 @@ def test_a_reused_pid_does_not_keep_a_dead_writers_folder(tmp_path):
     reused.mkdir()
     assert clean_stale_tmp_dirs(tmp_path / "out") == [reused]
     assert alive.is_dir()
+
+
+def test_a_folder_manifest_lists_every_file_but_hidden_ones_and_model_cards(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / ".cache" / "huggingface").mkdir(parents=True)
+    for rel in ("model_index.json", "unet/config.json", "unet/w.safetensors", "README.md", ".complete",
+                ".cache/huggingface/x.lock", "notes.txt"):
+        (tmp_path / rel).write_text(rel)
+    files = folder_manifest(tmp_path)
+    assert list(files) == ["model_index.json", "notes.txt", "unet/config.json", "unet/w.safetensors"]
+    assert files["unet/config.json"] == sha256_file(tmp_path / "unet/config.json")
+    (tmp_path / "card_only").mkdir()
+    (tmp_path / "card_only" / "README.md").write_text("# card")
+    with pytest.raises(FileNotFoundError, match="no files to hash"):
+        folder_manifest(tmp_path / "card_only")
+    with pytest.raises(FileNotFoundError, match="gone or not a folder"):
+        folder_manifest(tmp_path / "nowhere")
+
+
+def test_a_symlink_into_a_content_addressed_blob_is_taken_by_its_name(tmp_path):
+    blob = tmp_path / "blobs" / ("a" * 64)        # the HF cache: the blob's name is its sha256
+    blob.parent.mkdir()
+    blob.write_bytes(b"weights")
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot" / "model.safetensors").symlink_to(blob)
+    assert folder_manifest(tmp_path / "snapshot") == {"model.safetensors": "a" * 64}
+
+
+def test_manifest_difference_names_the_first_changed_missing_or_added_file():
+    recorded = {"a.json": "1" * 64, "b/w.safetensors": "2" * 64}
+    assert manifest_difference(recorded, dict(recorded)) is None
+    assert manifest_difference(recorded, {**recorded, "b/w.safetensors": "3" * 64}) == \
+        f"b/w.safetensors changed (sha256 {'3' * 12} != {'2' * 12})"
+    assert manifest_difference(recorded, {"b/w.safetensors": "2" * 64}) == "a.json is missing"
+    assert manifest_difference(recorded, {**recorded, "b/extra.bin": "4" * 64}) == \
+        "b/extra.bin was added (not in the recorded manifest)"
+
+
+def test_check_manifest_passes_an_unchanged_folder_and_names_what_changed(tmp_path):
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text("{}")
+    (tmp_path / "model_index.json").write_text("{}")
+    files = folder_manifest(tmp_path)
+    sha = manifest_sha256(files)
+    assert check_manifest(tmp_path, sha, files) == files
+    (tmp_path / "vae" / "config.json").write_text('{"scaling_factor": 1.0}')
+    with pytest.raises(ManifestMismatch, match=r"vae/config.json changed .*the folder changed since it was recorded"):
+        check_manifest(tmp_path, sha, files)
+    with pytest.raises(ManifestMismatch, match="no recorded file list matches that sha"):
+        check_manifest(tmp_path, sha, {})        # without the manifest the file cannot be named

@@ -32,9 +32,10 @@ def evaluate_set(checkpoint: Pix2PixCheckpoint, cache, eval_set: str, entries: l
                                  prompt_text=sampling.prompt_text, selection_seed=sampling.selection_seed)
     result = evaluate_model(checkpoint.path, cache, entries, sampling, out_dir, progress_override=override,
                             extra_metadata=lineage, log=log)
-    if result.checkpoint_sha256 != checkpoint.sha256:
-        raise ArtifactChanged(f"{checkpoint.path} changed while it was evaluated (sha256 "
-                              f"{result.checkpoint_sha256[:12]} != {checkpoint.sha256[:12]})")
+    try:   # every file it covers, or for an older handle the UNet's (with a warning)
+        checkpoint.verify()
+    except ArtifactChanged as e:
+        raise ArtifactChanged(f"{checkpoint.path} changed while it was evaluated ({e})") from None
     return EvalSetResult.from_results(eval_set, result.results_json, len(expected))
 
 
@@ -85,7 +86,8 @@ def build_evaluation_assets(parts: Partitions, automation: Automation = Automati
         grids = [Path(r.results_json).parent / "comparison_grid.png" for r in sets.values()]
         return materialized(
             Evaluation(ip2p_model.variant, ip2p_model.seed, ip2p_model.path, ip2p_model.sha256, sets,
-                       progress_meta["progress_source"]), sha256_json({s: r.sha256 for s, r in sets.items()}),
+                       progress_meta["progress_source"], checkpoint_sha256_scheme=ip2p_model.sha256_scheme,
+                       checkpoint_files=ip2p_model.files), sha256_json({s: r.sha256 for s, r in sets.items()}),
             comparison_grid=dg.MetadataValue.md(image_md([g for g in grids if g.is_file()],
                                                          f"{' / '.join(sets)}: Input | GT | Output | VAE(GT) | "
                                                          f"VAE(Input)")),

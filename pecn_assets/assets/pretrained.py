@@ -4,8 +4,9 @@ In the real run (`full` profile) each asset resolves a hub name to one commit's 
 cache (downloading them if needed) and records the commit and the weights' sha. In the demo the
 same assets train small stand-ins on the synthetic training videos (`pecn_ml.models.standins`),
 content-addressed: an unchanged input reuses the earlier build. Either way the asset's data
-version is the weights' sha and its value a `Weights` handle (folder + sha) that downstream
-assets receive as an argument.
+version is the sha of the folder's manifest (every file a loader reads: weights, configs,
+tokenizer, scheduler) and its value a `Weights` handle (folder + that sha + the manifest) that
+downstream assets receive as an argument.
 """
 
 import hashlib
@@ -16,13 +17,13 @@ import numpy as np
 from pecn_assets.metadata import image_md, materialized, table_md
 from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings, PretrainedModels
-from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, Weights
+from pecn_ml.artifacts import MANIFEST, FilteredAnnotations, FrameCacheRef, Weights
 from pecn_ml.models.standins import (STANDS_IN_FOR, BuiltStandin, build_standin_clip_text,
                                      build_standin_pix2pix, build_standin_resnet)
 from pecn_ml.models.weights import ResolvedWeights, resolve_weights
 from pecn_ml.prompts import action_text
 from pecn_ml.training.pix2pix import plot_loss_curve
-from pecn_ml.utils.files import sha256_json
+from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_json
 from pecn_ml.utils.usage import bytes_on_disk, safetensors_parameters
 
 
@@ -65,10 +66,11 @@ def _result(role: str, weights: ResolvedWeights | BuiltStandin, **extra) -> dg.M
         source, name, revision = "hub", weights.name, weights.revision or ""
     else:  # the folder's name is its content key
         source, name, revision = "stand-in", f"stand-in for {STANDS_IN_FOR[weights.kind]}", weights.path.name
-    handle = Weights(role=role, path=str(weights.path), sha256=weights.weights_sha256, source=source,
-                     name=name, revision=revision)
+    files = folder_manifest(weights.path)
+    handle = Weights(role=role, path=str(weights.path), sha256=manifest_sha256(files), source=source,
+                     name=name, revision=revision, sha256_scheme=MANIFEST, files=files)
     sizes = {"parameters": safetensors_parameters(weights.path), "bytes_on_disk": bytes_on_disk(weights.path, follow_symlinks=True)}
-    return materialized(handle, weights.weights_sha256, **{**weights_metadata(weights), **sizes, **extra})
+    return materialized(handle, handle.sha256, **{**weights_metadata(weights), **sizes, **extra})
 
 
 def build_pretrained_assets(parts: Partitions) -> list:

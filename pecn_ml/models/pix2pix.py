@@ -4,10 +4,22 @@
 (the tiny ones of `pecn_ml.models.tiny` included). A Stable Diffusion checkpoint (4-channel UNet)
 becomes an InstructPix2Pix UNet by `widen_conv_in`: 8 input channels (noisy latents + input-image
 latents), the 4 new ones zero-initialised, so the widened UNet starts as the pretrained one.
+
+Checkpoint layouts (`pecn_ml.sampling.load_pipeline` loads both):
+
+- full: a `save_pretrained` pipeline folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
+  `tokenizer/`, `scheduler/`), what a hub base is saved as;
+- light (`BASE_REF` present, no `model_index.json`): what training changed, `unet/`, and
+  `base.json`, a reference to the frozen parts of a local base folder: its path (absolute, and
+  relative to the checkpoint, tried in that order) and the sha256 of their manifest
+  (`frozen_manifest`: every file of the base but its `unet/`). `resolve_base` refuses a base whose
+  frozen parts hash otherwise, naming the file; `build_pipeline(base, unet=...)` assembles it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -15,7 +27,12 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from pecn_ml.utils.files import ManifestMismatch, check_manifest, folder_manifest, manifest_sha256, write_json_atomic
+
 DEFAULT_PRETRAINED = "timbrooks/instruct-pix2pix"
+BASE_REF = "base.json"            # a light checkpoint's reference to the frozen parts of its base
+BASE_REF_FORMAT = "pecn-pix2pix-base-ref-v1"
+TRAINED_PART = "unet"             # the one component fine-tuning changes (and a light checkpoint holds)
 IP2P_IN_CHANNELS = 8   # 4 noisy latent channels + 4 input-image latent channels
 SD_IN_CHANNELS = 4
 
@@ -116,6 +133,47 @@ def build_pipeline(pretrained: str | Path, *, unet: Any, vae: Any = None, text_e
         requires_safety_checker=False, **parts, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def frozen_manifest(base: str | os.PathLike) -> dict[str, str]:
+    """The manifest of a base pipeline folder less its UNet: the files of the frozen parts (VAE,
+    text encoder, tokenizer, scheduler, model_index.json, ...) a light checkpoint takes from it."""
+    return {rel: sha for rel, sha in folder_manifest(base).items() if rel.split("/", 1)[0] != TRAINED_PART}
+
+
+def write_base_ref(folder: str | os.PathLike, base: str | os.PathLike, final: str | os.PathLike) -> dict[str, Any]:
+    """Write `folder/base.json`, the reference of a light checkpoint (to be renamed to `final`) to
+    the frozen parts of `base` (a local pipeline folder); returns it."""
+    base = Path(base).resolve()
+    files = frozen_manifest(base)
+    ref = {"format": BASE_REF_FORMAT, "path": str(base),
+           "relative_path": os.path.relpath(base, Path(final).resolve()),
+           "sha256": manifest_sha256(files), "files": files}
+    write_json_atomic(Path(folder) / BASE_REF, ref)
+    return ref
+
+
+def resolve_base(model_dir: str | os.PathLike) -> Path:
+    """The base folder a light checkpoint's `base.json` names (its recorded path, else the path
+    relative to the checkpoint, e.g. after the outputs folder moved), verified: its frozen parts
+    hash to the recorded sha256. ValueError naming base.json and the file otherwise."""
+    ref_file = Path(model_dir) / BASE_REF
+    try:
+        ref = json.loads(ref_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{ref_file}: unreadable base reference ({e})") from e
+    if not isinstance(ref, dict) or ref.get("format") != BASE_REF_FORMAT or not {"path", "sha256"} <= set(ref):
+        raise ValueError(f"{ref_file}: not a {BASE_REF_FORMAT} base reference (with path and sha256)")
+    places = [Path(ref["path"]), (Path(model_dir).resolve() / ref.get("relative_path", "")).resolve()]
+    base = next((p for p in places if (p / "model_index.json").is_file()), None)
+    if base is None:
+        raise ValueError(f"{ref_file}: the base it names is gone (no model_index.json in "
+                         f"{' or '.join(str(p) for p in places)})")
+    try:
+        check_manifest(base, ref["sha256"], ref.get("files", {}), manifest_of=frozen_manifest)
+    except ManifestMismatch as e:
+        raise ValueError(f"{ref_file}: the base's frozen parts differ from those it was trained with: {e}") from None
+    return base
 
 
 def tokenize_prompts(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:

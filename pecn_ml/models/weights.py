@@ -9,8 +9,9 @@ and the sha256 of every weight file are recorded.
   (safetensors preferred; `.bin` only for a folder without safetensors), which fills the usual HF
   cache and works offline (`local_files_only=True` or HF_HUB_OFFLINE=1) once it is there. A
   local folder is used as it is. Either way the weight files are hashed.
-- `weights_sha256(folder)`: one sha over the weight files' shas (relative path -> sha256), the
-  data version of a base-weights asset.
+- `weights_sha256(folder)`: one sha over the weight files' shas (relative path -> sha256); the
+  data version of a base-weights asset is the sha of the folder's whole manifest instead
+  (`pecn_ml.utils.files.folder_manifest`: configs, tokenizer and scheduler files too).
 - `weights_identity(name)`: what a training checkpoint's fingerprint records of its pretrained
   weights: that sha for a local folder (never the folder's path), the hub id otherwise.
 """
@@ -18,15 +19,13 @@ and the sha256 of every weight file are recorded.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from pecn_ml.utils.files import sha256_file, sha256_json
+from pecn_ml.utils.files import folder_manifest, sha256_json
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Everything a diffusers/transformers folder needs except weights in formats we do not load.
 _IGNORE = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "*.onnx_data", "*.ckpt", "*.pb", "*fp16*",
            "*.md", ".gitattributes"]
@@ -47,20 +46,14 @@ class ResolvedWeights:
                 "weights_sha256": self.weights_sha256, "files": dict(self.files)}
 
 
-def _file_sha256(path: Path) -> str:
-    """sha256 of a file; an HF-cache symlink into `blobs/<sha256>` names it already."""
-    target = Path(os.path.realpath(path))
-    if path.is_symlink() and _SHA256.match(target.name):
-        return target.name
-    return sha256_file(target)
-
-
 def weight_files(folder: str | os.PathLike) -> dict[str, str]:
-    """{relative path: sha256} of every weight file under `folder` (sorted)."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.name.endswith(WEIGHT_SUFFIXES)
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    return {str(p.relative_to(folder)): _file_sha256(p) for p in files}
+    """{relative path: sha256} of every weight file of the folder's manifest (sorted; {} for a
+    folder that is gone or empty)."""
+    try:
+        files = folder_manifest(folder)
+    except FileNotFoundError:
+        return {}
+    return {rel: sha for rel, sha in files.items() if rel.endswith(WEIGHT_SUFFIXES)}
 
 
 def weights_sha256(folder: str | os.PathLike) -> str:

@@ -45,7 +45,8 @@ from pecn_ml.training.pacnet_data import (PacNetCropDataset, carve_selection_spl
                                           check_entries, crop_indices, epoch_permutation)
 from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs,
                                        start_tracking, tag_run)
-from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
+from pecn_ml.utils.files import (atomic_dir, folder_manifest, manifest_sha256, sha256_file, sha256_json,
+                                 write_json_atomic)
 from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset, collate_slots,
                                  gather_objects, launched_rank, launched_world_size, make_accelerator,
                                  reduce_sum, set_batchnorm_sync, slot_weights, sync_batchnorm)
@@ -137,6 +138,8 @@ class PacNetTrainResult:
     best_dir: Path = Path()
     last_dir: Path = Path()
     weights_sha256: str = ""       # of best_dir/model.safetensors
+    checkpoint_sha256: str = ""    # of best_dir's manifest: every file load_pacnet reads (the handle's sha)
+    checkpoint_files: dict = field(default_factory=dict)   # that manifest: relative path -> sha256
     num_train: int = 0
     num_val: int = 0
     tracking: Optional[TrackingInfo] = None   # where the run logged (None: nothing left to train)
@@ -439,12 +442,14 @@ def _result(state: dict, out_dir: Path, resumed_from: int, n_train: int, n_val: 
     best = out_dir / "best"
     if not (best / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{best / WEIGHTS_NAME}: best checkpoint missing")
+    files = folder_manifest(best)
     return PacNetTrainResult(
         val_mae=float(state["best_val_mae"]), baseline_mae=float(state["baseline_mae"]),
         mean_train_progress=float(state["mean_train_progress"]),
         best_epoch=int(state["best_epoch"]), epochs_run=int(state["epoch"]),
         resumed_from_epoch=resumed_from, history=list(state["history"]), best_dir=best,
         last_dir=out_dir / "last", weights_sha256=sha256_file(best / WEIGHTS_NAME),
+        checkpoint_sha256=manifest_sha256(files), checkpoint_files=files,
         num_train=n_train, num_val=n_val, num_processes=int(state.get("num_processes", 1)),
         global_batch_size=int(state["train_config"]["batch_size"]))
 
@@ -713,7 +718,7 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
             say(f"pacnet: test MAE {scores['test_mae']:.2f} pp (mean predictor {scores['test_baseline_mae']:.2f} pp) "
                 f"on {scores['num_test']} evaluation videos, best epoch {result.best_epoch}")
             result = replace(result, **scores)
-        tag_run(accelerator, {"checkpoint_sha256": result.weights_sha256})
+        tag_run(accelerator, {"checkpoint_sha256": result.checkpoint_sha256})
     finally:
         accelerator.end_training()
     return replace(result, tracking=tracked)

@@ -6,7 +6,8 @@
 - `conditioning_dropout_masks`, `draw_sample_randomness`, `training_step`: one noise-prediction loss;
 - `train_pix2pix`: the loop (accelerate for mixed precision and K-process data parallelism,
   accelerate's trackers: TensorBoard or MLflow, see `tracking.py`; rotating checkpoints and resume,
-  validation grids, final `save_pretrained` pipeline).
+  validation grids, the final model: the UNet with a verified reference to a local base, else a
+  full `save_pretrained` pipeline; see `pecn_ml.models.pix2pix`).
 
 As in the example: frozen VAE and text encoder cast to the weight dtype, UNet master weights in
 fp32 under autocast, DDPM noise from the folder's scheduler config, the target frame's latents
@@ -44,8 +45,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pecn_ml.data.pairs import collate_pairs
-from pecn_ml.models.pix2pix import (DEFAULT_PRETRAINED, build_pipeline, encode_prompts,
-                                    load_pix2pix_components)
+from pecn_ml.models.pix2pix import (DEFAULT_PRETRAINED, TRAINED_PART, build_pipeline, encode_prompts,
+                                    load_pix2pix_components, write_base_ref)
 from pecn_ml.model_cards import BaseWeights, CardContext, base_license, build_card, write_card
 from pecn_ml.models.weights import is_local, weights_identity
 from pecn_ml.training import pix2pix_checkpoints as ckpt
@@ -53,7 +54,8 @@ from pecn_ml.training.latent_cache import (LatentStore, PairLatents, encode_data
                                            encode_pixels, sample_latents)
 from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs, log_image,
                                        start_tracking, tag_run)
-from pecn_ml.utils.files import atomic_dir, atomic_path, sha256_file, sha256_json
+from pecn_ml.utils.files import (atomic_dir, atomic_path, folder_manifest, manifest_sha256, sha256_file,
+                                 sha256_json)
 from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset,
                                  broadcast_object, collate_slots, launched_rank, make_accelerator, reduce_sum,
                                  slot_indices, slot_weights)
@@ -160,7 +162,7 @@ class Pix2PixTrainResult:
     steps: int                     # optimizer steps done (accumulation respected)
     epochs: int
     loss_curve: list[float]        # one value per optimizer step (mean over its global batch)
-    model_dir: Path                # save_pretrained pipeline folder
+    model_dir: Path                # the final model: UNet + base.json (local base) or a full pipeline
     unet_sha256: str               # of model_dir/unet/diffusion_pytorch_model.safetensors
     validation_grid: Optional[Path]  # Input | GT | Output PNG of the last validation
     loss_curve_png: Path
@@ -176,6 +178,8 @@ class Pix2PixTrainResult:
     global_batch_size: int = 0     # train_batch_size x K x gradient_accumulation_steps
     seconds_per_step: float = float("nan")   # optimizer steps of this call only (the first, warm-up,
                                              # left out when there are more); no load, cache, save
+    checkpoint_sha256: str = ""    # of model_dir's manifest: every file the pipeline loads (the handle's sha)
+    checkpoint_files: dict = field(default_factory=dict)   # that manifest: relative path -> sha256
 
 
 # --- one step --------------------------------------------------------------------------------
@@ -508,10 +512,16 @@ def _make_accelerator(config: Pix2PixTrainConfig, log: LogFn, **tracker_kwargs: 
 
 
 def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path, card: Any = None) -> Path:
-    """`save_pretrained` of a pipeline with the trained UNet and the pretrained (fp32) frozen parts,
-    and its model card (`card`, a `ModelCard`), written beside `model_dir` and renamed onto it."""
+    """The fine-tuned model and its model card (`card`, a `ModelCard`), written beside `model_dir`
+    and renamed onto it: for a local base folder the light layout (the trained UNet and
+    `base.json`, a verified reference to the base's frozen parts; see `pecn_ml.models.pix2pix`),
+    for a hub base a full `save_pretrained` pipeline (the trained UNet and the fp32 frozen parts)."""
     with atomic_dir(model_dir) as tmp:
-        build_pipeline(pretrained, unet=unet).save_pretrained(tmp)
+        if is_local(str(pretrained)):
+            unet.save_pretrained(tmp / TRAINED_PART)
+            write_base_ref(tmp, pretrained, model_dir)
+        else:
+            build_pipeline(pretrained, unet=unet).save_pretrained(tmp)
         if card is not None:
             write_card(tmp, card)
     return model_dir
@@ -536,7 +546,9 @@ def model_card(config: Pix2PixTrainConfig, pretrained: str, dataset: Any, finger
         library_name="diffusers",
         description=("Given frame `input_idx` of a video and a prompt naming the action (and, in progress "
                      "variants, how much of it is done), predicts frame `target_idx`. A "
-                     "`StableDiffusionInstructPix2PixPipeline` folder: `from_pretrained` loads it."),
+                     "`StableDiffusionInstructPix2PixPipeline`: `pecn_ml.sampling.load_pipeline` loads it (a "
+                     "full pipeline folder, or the fine-tuned `unet/` with `base.json`, a verified reference to "
+                     "the frozen parts of its base)."),
         context=context, training_config=asdict(config), seed=seed, loss_summary=loss_summary,
         extra={"input_idx": getattr(dataset, "input_idx", None), "target_idx": getattr(dataset, "target_idx", None),
                "prompt_example": prompts[0] if prompts else ""})
@@ -698,7 +710,8 @@ def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTra
     `config.torch_threads` sets torch's CPU threads for the run (restored afterwards): on a
     shared machine one thread per run avoids OpenMP threads spinning against each other.
     `tracking`: where to log (default: TensorBoard in `{out_dir}/tensorboard`); the config, seed
-    and tags are the run's hyper-parameters, the final UNet's sha256 is added as a tag.
+    and tags are the run's hyper-parameters, the final checkpoint's sha256 (of its manifest, every
+    file of `{out_dir}/model` but the card) is added as a tag.
     `{out_dir}/model` holds a model card (README.md, see `model_card`); `card` adds what the caller
     knows (Dagster run id, data versions, the base's revision and license, variant and prompt form).
     Under `torchrun`/`accelerate launch` every rank calls this with the same arguments; all ranks
@@ -865,12 +878,14 @@ def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfi
             plot_loss_curve(loss_curve, curve_png, title=f"InstructPix2Pix train loss ({global_step} steps)")
         accelerator.wait_for_everyone()      # rank 0's files exist for every rank from here on
         unet_sha = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
-        tag_run(accelerator, {"checkpoint_sha256": unet_sha})
+        files = folder_manifest(model_dir)
+        tag_run(accelerator, {"checkpoint_sha256": manifest_sha256(files)})
         seconds = time.perf_counter() - t0
         log(f"pix2pix done: {global_step} steps, final loss {final_loss:.4f}, {seconds:.1f}s, "
             f"model {model_dir}")
         return Pix2PixTrainResult(final_loss=final_loss, steps=global_step, epochs=num_epochs,
                                   loss_curve=loss_curve, model_dir=model_dir, unet_sha256=unet_sha,
+                                  checkpoint_sha256=manifest_sha256(files), checkpoint_files=files,
                                   validation_grid=validation_grid, loss_curve_png=curve_png,
                                   tensorboard_dir=tb_dir, resumed_from_step=resumed_step,
                                   seconds=round(seconds, 3), latent_cache=cache_info,

@@ -1,4 +1,12 @@
-"""Atomic writes and file hashing: a crash mid-write never leaves a file a later run trusts."""
+"""Atomic writes and file hashing: a crash mid-write never leaves a file a later run trusts.
+
+Folder manifests: a model folder (a `save_pretrained` pipeline, a PAC-Net checkpoint, base
+weights) is hashed as `folder_manifest` = {relative path: sha256} of every file a loader may read,
+and one sha over it (`manifest_sha256`); `check_manifest` names the first file that changed,
+is missing or was added. Left out of a manifest: paths with a part that starts with "." (temp
+files, `.complete` markers, `.cache/`, `.gitattributes`) and model cards (`README.md`), which no
+loader reads and which an older folder gets added on reuse (`pecn_ml.model_cards`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from pecn_ml.utils.processes import host_tag, process_alive, start_ticks
 
@@ -19,6 +27,8 @@ from pecn_ml.utils.processes import host_tag, process_alive, start_ticks
 # folder, or a name from before writers were named) is stale only after this long.
 UNCHECKED_STALE_AFTER_S = 24 * 3600
 _WRITER = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d*)-")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MANIFEST_EXCLUDED_NAMES = frozenset({"README.md"})   # model cards; see the module docstring
 
 
 @contextmanager
@@ -138,3 +148,76 @@ def sha256_json(obj: Any) -> str:
     """Hex sha256 of a JSON-serialisable object in canonical form (sorted keys)."""
     data = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file; a symlink into a content-addressed blob named by its sha256 (the HF
+    cache's `blobs/<sha256>`, verified by huggingface_hub when it downloaded it) is taken by
+    that name, without reading it."""
+    path = Path(path)
+    target = Path(os.path.realpath(path))
+    if path.is_symlink() and _SHA256.match(target.name):
+        return target.name
+    return sha256_file(target)
+
+
+def in_manifest(relative: str | os.PathLike) -> bool:
+    """Whether a file at this path (relative to its folder) is listed in a folder manifest."""
+    parts = Path(relative).parts
+    return bool(parts) and not any(p.startswith(".") for p in parts) and parts[-1] not in MANIFEST_EXCLUDED_NAMES
+
+
+def folder_manifest(folder: str | os.PathLike,
+                    sha_of: Callable[[Path], str] = file_sha256) -> dict[str, str]:
+    """{relative POSIX path: sha256} of every file under `folder` that `in_manifest` keeps, sorted.
+    FileNotFoundError when `folder` is not a folder or holds no such file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder is gone or not a folder")
+    files = sorted(p for p in folder.rglob("*") if in_manifest(p.relative_to(folder)) and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{folder}: no files to hash")
+    return {p.relative_to(folder).as_posix(): sha_of(p) for p in files}
+
+
+def manifest_sha256(files: Mapping[str, str]) -> str:
+    """The one sha256 of a folder manifest (`sha256_json` of {relative path: sha256})."""
+    return sha256_json(dict(files))
+
+
+def manifest_difference(recorded: Mapping[str, str], actual: Mapping[str, str]) -> Optional[str]:
+    """The first file (in path order) that differs between two manifests, as "<path> changed
+    (sha256 a != b)", "<path> is missing" or "<path> was added"; None when they are equal."""
+    for rel in sorted(set(recorded) | set(actual)):
+        if rel not in actual:
+            return f"{rel} is missing"
+        if rel not in recorded:
+            return f"{rel} was added (not in the recorded manifest)"
+        if recorded[rel] != actual[rel]:
+            return f"{rel} changed (sha256 {actual[rel][:12]} != {recorded[rel][:12]})"
+    return None
+
+
+class ManifestMismatch(RuntimeError):
+    """A folder's files are not those of its recorded manifest; the message names the file."""
+
+
+def check_manifest(folder: str | os.PathLike, sha256: str, recorded: Mapping[str, str],
+                   manifest_of: Callable[[Path], Mapping[str, str]] = folder_manifest) -> dict[str, str]:
+    """The folder's manifest (`manifest_of(folder)`: all of it, or the part a loader reads), if it
+    hashes to `sha256`; else ManifestMismatch naming the folder and the first file that changed,
+    is missing or was added (compared with `recorded`, the manifest stored with the sha)."""
+    folder = Path(folder)
+    try:
+        actual = dict(manifest_of(folder))
+    except FileNotFoundError as e:
+        raise ManifestMismatch(f"{e} (recorded manifest sha256 {sha256[:12]})") from None
+    got = manifest_sha256(actual)
+    if got == sha256:
+        return actual
+    if manifest_sha256(recorded) != sha256:
+        raise ManifestMismatch(f"{folder}: changed since it was recorded (manifest sha256 {got[:12]} != "
+                               f"{sha256[:12]}; no recorded file list matches that sha to name the file)")
+    what = manifest_difference(recorded, actual)
+    raise ManifestMismatch(f"{folder}: {what}; the folder changed since it was recorded (manifest sha256 "
+                           f"{got[:12]} != {sha256[:12]})")

@@ -190,8 +190,11 @@ def _pix2pix_removable(out: Path) -> tuple[list[Path], str]:
     root = checkpoints_dir(out)
     if not root.is_dir():
         return [], ""
+    from pecn_ml.models.pix2pix import BASE_REF
+
     model = out / "model"
-    finals = [model / "model_index.json", *sorted((model / "unet").glob("*.safetensors"))]
+    index = model / BASE_REF if (model / BASE_REF).is_file() else model / "model_index.json"   # light or full
+    finals = [index, *sorted((model / "unet").glob("*.safetensors"))]
     if not all(p.is_file() for p in finals[:2]):
         return [], f"{model}: no final pipeline; checkpoints kept (training not finished)"
     final_at = _newest_mtime(finals)

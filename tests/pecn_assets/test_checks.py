@@ -1,7 +1,9 @@
 """The artifact I/O manager and the blocking checks, with stand-in assets that carry the real keys:
-a checkpoint changed on disk is refused (the checkpoint-changed guard), a failed blocking check
+a checkpoint changed on disk is refused (the checkpoint-changed guard; the file named for a
+handle by manifest, a handle from before manifests loads with a warning), a failed blocking check
 stops what depends on it in the same run and is refused again in a later run, a WARN does not."""
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -13,10 +15,10 @@ from scipy import stats
 from pecn_assets.checks import build_checks, predicts_motion
 from pecn_assets.io_manager import ArtifactIOManager
 from pecn_assets.partitions import Partitions, add_seeds
-from pecn_ml.artifacts import (UNET_WEIGHTS, EvalSetResult, Evaluation, PacNetCheckpoint, Pix2PixCheckpoint,
+from pecn_ml.artifacts import (MANIFEST, UNET_WEIGHTS, EvalSetResult, Evaluation, PacNetCheckpoint, Pix2PixCheckpoint,
                                ProgressEstimates)
 from pecn_ml.profiles import get_profile
-from pecn_ml.utils.files import sha256_file, write_json_atomic
+from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_file, write_json_atomic
 
 PARTS = Partitions.build(get_profile("smoke"), (0, 1))
 CHECKS = {next(iter(c.check_keys)).name: c for c in build_checks(PARTS)}
@@ -26,6 +28,7 @@ KEY = "0|next1"
 class Loss(dg.Config):
     final_loss: float
     steps: int = 100
+    manifest: bool = False   # a handle by the folder's manifest; False: by the UNet's sha (older handles)
 
 
 def model_dir(root: Path, key: str) -> Path:
@@ -38,7 +41,11 @@ def ip2p_standin(root: Path) -> dg.AssetsDefinition:
         weights = model_dir(root, context.partition_key) / UNET_WEIGHTS
         weights.parent.mkdir(parents=True, exist_ok=True)
         weights.write_bytes(f"weights {context.run.run_id}".encode())
-        return Pix2PixCheckpoint(path=str(weights.parents[1]), sha256=sha256_file(weights), variant="next1",
+        (weights.parents[1] / "model_index.json").write_text("{}")
+        files = folder_manifest(weights.parents[1])
+        shas = (dict(sha256=manifest_sha256(files), sha256_scheme=MANIFEST, files=files) if config.manifest
+                else dict(sha256=sha256_file(weights)))
+        return Pix2PixCheckpoint(path=str(weights.parents[1]), **shas, variant="next1",
                                  seed=0, steps=config.steps, final_loss=config.final_loss, first_loss=0.09,
                                  loss_window=10, run_dir=str(root), run_id=context.run.run_id)
 
@@ -67,8 +74,9 @@ def setup(tmp_path):
     return defs, instance, tmp_path
 
 
-def _run(defs, instance, assets, key=KEY, loss=None):
-    config = {"ops": {"ip2p_model": {"config": {"final_loss": loss[0], "steps": loss[1]}}}} if loss else None
+def _run(defs, instance, assets, key=KEY, loss=None, manifest=False):
+    config = ({"ops": {"ip2p_model": {"config": {"final_loss": loss[0], "steps": loss[1], "manifest": manifest}}}}
+              if loss else None)
     return defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance, asset_selection=[dg.AssetKey(a) for a in assets], partition_key=key,
         run_config=config, raise_on_error=False)
@@ -91,6 +99,28 @@ def test_a_checkpoint_changed_on_disk_is_refused(setup):
     result = _run(defs, instance, ["evaluation"])
     assert not result.success
     assert "changed since it was recorded" in _failure(result) and "re-materialise ip2p_model" in _failure(result)
+
+
+def test_a_changed_file_of_a_checkpoint_is_refused_by_name(setup):
+    defs, instance, root = setup
+    assert _run(defs, instance, ["ip2p_model"], loss=(0.05, 100), manifest=True).success
+    result = _run(defs, instance, ["evaluation"])
+    assert result.success
+    assert not [r for r in instance.all_logs(result.run_id) if r.level == logging.WARNING and "sha256" in r.user_message]
+    (model_dir(root, KEY) / "model_index.json").write_text('{"_class_name": "another pipeline"}')
+    result = _run(defs, instance, ["evaluation"])
+    assert not result.success
+    assert "model_index.json changed" in _failure(result) and "re-materialise ip2p_model" in _failure(result)
+
+
+def test_an_old_handle_loads_with_a_warning_in_the_step_log(setup):
+    defs, instance, root = setup
+    assert _run(defs, instance, ["ip2p_model"], loss=(0.05, 100)).success
+    (model_dir(root, KEY) / "model_index.json").write_text('{"_class_name": "not covered by the old sha"}')
+    result = _run(defs, instance, ["evaluation"])
+    assert result.success
+    logged = [r.user_message for r in instance.all_logs(result.run_id) if r.level == logging.WARNING]
+    assert any("covers only unet/diffusion_pytorch_model.safetensors" in m for m in logged), logged
 
 
 def test_a_failed_blocking_check_stops_downstream_now_and_later(setup):

@@ -9,8 +9,7 @@ import dagster as dg
 import pytest
 
 from pecn_assets.cleanup import cleanup, main, plan_cleanup, referenced_paths
-from pecn_ml.artifacts import UNET_WEIGHTS
-from pecn_ml.utils.files import sha256_file
+from pecn_ml.sampling import checkpoint_sha256
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")
 KEY = "1|next5"
@@ -59,7 +58,7 @@ def test_cleanup_deletes_only_what_no_latest_materialisation_names(smoke_graph, 
     for path, who in referenced_paths(inst).items():
         assert path.exists(), f"{who} names {path}, which the cleanup deleted"
     ev = meta(inst, "evaluation", KEY)
-    assert sha256_file(Path(ev["checkpoint"]) / UNET_WEIGHTS) == ev["checkpoint_sha256"]
+    assert checkpoint_sha256(ev["checkpoint"]) == ev["checkpoint_sha256"]
 
 
 def test_cleanup_command_and_job_are_dry_runs_by_default(smoke_graph, monkeypatch, capsys):

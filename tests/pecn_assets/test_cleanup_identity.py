@@ -12,7 +12,7 @@ import pytest
 
 from pecn_assets.cleanup import cleanup, main, plan_cleanup
 from pecn_assets.runs import run_dir
-from pecn_ml.utils.files import sha256_file
+from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_file
 
 
 class Place(dg.ConfigurableResource):
@@ -111,3 +111,20 @@ def test_the_command_takes_include_superseded(history, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "dry run: 3 run folder(s) to delete" in out and f"would delete {folder['b']}" in out
     assert folder["b"].is_dir()
+
+
+def test_a_folder_named_by_its_manifest_sha_is_kept(tmp_path):
+    """A checkpoint's `checkpoint_sha256` is the sha of its folder's manifest (every file in it):
+    a run folder holding a folder of that sha is named by it, like one holding a file of a named sha."""
+    instance, outputs = dg.DagsterInstance.ephemeral(), tmp_path / "outputs"
+    failed = _materialize(instance, outputs, model, {"weights": "w2", "fail": True})
+    assert not failed.success
+    folder = outputs / "next1/seed_0/runs" / failed.run_id
+    (folder / "model" / "config.json").write_text("{}")
+    sha = manifest_sha256(folder_manifest(folder / "model"))
+    assert plan_cleanup(instance, outputs).delete.keys() == {folder.resolve()}   # nothing names it yet
+    assert _materialize(instance, outputs, report, {"checkpoint_sha256": sha}).success
+    plan = plan_cleanup(instance, outputs)
+    assert plan.delete == {}
+    assert plan.keep[folder.resolve()] == (f"its folder model (sha256 {sha[:12]}) is named by the latest "
+                                           f"materialisation of report")

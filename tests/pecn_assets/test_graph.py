@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pecn_ml.artifacts import UNET_WEIGHTS
-from pecn_ml.utils.files import sha256_file
+from pecn_ml.sampling import checkpoint_sha256
+from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_file
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")
 
@@ -40,9 +40,10 @@ def run(smoke_graph, asset: str, partition=None, config=None) -> dg.ExecuteInPro
 
 
 def assert_verifiable(evaluation_meta: dict) -> None:
-    """An evaluation's numbers can be traced: its checkpoint exists and hashes to the recorded sha."""
+    """An evaluation's numbers can be traced: its checkpoint exists and its manifest (every file the
+    pipeline loads) hashes to the recorded sha."""
     checkpoint = Path(evaluation_meta["checkpoint"])
-    assert sha256_file(checkpoint / UNET_WEIGHTS) == evaluation_meta["checkpoint_sha256"]
+    assert checkpoint_sha256(checkpoint) == evaluation_meta["checkpoint_sha256"]
     for eval_set in ("basic", "backforth"):
         results = json.loads(Path(evaluation_meta[f"{eval_set}_results_json"]).read_text())
         assert results["checkpoint_sha256"] == evaluation_meta["checkpoint_sha256"]
@@ -71,7 +72,8 @@ def test_whole_graph_materialises(smoke_graph):
     for head in ["regression", "classification"]:
         m = meta(latest(inst, "pacnet", head))
         assert {"val_mae", "baseline_mae", "checkpoint", "checkpoint_sha256"} <= set(m)
-        assert m["checkpoint_sha256"] == sha256_file(Path(m["checkpoint"]) / "model.safetensors")
+        assert m["checkpoint_sha256"] == manifest_sha256(folder_manifest(m["checkpoint"]))
+        assert m["checkpoint_sha256_scheme"] == "manifest"
         assert m["num_processes"] == 1 and m["gpu_devices"] == [] and m["parameters"] > 0
     for seed in (0, 1):
         for variant in VARIANTS:

@@ -52,9 +52,10 @@ def _materialize(defs, asset: str, partition: str, config: dict) -> dict:
 
 
 def test_ip2p_model_with_two_processes_matches_one(k_defs, tmp_path):
-    from diffusers import StableDiffusionInstructPix2PixPipeline
     import torch
     from PIL import Image
+
+    from pecn_ml.sampling import load_pipeline
 
     one = _materialize(k_defs, "ip2p_model", PARTITION, {"train_processes": 1, "train_batch_size": 4})
     two = _materialize(k_defs, "ip2p_model", PARTITION, {"train_processes": 2, "train_batch_size": 2})
@@ -66,7 +67,7 @@ def test_ip2p_model_with_two_processes_matches_one(k_defs, tmp_path):
     np.testing.assert_allclose(two["loss_values"], one["loss_values"], rtol=RTOL)
     assert two["checkpoint"] != one["checkpoint"]  # every run its own folder
 
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(two["checkpoint"], safety_checker=None)
+    pipe = load_pipeline(two["checkpoint"], torch.device("cpu"), torch.float32)
     r = int(one["train_config"]["resolution"])
     image = pipe("moving something from left to right", image=Image.new("RGB", (r, r)), num_inference_steps=2,
                  generator=torch.Generator().manual_seed(0), output_type="np").images[0]

@@ -123,10 +123,11 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
 def _sample(model_dir: Path):
     import numpy as np
     import torch
-    from diffusers import StableDiffusionInstructPix2PixPipeline
     from PIL import Image
 
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(model_dir, safety_checker=None)
+    from pecn_ml.sampling import load_pipeline
+
+    pipe = load_pipeline(model_dir, torch.device("cpu"), torch.float32)
     image = Image.fromarray(np.zeros((R, R, 3), np.uint8))
     return pipe("pushing something", image=image, num_inference_steps=2,
                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
@@ -134,6 +135,7 @@ def _sample(model_dir: Path):
 
 def test_pix2pix_in_a_pipes_child_reports_its_checkpoint(data, tmp_path):
     from pecn_ml.artifacts import Pix2PixCheckpoint, artifact_from_json
+    from pecn_ml.sampling import checkpoint_sha256
 
     out = tmp_path / "instruct_pix2pix"
     result = materialize("pix2pix", pix2pix_job(data, out, prune_training_state=True), tmp_path)
@@ -141,6 +143,9 @@ def test_pix2pix_in_a_pipes_child_reports_its_checkpoint(data, tmp_path):
     meta = {k: v.value for k, v in mat.metadata.items()}
     checkpoint = artifact_from_json(meta["artifact"]).verify()
     assert isinstance(checkpoint, Pix2PixCheckpoint) and checkpoint.steps == 2
+    # its sha covers the whole pipeline folder, and is the data version
+    assert checkpoint.sha256_scheme == "manifest" and "base.json" in checkpoint.files
+    assert checkpoint.sha256 == checkpoint_sha256(checkpoint.path) == mat.tags["dagster/data_version"]
     assert meta["num_processes"] == 1 and meta["gpu_devices"] == ["0"]
     assert any(line.startswith("pix2pix done: 2 steps") for line in result.log_lines)  # via Pipes
     assert any(line.startswith("claimed GPU device(s) 0") for line in result.log_lines)

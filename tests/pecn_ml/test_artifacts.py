@@ -1,24 +1,39 @@
-"""The artifact handles: JSON round trip, self-verification, the checks' logic, metadata kinds."""
+"""The artifact handles: JSON round trip, self-verification (a changed file of a checkpoint is
+refused, named; handles from before manifests still verify what they covered, with a warning),
+the checks' logic, metadata kinds."""
 
 import json
 import math
+import shutil
+import struct
+import warnings
 from pathlib import Path
 
 import pytest
 
-from pecn_ml.artifacts import (ARTIFACT_TYPES, MIN_STEPS_TO_JUDGE, MIN_VAL_VIDEOS_TO_JUDGE, UNET_WEIGHTS,
-                               ArtifactChanged, CopyFrameBaseline, EvalSetResult, Evaluation,
-                               FilteredAnnotations, PacNetCheckpoint, Pix2PixCheckpoint, ProgressEstimates,
+from pecn_ml.artifacts import (ARTIFACT_TYPES, LEGACY_PACNET, LEGACY_UNET, LEGACY_WEIGHTS, MANIFEST,
+                               MIN_STEPS_TO_JUDGE, MIN_VAL_VIDEOS_TO_JUDGE, UNET_WEIGHTS, ArtifactChanged,
+                               CopyFrameBaseline, EvalSetResult, Evaluation, FilteredAnnotations,
+                               PacNetCheckpoint, PartialShaWarning, Pix2PixCheckpoint, ProgressEstimates,
                                Table, TTests, Url, Weights, artifact_from_json, tracking_metadata)
+from pecn_ml.models.weights import weights_sha256
+from pecn_ml.sampling import checkpoint_sha256
 from pecn_ml.training.tracking import TrackingInfo
-from pecn_ml.utils.files import sha256_file
+from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_file
 
 
-def checkpoint(tmp_path: Path, **overrides) -> Pix2PixCheckpoint:
-    weights = tmp_path / "run" / "model" / UNET_WEIGHTS
+def checkpoint(tmp_path: Path, legacy: bool = False, **overrides) -> Pix2PixCheckpoint:
+    """A checkpoint handle of a small folder: by its manifest, or (`legacy`) by the UNet file's sha
+    alone, as handles were recorded before manifests."""
+    folder = tmp_path / "run" / "model"
+    weights = folder / UNET_WEIGHTS
     weights.parent.mkdir(parents=True, exist_ok=True)
     weights.write_bytes(b"unet weights")
-    values = dict(path=str(tmp_path / "run" / "model"), sha256=sha256_file(weights), variant="next1", seed=0,
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionInstructPix2PixPipeline"}')
+    files = folder_manifest(folder)
+    shas = (dict(sha256=sha256_file(weights)) if legacy else
+            dict(sha256=manifest_sha256(files), sha256_scheme=MANIFEST, files=files))
+    values = dict(path=str(folder), **shas, variant="next1", seed=0,
                   steps=100, final_loss=0.07, first_loss=0.09, loss_window=30, run_dir=str(tmp_path / "run"),
                   run_id="r1", tracking=TrackingInfo(backend="tensorboard", log_dir=str(tmp_path / "tb"),
                                                      tags={"dagster_run_id": "r1"}))
@@ -54,27 +69,137 @@ def test_every_artifact_type_round_trips_through_json(tmp_path):
         artifact_from_json({"type": "Pickle"})
 
 
-def test_a_checkpoint_verifies_its_weights(tmp_path):
+def test_a_checkpoint_verifies_every_file_naming_the_one_that_changed(tmp_path):
     ckpt = checkpoint(tmp_path)
+    folder = Path(ckpt.path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")             # a manifest handle verifies without a warning
+        assert ckpt.verify() is ckpt
+    (folder / "README.md").write_text("a model card added later: no loader reads it")
     assert ckpt.verify() is ckpt
-    (Path(ckpt.path) / UNET_WEIGHTS).write_bytes(b"retrained in place")
-    with pytest.raises(ArtifactChanged, match="changed since it was recorded"):
+    (folder / UNET_WEIGHTS).write_bytes(b"retrained in place")
+    with pytest.raises(ArtifactChanged, match="unet/diffusion_pytorch_model.safetensors changed .*changed since "
+                                              "it was recorded"):
         ckpt.verify()
-    (Path(ckpt.path) / UNET_WEIGHTS).unlink()
+    (folder / UNET_WEIGHTS).write_bytes(b"unet weights")
+    (folder / "model_index.json").unlink()
+    with pytest.raises(ArtifactChanged, match="model_index.json is missing"):
+        ckpt.verify()
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionInstructPix2PixPipeline"}')
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"a second weights file a loader may prefer")
+    with pytest.raises(ArtifactChanged, match="unet/diffusion_pytorch_model.bin was added"):
+        ckpt.verify()
+    shutil.rmtree(folder)
     with pytest.raises(ArtifactChanged, match="is gone"):
         ckpt.verify()
 
 
 def test_an_evaluation_verifies_its_results_and_its_checkpoint(tmp_path):
     ckpt = checkpoint(tmp_path)
-    evaluation = Evaluation("next1", 0, ckpt.path, ckpt.sha256, {"basic": eval_set(tmp_path)})
+    evaluation = Evaluation("next1", 0, ckpt.path, ckpt.sha256, {"basic": eval_set(tmp_path)},
+                            checkpoint_sha256_scheme=ckpt.sha256_scheme, checkpoint_files=ckpt.files)
     assert evaluation.verify().verify_checkpoint().results("basic")["n"] == 3
     Path(evaluation.sets["basic"].results_json).write_text("{}")
     with pytest.raises(ArtifactChanged):
         evaluation.results("basic")
-    (Path(ckpt.path) / UNET_WEIGHTS).write_bytes(b"another model")
-    with pytest.raises(ArtifactChanged, match="checkpoint of evaluation"):
+    (Path(ckpt.path) / "model_index.json").write_text("{}")
+    with pytest.raises(ArtifactChanged, match="checkpoint of evaluation .*model_index.json changed"):
         evaluation.verify_checkpoint()
+
+
+def _flip_bit(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _tensor_offset(path: Path, name: str) -> int:
+    """Byte offset of the first byte of tensor `name` in a safetensors file."""
+    (header_len,) = struct.unpack("<Q", path.read_bytes()[:8])
+    header = json.loads(path.read_bytes()[8:8 + header_len])
+    return 8 + header_len + header[name]["data_offsets"][0]
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """A saved tiny InstructPix2Pix pipeline (every component a real one has), with a model card."""
+    from pecn_ml.models.tiny import build_tiny_pix2pix
+
+    folder = build_tiny_pix2pix(tmp_path_factory.mktemp("tiny") / "pipeline")
+    (folder / "README.md").write_text("---\nlicense: other\n---\n# a model card\n")
+    return folder
+
+
+def _tamper(folder: Path, rel: str) -> None:
+    path = folder / rel
+    if rel.endswith(".safetensors"):
+        name = "decoder.conv_out.weight" if rel.startswith("vae/") else None
+        header = json.loads(path.read_bytes()[8:8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])
+        name = name or next(k for k in sorted(header) if k != "__metadata__")
+        _flip_bit(path, _tensor_offset(path, name) + 1)
+    else:   # a config, tokenizer or index file: one bit of its last byte before the end
+        _flip_bit(path, path.stat().st_size - 2)
+
+
+@pytest.mark.parametrize("rel", ["vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                                 "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+                                 "scheduler/scheduler_config.json", "model_index.json", "unet/config.json"])
+def test_a_flipped_bit_in_any_file_of_a_saved_pipeline_is_refused_naming_it(tiny_pipeline, tmp_path, rel):
+    folder = Path(shutil.copytree(tiny_pipeline, tmp_path / "model"))
+    files = folder_manifest(folder)
+    assert rel in files and "README.md" not in files
+    assert checkpoint_sha256(folder) == manifest_sha256(files)   # what the evaluation records
+    ckpt = checkpoint(tmp_path, path=str(folder), sha256=manifest_sha256(files), files=files)
+    assert ckpt.verify() is ckpt
+    _tamper(folder, rel)
+    with pytest.raises(ArtifactChanged, match=f"ip2p checkpoint: {folder}: {rel} changed"):
+        ckpt.verify()
+    assert checkpoint_sha256(folder) != ckpt.sha256
+
+
+def test_an_old_handle_with_the_unet_sha_still_verifies_the_unet_with_a_warning(tiny_pipeline, tmp_path):
+    folder = Path(shutil.copytree(tiny_pipeline, tmp_path / "model"))
+    old = checkpoint(tmp_path, legacy=True, path=str(folder), sha256=sha256_file(folder / UNET_WEIGHTS)).to_json()
+    del old["sha256_scheme"], old["files"]                 # JSON written before the fields existed
+    ckpt = artifact_from_json(json.loads(json.dumps(old)))
+    assert ckpt.sha256_scheme == LEGACY_UNET and ckpt.files == {}
+    with pytest.warns(PartialShaWarning, match="covers only unet/diffusion_pytorch_model.safetensors"):
+        assert ckpt.verify() is ckpt
+    _tamper(folder, "vae/diffusion_pytorch_model.safetensors")   # not covered by the old sha: only warned
+    with pytest.warns(PartialShaWarning):
+        ckpt.verify()
+    _tamper(folder, str(UNET_WEIGHTS))
+    with pytest.warns(PartialShaWarning), pytest.raises(ArtifactChanged, match="changed since it was recorded"):
+        ckpt.verify()
+
+
+def test_pacnet_and_base_weights_cover_their_folders_and_old_handles_their_weights(tmp_path):
+    folder = tmp_path / "best"
+    (folder / "tokenizer").mkdir(parents=True)
+    for rel, text in (("model.safetensors", "weights"), ("config.json", "{}"), ("tokenizer/vocab.json", "{}")):
+        (folder / rel).write_text(text)
+    files = folder_manifest(folder)
+    pacnet = PacNetCheckpoint(str(folder), manifest_sha256(files), "regression", 10.0, 20.0, 1, 1, "d",
+                              sha256_scheme=MANIFEST, files=files)
+    weights = Weights("resnet_base", str(folder), manifest_sha256(files), "stand-in", sha256_scheme=MANIFEST,
+                      files=files)
+    old_pacnet = PacNetCheckpoint(str(folder), sha256_file(folder / "model.safetensors"), "regression", 10.0, 20.0,
+                                  1, 1, "d")
+    old_weights = Weights("resnet_base", str(folder), weights_sha256(folder), "stand-in")
+    assert (old_pacnet.sha256_scheme, old_weights.sha256_scheme) == (LEGACY_PACNET, LEGACY_WEIGHTS)
+    assert pacnet.verify() is pacnet and weights.verify() is weights
+    (folder / "tokenizer" / "vocab.json").write_text('{"a": 0}')
+    with pytest.raises(ArtifactChanged, match="pacnet checkpoint: .*tokenizer/vocab.json changed"):
+        pacnet.verify()
+    with pytest.raises(ArtifactChanged, match="resnet_base: .*tokenizer/vocab.json changed"):
+        weights.verify()
+    for old in (old_pacnet, old_weights):
+        with pytest.warns(PartialShaWarning):
+            assert old.verify() is old
+    (folder / "model.safetensors").write_text("other weights")
+    for old in (old_pacnet, old_weights):
+        with pytest.warns(PartialShaWarning), pytest.raises(ArtifactChanged, match="changed since it was recorded"):
+            old.verify()
 
 
 def test_loss_check_blocks_long_runs_and_only_warns_for_short_ones(tmp_path):

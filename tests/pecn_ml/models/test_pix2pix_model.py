@@ -96,3 +96,85 @@ def test_prompt_encoding_and_pipeline(tiny_models):
     out = pipe("moving something up", image=image, num_inference_steps=2, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 32, 32, 3)
+
+
+# --- checkpoint layouts ----------------------------------------------------------------------------
+
+def _fine_tuned_unet(base):
+    """The base's UNet with changed weights, standing in for a fine-tuned one."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    with torch.no_grad():
+        unet.conv_in.bias.add_(0.5)
+    return unet
+
+
+def _predict(model_dir):
+    """(pipeline, prediction of one frame) of a checkpoint, loaded as the evaluation loads it."""
+    import numpy as np
+
+    from pecn_ml.sampling import SamplingConfig, load_pipeline, predict_batch
+
+    pipe = load_pipeline(model_dir, torch.device("cpu"), torch.float32)
+    frame = np.full((32, 32, 3), 100, np.uint8)
+    return pipe, predict_batch(pipe, [frame], ["pushing something"], [7],
+                               SamplingConfig(num_inference_steps=2, device="cpu", dtype="float32"))
+
+
+def test_a_light_checkpoint_holds_the_unet_and_loads_like_the_full_pipeline(tiny_models, tmp_path):
+    import shutil
+
+    from pecn_ml.training.pix2pix import _save_final_pipeline
+    from pecn_ml.utils.files import folder_manifest
+
+    base = shutil.copytree(tiny_models.pix2pix, tmp_path / "outputs" / "pretrained" / "base")
+    unet = _fine_tuned_unet(base)
+    light = _save_final_pipeline(str(base), unet, tmp_path / "outputs" / "run" / "model")
+    full = tmp_path / "full" / "model"
+    build_pipeline(base, unet=unet).save_pretrained(full)          # the old layout of the same model
+    assert set(folder_manifest(light)) == {"base.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"}
+    pipe, light_out = _predict(light)
+    assert torch.equal(pipe.unet.conv_in.bias, unet.conv_in.bias)
+    _, full_out = _predict(full)
+    assert (light_out == full_out).all()
+    # the outputs folder moved: the base is found where it lies relative to the checkpoint
+    shutil.move(tmp_path / "outputs", tmp_path / "disk2")
+    moved = tmp_path / "disk2" / "run" / "model"
+    assert (_predict(moved)[1] == light_out).all()
+    shutil.rmtree(tmp_path / "disk2" / "pretrained")
+    with pytest.raises(ValueError, match="base.json: the base it names is gone"):
+        _predict(moved)
+
+
+@pytest.mark.parametrize("rel", ["vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                                 "tokenizer/tokenizer.json", "scheduler/scheduler_config.json", "model_index.json"])
+def test_a_light_checkpoint_refuses_a_base_whose_frozen_parts_changed(tiny_models, tmp_path, rel):
+    import shutil
+
+    from pecn_ml.artifacts import MANIFEST, ArtifactChanged, Pix2PixCheckpoint
+    from pecn_ml.training.pix2pix import _save_final_pipeline
+    from pecn_ml.utils.files import folder_manifest, manifest_sha256
+
+    base = shutil.copytree(tiny_models.pix2pix, tmp_path / "base")
+    light = _save_final_pipeline(str(base), _fine_tuned_unet(base), tmp_path / "model")
+    files = folder_manifest(light)
+    handle = Pix2PixCheckpoint(path=str(light), sha256=manifest_sha256(files), variant="next1", seed=0, steps=1,
+                               final_loss=0.1, first_loss=0.2, loss_window=1, run_dir=str(tmp_path),
+                               sha256_scheme=MANIFEST, files=files)
+    assert handle.verify() is handle
+    data = bytearray((base / rel).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (base / rel).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"base.json: the base's frozen parts differ .*: {rel} changed"):
+        _predict(light)
+    with pytest.raises(ArtifactChanged, match=f"ip2p checkpoint: .*base.json: .*{rel} changed"):
+        handle.verify()
+
+
+def test_a_folder_that_is_neither_layout_is_refused(tmp_path):
+    from pecn_ml.sampling import load_pipeline
+
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither model_index.json .* nor base.json"):
+        load_pipeline(tmp_path, torch.device("cpu"), torch.float32)

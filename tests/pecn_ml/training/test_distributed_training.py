@@ -112,8 +112,8 @@ def test_pix2pix_two_processes_train_as_one(tiny, tmp_path):
     assert {"random_states_0.pkl", "random_states_1.pkl", "training_state.json", "unet",
             "optimizer.bin", "custom_checkpoint_0.pkl"} <= files
     assert not [p for p in run.rglob(".*")]                 # no temp folders left
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(k2[0]["model_dir"])
+    from pecn_ml.sampling import load_pipeline
+    pipe = load_pipeline(k2[0]["model_dir"], torch.device("cpu"), torch.float32)
     image = pipe("pushing something from left to right", image=torch.zeros(1, 3, 32, 32),
                  num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()

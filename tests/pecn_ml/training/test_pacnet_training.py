@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from pecn_ml.artifacts import ArtifactChanged, PacNetCheckpoint
 from pecn_ml.models.pacnet import PacNet, PacNetConfig, load_pacnet
 from pecn_ml.models.tiny import build_tiny_models
 from pecn_ml.training.pacnet import (PacNetTrainConfig, _make_accelerator, crop_indices,
@@ -19,7 +20,7 @@ from pecn_ml.training.pacnet import (PacNetTrainConfig, _make_accelerator, crop_
                                      train_pacnet, training_step)
 from pecn_ml.training.pacnet_data import (ArrayFrameCache, PacNetCropDataset, SplitOverlap, crop_ratio,
                                           moving_square_dataset, selection_counts)
-from pecn_ml.utils.files import sha256_file
+from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_file
 
 
 @pytest.fixture(scope="session")
@@ -180,6 +181,18 @@ def test_train_reports_baseline_and_writes_checkpoints(tiny, squares, tmp_path):
     assert res.val_mae == min(h["val_mae"] for h in res.history)
     assert res.history[res.best_epoch - 1]["val_mae"] == res.val_mae
     assert res.weights_sha256 == sha256_file(tmp_path / "best" / "model.safetensors")
+    assert res.checkpoint_files == folder_manifest(tmp_path / "best")   # every file load_pacnet reads
+    assert res.checkpoint_sha256 == manifest_sha256(res.checkpoint_files)
+    assert {"model.safetensors", "config.json", "resnet/config.json", "clip_text/config.json"} <= set(res.checkpoint_files)
+    assert any(p.startswith("tokenizer/") for p in res.checkpoint_files) and "README.md" not in res.checkpoint_files
+    handle = PacNetCheckpoint.from_result(res, "regression", tmp_path, "run-1")
+    assert handle.verify() is handle and handle.sha256 == res.checkpoint_sha256
+    clip_config = tmp_path / "best" / "clip_text" / "config.json"
+    original = clip_config.read_bytes()
+    clip_config.write_text("{}")
+    with pytest.raises(ArtifactChanged, match="clip_text/config.json changed"):
+        handle.verify()
+    clip_config.write_bytes(original)
     assert json.loads((tmp_path / "best" / "metrics.json").read_text())["epoch"] == res.best_epoch
     for name in ("model.safetensors", "optimizer.safetensors", "optimizer.json",
                  "rng.safetensors", "train_state.json", "config.json"):

@@ -313,8 +313,12 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_models, tmp_path)
     assert full.latent_cache["enabled"] and full.latent_cache["encoded"]["frames"] == 20
 
     # save/load round trip: the pipeline loads and holds the trained UNet
-    from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(full.model_dir)
+    from diffusers import UNet2DConditionModel
+
+    from pecn_ml.sampling import load_pipeline
+    # a local base: the light layout, the trained UNet and a reference to the base's frozen parts
+    assert (full.model_dir / "base.json").is_file() and not (full.model_dir / "vae").exists()
+    pipe = load_pipeline(full.model_dir, torch.device("cpu"), torch.float32)
     assert pipe.unet.config.in_channels == 8
     saved = UNet2DConditionModel.from_pretrained(resumed.model_dir, subfolder="unet").state_dict()
     pretrained = UNet2DConditionModel.from_pretrained(tiny_models.pix2pix, subfolder="unet").state_dict()
@@ -437,7 +441,9 @@ def test_the_saved_pipeline_carries_a_model_card_and_still_loads(tiny_models, tm
     from huggingface_hub import ModelCard
 
     from pecn_ml.model_cards import BaseWeights, CardContext
+    from pecn_ml.artifacts import Pix2PixCheckpoint
     from pecn_ml.sampling import checkpoint_sha256, load_pipeline
+    from pecn_ml.utils.files import manifest_sha256
 
     ds = make_dataset(4, target_idx=25, add_progress=True)
     cfg = small_config(max_train_steps=2, gradient_accumulation_steps=1, checkpointing_steps=5, seed=4)
@@ -454,9 +460,14 @@ def test_the_saved_pipeline_carries_a_model_card_and_still_loads(tiny_models, tm
     assert card["training_config"]["max_train_steps"] == 2 and card["prompt_form"].endswith("...")
     assert card["loss_summary"]["steps"] == 2 and card["loss_summary"]["final_loss"] == pytest.approx(res.final_loss)
     assert card["target_idx"] == 25 and "% of the action has been completed." in card["prompt_example"]
-    # the folder loads as before, and the card is outside the checkpoint's sha
+    # the folder loads as before; the checkpoint's sha covers every file of it but the card
     load_pipeline(res.model_dir, torch.device("cpu"), torch.float32)
-    assert checkpoint_sha256(res.model_dir) == res.unet_sha256
+    assert checkpoint_sha256(res.model_dir) == res.checkpoint_sha256 == manifest_sha256(res.checkpoint_files)
+    assert set(res.checkpoint_files) == {"base.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"}
+    assert "README.md" not in res.checkpoint_files
+    assert res.checkpoint_files["unet/diffusion_pytorch_model.safetensors"] == res.unet_sha256
+    handle = Pix2PixCheckpoint.from_result(res, "next5_progress", 4, tmp_path / "run", "run-9", "b" * 64, "frame count")
+    assert handle.verify() is handle and handle.sha256 == res.checkpoint_sha256
     # without a context: the base as the trainer knows it (the local folder, by its weights' sha)
     plain = train_pix2pix(tiny_models.pix2pix, ds, cfg, tmp_path / "plain")
     bases = ModelCard.load(plain.model_dir / "README.md").data.base_weights

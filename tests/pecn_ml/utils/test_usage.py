@@ -68,24 +68,29 @@ def _pix2pix_checkpoint(out, step, mtime):
     return ck
 
 
-def _final_pipeline(out, mtime):
-    for rel in ("model_index.json", "unet/diffusion_pytorch_model.safetensors",
-                "vae/diffusion_pytorch_model.safetensors"):
+FINAL_LAYOUTS = {"full": ("model_index.json", "unet/diffusion_pytorch_model.safetensors",
+                          "vae/diffusion_pytorch_model.safetensors"),
+                 "light": ("base.json", "unet/diffusion_pytorch_model.safetensors")}   # UNet + base reference
+
+
+def _final_pipeline(out, mtime, layout="full"):
+    for rel in FINAL_LAYOUTS[layout]:
         os.utime(_file(out / "model" / rel), (mtime, mtime))
 
 
-def test_pix2pix_checkpoints_go_after_the_final_pipeline_and_nothing_else(tmp_path):
+@pytest.mark.parametrize("layout", sorted(FINAL_LAYOUTS))
+def test_pix2pix_checkpoints_go_after_the_final_pipeline_and_nothing_else(tmp_path, layout):
     now = time.time()
     out = tmp_path / "instruct_pix2pix_224"
     old = [_pix2pix_checkpoint(out, s, now - 100 + s) for s in (2, 4)]
-    _final_pipeline(out, now)
+    _final_pipeline(out, now, layout)
     _file(out / "validation" / "final.png")
     _file(out / "latent_cache" / "latents.npy")
     logged = []
     pruned = prune_training_state(out, log=logged.append)
     assert set(pruned.removed) == set(old) and pruned.freed_bytes == 2 * (1000 + 2000 + len(json.dumps({"global_step": 2})))
     assert not (out / "checkpoints" / "checkpoint-2").exists()
-    for kept in ("model/model_index.json", "model/unet/diffusion_pytorch_model.safetensors",
+    for kept in (f"model/{FINAL_LAYOUTS[layout][0]}", "model/unet/diffusion_pytorch_model.safetensors",
                  "validation/final.png", "latent_cache/latents.npy"):
         assert (out / kept).is_file()
     assert logged and "pruned 2" in logged[0]
