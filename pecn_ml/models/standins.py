@@ -410,10 +410,10 @@ def _copy_verified(src: Path, files: dict[str, str], dest: Optional[Path]) -> No
 def _from_shipped(kind: str, folder: Path, shipped: Path, part: dict[str, Any], data_version: str,
                   log: LogFn, run_id: str = "") -> Optional[BuiltStandin]:
     """Copy the shipped stand-in named like `folder` into `folder` (atomically) if it verifies;
-    None where none is shipped, or where it fails (then with a warning: the caller builds). A shipped
-    folder without a card gets one in the copy, written before the rename; the verified files are
-    copied as they are (the card is not one of them, and no weight sha covers it)."""
-    from pecn_ml.model_cards import CARD_NAME, write_card
+    None where none is shipped, or where it fails (then with a warning: the caller builds). The copy
+    gets a card of its own, written before the rename, naming `run_id` (a shipped card, verified
+    like every shipped file, is replaced: no weight sha covers it)."""
+    from pecn_ml.model_cards import write_card
 
     name = folder.name
     try:
@@ -433,9 +433,10 @@ def _from_shipped(kind: str, folder: Path, shipped: Path, part: dict[str, Any], 
             raise ShippedMismatch("manifest's config or data version is not this build's")
         with atomic_dir(folder) as tmp:
             _copy_verified(shipped / name, entry["files"], tmp)
-            if CARD_NAME not in entry["files"]:
-                report = json.loads((tmp / REPORT).read_text(encoding="utf-8"))
-                write_card(tmp, standin_card(kind, name, report, run_id, source="copied from the shipped stand-ins"))
+            # the copy's card names the run that copied it (a shipped card names the run of
+            # another instance that built it; the build's report, standin.json, travels as is)
+            report = json.loads((tmp / REPORT).read_text(encoding="utf-8"))
+            write_card(tmp, standin_card(kind, name, report, run_id, source="copied from the shipped stand-ins"))
     except ShippedMismatch as e:
         log(f"stand-in {kind}: WARNING: shipped weights {name} fail verification ({e}); "
             f"not using them, building instead")

@@ -66,9 +66,10 @@ def test_whole_graph_materialises(smoke_graph):
         m = meta(latest(inst, "frame_cache", key))
         assert m["videos"] == m["decoded"] + m["reused"] + m["failed"]
         assert m["bytes_on_disk"] > 0
-    for role in ("pix2pix_base", "resnet_base", "clip_text_base"):
+    # fp32 weights, but the stand-in pix2pix's UNet is saved in fp16 (StandinConfig.unet_dtype)
+    for role, per_parameter in (("pix2pix_base", 2), ("resnet_base", 4), ("clip_text_base", 4)):
         m = meta(latest(inst, role))
-        assert m["parameters"] > 0 and m["bytes_on_disk"] > 4 * m["parameters"] * 0.99  # fp32 weights
+        assert m["parameters"] > 0 and m["bytes_on_disk"] > per_parameter * m["parameters"] * 0.99
     for head in ["regression", "classification"]:
         m = meta(latest(inst, "pacnet", head))
         assert {"val_mae", "baseline_mae", "checkpoint", "checkpoint_sha256"} <= set(m)

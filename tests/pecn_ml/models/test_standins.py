@@ -190,7 +190,7 @@ def test_resnet_and_clip_text_standins(tmp_path):
     assert ResNetModel.from_pretrained(resnet.path).config.hidden_sizes == [16, 32]
     assert resnet.report["pretrain_loss"]["steps"] == 4
     assert read_card(resnet.path).data.loss_summary["pretrain_loss"]["steps"] == 4
-    clip = build_standin_clip_text(tmp_path, TINY, run_id="run-7", shipped=None)   # built: its run's card
+    clip = build_standin_clip_text(tmp_path, TINY, run_id="run-7")   # copied from the shipped one: this run's card
     CLIPTextModel.from_pretrained(clip.path)
     assert read_card(clip.path).data.dagster_run_id == "run-7"
     assert CLIPTokenizer.from_pretrained(clip.path)("moving something up").input_ids
@@ -224,7 +224,9 @@ def test_shipped_standin_is_copied_when_it_verifies_and_refused_when_a_byte_chan
         assert time.perf_counter() - t0 < 5
     assert copied.reused and copied.report["source"] == "shipped" and copied.path == tmp_path / "b" / built.path.name
     assert copied.weights_sha256 == built.weights_sha256 and _files(copied.path) == _files(built.path)
-    assert all((copied.path / f).read_bytes() == (built.path / f).read_bytes() for f in _files(built.path))
+    assert all((copied.path / f).read_bytes() == (built.path / f).read_bytes() for f in _files(built.path)
+               if f != "README.md")                                  # the card is the copy's own
+    assert read_card(copied.path).data.to_dict()["standin_source"] == "copied from the shipped stand-ins"
     assert any(f"shipped weights {built.path.name} (verified)" in line for line in logs), logs
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]
 
