@@ -112,8 +112,14 @@ def demo_profile() -> Profile:
             # prompts. Timesteps >= 900 only: the demo samples in one step from t = 999 (row 13).
             # Its targets are the target frames' posterior means (target_latents "mode"), as in the
             # fine-tuning below.
+            # The UNet's clean latents are the *change* from frame 20's latents (latent_target
+            # "change", recorded in the stand-in's folder; its fine-tunings and the sampler follow),
+            # its last layer starting at zero: a model that predicts no change is latent copy
+            # exactly, so the unchanged parts need not be rebuilt through a 0.8 M UNet (which cost the
+            # "frame" stand-in 0.8 dB outside the motion region, docs/demo_experiments.md rows 18-22).
             instruct=InstructPretrainConfig(steps=4000, batch_size=32, learning_rate=1e-3, prompt="instruction",
-                                            min_timestep=DEMO_MIN_TIMESTEP, target_latents="mode"),
+                                            min_timestep=DEMO_MIN_TIMESTEP, target_latents="mode",
+                                            latent_target="change"),
             corpus=SyntheticConfig.demo(seed=7, texture=0.0, object_scale=1.5, max_frames=40, motion_spread=0.0,
                                         task_train_per_template=100, task_val_per_template=0,
                                         other_train_per_template=0, other_val_per_template=0,
@@ -197,7 +203,8 @@ def smoke_profile() -> Profile:
                          prediction_type=demo.standins.prediction_type, unet_dtype=demo.standins.unet_dtype,
                          instruct=replace(StandinConfig.smoke().instruct, prompt=demo.standins.instruct.prompt,
                                           min_timestep=demo.standins.instruct.min_timestep,
-                                          target_latents=demo.standins.instruct.target_latents)),
+                                          target_latents=demo.standins.instruct.target_latents,
+                                          latent_target=demo.standins.instruct.latent_target)),
         # (no stand-in corpus: tests/pecn_ml/models/test_standins.py builds one at tiny size)
         pacnet_train=PacNetTrainConfig.demo(epochs=1, selection_fraction=demo.pacnet_train.selection_fraction),
         pix2pix_train=Pix2PixTrainConfig.demo(num_train_epochs=1, max_train_steps=2, validation_epochs=1,

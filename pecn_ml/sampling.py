@@ -422,18 +422,21 @@ def load_pipeline(model_dir: str | os.PathLike, device, dtype):
 
 
 def predict_batch(pipe, inputs: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int],
-                  config: SamplingConfig) -> np.ndarray:
-    """Run the pipeline on uint8 (R, R, 3) inputs; one CPU generator per sample.
+                  config: SamplingConfig, latent_target: str = "frame") -> np.ndarray:
+    """Run the pipeline on uint8 (R, R, 3) inputs; one CPU generator per sample; `latent_target`:
+    the checkpoint's (`pecn_ml.models.pix2pix.latent_target`).
     Returns (B, R, R, 3) uint8, rounded as diffusers' own PIL conversion does."""
     import torch
     from PIL import Image
 
+    from pecn_ml.models.pix2pix import run_pipeline
+
     assert len(inputs) == len(prompts) == len(seeds) > 0, (len(inputs), len(prompts), len(seeds))
     generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    out = pipe(prompt=list(prompts), image=[Image.fromarray(a) for a in inputs],
-               num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-               image_guidance_scale=config.image_guidance_scale, generator=generators,
-               output_type="np").images  # (B, H, W, 3) float in [0, 1]
+    out = run_pipeline(pipe, prompts, [Image.fromarray(a) for a in inputs], latent_target=latent_target,
+                       num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+                       image_guidance_scale=config.image_guidance_scale,
+                       generator=generators)  # (B, H, W, 3) float in [0, 1]
     out = (np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
     want = (len(inputs),) + inputs[0].shape
     if out.shape != want:
@@ -464,6 +467,8 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
     The folder is built under a temp name beside `out_dir` and renamed onto it when complete;
     results.json is its last file. Raises ValueError when no entry is eligible.
     """
+    from pecn_ml.models.pix2pix import latent_target
+
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     chosen, skipped = select_samples(cache, entries, config.input_idx, config.target_idx, config.num_samples,
                                      add_progress=config.add_progress, progress_override=progress_override,
@@ -476,9 +481,11 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
     device, dtype = resolve_device_dtype(config)
     pipe = load_pipeline(model_dir, device, dtype)
     ckpt_sha = checkpoint_sha256(model_dir)
+    target_kind = latent_target(model_dir)
     if log:
         log(f"evaluating {model_dir} on {len(chosen)} samples ({len(skipped)} skipped), "
-            f"frames {config.input_idx}->{config.target_idx}, {device} {str(dtype).replace('torch.', '')}")
+            f"frames {config.input_idx}->{config.target_idx}, {device} {str(dtype).replace('torch.', '')}, "
+            f"latent target {target_kind!r}")
 
     with atomic_dir(out_dir) as tmp:  # also removes temp folders of killed writers
         for sub in SUBDIRS:
@@ -491,7 +498,7 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
             targets = [cache.frame(s.video_id, config.target_idx) for s in batch]  # (R, R, 3) each
             prompts = [build_prompt(s.text, s.progress_percent) for s in batch]
             outputs = predict_batch(pipe, inputs, prompts, [sample_seed(config.seed, s.video_id) for s in batch],
-                                    config)  # (B, R, R, 3)
+                                    config, target_kind)  # (B, R, R, 3)
             ceiling = roundtrip(pipe.vae, np.stack(targets))                       # (B, R, R, 3)
             latent_copy = roundtrip(pipe.vae, np.stack(inputs))                    # (B, R, R, 3)
             for s, inp, tgt, out, ae, lc, prompt in zip(batch, inputs, targets, outputs, ceiling, latent_copy,

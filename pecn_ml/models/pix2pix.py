@@ -33,6 +33,8 @@ DEFAULT_PRETRAINED = "timbrooks/instruct-pix2pix"
 BASE_REF = "base.json"            # a light checkpoint's reference to the frozen parts of its base
 BASE_REF_FORMAT = "pecn-pix2pix-base-ref-v1"
 TRAINED_PART = "unet"             # the one component fine-tuning changes (and a light checkpoint holds)
+LATENT_TARGET_FILE = "latent_target.json"   # at a base's root: what its UNet's latents are
+LATENT_TARGET_FORMAT = "pecn-latent-target-v1"
 IP2P_IN_CHANNELS = 8   # 4 noisy latent channels + 4 input-image latent channels
 SD_IN_CHANNELS = 4
 
@@ -73,6 +75,7 @@ class Pix2PixComponents:
     unet: Any              # UNet2DConditionModel with 8 input channels (trained)
     noise_scheduler: Any   # DDPMScheduler from the folder's scheduler config
     widened: bool          # True when the UNet came from a 4-channel SD checkpoint
+    latent_target: str = "frame"   # what the UNet's clean latents are (`latent_target`)
 
 
 def _check_local(pretrained: str) -> None:
@@ -113,7 +116,63 @@ def load_pix2pix_components(pretrained: str | Path = DEFAULT_PRETRAINED, *,
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
     return Pix2PixComponents(name, tokenizer, text_encoder, vae, unet, noise_scheduler,
-                             widened=in_ch == SD_IN_CHANNELS)
+                             widened=in_ch == SD_IN_CHANNELS, latent_target=latent_target(name))
+
+
+def write_latent_target(folder: str | os.PathLike, value: str) -> None:
+    """Record at a pipeline folder's root what its UNet's clean latents are (`latent_target`)."""
+    from pecn_ml.training.pix2pix import LATENT_TARGETS
+
+    if value not in LATENT_TARGETS:
+        raise ValueError(f"latent target must be one of {LATENT_TARGETS}, got {value!r}")
+    write_json_atomic(Path(folder) / LATENT_TARGET_FILE, {"format": LATENT_TARGET_FORMAT, "latent_target": value})
+
+
+def latent_target(model: str | os.PathLike) -> str:
+    """What the clean latents of a model's UNet are: "frame", the target frame's (InstructPix2Pix's:
+    every hub model and every folder without `LATENT_TARGET_FILE`), or "change", the target frame's
+    minus the input frame's (scaled), as a base's `latent_target.json` records (a light
+    checkpoint's is its base's, which `base.json` verifies). ValueError naming the file when it is
+    unreadable or names neither."""
+    from pecn_ml.training.pix2pix import LATENT_TARGETS
+
+    folder = Path(model)
+    if not folder.is_dir():
+        return "frame"                                    # a hub name
+    if (folder / BASE_REF).is_file() and not (folder / "model_index.json").is_file():
+        folder = resolve_base(folder)
+    path = folder / LATENT_TARGET_FILE
+    if not path.is_file():
+        return "frame"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable latent target record ({e})") from e
+    value = record.get("latent_target") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or record.get("format") != LATENT_TARGET_FORMAT or value not in LATENT_TARGETS:
+        raise ValueError(f"{path}: not a {LATENT_TARGET_FORMAT} record naming one of {LATENT_TARGETS}")
+    return value
+
+
+@torch.no_grad()
+def run_pipeline(pipe: Any, prompts: Sequence[str], images: Sequence[Any], *, latent_target: str = "frame",
+                 **kwargs: Any) -> Any:
+    """`pipe(prompts, image=images, output_type="np", **kwargs).images` for a UNet of either latent
+    target: with "change" the sampled latents are the change, so the input image's latents (the
+    posterior mode, as the pipeline's image conditioning) are added before decoding; a UNet that
+    predicts no change then gives exactly the input's VAE round trip. (B, H, W, 3) float in [0, 1]."""
+    if latent_target == "frame":
+        return pipe(list(prompts), image=list(images), output_type="np", **kwargs).images
+    if latent_target != "change":
+        raise ValueError(f"unknown latent target {latent_target!r}")
+    change = pipe(list(prompts), image=list(images), output_type="latent", **kwargs).images  # (B, 4, h, w)
+    vae = pipe.vae
+    pixels = pipe.image_processor.preprocess(list(images)).to(device=change.device, dtype=vae.dtype)
+    image_latents = vae.encode(pixels).latent_dist.mode()                                    # (B, 4, h, w)
+    sf = float(vae.config.scaling_factor)
+    latents = change.to(vae.dtype) + image_latents * sf
+    decoded = vae.decode(latents / sf, return_dict=False)[0]                                 # (B, 3, H, W)
+    return pipe.image_processor.postprocess(decoded, output_type="np", do_denormalize=[True] * len(decoded))
 
 
 def build_pipeline(pretrained: str | Path, *, unet: Any, vae: Any = None, text_encoder: Any = None,

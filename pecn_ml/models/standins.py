@@ -57,6 +57,7 @@ import torch
 
 from pecn_ml.data.synthetic import SyntheticConfig
 from pecn_ml.metrics import psnr, ssim
+from pecn_ml.models.pix2pix import write_latent_target
 from pecn_ml.models.tiny import (build_tiny_clip_text, build_tiny_resnet, build_tiny_tokenizer,
                                  ip2p_scheduler, save_pix2pix_pipeline, tiny_text_encoder,
                                  tiny_unet, tiny_vae)
@@ -108,8 +109,11 @@ class StandinConfig:
     def part(self, kind: str) -> dict[str, Any]:
         """The settings that decide stand-in `kind` (its folder key)."""
         if kind == "pix2pix":
+            instruct = asdict(self.instruct)
+            if instruct["latent_target"] == "frame":       # the default, left out of older builds' keys
+                del instruct["latent_target"]
             part = {"unet_channels": list(self.unet_channels), "seed": self.seed,
-                    "autoencoder": asdict(self.autoencoder), "instruct": asdict(self.instruct)}
+                    "autoencoder": asdict(self.autoencoder), "instruct": instruct}
             if (self.scheduler, self.prediction_type) != ("euler_ancestral", "epsilon"):
                 part.update(scheduler=self.scheduler, prediction_type=self.prediction_type)
             if self.corpus is not None:
@@ -268,6 +272,11 @@ def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config
         torch.manual_seed(config.seed)
         text_encoder = tiny_text_encoder(tokenizer).requires_grad_(False).eval()
         unet, vae = tiny_unet(8, config.unet_channels), tiny_vae()
+        if config.instruct.latent_target == "change":
+            # it starts as "no change" (latent copy) and learns only where frames change
+            with torch.no_grad():
+                unet.conv_out.weight.zero_()
+                unet.conv_out.bias.zero_()
         log(f"stand-in VAE: training on {len(frames)} frames of {len(videos)} videos")
         ae = train_autoencoder(vae, frames, config.autoencoder, log=log)
         scaling = latent_scaling_factor(vae, frames[:: max(1, len(frames) // 512)])
@@ -300,6 +309,8 @@ def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config
                       instruct_videos=len(unet_videos))
         save_pix2pix_pipeline(tmp, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                               unet=unet.to(getattr(torch, config.unet_dtype)), scheduler=scheduler)
+        if config.instruct.latent_target != "frame":      # absent: "frame", as in every hub model
+            write_latent_target(tmp, config.instruct.latent_target)
         return report
 
     return _build("pix2pix", root, config, data_version, build, log, shipped, run_id)

@@ -159,8 +159,10 @@ def ip2p_scheduler(kind: str = "euler_ancestral", prediction_type: str = "epsilo
         raise ValueError("diffusers' Euler ancestral scheduler does not implement prediction_type='sample'")
     # DDIM as Stable Diffusion ships it (no clipping of the predicted latents to [-1, 1], which
     # would wash them out) and with "trailing" steps, so that even a single step starts at the
-    # last training timestep (pure noise) instead of at t = 0.
-    extra = (dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="trailing")
+    # last training timestep (pure noise) instead of at t = 0; its last step goes to alpha 1
+    # (`set_alpha_to_one`; SD's stops at alpha_0 = 0.99915 and keeps 2.9 % of the step's noise
+    # estimate), so that one step returns exactly the UNet's estimate of the clean latents.
+    extra = (dict(clip_sample=False, set_alpha_to_one=True, steps_offset=1, timestep_spacing="trailing")
              if kind == "ddim" else {})
     return getattr(diffusers, SCHEDULERS[kind])(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

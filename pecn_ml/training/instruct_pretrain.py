@@ -30,7 +30,7 @@ from pecn_ml.models.pix2pix import encode_prompts
 from pecn_ml.prompts import build_prompt
 from pecn_ml.training.autoencoder import frames_to_pixels
 from pecn_ml.training.latent_cache import encode_pixels
-from pecn_ml.training.pix2pix import (TARGET_LATENTS, LatentBatch, draw_step_randomness, step_generator,
+from pecn_ml.training.pix2pix import (LATENT_TARGETS, TARGET_LATENTS, LatentBatch, draw_step_randomness, step_generator,
                                       training_step)
 from pecn_ml.utils.progress import ProgressMeter
 
@@ -51,6 +51,8 @@ class InstructPretrainConfig:
     conditioning_dropout_prob: float = 0.05
     min_timestep: int = 0                  # timesteps drawn from [min_timestep, 1000) (Pix2PixTrainConfig's)
     target_latents: str = "sample"         # "sample" or "mode" (Pix2PixTrainConfig's)
+    latent_target: str = "frame"           # "frame" or "change" (pix2pix.LATENT_TARGETS); the
+    #                                        built stand-in records it, and its fine-tunings follow
     max_grad_norm: float = 1.0
     seed: int = 0
     log_every_s: float = 10.0
@@ -65,6 +67,9 @@ class InstructPretrainConfig:
         if self.target_latents not in TARGET_LATENTS:
             raise ValueError(f"InstructPretrainConfig: target_latents must be one of {TARGET_LATENTS}, "
                              f"got {self.target_latents!r}")
+        if self.latent_target not in LATENT_TARGETS:
+            raise ValueError(f"InstructPretrainConfig: latent_target must be one of {LATENT_TARGETS}, "
+                             f"got {self.latent_target!r}")
         if self.prompt not in PRETRAIN_PROMPTS:
             raise ValueError(f"InstructPretrainConfig: prompt must be one of {PRETRAIN_PROMPTS}, got {self.prompt!r}")
 
@@ -173,7 +178,8 @@ def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: An
                                      min_timestep=config.min_timestep)
         loss = training_step(unet, noise_scheduler, batch, draws, empty_prompt_embeds=empty,
                              conditioning_dropout_prob=config.conditioning_dropout_prob,
-                             scaling_factor=scaling, target_latents=config.target_latents)
+                             scaling_factor=scaling, target_latents=config.target_latents,
+                             latent_target=config.latent_target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), config.max_grad_norm)

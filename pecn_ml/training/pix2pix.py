@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pecn_ml.data.pairs import collate_pairs
 from pecn_ml.models.pix2pix import (DEFAULT_PRETRAINED, TRAINED_PART, build_pipeline, encode_prompts,
-                                    load_pix2pix_components, write_base_ref)
+                                    load_pix2pix_components, run_pipeline, write_base_ref)
 from pecn_ml.model_cards import BaseWeights, CardContext, base_license, build_card, write_card
 from pecn_ml.models.weights import is_local, weights_identity
 from pecn_ml.training import pix2pix_checkpoints as ckpt
@@ -67,6 +67,12 @@ LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", 
 LR_SCHEDULERS: tuple[str, ...] = typing.get_args(LrScheduler)
 TargetLatents = Literal["sample", "mode"]
 TARGET_LATENTS: tuple[str, ...] = typing.get_args(TargetLatents)
+# what the diffused (clean) latents are: "frame", the target frame's (the seed's, InstructPix2Pix's),
+# or "change", the target frame's minus the input frame's (both scaled): a model that predicts no
+# change reproduces the input exactly, as latent copy does. A property of the base model
+# (`pecn_ml.models.pix2pix.latent_target`), not of a fine-tuning run.
+LatentTarget = Literal["frame", "change"]
+LATENT_TARGETS: tuple[str, ...] = typing.get_args(LatentTarget)
 
 
 @dataclass(frozen=True)
@@ -260,21 +266,28 @@ def conditioning_dropout_masks(u: torch.Tensor, prob: float) -> tuple[torch.Tens
 
 def training_step(unet: Any, noise_scheduler: Any, batch: LatentBatch, draws: StepDraws, *,
                   empty_prompt_embeds: torch.Tensor, conditioning_dropout_prob: float,
-                  scaling_factor: float, reduction: str = "mean", target_latents: str = "sample") -> torch.Tensor:
+                  scaling_factor: float, reduction: str = "mean", target_latents: str = "sample",
+                  latent_target: str = "frame") -> torch.Tensor:
     """The noise-prediction loss of one micro-batch (forward only; the loop does backward):
     a scalar (`reduction="mean"`) or one loss per sample, (B,) (`reduction="none"`).
 
     `empty_prompt_embeds` (1, L, D) is the embedding of "" (computed once by the caller).
     `target_latents`: "sample" (the posterior sample `draws.latent_eps` picks) or "mode" (its mean;
     the draw is made all the same, so a run's other random numbers do not depend on the choice).
+    `latent_target`: "frame" (the target frame's latents are diffused) or "change" (the target's
+    minus the input's, both scaled by `scaling_factor`; `LATENT_TARGETS`).
     """
     b = batch.target_mean.shape[0]
     assert batch.image_latents.shape == batch.target_mean.shape, "input/target latent shapes differ"
     assert batch.prompt_embeds.shape[0] == b and draws.timesteps.shape == (b,), "batch sizes differ"
     if target_latents not in TARGET_LATENTS:
         raise ValueError(f"target_latents must be one of {TARGET_LATENTS}, got {target_latents!r}")
+    if latent_target not in LATENT_TARGETS:
+        raise ValueError(f"latent_target must be one of {LATENT_TARGETS}, got {latent_target!r}")
     latents = (batch.target_mean if target_latents == "mode"
                else sample_latents(batch.target_mean, batch.target_logvar, draws.latent_eps)) * scaling_factor
+    if latent_target == "change":                                          # (B, 4, h, w)
+        latents = latents - batch.image_latents * scaling_factor
     noisy = noise_scheduler.add_noise(latents, draws.noise, draws.timesteps)  # (B, 4, h, w)
     hidden, image = batch.prompt_embeds, batch.image_latents
     if conditioning_dropout_prob > 0:
@@ -434,7 +447,7 @@ def plot_loss_curve(losses: Sequence[float], path: str | Path, title: str = "tra
 @torch.no_grad()
 def render_validation(pipe: Any, dataset: Any, n: int, *, steps: int, guidance_scale: float,
                       image_guidance_scale: float, seed: int, device: torch.device,
-                      autocast_dtype: Optional[torch.dtype]) -> Any:
+                      autocast_dtype: Optional[torch.dtype], latent_target: str = "frame") -> Any:
     """Run the pipeline on the first `n` pairs of `dataset`; a PIL Input | GT | Output grid."""
     from PIL import Image
 
@@ -446,9 +459,9 @@ def render_validation(pipe: Any, dataset: Any, n: int, *, steps: int, guidance_s
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
     with amp:
-        out = pipe(prompts, image=[Image.fromarray(p[0]) for p in pairs], num_inference_steps=steps,
-                   guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale,
-                   generator=generator, output_type="np").images      # (n, R, R, 3) float in [0, 1]
+        out = run_pipeline(pipe, prompts, [Image.fromarray(p[0]) for p in pairs], latent_target=latent_target,
+                           num_inference_steps=steps, guidance_scale=guidance_scale,
+                           image_guidance_scale=image_guidance_scale, generator=generator)  # (n, R, R, 3) in [0, 1]
     outputs = [(np.clip(o, 0, 1) * 255).round().astype(np.uint8) for o in out]
     return make_grid([[p[0], p[1], o] for p, o in zip(pairs, outputs)],
                      captions=[dataset.video_ids[i] for i in range(n)])
@@ -624,7 +637,7 @@ def _micro_loss_sum(run: _Run, slots: torch.Tensor, data: Any, epoch: int) -> to
                            empty_prompt_embeds=run.empty_prompt_embeds,
                            conditioning_dropout_prob=run.config.conditioning_dropout_prob,
                            scaling_factor=float(p.vae.config.scaling_factor), reduction="none",
-                           target_latents=run.config.target_latents)  # (B,)
+                           target_latents=run.config.target_latents, latent_target=p.latent_target)  # (B,)
     weights = slot_weights(slots, run.n, run.accelerator.num_processes).to(run.device)
     return (losses * weights).sum()
 
@@ -686,7 +699,8 @@ def _validate(run: _Run, pretrained: str, val_dataset: Any, out_dir: Path, tag: 
                              steps=cfg.validation_inference_steps,
                              guidance_scale=cfg.validation_guidance_scale,
                              image_guidance_scale=cfg.validation_image_guidance_scale,
-                             seed=run.base_seed, device=run.device, autocast_dtype=autocast_dtype)
+                             seed=run.base_seed, device=run.device, autocast_dtype=autocast_dtype,
+                             latent_target=p.latent_target)
     model.train()
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")

@@ -178,3 +178,60 @@ def test_a_folder_that_is_neither_layout_is_refused(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(FileNotFoundError, match="neither model_index.json .* nor base.json"):
         load_pipeline(tmp_path, torch.device("cpu"), torch.float32)
+
+
+# --- latent targets ----------------------------------------------------------------------------------
+
+def _zero_change_base(tiny_models, folder):
+    """A copy of the tiny base that samples its UNet's clean-latent estimate in one DDIM step, with
+    a UNet that predicts zero everywhere; `latent_target.json` is left to the caller."""
+    from diffusers import UNet2DConditionModel
+
+    from pecn_ml.models.tiny import ip2p_scheduler
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models.pix2pix, subfolder="unet")
+    with torch.no_grad():
+        unet.conv_out.weight.zero_()
+        unet.conv_out.bias.zero_()
+    pipe = build_pipeline(tiny_models.pix2pix, unet=unet)
+    pipe.scheduler = ip2p_scheduler("ddim", "sample")
+    pipe.save_pretrained(folder)
+    return folder, unet
+
+
+def test_a_change_model_that_predicts_no_change_reproduces_latent_copy(tiny_models, tmp_path):
+    """latent_target "change": the sampled latents are added to the input's, so a UNet that
+    predicts zero gives exactly decode(encode(input)) -- through a light checkpoint of that base
+    too, which takes the record from its base; without the record the same UNet decodes zeros."""
+    import numpy as np
+
+    from pecn_ml.models.pix2pix import latent_target, write_latent_target
+    from pecn_ml.sampling import SamplingConfig, load_pipeline, predict_batch
+    from pecn_ml.training.autoencoder import roundtrip
+    from pecn_ml.training.pix2pix import _save_final_pipeline
+
+    base, unet = _zero_change_base(tiny_models, tmp_path / "base")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    config = SamplingConfig(num_inference_steps=1, guidance_scale=1.0, image_guidance_scale=1.0,
+                            device="cpu", dtype="float32")
+
+    def predict(model_dir):
+        pipe = load_pipeline(model_dir, torch.device("cpu"), torch.float32)
+        out = predict_batch(pipe, frames, ["pushing something"] * 2, [1, 2], config, latent_target(model_dir))
+        return out, roundtrip(pipe.vae, np.stack(frames))
+
+    assert latent_target(base) == "frame" and latent_target("timbrooks/instruct-pix2pix") == "frame"
+    as_frame, copy = predict(base)
+    assert np.abs(as_frame.astype(int) - copy.astype(int)).mean() > 5          # decode(0) is no copy
+    write_latent_target(base, "change")
+    light = _save_final_pipeline(str(base), unet, tmp_path / "run" / "model")
+    for model_dir in (base, light):
+        assert latent_target(model_dir) == "change"
+        out, copy = predict(model_dir)
+        assert np.abs(out.astype(int) - copy.astype(int)).max() <= 1, model_dir   # rounding only
+    (base / "latent_target.json").write_text('{"format": "pecn-latent-target-v1", "latent_target": "residual"}')
+    with pytest.raises(ValueError, match="latent_target.json: not a pecn-latent-target-v1 record"):
+        latent_target(base)
+    with pytest.raises(ValueError, match="base.json: the base's frozen parts differ .*latent_target.json changed"):
+        latent_target(light)

@@ -179,6 +179,44 @@ def test_clean_latent_prediction_targets_the_target_latents(parts):
         assert (float(loss) < 1e-12) is zero, (prediction_type, float(loss))
 
 
+def test_change_targets_are_the_target_latents_minus_the_input_latents(parts):
+    """latent_target "change" (the demo stand-in's): the clean latents are scale * (target - input),
+    so an oracle of the change has zero loss and one of the frame does not; an unknown kind is refused."""
+    from diffusers import DDPMScheduler
+
+    b = 3
+    batch = LatentBatch(torch.randn(b, 4, 8, 8), torch.full((b, 4, 8, 8), -2.0),
+                        torch.randn(b, 4, 8, 8), torch.randn(b, 77, 32))
+    draws = draw_step_randomness((b, 4, 8, 8), 1000, generator=torch.Generator().manual_seed(1),
+                                 dtype=torch.float32, device=torch.device("cpu"))
+    scheduler = DDPMScheduler.from_config(parts.noise_scheduler.config, prediction_type="sample")
+    seen = {}
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def forward(self, x, t, hidden):
+            seen["noisy"] = x[:, :4]
+            return type("Out", (), {"sample": self.out})()
+
+    change = (batch.target_mean - batch.image_latents) * 0.5
+    frame = batch.target_mean * 0.5
+    for out, kind, zero in ((change, "change", True), (frame, "change", False), (frame, "frame", True)):
+        loss = training_step(Oracle(out), scheduler, batch, draws, empty_prompt_embeds=torch.zeros(1, 77, 32),
+                             conditioning_dropout_prob=0.0, scaling_factor=0.5, target_latents="mode",
+                             latent_target=kind)
+        assert (float(loss) < 1e-12) is zero, (kind, float(loss))
+    torch.testing.assert_close(seen["noisy"], scheduler.add_noise(frame, draws.noise, draws.timesteps))
+    training_step(Oracle(change), scheduler, batch, draws, empty_prompt_embeds=torch.zeros(1, 77, 32),
+                  conditioning_dropout_prob=0.0, scaling_factor=0.5, target_latents="mode", latent_target="change")
+    torch.testing.assert_close(seen["noisy"], scheduler.add_noise(change, draws.noise, draws.timesteps))
+    with pytest.raises(ValueError, match="latent_target"):
+        training_step(Oracle(change), scheduler, batch, draws, empty_prompt_embeds=torch.zeros(1, 77, 32),
+                      conditioning_dropout_prob=0.0, scaling_factor=0.5, latent_target="residual")
+
+
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_models):
     torch.manual_seed(0)
     p = load_pix2pix_components(tiny_models.pix2pix)
