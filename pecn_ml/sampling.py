@@ -108,6 +108,10 @@ class SamplingConfig:
     add_progress: bool = False           # append "And N% of the action has been completed."
     prompt_text: str = "class"           # action text: "class" (template, seed) or "label"
     progress_shuffle_seed: Optional[int] = None  # control arms: percents deranged among the samples
+    change_threshold: Optional[float] = None  # a "change" model: its decoded prediction only where the
+    #                                        predicted change's latent norm reaches this, elsewhere
+    #                                        the input's VAE round trip (None: everywhere; models.pix2pix.run_pipeline)
+    change_dilate: int = 0               # pixels that region grows by
     device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"                  # "auto" (fp16 on cuda, fp32 on cpu), "float32", "float16", "bfloat16"
 
@@ -127,6 +131,10 @@ class SamplingConfig:
                 self.add_progress and isinstance(self.progress_shuffle_seed, int) and self.progress_shuffle_seed >= 0):
             raise ValueError(f"SamplingConfig.progress_shuffle_seed must be None or an int >= 0 with add_progress, "
                              f"got {self.progress_shuffle_seed!r} (add_progress={self.add_progress})")
+        if self.change_threshold is not None and not self.change_threshold > 0:
+            raise ValueError(f"SamplingConfig.change_threshold must be None or > 0, got {self.change_threshold!r}")
+        if not (isinstance(self.change_dilate, int) and self.change_dilate >= 0):
+            raise ValueError(f"SamplingConfig.change_dilate must be an int >= 0, got {self.change_dilate!r}")
         if self.prompt_text not in PROMPT_TEXTS:
             raise ValueError(f"SamplingConfig.prompt_text must be one of {PROMPT_TEXTS}, got {self.prompt_text!r}")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -436,6 +444,7 @@ def predict_batch(pipe, inputs: Sequence[np.ndarray], prompts: Sequence[str], se
     out = run_pipeline(pipe, prompts, [Image.fromarray(a) for a in inputs], latent_target=latent_target,
                        num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
                        image_guidance_scale=config.image_guidance_scale,
+                       change_threshold=config.change_threshold, change_dilate=config.change_dilate,
                        generator=generators)  # (B, H, W, 3) float in [0, 1]
     out = (np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
     want = (len(inputs),) + inputs[0].shape

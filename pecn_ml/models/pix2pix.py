@@ -156,11 +156,17 @@ def latent_target(model: str | os.PathLike) -> str:
 
 @torch.no_grad()
 def run_pipeline(pipe: Any, prompts: Sequence[str], images: Sequence[Any], *, latent_target: str = "frame",
-                 **kwargs: Any) -> Any:
+                 change_threshold: Optional[float] = None, change_dilate: int = 0, **kwargs: Any) -> Any:
     """`pipe(prompts, image=images, output_type="np", **kwargs).images` for a UNet of either latent
     target: with "change" the sampled latents are the change, so the input image's latents (the
     posterior mode, as the pipeline's image conditioning) are added before decoding; a UNet that
-    predicts no change then gives exactly the input's VAE round trip. (B, H, W, 3) float in [0, 1]."""
+    predicts no change then gives exactly the input's VAE round trip. (B, H, W, 3) float in [0, 1].
+
+    `change_threshold` (a "change" UNet only; a "frame" UNet predicts no change to threshold, so
+    it is ignored there): the decoded prediction is kept only where the predicted change's norm over
+    the latent channels (scaled latents) reaches it, that region grown by `change_dilate` pixels;
+    elsewhere the output is the input's VAE round trip. A decoder with attention or GroupNorm
+    spreads a local latent edit over the whole image; this keeps the edit where it was made."""
     if latent_target == "frame":
         return pipe(list(prompts), image=list(images), output_type="np", **kwargs).images
     if latent_target != "change":
@@ -172,7 +178,21 @@ def run_pipeline(pipe: Any, prompts: Sequence[str], images: Sequence[Any], *, la
     sf = float(vae.config.scaling_factor)
     latents = change.to(vae.dtype) + image_latents * sf
     decoded = vae.decode(latents / sf, return_dict=False)[0]                                 # (B, 3, H, W)
+    if change_threshold is not None:
+        decoded = _keep_where_changed(vae, decoded, image_latents, change, change_threshold, change_dilate)
     return pipe.image_processor.postprocess(decoded, output_type="np", do_denormalize=[True] * len(decoded))
+
+
+def _keep_where_changed(vae: Any, decoded: torch.Tensor, image_latents: torch.Tensor, change: torch.Tensor,
+                        threshold: float, dilate: int) -> torch.Tensor:
+    """`decoded` where the predicted `change` (B, 4, h, w) has a norm >= `threshold` (grown by
+    `dilate` pixels), the decoded `image_latents` (the input's round trip) elsewhere."""
+    copy = vae.decode(image_latents, return_dict=False)[0]
+    keep = (change.float().norm(dim=1, keepdim=True) >= threshold).float()                  # (B, 1, h, w)
+    keep = torch.nn.functional.interpolate(keep, size=decoded.shape[-2:], mode="nearest")
+    if dilate:
+        keep = torch.nn.functional.max_pool2d(keep, 2 * dilate + 1, stride=1, padding=dilate)
+    return copy + keep.to(decoded.dtype) * (decoded - copy)
 
 
 def build_pipeline(pretrained: str | Path, *, unet: Any, vae: Any = None, text_encoder: Any = None,

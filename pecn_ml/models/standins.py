@@ -110,8 +110,9 @@ class StandinConfig:
         """The settings that decide stand-in `kind` (its folder key)."""
         if kind == "pix2pix":
             instruct = asdict(self.instruct)
-            if instruct["latent_target"] == "frame":       # the default, left out of older builds' keys
-                del instruct["latent_target"]
+            for name, default in (("latent_target", "frame"), ("plain_gap", None), ("progress_prob", 0.0)):
+                if instruct[name] == default:           # defaults are left out of older builds' keys
+                    del instruct[name]
             part = {"unet_channels": list(self.unet_channels), "seed": self.seed,
                     "autoencoder": asdict(self.autoencoder), "instruct": instruct}
             if (self.scheduler, self.prediction_type) != ("euler_ancestral", "epsilon"):

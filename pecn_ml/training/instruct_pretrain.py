@@ -9,7 +9,11 @@ frame i, produce frame i + k (k = 1 .. `max_offset`), told "show this k frames l
 k frames later" (`prompt="instruction"`: the demo's, on every frame pair of every training video
 and of the stand-in's own corpus, so the stand-in arrives knowing which way the named action moves
 things and reads the instruction the fine-tuning will use; the fine-tuning prompt is a prefix of
-it, see `instruction_with_gap`). Never the progress, which stays for the fine-tuning to teach.
+it, see `instruction_with_gap`). With `plain_gap`, the pairs of that gap are told the seed's
+instruction verbatim, the very prompt its fine-tuning variants use; with `progress_prob`, that share
+of the pairs also carries the seed's progress sentence with the input frame's true percent
+(`instruction_prompt`), so the stand-in arrives able to read a percentage (the demo's: its videos'
+speed follows from their length, so the percent is the known answer of issue 16).
 
 The loss is the variants' own (`pix2pix.training_step`, conditioning dropout),
 on latents of the frozen, already trained VAE; every frame is encoded once (posterior mean and
@@ -27,7 +31,7 @@ import numpy as np
 import torch
 
 from pecn_ml.models.pix2pix import encode_prompts
-from pecn_ml.prompts import build_prompt
+from pecn_ml.prompts import build_prompt, progress_percent
 from pecn_ml.training.autoencoder import frames_to_pixels
 from pecn_ml.training.latent_cache import encode_pixels
 from pecn_ml.training.pix2pix import (LATENT_TARGETS, TARGET_LATENTS, LatentBatch, draw_step_randomness, step_generator,
@@ -53,6 +57,10 @@ class InstructPretrainConfig:
     target_latents: str = "sample"         # "sample" or "mode" (Pix2PixTrainConfig's)
     latent_target: str = "frame"           # "frame" or "change" (pix2pix.LATENT_TARGETS); the
     #                                        built stand-in records it, and its fine-tunings follow
+    plain_gap: Optional[int] = None        # with prompt "instruction": the gap told the seed's
+    #                                        instruction verbatim, no ", k frames later" (None: none)
+    progress_prob: float = 0.0             # with prompt "instruction": share of the pairs told the
+    #                                        progress sentence (the input frame's true percent)
     max_grad_norm: float = 1.0
     seed: int = 0
     log_every_s: float = 10.0
@@ -72,6 +80,14 @@ class InstructPretrainConfig:
                              f"got {self.latent_target!r}")
         if self.prompt not in PRETRAIN_PROMPTS:
             raise ValueError(f"InstructPretrainConfig: prompt must be one of {PRETRAIN_PROMPTS}, got {self.prompt!r}")
+        if self.plain_gap is not None and not (isinstance(self.plain_gap, int) and 1 <= self.plain_gap <= self.max_offset):
+            raise ValueError(f"InstructPretrainConfig: plain_gap must be None or an int in 1..max_offset "
+                             f"({self.max_offset}), got {self.plain_gap!r}")
+        if not 0.0 <= self.progress_prob <= 1.0:
+            raise ValueError(f"InstructPretrainConfig: progress_prob must be within [0, 1], got {self.progress_prob!r}")
+        if (self.plain_gap is not None or self.progress_prob > 0) and self.prompt != "instruction":
+            raise ValueError("InstructPretrainConfig: plain_gap and progress_prob need prompt='instruction', "
+                             f"got prompt={self.prompt!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +114,15 @@ def instruction_with_gap(text: str, k: int) -> str:
     return f"{build_prompt(text)}, {k} frames later"
 
 
+def instruction_prompt(text: str, k: int, plain_gap: Optional[int] = None,
+                       progress: Optional[int] = None) -> str:
+    """The `prompt="instruction"` pretraining prompt of a k-frame pair: the seed's prompt for the
+    action text (`prompts.build_prompt`, with the progress sentence when `progress` is given),
+    followed by ", k frames later" unless k is `plain_gap` (then it is the seed's prompt verbatim)."""
+    told = build_prompt(text, progress)
+    return told if k == plain_gap else f"{told}, {k} frames later"
+
+
 def pretraining_prompts(config: "InstructPretrainConfig", texts: Optional[Sequence[str]],
                         num_videos: int) -> tuple[list[str], list[int]]:
     """(distinct prompts, prompt index of each (video, k) as video * max_offset + k - 1)."""
@@ -107,7 +132,11 @@ def pretraining_prompts(config: "InstructPretrainConfig", texts: Optional[Sequen
     if texts is None or len(texts) != num_videos:
         raise ValueError(f"instruct pretraining with prompt='action' needs one action text per video "
                          f"({num_videos} videos, {0 if texts is None else len(texts)} texts)")
-    form = action_instruction if config.prompt == "action" else instruction_with_gap
+    if config.prompt == "action":
+        form = action_instruction
+    else:
+        def form(t: str, k: int) -> str:
+            return instruction_prompt(t, k, config.plain_gap)
     wanted = [form(t, k) for t in texts for k in range(1, config.max_offset + 1)]
     prompts = sorted(set(wanted))
     index = {p: i for i, p in enumerate(prompts)}
@@ -121,13 +150,15 @@ class FrameLatents:
     mean: torch.Tensor      # (N, 4, h, w) all frames, video after video
     logvar: torch.Tensor    # (N, 4, h, w)
     pairs: torch.Tensor     # (P, 4) long: input row, target row, k, video
+    starts: torch.Tensor    # (V,) long: each video's first row
+    lengths: torch.Tensor   # (V,) long: each video's frame count
 
 
 @torch.no_grad()
 def encode_videos(vae: Any, videos: Sequence[np.ndarray], max_offset: int,
                   batch_size: int = 64, log: Optional[LogFn] = None) -> FrameLatents:
     """Encode every frame of `videos` (each (T, R, R, 3) uint8) once; list the usable pairs."""
-    means, logvars, pairs, row = [], [], [], 0
+    means, logvars, pairs, row, starts = [], [], [], 0, []
     meter = ProgressMeter("encode frames", sum(len(v) for v in videos), log, unit="frames")
     for v, frames in enumerate(videos):
         for s in range(0, len(frames), batch_size):
@@ -136,12 +167,14 @@ def encode_videos(vae: Any, videos: Sequence[np.ndarray], max_offset: int,
             logvars.append(logvar.float().cpu())
             meter.update(len(mean))
         t = len(frames)
+        starts.append(row)
         pairs += [(row + i, row + i + k, k, v) for k in range(1, max_offset + 1)
                   for i in range(t - k)]
         row += t
     if not pairs:
         raise ValueError("encode_videos: no video has two frames")
-    return FrameLatents(torch.cat(means), torch.cat(logvars), torch.tensor(pairs, dtype=torch.long))
+    return FrameLatents(torch.cat(means), torch.cat(logvars), torch.tensor(pairs, dtype=torch.long),
+                        torch.tensor(starts, dtype=torch.long), torch.tensor([len(v) for v in videos], dtype=torch.long))
 
 
 def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: Any,
@@ -169,6 +202,8 @@ def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: An
         pick = latents.pairs[torch.randint(0, len(latents.pairs), (config.batch_size,), generator=g)]
         inp, tgt, k, video = pick[:, 0], pick[:, 1], pick[:, 2], pick[:, 3]   # (B,) each
         text = prompts[prompt_of[video * config.max_offset + k - 1]]
+        if config.progress_prob > 0:
+            text = _with_progress(text, pick, latents, texts, config, g, tokenizer, text_encoder)
         batch = LatentBatch(latents.mean[tgt].to(device), latents.logvar[tgt].to(device),
                             latents.mean[inp].to(device), text.to(device))
         draws = draw_step_randomness(batch.target_mean.shape,
@@ -189,3 +224,22 @@ def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: An
         meter.update(1, extra=f"loss {np.mean(losses[-20:]):.4f}")
     unet.eval()
     return losses
+
+
+def _with_progress(text: torch.Tensor, pick: torch.Tensor, latents: FrameLatents, texts: Sequence[str],
+                   config: InstructPretrainConfig, g: torch.Generator, tokenizer: Any,
+                   text_encoder: Any) -> torch.Tensor:
+    """`text` (B, L, D) with a `config.progress_prob` share of the batch's pairs (drawn from `g`)
+    re-told with the progress sentence of their input frame."""
+    told = (torch.rand(len(pick), generator=g) < config.progress_prob).nonzero()[:, 0].tolist()
+    if not told:
+        return text
+    strings = []
+    for b in told:
+        inp, _, k, video = (int(x) for x in pick[b])
+        percent = progress_percent(inp - int(latents.starts[video]), int(latents.lengths[video]))
+        strings.append(instruction_prompt(texts[video], k, config.plain_gap, percent))
+    text = text.clone()
+    with torch.no_grad():
+        text[told] = encode_prompts(tokenizer, text_encoder, strings).to(text)
+    return text

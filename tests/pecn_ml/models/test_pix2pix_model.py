@@ -1,5 +1,6 @@
 """InstructPix2Pix model construction: conv_in widening and loading from tiny local folders."""
 
+from dataclasses import replace
 import pytest
 import torch
 
@@ -235,3 +236,48 @@ def test_a_change_model_that_predicts_no_change_reproduces_latent_copy(tiny_mode
         latent_target(base)
     with pytest.raises(ValueError, match="base.json: the base's frozen parts differ .*latent_target.json changed"):
         latent_target(light)
+
+
+def test_a_change_threshold_keeps_latent_copy_where_the_model_predicts_no_change(tiny_models, tmp_path):
+    """change_threshold: where the predicted change's latent norm is below it, the output is the
+    input's round trip; where it reaches it, the full decode; a local change stays local."""
+    import numpy as np
+
+    from pecn_ml.models.pix2pix import _keep_where_changed, latent_target, write_latent_target
+    from pecn_ml.sampling import SamplingConfig, load_pipeline, predict_batch
+    from pecn_ml.training.autoencoder import roundtrip
+
+    base, unet = _zero_change_base(tiny_models, tmp_path / "base")
+    write_latent_target(base, "change")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    pipe = load_pipeline(base, torch.device("cpu"), torch.float32)
+    copy = roundtrip(pipe.vae, np.stack(frames)).astype(int)
+    config = SamplingConfig(num_inference_steps=1, guidance_scale=1.0, image_guidance_scale=1.0,
+                            device="cpu", dtype="float32")
+
+    def predict(bias, **kw):
+        with torch.no_grad():
+            pipe.unet.conv_out.bias.fill_(bias)           # the same change (norm 2 * bias) everywhere
+        return predict_batch(pipe, frames, ["pushing something"] * 2, [1, 2], replace(config, **kw),
+                             latent_target(base)).astype(int)
+
+    small, large = predict(0.05), predict(0.5)
+    assert np.abs(small - copy).mean() > 0.5                                   # a change, decoded
+    assert np.abs(predict(0.05, change_threshold=0.2) - copy).max() <= 1       # below: latent copy
+    assert np.array_equal(predict(0.5, change_threshold=0.2, change_dilate=2), large)   # above: all of it
+    # one changed latent pixel (8 px at this VAE's factor 4 is 2 latents): kept within the grown patch
+    torch.manual_seed(0)
+    lat = torch.randn(1, 4, 8, 8)
+    change = torch.zeros(1, 4, 8, 8)
+    change[0, :, 3, 5] = 1.0
+    decoded = pipe.vae.decode(lat + change).sample
+    out = _keep_where_changed(pipe.vae, decoded, lat, change, threshold=0.2, dilate=1)
+    copy_px = pipe.vae.decode(lat).sample
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[11:17, 19:25] = True                                                # rows 12-15, cols 20-23, + 1 px
+    assert torch.allclose(out[..., inside], decoded[..., inside], atol=1e-6)
+    assert torch.allclose(out[..., ~inside], copy_px[..., ~inside], atol=1e-6)
+    assert not torch.allclose(decoded[..., ~inside], copy_px[..., ~inside], atol=1e-3)   # the decoder spread it
+    with pytest.raises(ValueError, match="change_threshold must be None or > 0"):
+        SamplingConfig(change_threshold=0.0)

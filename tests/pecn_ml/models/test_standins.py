@@ -335,3 +335,36 @@ def test_a_float16_unet_is_saved_half_size_and_loads_as_float32(tmp_path):
     assert {p.dtype for p in pipe.unet.parameters()} == {torch.float32}   # trains and samples in fp32
     with pytest.raises(ValueError, match="unet_dtype"):
         replace(TINY, unet_dtype="int8")
+
+
+def test_plain_gap_pairs_are_told_the_seeds_prompt_and_progress_pairs_their_true_percent(tmp_path):
+    from pecn_ml.models.pix2pix import encode_prompts
+    from pecn_ml.models.tiny import build_tiny_tokenizer, tiny_text_encoder
+    from pecn_ml.prompts import build_prompt
+    from pecn_ml.training.instruct_pretrain import _with_progress, instruction_prompt
+
+    text = "pushing something from left to right"
+    config = InstructPretrainConfig(max_offset=2, prompt="instruction", plain_gap=2, progress_prob=1.0)
+    prompts, index = pretraining_prompts(config, [text], 1)
+    assert [prompts[i] for i in index] == [f"{build_prompt(text)}, 1 frames later", build_prompt(text)]
+    assert instruction_prompt(text, 2, 2, 57) == build_prompt(text, 57)
+    assert instruction_prompt(text, 1, 2, 57) == f"{build_prompt(text, 57)}, 1 frames later"
+    # every pair re-told (progress_prob 1) with its input frame's percent within its own video
+    torch.manual_seed(0)
+    lat = encode_videos(tiny_vae(), _videos(2, frames=6), max_offset=2)
+    tok = build_tiny_tokenizer(tmp_path / "tok")
+    encoder = tiny_text_encoder(tok).eval()
+    pick = lat.pairs[[0, len(lat.pairs) - 1]]                      # video 0's first pair, video 1's last
+    plain = encode_prompts(tok, encoder, [prompts[index[int(k) - 1]] for _, _, k, _ in pick.tolist()])
+    told = _with_progress(plain, pick, lat, [text, text], config, torch.Generator().manual_seed(0), tok, encoder)
+    want = [instruction_prompt(text, int(k), 2, int((i - 6 * v) / 6 * 100)) for i, _, k, v in pick.tolist()]
+    assert torch.allclose(told, encode_prompts(tok, encoder, want))
+    assert not torch.allclose(told, plain)
+    none = _with_progress(plain, pick, lat, [text, text],
+                          InstructPretrainConfig(max_offset=2, prompt="instruction", progress_prob=1e-9),
+                          torch.Generator().manual_seed(0), tok, encoder)
+    assert torch.equal(none, plain)
+    with pytest.raises(ValueError, match="plain_gap"):
+        InstructPretrainConfig(max_offset=2, prompt="instruction", plain_gap=3)
+    with pytest.raises(ValueError, match="need prompt='instruction'"):
+        InstructPretrainConfig(prompt="action", progress_prob=0.5)
