@@ -110,7 +110,8 @@ class StandinConfig:
         """The settings that decide stand-in `kind` (its folder key)."""
         if kind == "pix2pix":
             instruct = asdict(self.instruct)
-            for name, default in (("latent_target", "frame"), ("plain_gap", None), ("progress_prob", 0.0)):
+            for name, default in (("latent_target", "frame"), ("plain_gap", None), ("progress_prob", 0.0),
+                                  ("progress_frame", None), ("train_text_encoder", False)):
                 if instruct[name] == default:           # defaults are left out of older builds' keys
                     del instruct[name]
             part = {"unet_channels": list(self.unet_channels), "seed": self.seed,
@@ -271,7 +272,7 @@ def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config
         frames = np.concatenate(videos)                                       # (N, R, R, 3)
         tokenizer = build_tiny_tokenizer(tmp / "tokenizer")
         torch.manual_seed(config.seed)
-        text_encoder = tiny_text_encoder(tokenizer).requires_grad_(False).eval()
+        text_encoder = tiny_text_encoder(tokenizer)      # trained with the UNet or frozen: config.instruct
         unet, vae = tiny_unet(8, config.unet_channels), tiny_vae()
         if config.instruct.latent_target == "change":
             # it starts as "no change" (latent copy) and learns only where frames change

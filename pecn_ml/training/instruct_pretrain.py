@@ -13,7 +13,13 @@ it, see `instruction_with_gap`). With `plain_gap`, the pairs of that gap are tol
 instruction verbatim, the very prompt its fine-tuning variants use; with `progress_prob`, that share
 of the pairs also carries the seed's progress sentence with the input frame's true percent
 (`instruction_prompt`), so the stand-in arrives able to read a percentage (the demo's: its videos'
-speed follows from their length, so the percent is the known answer of issue 16).
+speed follows from their length, so the percent is the known answer of issue 16). The percent of an
+arbitrary frame i says how much of the path is left, not how fast the object goes (that needs i as
+well); with `progress_frame` the told pairs all start at that frame (the seed's input frame 20),
+where the percent gives the speed away. With `train_text_encoder` the text encoder learns with
+the UNet (the real run's CLIP arrives pretrained; a random one embeds prompts that differ in one
+word or digit almost alike), and the trained encoder is saved in the stand-in (fine-tuning keeps
+it frozen, as the seed does).
 
 The loss is the variants' own (`pix2pix.training_step`, conditioning dropout),
 on latents of the frozen, already trained VAE; every frame is encoded once (posterior mean and
@@ -30,7 +36,6 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from pecn_ml.models.pix2pix import encode_prompts
 from pecn_ml.prompts import build_prompt, progress_percent
 from pecn_ml.training.autoencoder import frames_to_pixels
 from pecn_ml.training.latent_cache import encode_pixels
@@ -61,6 +66,9 @@ class InstructPretrainConfig:
     #                                        instruction verbatim, no ", k frames later" (None: none)
     progress_prob: float = 0.0             # with prompt "instruction": share of the pairs told the
     #                                        progress sentence (the input frame's true percent)
+    progress_frame: Optional[int] = None   # with progress_prob: the told pairs all start at this
+    #                                        frame of their video (None: any frame)
+    train_text_encoder: bool = False       # train the text encoder with the UNet (False: frozen)
     max_grad_norm: float = 1.0
     seed: int = 0
     log_every_s: float = 10.0
@@ -85,6 +93,10 @@ class InstructPretrainConfig:
                              f"({self.max_offset}), got {self.plain_gap!r}")
         if not 0.0 <= self.progress_prob <= 1.0:
             raise ValueError(f"InstructPretrainConfig: progress_prob must be within [0, 1], got {self.progress_prob!r}")
+        if self.progress_frame is not None and not (isinstance(self.progress_frame, int) and self.progress_frame >= 0
+                                                    and self.progress_prob > 0):
+            raise ValueError(f"InstructPretrainConfig: progress_frame must be None or an int >= 0, with "
+                             f"progress_prob > 0; got {self.progress_frame!r} (progress_prob {self.progress_prob})")
         if (self.plain_gap is not None or self.progress_prob > 0) and self.prompt != "instruction":
             raise ValueError("InstructPretrainConfig: plain_gap and progress_prob need prompt='instruction', "
                              f"got prompt={self.prompt!r}")
@@ -181,65 +193,97 @@ def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: An
                            noise_scheduler: Any, videos: Sequence[np.ndarray],
                            config: InstructPretrainConfig, *, texts: Optional[Sequence[str]] = None,
                            log: Optional[LogFn] = None) -> list[float]:
-    """Train `unet` (8 input channels) in place on frame pairs; returns the step losses.
-    `texts`: the action text of each video (needed with `config.prompt == "action"`)."""
+    """Train `unet` (8 input channels) in place on frame pairs, and `text_encoder` with it when
+    `config.train_text_encoder` (else it stays frozen); returns the step losses.
+    `texts`: the action text of each video (needed with `config.prompt` "action" or "instruction")."""
+    from pecn_ml.models.pix2pix import tokenize_prompts
+
     device = next(unet.parameters()).device
     distinct, prompt_of = pretraining_prompts(config, texts, len(videos))
     latents = encode_videos(vae, videos, config.max_offset, log=log)
-    prompts = encode_prompts(tokenizer, text_encoder, distinct)                 # (P, L, D)
+    pool = progress_pool(latents, config)
+    distinct_ids = tokenize_prompts(tokenizer, distinct)                       # (P, L)
     prompt_of = torch.tensor(prompt_of, dtype=torch.long)
-    empty = encode_prompts(tokenizer, text_encoder, [""])                      # (1, L, D)
+    empty_ids = tokenize_prompts(tokenizer, [""])                              # (1, L)
     scaling = float(vae.config.scaling_factor)
-    opt = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate)
+    params = list(unet.parameters())
+    if config.train_text_encoder:
+        text_encoder.requires_grad_(True).train()
+        params += list(text_encoder.parameters())
+    else:
+        text_encoder.requires_grad_(False).eval()
+    opt = torch.optim.AdamW(params, lr=config.learning_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps))))
     g = torch.Generator().manual_seed(config.seed)
+    told_ids: dict[str, torch.Tensor] = {}          # progress prompts, tokenized once each
     unet.train()
     losses: list[float] = []
     meter = ProgressMeter("instruct pretraining", config.steps, log, every_s=config.log_every_s,
                           unit="steps")
     for step in range(config.steps):
-        pick = latents.pairs[torch.randint(0, len(latents.pairs), (config.batch_size,), generator=g)]
+        pick, told = draw_pairs(latents, config, g, pool)
         inp, tgt, k, video = pick[:, 0], pick[:, 1], pick[:, 2], pick[:, 3]   # (B,) each
-        text = prompts[prompt_of[video * config.max_offset + k - 1]]
-        if config.progress_prob > 0:
-            text = _with_progress(text, pick, latents, texts, config, g, tokenizer, text_encoder)
+        ids = distinct_ids[prompt_of[video * config.max_offset + k - 1]]
+        for b in told.nonzero()[:, 0].tolist():
+            prompt = progress_prompt(pick[b], latents, texts, config)
+            if prompt not in told_ids:
+                told_ids[prompt] = tokenize_prompts(tokenizer, [prompt])[0]
+            ids[b] = told_ids[prompt]
+        with torch.set_grad_enabled(config.train_text_encoder):
+            text = text_encoder(torch.cat([ids, empty_ids]).to(device))[0]
         batch = LatentBatch(latents.mean[tgt].to(device), latents.logvar[tgt].to(device),
-                            latents.mean[inp].to(device), text.to(device))
+                            latents.mean[inp].to(device), text[:-1])
         draws = draw_step_randomness(batch.target_mean.shape,
                                      noise_scheduler.config.num_train_timesteps,
                                      generator=step_generator(config.seed, step, device),
                                      dtype=batch.target_mean.dtype, device=device,
                                      min_timestep=config.min_timestep)
-        loss = training_step(unet, noise_scheduler, batch, draws, empty_prompt_embeds=empty,
+        loss = training_step(unet, noise_scheduler, batch, draws, empty_prompt_embeds=text[-1:],
                              conditioning_dropout_prob=config.conditioning_dropout_prob,
                              scaling_factor=scaling, target_latents=config.target_latents,
                              latent_target=config.latent_target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
         meter.update(1, extra=f"loss {np.mean(losses[-20:]):.4f}")
     unet.eval()
+    text_encoder.requires_grad_(False).eval()
     return losses
 
 
-def _with_progress(text: torch.Tensor, pick: torch.Tensor, latents: FrameLatents, texts: Sequence[str],
-                   config: InstructPretrainConfig, g: torch.Generator, tokenizer: Any,
-                   text_encoder: Any) -> torch.Tensor:
-    """`text` (B, L, D) with a `config.progress_prob` share of the batch's pairs (drawn from `g`)
-    re-told with the progress sentence of their input frame."""
-    told = (torch.rand(len(pick), generator=g) < config.progress_prob).nonzero()[:, 0].tolist()
-    if not told:
-        return text
-    strings = []
-    for b in told:
-        inp, _, k, video = (int(x) for x in pick[b])
-        percent = progress_percent(inp - int(latents.starts[video]), int(latents.lengths[video]))
-        strings.append(instruction_prompt(texts[video], k, config.plain_gap, percent))
-    text = text.clone()
-    with torch.no_grad():
-        text[told] = encode_prompts(tokenizer, text_encoder, strings).to(text)
-    return text
+def progress_pool(latents: FrameLatents, config: InstructPretrainConfig) -> Optional[torch.Tensor]:
+    """The pairs whose input is frame `config.progress_frame` of its video (None without one)."""
+    if config.progress_frame is None or config.progress_prob == 0:
+        return None
+    inp, video = latents.pairs[:, 0], latents.pairs[:, 3]
+    pool = latents.pairs[inp - latents.starts[video] == config.progress_frame]
+    if not len(pool):
+        raise ValueError(f"instruct pretraining: progress_frame {config.progress_frame} is the input of no pair "
+                         f"(the longest video has {int(latents.lengths.max())} frames)")
+    return pool
+
+
+def draw_pairs(latents: FrameLatents, config: InstructPretrainConfig, g: torch.Generator,
+               pool: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of pairs (B, 4) drawn from `g`, and which of them are told the progress sentence
+    (B,) bool: a `config.progress_prob` share, redrawn from `pool` (`progress_pool`) when given."""
+    b = config.batch_size
+    pick = latents.pairs[torch.randint(0, len(latents.pairs), (b,), generator=g)]
+    if config.progress_prob == 0:
+        return pick, torch.zeros(b, dtype=torch.bool)
+    told = torch.rand(b, generator=g) < config.progress_prob
+    if pool is not None and told.any():
+        pick[told] = pool[torch.randint(0, len(pool), (int(told.sum()),), generator=g)]
+    return pick, told
+
+
+def progress_prompt(pair: torch.Tensor, latents: FrameLatents, texts: Sequence[str],
+                    config: InstructPretrainConfig) -> str:
+    """The prompt of one (input, target, k, video) pair told its input frame's true percent."""
+    inp, _, k, video = (int(x) for x in pair)
+    percent = progress_percent(inp - int(latents.starts[video]), int(latents.lengths[video]))
+    return instruction_prompt(texts[video], k, config.plain_gap, percent)

@@ -337,34 +337,74 @@ def test_a_float16_unet_is_saved_half_size_and_loads_as_float32(tmp_path):
         replace(TINY, unet_dtype="int8")
 
 
-def test_plain_gap_pairs_are_told_the_seeds_prompt_and_progress_pairs_their_true_percent(tmp_path):
-    from pecn_ml.models.pix2pix import encode_prompts
-    from pecn_ml.models.tiny import build_tiny_tokenizer, tiny_text_encoder
+def test_plain_gap_pairs_are_told_the_seeds_prompt_and_progress_pairs_their_true_percent():
     from pecn_ml.prompts import build_prompt
-    from pecn_ml.training.instruct_pretrain import _with_progress, instruction_prompt
+    from pecn_ml.training.instruct_pretrain import draw_pairs, instruction_prompt, progress_prompt
 
     text = "pushing something from left to right"
-    config = InstructPretrainConfig(max_offset=2, prompt="instruction", plain_gap=2, progress_prob=1.0)
+    config = InstructPretrainConfig(max_offset=2, batch_size=64, prompt="instruction", plain_gap=2, progress_prob=1.0)
     prompts, index = pretraining_prompts(config, [text], 1)
     assert [prompts[i] for i in index] == [f"{build_prompt(text)}, 1 frames later", build_prompt(text)]
     assert instruction_prompt(text, 2, 2, 57) == build_prompt(text, 57)
     assert instruction_prompt(text, 1, 2, 57) == f"{build_prompt(text, 57)}, 1 frames later"
-    # every pair re-told (progress_prob 1) with its input frame's percent within its own video
-    torch.manual_seed(0)
+    # every pair told (progress_prob 1), with its input frame's percent within its own video
     lat = encode_videos(tiny_vae(), _videos(2, frames=6), max_offset=2)
-    tok = build_tiny_tokenizer(tmp_path / "tok")
-    encoder = tiny_text_encoder(tok).eval()
-    pick = lat.pairs[[0, len(lat.pairs) - 1]]                      # video 0's first pair, video 1's last
-    plain = encode_prompts(tok, encoder, [prompts[index[int(k) - 1]] for _, _, k, _ in pick.tolist()])
-    told = _with_progress(plain, pick, lat, [text, text], config, torch.Generator().manual_seed(0), tok, encoder)
-    want = [instruction_prompt(text, int(k), 2, int((i - 6 * v) / 6 * 100)) for i, _, k, v in pick.tolist()]
-    assert torch.allclose(told, encode_prompts(tok, encoder, want))
-    assert not torch.allclose(told, plain)
-    none = _with_progress(plain, pick, lat, [text, text],
-                          InstructPretrainConfig(max_offset=2, prompt="instruction", progress_prob=1e-9),
-                          torch.Generator().manual_seed(0), tok, encoder)
-    assert torch.equal(none, plain)
+    pick, told = draw_pairs(lat, config, torch.Generator().manual_seed(0), None)
+    assert told.all() and {int(v) for v in pick[:, 3]} == {0, 1}
+    for i, _, k, v in pick.tolist():
+        assert progress_prompt(torch.tensor([i, 0, k, v]), lat, [text, "other"], config) == \
+            instruction_prompt([text, "other"][v], k, 2, int((i - 6 * v) / 6 * 100))
+    _, told = draw_pairs(lat, replace(config, progress_prob=1e-9), torch.Generator().manual_seed(0), None)
+    assert not told.any()
     with pytest.raises(ValueError, match="plain_gap"):
         InstructPretrainConfig(max_offset=2, prompt="instruction", plain_gap=3)
     with pytest.raises(ValueError, match="need prompt='instruction'"):
         InstructPretrainConfig(prompt="action", progress_prob=0.5)
+
+
+def test_progress_frame_draws_every_told_pair_from_that_input_frame_and_the_rest_from_all():
+    from pecn_ml.training.instruct_pretrain import draw_pairs, progress_pool
+
+    lat = encode_videos(tiny_vae(), _videos(3, frames=8), max_offset=3)
+    config = InstructPretrainConfig(max_offset=3, batch_size=256, prompt="instruction", progress_prob=0.5,
+                                    progress_frame=4)
+    pool = progress_pool(lat, config)
+    assert len(pool) == 3 * 3                                     # 3 videos x k in 1..3 from frame 4
+    pick, told = draw_pairs(lat, config, torch.Generator().manual_seed(0), pool)
+    start = lat.starts[pick[:, 3]]
+    assert 0.35 < told.float().mean() < 0.65
+    assert torch.all(pick[told, 0] - start[told] == 4)
+    assert torch.all(pick[told, 1] - pick[told, 0] == pick[told, 2])
+    assert len({int(x) for x in pick[~told, 0] - start[~told]}) > 3   # the others start anywhere
+    assert progress_pool(lat, replace(config, progress_frame=None)) is None
+    with pytest.raises(ValueError, match="progress_frame 8 is the input of no pair"):
+        progress_pool(lat, replace(config, progress_frame=8))
+    with pytest.raises(ValueError, match="progress_frame"):
+        InstructPretrainConfig(prompt="instruction", progress_frame=4)        # nothing told
+    with pytest.raises(ValueError, match="progress_frame"):
+        InstructPretrainConfig(prompt="instruction", progress_prob=0.5, progress_frame=-1)
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_pretraining_trains_the_text_encoder_only_when_told(tmp_path, train_text_encoder):
+    from diffusers import DDPMScheduler
+
+    from pecn_ml.models.tiny import build_tiny_tokenizer, ip2p_scheduler, tiny_text_encoder, tiny_unet
+    from pecn_ml.training.instruct_pretrain import pretrain_instruct_unet
+
+    torch.manual_seed(0)
+    tok = build_tiny_tokenizer(tmp_path / "tok")
+    encoder, unet, vae = tiny_text_encoder(tok), tiny_unet(8, (32, 32)), tiny_vae()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    config = InstructPretrainConfig(steps=3, batch_size=4, max_offset=2, prompt="instruction", plain_gap=2,
+                                    progress_prob=0.5, progress_frame=3, train_text_encoder=train_text_encoder)
+    noise = DDPMScheduler.from_config(ip2p_scheduler("ddim", "sample").config)
+    losses = pretrain_instruct_unet(unet, vae, tok, encoder, noise, _videos(2, frames=6), config,
+                                    texts=["pushing something", "pulling something"])
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    changed = [k for k, v in encoder.state_dict().items() if not torch.equal(v, before[k])]
+    if train_text_encoder:
+        assert "embeddings.token_embedding.weight" in changed and len(changed) > 10
+    else:
+        assert changed == []
+    assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
