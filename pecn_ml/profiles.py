@@ -92,9 +92,13 @@ def demo_profile() -> Profile:
         # objects and hand 1.5x as large, and videos of at most 40 frames (64 in SSv2), so five
         # frames are >= 1/8 of the action. Every video of a template moves its object the same
         # distance with the same speed profile and timing (motion_spread 0; directions and sides
-        # stay random): what is left to guess at frame 20 is the video's length, i.e. the speed,
-        # which the progress prompt gives away (the known answer). With the full ranges the mean
-        # prediction of a small model was a blur that lost to copying (docs/demo_experiments.md).
+        # stay random): what is left to guess at frame 20 is meant to be the video's length, i.e.
+        # the speed, which the progress prompt gives away (the known answer). Measured within a
+        # template, the percent predicts the displacement from frame 20 to 25 by 2-6 px (at 96 px)
+        # for rolling back, throwing, dropping and covering, by < 1.5 px for translations and
+        # placings (their eased timing cancels most of the 1 / T; row 24).
+        # With the full ranges the mean prediction of a small model was a blur that lost to
+        # copying (docs/demo_experiments.md).
         # Six validation videos per task template (SyntheticConfig.demo's 3 gave a basic set of 42
         # and 6 back-and-forth videos: paired effects of 0.005 SSIM came out at p 0.02-0.04 there and
         # at p < 1e-4 on the held-out seed, docs/demo_experiments.md row 23); the training videos stay 240.
