@@ -2,9 +2,10 @@
 #   make demo   set up, generate synthetic SSv2, materialise the whole asset graph into dagster_home/
 #   make test   set up, run the test suite (the command CI runs)
 #   make rehearse  the full profile's code path and model sizes (random weights, no hub) on a
-#                  handful of synthetic videos; prints a table per asset (pecn_assets/rehearse.py)
+#                  handful of synthetic videos; prints a table per asset (pecn_assets/tools/rehearse.py)
 #   make gpu-check the real-size models for a few steps on this machine's GPU(s) and the projected
 #                  wall time of the full experiment (pecn_ml/gpu_check.py; fails at once without CUDA)
+#   make results   docs/RESULTS.md from dagster_home (after make demo)
 #   make lock      refresh constraints.txt from .venv (after the tests pass); lock-check compares
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -19,7 +20,7 @@ PIP_LOCK = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow ui bench clean-demo rehearse gpu-check lock lock-check
+.PHONY: setup demo test test-slow ui bench clean-demo rehearse gpu-check lock lock-check results
 
 setup: $(VENV)/.installed
 
@@ -45,14 +46,14 @@ lock-check: setup
 demo:
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory setup && \
-	PECN_PROFILE=demo OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pecn_assets.demo; rc=$$?; \
+	PECN_PROFILE=demo OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pecn_assets.tools.demo; rc=$$?; \
 	echo "make demo: $$(( $$(date +%s) - start ))s wall time in total (install, data, graph)"; exit $$rc
 
-# Not part of `make test` (about 25 minutes on 2 CPU cores). REHEARSE_ARGS: e.g. --keep.
+# Not part of `make test` (measured times: docs/OPERATIONS.md, "Rehearsal"). REHEARSE_ARGS: e.g. --keep.
 REHEARSE_ARGS ?=
 rehearse: setup
 	@start=$$(date +%s); \
-	$(PY) -m pecn_assets.rehearse $(REHEARSE_ARGS); rc=$$?; \
+	$(PY) -m pecn_assets.tools.rehearse $(REHEARSE_ARGS); rc=$$?; \
 	echo "make rehearse: $$(( $$(date +%s) - start ))s wall time in total"; exit $$rc
 
 test: setup
@@ -61,11 +62,11 @@ test: setup
 test-slow: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "slow" $(PYTEST_ARGS)
 
-# Through pecn_assets.ui: started in the background (SIGINT ignored), dagster dev would ignore
+# Through pecn_assets.tools.ui: started in the background (SIGINT ignored), dagster dev would ignore
 # SIGINT and SIGTERM; with both reset it stops on either (docs/UI.md, "Stopping the UI").
 # First sizes the gpu pool to the machine (pecn_assets/gpu_pool.py).
 ui: setup
-	$(PY) -m pecn_assets.gpu_pool && exec $(PY) -m pecn_assets.ui $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
+	$(PY) -m pecn_assets.gpu_pool && exec $(PY) -m pecn_assets.tools.ui $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000
 
 # Needs a CUDA GPU: without one it says why in one line and fails. About 5-8 minutes on one H100
 # (more the first time: it builds the rehearsal's models). GPU_CHECK_ARGS: e.g. --train-videos 7412.
@@ -76,6 +77,11 @@ gpu-check: setup
 bench: setup
 	$(PY) benchmarks/bench_frame_cache.py
 	$(PY) benchmarks/bench_pix2pix.py
+
+# docs/RESULTS.md from dagster_home (after `make demo`): every number from its latest materialisations,
+# stamped with the commit and machine (pecn_assets/tools/results.py).
+results: setup
+	$(PY) -m pecn_assets.tools.results --out docs/RESULTS.md
 
 clean-demo:
 	rm -rf data/synthetic_sthv2 outputs/demo test_result/demo .tiny_models

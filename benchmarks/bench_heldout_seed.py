@@ -35,21 +35,23 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from pecn_assets.definitions import build_definitions, deployment_from_env
+    from pecn_assets.build import build_definitions
     from pecn_ml.data.annotations import filter_annotations
     from pecn_ml.data.frame_cache import build_frame_cache, open_frame_cache
     from pecn_ml.data.synthetic import write_synthetic_ssv2
+    from pecn_ml.deployment import Deployment
+    from pecn_ml.profiles import get_profile
     from pecn_ml.report import prediction_table
     from pecn_ml.sampling import evaluate_model
     from pecn_ml.variants import EVAL_SETS, VARIANTS
 
-    deployment = deployment_from_env(os.environ)
-    profile = deployment["profile"]
+    deployment = Deployment.from_env(os.environ)
+    profile = get_profile(deployment.profile)
     if profile.synthetic is None:
         raise SystemExit(f"profile {profile.name} has no synthetic data to draw another seed of")
     if args.seed == profile.synthetic.seed:
         raise SystemExit(f"--seed {args.seed} is the seed the models trained on")
-    defs = build_definitions(**deployment)
+    defs = build_definitions(deployment)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pecn_heldout_"))
     data = work / f"synthetic_seed{args.seed}"
     t0 = time.perf_counter()

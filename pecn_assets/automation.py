@@ -1,51 +1,31 @@
 """Declarative automation: which partitions the platform rebuilds by itself, and when.
 
-- `ip2p_model`, `pacnet` (`Automation.retrain`): at the weekly tick (cron `PECN_SWEEP_CRON`,
-  default Saturdays 03:00 UTC) the partitions that are missing (a new training seed, a partition
-  never trained) or stale: an upstream's data version changed (base weights' sha, annotations,
-  frame cache) or the asset's code version changed, which includes the profile's training config
-  (`config_code_version`), since the partition was last requested or materialised. Unchanged
-  partitions are not retrained: training is deterministic, the same inputs give the same numbers.
-- `evaluation`, `progress_estimates` (`Automation.follow`): a partition follows its model as soon
-  as that model partition gets a new data version (a tick after), and is otherwise rebuilt at the
-  weekly tick like the models (missing, or its code version changed). Requested in the same tick
-  as its model, it shares the model's request: the automation sensor turns a tick's requests of
-  several partitions into one asset backfill (its `emit_backfills` default), whose daemon runs
-  each evaluation after its model.
-- `frame_cache` (`Automation.cache`): eager (rebuilt at once when `filtered_annotations` or
-  `raw_videos` get a new data version, missing partitions built) and when its code version changes.
-
-Nothing of this runs unless the automation sensor (`pecn_automation`, pecn_assets/jobs.py) is on
-(and, for backfills, the daemon: `make ui` runs it).
-`progress_estimates` is read by `ip2p_model` and `evaluation` only when a run's config says
-`use_progress_estimator` (off by default, the only setting automation uses), so neither waits
-for it nor is rebuilt when it changes.
+`ip2p_model` and `pacnet` retrain at the weekly tick when missing or stale (an upstream's data
+version or the code version, which includes the training config, changed); `evaluation` and
+`progress_estimates` follow their model; `frame_cache` is eager. Only while the `pecn_automation`
+sensor (pecn_assets/jobs.py) and, for backfills, the daemon run.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 import dagster as dg
 
+from pecn_ml.deployment import DEFAULT_SWEEP_CRON
 from pecn_ml.utils.files import sha256_json
 
-SWEEP_CRON_ENV = "PECN_SWEEP_CRON"
-DEFAULT_SWEEP_CRON = "0 3 * * 6"            # Saturdays 03:00 UTC
 OPTIONAL_INPUTS = dg.AssetSelection.keys("progress_estimates")
 
 AC = dg.AutomationCondition
 
 
-def backfill_cron(env: Mapping[str, str] = os.environ) -> str:
-    """The cron of the weekly backfill (`PECN_SWEEP_CRON`, default weekly), checked so a typo fails at load."""
-    cron = env.get(SWEEP_CRON_ENV, "").strip() or DEFAULT_SWEEP_CRON
+def backfill_cron(cron: str = DEFAULT_SWEEP_CRON) -> str:
+    """`cron`, checked so that a typo fails when the definitions load."""
     try:
         dg.ScheduleDefinition(name="cron_check", cron_schedule=cron, job_name="cron_check")
     except dg.DagsterInvalidDefinitionError as e:
-        raise ValueError(f"{SWEEP_CRON_ENV}={cron!r} is not a valid cron schedule: {e}") from None
+        raise ValueError(f"PECN_SWEEP_CRON={cron!r} is not a valid cron schedule: {e}") from None
     return cron
 
 

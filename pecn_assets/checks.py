@@ -1,28 +1,6 @@
-"""Asset checks on the trained models and their evaluations (the UI's Checks tab).
-
-Blocking (an ERROR stops everything downstream in the run, and the artifact I/O manager refuses the
-artifact in later runs too, so t_tests and summary_report never run on it):
-
-- `ip2p_model` / `loss_decreased`: final loss finite and below the first logged one, both as means
-  (the last epoch's optimizer steps; the first epoch's, at most half of the run): one diffusion
-  step's loss varies several-fold with its random timestep, a single first step is no reference.
-  Runs shorter than `MIN_STEPS_TO_JUDGE` steps only WARN when the loss did not drop.
-- `pacnet` / `beats_mean_predictor`: the test score (test_mae, the chosen model on the evaluation
-  videos) below the mean predictor's test_baseline_mae; a checkpoint without one (trained before the
-  selection split) by val_mae / baseline_mae. With fewer than `MIN_VAL_VIDEOS_TO_JUDGE` videos a loss
-  only WARNs: too few to judge. (val_mae is on the selection split, which picked the epoch.)
-- `evaluation` / `samples_and_ranges`: n equals the samples requested (capped by the eligible
-  videos of the eval set), SSIM and PSNR finite and in range.
-
-Not blocking: `evaluation` / `beats_copy_frame` WARNs when a model scores below the copy-frame
-baseline (expected at the demo's scale, see pecn_ml/sampling.py). `evaluation` / `predicts_motion`
-WARNs unless, on every eval set, the model's motion-region PSNR is above the latent copy's (its own
-VAE's round trip of the input frame), paired by video: one-sided paired t-test, p < 0.05. A model
-that only learned to copy fails it, whatever its whole-frame SSIM.
-
-The check logic lives with the artifact types (`problems()`, `warnings()` in pecn_ml.artifacts).
-"""
-
+"""Asset checks on the trained models and their evaluations (the UI's Checks tab). A blocking ERROR
+stops everything downstream, in this run and later ones (the I/O manager refuses the artifact); the
+rules live with the artifact types (`problems()`, `warnings()` in pecn_ml.artifacts)."""
 
 import dagster as dg
 
@@ -47,8 +25,7 @@ def artifact_check(artifact: Artifact, **metadata) -> dg.AssetCheckResult:
 
 
 def predicts_motion(evaluation: Evaluation) -> dg.AssetCheckResult:
-    """WARN unless the model beats the latent copy in motion-region PSNR on every eval set
-    (`Evaluation.predicts_motion`); metadata: per set the mean difference (dB), p and n."""
+    """WARN unless the model beats the latent copy in motion-region PSNR on every eval set."""
     warnings, metadata = evaluation.predicts_motion()
     return check_result([], warnings, **metadata)
 

@@ -1,40 +1,16 @@
-"""Delete the training-run folders that no materialisation of any asset refers to.
+"""Delete the training-run folders (`{outputs}/…/runs/{run id}`) that no materialisation refers to:
+the job `cleanup_checkpoints` and the functions behind `python -m pecn_assets.tools.cleanup`.
 
-    DAGSTER_HOME=$PWD/dagster_home .venv/bin/python -m pecn_assets.cleanup            # dry run
-    DAGSTER_HOME=$PWD/dagster_home .venv/bin/python -m pecn_assets.cleanup --delete   # delete
-    ... -m pecn_assets.cleanup --delete --include-superseded   # also superseded checkpoints
-
-or the job `cleanup_checkpoints` in the UI (Launchpad config `dry_run: false` to delete).
-
-Every materialisation of a training asset writes a folder of its own, `{outputs}/…/runs/{run id}`
-(pecn_assets/runs.py), and never changes it, so old checkpoints pile up. Folders are matched to
-materialisations by identity, not by absolute path, so a moved or copied outputs folder
-(`PECN_OUTPUTS_DIR` pointing at the new place) is judged the same:
-
-- by run id and place: a path in a materialisation's metadata (anywhere in it: paths, text,
-  JSON) names the folder whose run id and path below the outputs folder
-  (`next1/seed_0/runs/{run id}`) it ends with, wherever the outputs folder was then;
-- by contents: a folder no materialisation names by place is named by one that names the sha256
-  of a file in it or the manifest sha256 of a folder in it (a checkpoint's `checkpoint_sha256`,
-  older ones the sha of one weights file; a data version, a report's list of the checkpoints it
-  used); such folders (finished runs only) have every file hashed.
-
-A folder is kept when the latest materialisation of any asset partition names it (the checkpoint
-an `evaluation` scored, the PAC-Net that made the estimates, ...): that is never deleted. It is
-also kept when its run is not finished (a step that may still be retried), when this instance
-does not know its run (a folder of another Dagster instance sharing the outputs folder), and when
-only earlier materialisations name it, by place or by a sha (superseded): those go only with
-`--include-superseded` (job config `include_superseded: true`), and the earlier materialisations
-that named them can no longer be re-verified. Everything else (the folders of failed trainings)
-is listed (dry run) or deleted.
+Folders are matched to materialisations by identity (run id and place below the outputs folder,
+else the sha256 of a file or folder in them), not by absolute path, so a moved outputs folder is
+judged the same. Kept: what the latest materialisation of any asset partition names, unfinished
+runs, runs this instance does not know, and (unless `include_superseded`) folders only earlier
+materialisations name; everything else is listed (dry run) or deleted.
 """
 
-
-import argparse
-import os
+import functools
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Iterator, Optional
@@ -104,11 +80,8 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(inner)
     elif isinstance(value, str):
         yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
+    elif isinstance(value, (dict, list, tuple)):
+        for v in value.values() if isinstance(value, dict) else value:
             yield from _strings(v)
 
 
@@ -160,15 +133,8 @@ class Identities:
     def naming_file(self, folder: Path) -> Optional[tuple[Path, str, Mention]]:
         """(file or sub-folder, its sha256, a materialisation naming that sha) for a file of
         `folder` or a folder in it (by its manifest sha256, `pecn_ml.utils.files.folder_manifest`),
-        one that a latest materialisation names if any; None if none is named (hashes every file
-        once)."""
-        shas: dict[Path, str] = {}
-
-        def sha_of(path: Path) -> str:
-            if path not in shas:
-                shas[path] = sha256_file(path)
-            return shas[path]
-
+        one that a latest materialisation names if any; None if none is named."""
+        sha_of = functools.lru_cache(maxsize=None)(sha256_file)  # every file hashed once
         hits = []
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
             sha = sha_of(path)
@@ -214,14 +180,11 @@ def plan_cleanup(instance: dg.DagsterInstance, outputs: Path, include_superseded
         named = ids.naming(folder.relative_to(outputs).parts)
         live = next((m.who for m in named if m.latest), None)
         run = instance.get_run_by_id(folder.name)
-        if live is not None:
-            plan.keep[folder] = f"named by the latest materialisation of {live}"
-            continue
-        if run is None:
-            plan.keep[folder] = "run unknown to this Dagster instance"
-            continue
-        if run.status not in FINISHED:
-            plan.keep[folder] = f"run is {run.status.value}"
+        kept = (f"named by the latest materialisation of {live}" if live is not None
+                else "run unknown to this Dagster instance" if run is None
+                else f"run is {run.status.value}" if run.status not in FINISHED else None)
+        if kept:
+            plan.keep[folder] = kept
             continue
         if named:
             live_by_contents, why = False, f"superseded: named by an earlier materialisation of {named[0].who}"
@@ -265,9 +228,8 @@ class CleanupCheckpointsConfig(dg.Config):
                    "unless dry_run is false; superseded ones only with include_superseded).",
        required_resource_keys={"settings"})
 def cleanup_checkpoints_op(context: dg.OpExecutionContext, config: CleanupCheckpointsConfig) -> None:
-    plan = cleanup(context.instance, context.resources.settings.outputs_path(), dry_run=config.dry_run,
-                   log=context.log.info, include_superseded=config.include_superseded)
-    context.log.info(plan.summary())
+    cleanup(context.instance, context.resources.settings.outputs_path(), dry_run=config.dry_run,
+            log=context.log.info, include_superseded=config.include_superseded)
 
 
 @dg.job(name="cleanup_checkpoints", description="Delete training-run folders (checkpoints) that no "
@@ -275,22 +237,3 @@ def cleanup_checkpoints_op(context: dg.OpExecutionContext, config: CleanupCheckp
         "checkpoints only with include_superseded: true.")
 def cleanup_checkpoints_job():
     cleanup_checkpoints_op()
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--delete", action="store_true", help="delete (default: a dry run that only lists)")
-    parser.add_argument("--include-superseded", action="store_true",
-                        help="also folders that only earlier materialisations name (by place or sha256)")
-    parser.add_argument("--outputs", help="the outputs folder (default: the deployment's, see definitions.py)")
-    args = parser.parse_args(argv)
-    from pecn_assets.definitions import deployment_from_env
-
-    outputs = Path(args.outputs) if args.outputs else deployment_from_env(os.environ)["settings"].outputs_path()
-    with dg.DagsterInstance.get() as instance:
-        cleanup(instance, outputs, dry_run=not args.delete, include_superseded=args.include_superseded)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,31 +1,19 @@
-"""Run config of the training assets: the trainers' hyper-parameters, with the profile's values as
-defaults, so that the Launchpad shows (and lets a user change) exactly what a run will use.
-
-`trainer_config_class(Pix2PixTrainConfig, profile.pix2pix_train, ...)` builds a `dagster.Config`
-with one field per dataclass field (type and default from the profile's instance);
-`apply(config, base)` turns the run's values back into the trainer's frozen dataclass. Fields the
-platform sets itself (the seed of `ip2p_model` is its partition) are left out.
-
-Bad settings are refused before any work, once. What Dagster's config schema can say (types,
-the choices of `Literal` fields such as `mixed_precision`) the Launchpad and the CLI refuse before
-a run starts. Ranges (`learning_rate > 0`, epochs >= 1, `train_processes >= 0`, ...: the trainers'
-dataclasses check them) and more processes than the machine has devices are refused by
-`training_settings`, a training step's first lines, before any claim, child or file, as a failure
-that is not retried. (Pydantic bounds on these fields would be checked only when the step builds
-its config, and that failure is retried: so the fields carry no bounds.)
-"""
+"""Run config of the training assets, generated from the trainers' frozen dataclasses with the
+profile's values as defaults (the Launchpad shows what a run will use), and the checks of a
+training step's settings before any work (`training_settings`: refused, not retried)."""
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 import dagster as dg
 import pydantic
 from pydantic import Field
 
 from pecn_assets.gpu import machine_devices
+from pecn_assets.pipes_child import LaunchOptions
 
 T = TypeVar("T")
 
@@ -50,13 +38,10 @@ class Pix2PixLaunchConfig(ProgressSourceConfig, LaunchConfig):
     """The prompts' progress source and the number of training processes."""
 
 
-def launch_options(settings: Any, profile: Any, out_dir: Any) -> dict[str, Any]:
-    """`pecn_assets.pipes_child.LaunchOptions` of a training step (as the child's JSON wants it)."""
-    from pecn_ml.utils.cuda import allow_cpu_from_env
-
-    return {"out_dir": str(out_dir), "resume": True, "require_cuda": bool(profile.requires_gpu),
-            "allow_cpu": bool(settings.allow_cpu or allow_cpu_from_env()),
-            "prune_training_state": bool(settings.prune_training_state)}
+def launch_options(settings: Any, profile: Any, out_dir: Any, resume: Union[bool, str] = True) -> LaunchOptions:
+    """The child's `LaunchOptions` of a training step."""
+    return LaunchOptions(out_dir=str(out_dir), resume=resume, require_cuda=bool(profile.requires_gpu),
+                         allow_cpu=bool(settings.allow_cpu), prune_training_state=bool(settings.prune_training_state))
 
 
 def trainer_config_class(name: str, defaults: Any, *, exclude: tuple[str, ...] = (),
@@ -76,13 +61,6 @@ def trainer_config_class(name: str, defaults: Any, *, exclude: tuple[str, ...] =
     return model
 
 
-def apply(config: dg.Config, base: T, **fixed: Any) -> T:
-    """`base` with the run's values of every field `config` has, and `fixed` on top."""
-    names = {f.name for f in dataclasses.fields(base)}
-    values = {k: v for k, v in config.model_dump().items() if k in names}
-    return dataclasses.replace(base, **values, **fixed)
-
-
 def refused(message: str) -> dg.Failure:
     """The failure of a step whose settings can never work: not retried."""
     return dg.Failure(f"refused before any work (settings): {message}", allow_retries=False)
@@ -96,8 +74,10 @@ def training_settings(config: Any, base: T, settings: Any, **fixed: Any) -> tupl
         raise refused(f"train_processes must be >= 0 (0: the deployment's, {settings.train_processes}), "
                       f"got {config.train_processes}")
     k = config.train_processes or settings.train_processes
+    names = {f.name for f in dataclasses.fields(base)}
     try:
-        train_config = apply(config, base, **fixed)
+        train_config = dataclasses.replace(base, **{n: v for n, v in config.model_dump().items() if n in names},
+                                           **fixed)
         devices = machine_devices(settings)
     except (TypeError, ValueError) as e:
         raise refused(str(e)) from None
@@ -107,8 +87,8 @@ def training_settings(config: Any, base: T, settings: Any, **fixed: Any) -> tupl
     return train_config, k
 
 
-def used_values(train_config: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+def used_values(train_config: Any) -> dict[str, Any]:
     """The hyper-parameters a run used, for its metadata (JSON-able)."""
     return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
-            for k, v in dataclasses.asdict(train_config).items() if k not in exclude}
+            for k, v in dataclasses.asdict(train_config).items()}
 

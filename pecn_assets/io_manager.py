@@ -1,19 +1,7 @@
-"""The one I/O manager of the assets: stores each artifact (pecn_ml.artifacts) as a small JSON file
-and loads it back verified, so that an asset's signature shows what it reads.
-
-- Store: `{root}/{asset}/{partition}.json` (unpartitioned: `__all__.json`), written atomically at
-  each materialisation; the artifact only names files (checkpoints, results), never holds them.
-  `pecn_assets.definitions` sets `root` to `{outputs}/_artifacts` (shared wherever the checkpoints
-  are: one outputs folder per Dagster instance); unset, `$DAGSTER_HOME/storage/pecn_artifacts`.
-- Load: the partition mapping of the input picks the upstream partition(s). One partition gives
-  the artifact; an input annotated `dict[str, X]` gets {partition key: artifact}; an `Optional[X]`
-  input gets None when the upstream was never materialised (else that is an error).
-  Every artifact is `verify()`d (its files must hash to the recorded sha256: a checkpoint that
-  changed on disk fails the step, the file named; a handle recorded before shas covered whole
-  folders is checked on what its sha covered, with a warning in the step's log), and one whose blocking check fails (`problems()`) is refused,
-  also in a later run, so nothing downstream runs on it. The asset checks themselves (op tag
-  `pecn/check`) load without that refusal: they are what reports it.
-"""
+"""The one I/O manager: each artifact (pecn_ml.artifacts) is a small JSON file
+`{root}/{asset}/{partition}.json`, loaded back verified (its files' sha256) and refused when its
+blocking check failed, except by the checks themselves (op tag `pecn/check`). An input annotated
+`dict[str, X]` gets {partition: artifact}; an `Optional[X]` one gets None when never materialised."""
 
 from __future__ import annotations
 
@@ -36,7 +24,7 @@ UNPARTITIONED = "__all__"
 
 
 class ArtifactIOManager(dg.ConfigurableIOManager):
-    """Stores and loads the assets' artifacts (small JSON handles; see the module docstring)."""
+    """Stores and loads the assets' artifacts (small JSON handles)."""
 
     root: Optional[str] = Field(default=None, description="folder of the JSON handles; empty: "
                                 "$DAGSTER_HOME/storage/pecn_artifacts")

@@ -1,19 +1,7 @@
-"""Partitions shared by assets, jobs and schedules, built once from the profile and the seeds.
-
-- `resolution` (frame_cache): the profile's frame-cache resolutions;
-- `head` (pacnet): regression, classification;
-- `model` (ip2p_model and evaluation): training seed x variant, keys `{seed}|{variant}` (Dagster
-  orders the dimensions by name), e.g. `0|next1`. An evaluation partition reads the checkpoint of
-  the same key and scores it on every eval set. The seed dimension is dynamic
-  (`DynamicPartitionsDefinition` "training_seed"): its keys live in the Dagster instance, so a seed
-  is added in the UI (ip2p_model -> Materialize... -> "Add a partition") without a restart, and
-  code that lists the keys needs the instance (`model_keys(instance)`). The deployment's seeds (`PECN_SEEDS`
-  or the profile's) are added when missing: `add_seeds` (the demo, the rehearsal) and the
-  `register_seeds` sensor (pecn_assets/jobs.py);
-- `eval_set` (copy_frame_baseline): basic, backforth.
-
-Nothing here reads the environment: `pecn_assets.definitions` picks the profile and seeds once.
-"""
+"""Partitions shared by assets, jobs and sensors, built once from the profile and the seeds:
+`resolution` (frame_cache), `head` (pacnet), `model` (ip2p_model and evaluation: keys
+`{seed}|{variant}`, the seed dimension dynamic, so seeds are added in the UI without a restart)
+and `eval_set` (copy_frame_baseline)."""
 
 from __future__ import annotations
 
@@ -89,8 +77,7 @@ def model_key(seed: int, variant: str) -> dg.MultiPartitionKey:
 
 
 def seed_and_variant(key: str | dg.MultiPartitionKey) -> tuple[int, str]:
-    """(seed, variant) of a `model` partition key such as `0|next1`; a seed added in the UI that is
-    no integer >= 0 fails the step at once (no retry can fix it)."""
+    """(seed, variant) of a `model` key such as `0|next1`; a seed that is no integer >= 0 fails at once."""
     dims = key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else dict(
         zip(("seed", "variant"), str(key).split("|")))
     if not dims["seed"].isdigit():

@@ -1,31 +1,29 @@
-"""Resources: where things live (settings), which hub weights the real run starts from (models),
-and where training runs log (tracking). `pecn_assets.definitions` builds them once per deployment."""
+"""Resources: where things live and how GPU steps use the GPUs (settings), the hub weights of the
+real run (models), where training runs log (tracking); built once per deployment."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import dagster as dg
 from pydantic import Field
 
+from pecn_ml.deployment import Deployment
 from pecn_ml.profiles import CLIP_NAME, PIX2PIX_BASE, RESNET_NAME, Profile
 from pecn_ml.training.tracking import BACKENDS, TrackingConfig
 
 
 class PecnSettings(dg.ConfigurableResource):
-    """The folders for data, trained models and evaluation results (`for_profile` fills them in),
-    and how GPU steps use the machine's GPUs (pecn_assets/gpu.py)."""
+    """The folders for data, trained models and results, and how GPU steps use the GPUs."""
 
     data_dir: str = Field(default="", description="SSv2 folder (annotations/, videos/, frames_RxR/)")
     outputs_dir: str = Field(default="", description="trained models, one folder per training run")
     results_dir: str = Field(default="", description="evaluation results and reports")
-    gpu_lock_dir: str = Field(default="", description="one lock file per GPU device; empty: "
-                              "$DAGSTER_HOME/gpu_locks (must be local to the machine that owns the GPUs)")
+    gpu_lock_dir: str = Field(default="", description="one lock file per GPU device (local to the machine "
+                              "that owns the GPUs); empty: {outputs_dir}/gpu_locks")
     gpu_devices: Optional[str] = Field(default=None, description="devices GPU steps claim from, device "
-                                       "indices such as '0,1,2,3' ('' none); None: $PECN_GPU_DEVICES, else "
-                                       "every visible CUDA device")
+                                       "indices such as '0,1,2,3' ('' none); None: every visible CUDA device")
     gpu_claim_timeout_s: float = Field(default=0.0, ge=0, description="fail a step that waited this long for "
                                        "a free device (and retry it); 0: wait (logging who holds them) for ever")
     train_processes: int = Field(default=1, ge=1, description="training processes (one GPU each) per "
@@ -38,18 +36,22 @@ class PecnSettings(dg.ConfigurableResource):
     @classmethod
     def for_profile(cls, profile: Profile, data_dir: Optional[str] = None, outputs_dir: Optional[str] = None,
                     results_dir: Optional[str] = None, **gpu: Any) -> "PecnSettings":
-        """The profile's folders, each overridable (empty or None: the profile's); `gpu`: the
-        GPU fields above."""
+        """The profile's folders, each overridable (empty or None: the profile's); `gpu`: other fields."""
         return cls(data_dir=str(Path(data_dir or profile.data_dir).absolute()),
                    outputs_dir=str(Path(outputs_dir or profile.outputs_dir).absolute()),
                    results_dir=str(Path(results_dir or profile.results_dir).absolute()), **gpu)
 
+    @classmethod
+    def for_deployment(cls, deployment: Deployment, profile: Profile) -> "PecnSettings":
+        """The deployment's settings: its folders (else the profile's), devices, locks, processes."""
+        outputs = Path(deployment.outputs_dir or profile.outputs_dir).absolute()
+        return cls.for_profile(profile, deployment.data_dir, str(outputs), deployment.results_dir,
+                               gpu_lock_dir=str(deployment.lock_dir(outputs)), gpu_devices=deployment.gpu_devices,
+                               train_processes=deployment.train_processes, allow_cpu=deployment.allow_cpu)
+
     def gpu_lock_path(self) -> Path:
-        """Where the device locks live (created on first use)."""
-        if self.gpu_lock_dir:
-            return Path(self.gpu_lock_dir).absolute()
-        home = os.environ.get("DAGSTER_HOME")
-        return (Path(home) if home else self.outputs_path()).absolute() / "gpu_locks"
+        """Where the device locks live (created on first use): gpu_lock_dir, else {outputs}/gpu_locks."""
+        return Path(self.gpu_lock_dir).absolute() if self.gpu_lock_dir else self.outputs_path() / "gpu_locks"
 
     def _path(self, name: str) -> Path:
         value = getattr(self, name)
@@ -71,12 +73,8 @@ class PecnSettings(dg.ConfigurableResource):
 
 
 class PretrainedModels(dg.ConfigurableResource):
-    """The hub weights the real run starts from, by name and revision (branch, tag or commit).
-
-    Used when the profile has no stand-ins (`full`): the `pretrained` assets resolve each name to
-    one commit's files (downloading into the HF cache if needed) and record commit and sha. A
-    local folder works too. The demo trains stand-ins instead and does not read these.
-    """
+    """The hub weights (or local folders) the real run starts from, by name and revision; the
+    `pretrained` assets pin each to one commit. The demo trains stand-ins instead."""
 
     pix2pix: str = Field(default=PIX2PIX_BASE, description="InstructPix2Pix pipeline (hub id or folder)")
     pix2pix_revision: Optional[str] = Field(default=None, description="revision; empty: the default branch")
@@ -87,14 +85,17 @@ class PretrainedModels(dg.ConfigurableResource):
 
 
 class Tracking(dg.ConfigurableResource):
-    """Where the trainers log, through accelerate's trackers: TensorBoard event files in each
-    training run's folder (default), or an MLflow tracking store (a local SQLite/file store or a
-    server; needs the `mlflow-skinny` package)."""
+    """Where the trainers log: TensorBoard files in each run's folder, or an MLflow store."""
 
     backend: str = Field(default="tensorboard", description=f"one of {', '.join(BACKENDS)}")
     mlflow_tracking_uri: str = Field(default="", description="e.g. sqlite:////abs/path/mlflow.db or "
                                      "http://host:5000; empty: MLflow's default")
     experiment: str = Field(default="pecn", description="MLflow experiment name")
+
+    @classmethod
+    def for_deployment(cls, deployment: Deployment) -> "Tracking":
+        """The deployment's tracking backend and MLflow store."""
+        return cls(backend=deployment.tracking, mlflow_tracking_uri=deployment.mlflow_tracking_uri)
 
     def for_run(self, run_name: str, tags: Mapping[str, str]) -> TrackingConfig:
         """The trainer's tracking config of one Dagster step, tagged (run id, partition, ...)."""

@@ -1,13 +1,7 @@
-"""Per-run folders and tags of the steps that write files (training, evaluation, reports).
-
-Every materialisation writes into a folder of its own, `{base}/runs/{dagster run id}`: a later
-materialisation never changes a folder that an earlier one names, so every recorded checkpoint
-path keeps hashing to its recorded sha256. A retried step (same run) finds its own folder again
-and resumes from the checkpoints in it. Old folders are removed only by the explicit cleanup
-(`python -m pecn_assets.cleanup`, job `cleanup_checkpoints`).
-
-Runs whose processes died are failed and their pool slots freed by `release_dead_runs` (below).
-"""
+"""Per-run folders (`{base}/runs/{run id}`: never changed by a later run, so recorded shas hold)
+and tags of the steps that write files, and `release_dead_runs`: a run of this machine whose
+processes were killed stays STARTED and keeps its `gpu` pool slot, blocking every later GPU step;
+where Dagster's run monitoring cannot see it (`dagster dev`, in-process runs) it is failed here."""
 
 from __future__ import annotations
 
@@ -36,17 +30,6 @@ def step_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
     return tags
 
 
-# --- dead runs ------------------------------------------------------------------------------------
-#
-# A run whose processes were killed (kill -9, the OOM killer, a crashed machine) stays STARTED and
-# keeps its `gpu` pool slot, and every later GPU step waits for it for ever ("Step blocked by limit
-# for pool gpu"). Dagster's run monitoring finds such runs only where the run launcher can check
-# its workers (`supports_check_run_worker_health`: the k8s and docker launchers); the default
-# launcher of a workstation (`dagster dev`) and in-process runs (`python -m pecn_assets.demo`,
-# `dagster asset materialize`) cannot. For those the platform checks itself: a run of this machine
-# whose run worker and in-flight steps are all gone is failed and its pool slots are freed, by the
-# `release_dead_runs` sensor (every 30 s while the daemon runs) and when the demo starts.
-
 PID_TAG = "pecn/demo_pid"    # the process that executes an in-process run (set by the demo)
 HOST_TAG = "pecn/host"       # the machine it runs on
 IN_FLIGHT = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
@@ -63,9 +46,8 @@ def in_process_tags() -> dict[str, str]:
 
 def run_processes(instance: dg.DagsterInstance, run: dg.DagsterRun,
                   created: Optional[float] = None) -> dict[int, Optional[float]]:
-    """{pid: when it began working on `run` (None: unknown)}: the run worker (its RUN_START event,
-    or the demo's tag, then the run's creation time `created`) and the processes of the steps that
-    started and have not ended."""
+    """{pid: when it began working on `run` (None: unknown)}: the run worker (RUN_START event, or
+    the demo's tag with `created`) and the processes of the steps that started and have not ended."""
     pids: dict[int, Optional[float]] = {}
     if run.tags.get(PID_TAG, "").isdigit():
         pids[int(run.tags[PID_TAG])] = created
@@ -94,8 +76,7 @@ def _gone(pid: int, since: Optional[float]) -> bool:
 
 
 def _on_this_machine(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
-    """Whether `run`'s processes ran here: its host tag says so, or the instance's storage is one
-    that only this machine uses (SQLite under DAGSTER_HOME, in memory)."""
+    """Whether `run`'s processes ran here: its host tag, else an instance only this machine uses."""
     if HOST_TAG in run.tags:
         return run.tags[HOST_TAG] == socket.gethostname()
     return type(instance.run_storage).__name__ in _LOCAL_STORAGE
@@ -110,9 +91,9 @@ def _pool_slots(instance: dg.DagsterInstance, run_id: str) -> list[str]:
 
 
 def release_dead_runs(instance: dg.DagsterInstance, log: Callable[[str], None] = print) -> list[str]:
-    """Fail every in-flight run of this machine whose processes are all gone and free its pool
-    slots, logging what was released; return their run ids. Runs of a launcher that Dagster's run
-    monitoring checks, of other machines, or without a known process are left alone."""
+    """Fail every in-flight run of this machine whose processes are all gone, free its pool slots,
+    log it; return their run ids. Runs Dagster's run monitoring covers, of other machines, or
+    without a known process are left alone."""
     if instance.run_launcher.supports_check_run_worker_health:
         return []  # dagster.yaml's run_monitoring covers this launcher
     released = []

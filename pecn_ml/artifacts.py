@@ -1,23 +1,9 @@
-"""Small typed handles that the assets pass to each other: path + sha256 + what a reader needs.
+"""Small typed handles (path + sha256 + what a reader needs) that the assets pass to each other as JSON.
 
-Models, frames and tables stay in their files; an artifact is a few hundred bytes of JSON that an
-I/O manager stores and loads (`to_json` / `artifact_from_json`). Each artifact
-
-* `verify()`s itself: the files it names must still hash to the recorded sha256, or it raises
-  `ArtifactChanged` naming the file (a loader calls it, so nothing reads a checkpoint that changed
-  on disk). A model folder (InstructPix2Pix pipeline, PAC-Net checkpoint, base weights) is covered
-  whole: its sha256 is that of its manifest, {relative path: sha256} of every file its loader reads
-  (`pecn_ml.utils.files.folder_manifest`), and the handle carries the manifest to name the file
-  that changed. `sha256_scheme` says what a handle's sha covers: `manifest`, or for handles recorded
-  before manifests (their JSON has no such field) the one file (`file:<path>`) or the weight files
-  (`weight files`) it always covered; those still verify what they covered, with a
-  `PartialShaWarning` that the rest is unchecked (re-materialise to cover the whole folder);
-* lists `problems()`: what fails its blocking check (a loader refuses such an artifact, so
-  nothing downstream runs on it), and `warnings()`: what only warns;
-* builds the `metadata()` the UI shows, as plain values: `pathlib.Path` for paths, `Markdown` and
-  `Url` for those kinds, dicts and lists for JSON (pecn_assets turns them into Dagster's values).
-
-No Dagster here.
+Each artifact `verify()`s its files against the recorded sha256 (`ArtifactChanged` otherwise; a model
+folder is covered by the sha of its manifest, older handles by one file or the weight files, with a
+`PartialShaWarning`), lists `problems()` (blocking) and `warnings()`, and builds the UI `metadata()`
+as plain values (Path, `Markdown`, `Url`, `Table`, dicts).
 """
 
 from __future__ import annotations
@@ -33,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pecn_ml.training.tracking import TrackingInfo
+from pecn_ml.utils.failures import ArtifactChanged
 from pecn_ml.utils.files import ManifestMismatch, check_manifest, sha256_file
 from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
 
@@ -48,10 +35,6 @@ LEGACY_PACNET = f"file:{PACNET_WEIGHTS}"
 LEGACY_WEIGHTS = "weight files"        # pecn_ml.models.weights.weights_sha256 (base weights before manifests)
 
 
-class ArtifactChanged(RuntimeError):
-    """A file an artifact names is missing or no longer hashes to the recorded sha256."""
-
-
 class PartialShaWarning(UserWarning):
     """A handle's sha256 is of an older scheme that covers only part of its folder."""
 
@@ -65,8 +48,7 @@ class Url(str):
 
 
 class Table(list):
-    """Metadata rows (dicts) to show as a typed table; `columns` = ((name, type, description), ...)
-    with type "string", "float" or "int"."""
+    """Metadata rows (dicts) shown as a table; `columns` = ((name, "string"|"float"|"int", description), ...)."""
 
     def __init__(self, rows: list[dict[str, Any]], columns: tuple[tuple[str, str, str], ...]):
         super().__init__(rows)
@@ -83,10 +65,7 @@ def _check_sha(what: str, path: Path, recorded: str, actual_of=sha256_file) -> N
 
 
 def _check_folder(what: str, folder: Path, recorded: str, scheme: str, files: Mapping[str, str]) -> None:
-    """`folder` still holds what `recorded`, a sha256 of `scheme`, covers: every file of its
-    manifest (`MANIFEST`; `files` is the recorded manifest, to name the file that differs), or
-    for a handle from before manifests one file (`file:<path>`) or the weight files
-    (`LEGACY_WEIGHTS`), with a PartialShaWarning. ArtifactChanged otherwise."""
+    """`folder` still holds what `recorded` (a sha256 of `scheme`) covers; ArtifactChanged otherwise."""
     if scheme == MANIFEST:
         try:
             check_manifest(folder, recorded, files)
@@ -109,6 +88,7 @@ def _check_folder(what: str, folder: Path, recorded: str, scheme: str, files: Ma
 
 
 def _or_nan(value: Optional[float]) -> float:
+    """A float; NaN for None (not measured)."""
     return math.nan if value is None else float(value)
 
 
@@ -310,11 +290,8 @@ class Weights(Artifact):
 
 @dataclass(frozen=True)
 class PacNetCheckpoint(Artifact):
-    """The best PAC-Net of one training run (`load_pacnet` folder) and how good it is.
-
-    Its epoch was picked on the selection split (`val_mae`, over `num_val` training videos held out,
-    listed in the `selection_split` file); the evaluation videos only score it (`test_mae`), and the
-    blocking check judges that test score where there is one."""
+    """The best PAC-Net of one run: epoch picked on the selection split (`val_mae`), judged on the
+    evaluation videos (`test_mae`) where there are any."""
 
     path: str                         # .../pacnet_{head}/runs/{run}/best
     sha256: str                       # of the folder's manifest (older handles: of model.safetensors)
@@ -357,8 +334,8 @@ class PacNetCheckpoint(Artifact):
         return list(json.loads(Path(self.selection_split).read_text(encoding="utf-8"))["ids"])
 
     def _judged(self) -> tuple[str, float, float, int]:
-        """(name, MAE, mean predictor's MAE, videos) the check judges: the test score where there is
-        one (the selection MAE is biased low: it chose the epoch), else the validation MAE."""
+        """(name, MAE, mean predictor's MAE, videos): the test score where there is one (the selection
+        MAE chose the epoch, so it is biased low), else the validation MAE."""
         if self.num_test > 0:
             return "test_mae", _or_nan(self.test_mae), _or_nan(self.test_baseline_mae), self.num_test
         return "val_mae", self.val_mae, self.baseline_mae, self.num_val
@@ -427,9 +404,7 @@ class ProgressEstimates(FileArtifact):
 
 @dataclass(frozen=True)
 class Pix2PixCheckpoint(Artifact):
-    """One fine-tuned InstructPix2Pix of one variant and training seed: a `save_pretrained` folder, or
-    the trained UNet with a verified reference to its base's frozen parts (`pecn_ml.models.pix2pix`);
-    `verify()` checks the base of the latter too."""
+    """One fine-tuned InstructPix2Pix (variant, seed): a full or a light (UNet + base reference) folder."""
 
     path: str                         # .../{model}/seed_{seed}/runs/{run}/model (never rewritten)
     sha256: str                       # of the folder's manifest (older handles: of the UNet's weights file)
@@ -560,9 +535,14 @@ class Evaluation(Artifact):
     checkpoint_files: Mapping[str, str] = field(default_factory=dict)   # the checkpoint's manifest
 
     def verify(self) -> "Evaluation":
-        for r in self.sets.values():
-            _check_sha(f"evaluation {self.variant} seed {self.seed}", Path(r.results_json), r.sha256)
+        for s in self.sets:
+            self._checked(s)
         return self
+
+    def _checked(self, eval_set: str) -> Path:
+        r = self.sets[eval_set]
+        _check_sha(f"evaluation {self.variant} seed {self.seed}", Path(r.results_json), r.sha256)
+        return Path(r.results_json)
 
     def verify_checkpoint(self) -> "Evaluation":
         """The checkpoint these numbers came from still exists and hashes to the recorded sha."""
@@ -572,9 +552,7 @@ class Evaluation(Artifact):
 
     def results(self, eval_set: str) -> dict:
         """The results.json of one eval set (samples, means, config), sha checked."""
-        r = self.sets[eval_set]
-        _check_sha(f"evaluation {self.variant} seed {self.seed}", Path(r.results_json), r.sha256)
-        return json.loads(Path(r.results_json).read_text(encoding="utf-8"))
+        return json.loads(self._checked(eval_set).read_text(encoding="utf-8"))
 
     def problems(self) -> list[str]:
         return [p for r in self.sets.values() for p in r.problems()]
@@ -587,60 +565,40 @@ class Evaluation(Artifact):
                                "checkpoint_sha256": self.checkpoint_sha256, "checkpoint": Path(self.checkpoint),
                                "seed": self.seed, "progress_source": self.progress_source}
         for s, r in self.sets.items():
-            out.update({f"{s}_ssim_mean": float(r.mean["ssim"]), f"{s}_psnr_mean": float(r.mean["psnr"]),
-                        f"{s}_ssim_std": float(r.std["ssim"]), f"{s}_psnr_std": float(r.std["psnr"]),
-                        f"{s}_baseline_ssim_mean": float(r.baseline_mean["ssim"]),
-                        f"{s}_baseline_psnr_mean": float(r.baseline_mean["psnr"]),
-                        f"{s}_autoencoder_ssim_mean": float(r.autoencoder_mean["ssim"]),
-                        f"{s}_autoencoder_psnr_mean": float(r.autoencoder_mean["psnr"]),
-                        f"{s}_ssim_vs_ceiling": float(r.mean["ssim"] / r.autoencoder_mean["ssim"])
-                        if r.autoencoder_mean["ssim"] else float("nan"),
-                        f"{s}_n": r.n, f"{s}_results_json": Path(r.results_json)})
             for prefix, means in r.method_means().items():
-                if prefix == "latent_copy_":
-                    out.update({f"{s}_latent_copy_{m}_mean": _mean_of(means, m) for m in ("ssim", "psnr")})
-                out.update({f"{s}_{prefix}{m}_mean": _mean_of(means, m) for m in MOTION_METRICS})
-            out[f"{s}_n_static"] = r.n_static
+                out.update({f"{s}_{prefix}{m}_mean": _mean_of(means, m) for m in ("ssim", "psnr") + MOTION_METRICS})
+            ceiling = r.autoencoder_mean["ssim"]
+            out.update({f"{s}_ssim_std": float(r.std["ssim"]), f"{s}_psnr_std": float(r.std["psnr"]),
+                        f"{s}_ssim_vs_ceiling": float(r.mean["ssim"] / ceiling) if ceiling else math.nan,
+                        f"{s}_n": r.n, f"{s}_results_json": Path(r.results_json), f"{s}_n_static": r.n_static})
             if r.ids_sha256:
                 out[f"{s}_eval_ids_sha256"] = r.ids_sha256
         out.update(self.pooled())
         return out
 
     def pooled(self) -> dict[str, Any]:
-        """The evaluation's own summary: means over every sample it scored (all eval sets,
-        weighted by their n, so equal to the mean over the samples of every results.json):
-        `ssim_mean`, `psnr_mean`, `baseline_*_mean` (copy frame), `autoencoder_*_mean` (VAE
-        ceiling), `ssim_vs_ceiling`, `n`, and `summary_sets` naming the sets; `latent_copy_ssim_mean`,
-        `latent_copy_psnr_mean` (VAE round trip of the input) and the motion-region `motion_psnr_mean`,
-        `motion_mae_mean` of the model with their `latent_copy_`, `baseline_`, `autoencoder_` twins."""
+        """Means over every sample scored (eval sets weighted by n) of the model and the references,
+        `ssim_vs_ceiling`, `n` and `summary_sets`."""
         n = sum(r.n for r in self.sets.values())
         out: dict[str, Any] = {"n": n, "summary_sets": "+".join(self.sets)}
-        for key, group in (("", "mean"), ("baseline_", "baseline_mean"), ("autoencoder_", "autoencoder_mean")):
-            for metric in ("ssim", "psnr"):
-                out[f"{key}{metric}_mean"] = (sum(float(getattr(r, group)[metric]) * r.n for r in self.sets.values())
-                                              / n if n else float("nan"))
-        ceiling = out["autoencoder_ssim_mean"]
-        out["ssim_vs_ceiling"] = out["ssim_mean"] / ceiling if ceiling else float("nan")
-        for key in ("", "latent_copy_", "baseline_", "autoencoder_"):
-            for metric in (("ssim", "psnr") if key == "latent_copy_" else ()) + MOTION_METRICS:
+        for key in METHOD_NAMES:
+            for metric in ("ssim", "psnr") + MOTION_METRICS:
                 out[f"{key}{metric}_mean"] = (sum(_mean_of(r.method_means()[key], metric) * r.n
-                                                  for r in self.sets.values()) / n if n else float("nan"))
+                                                  for r in self.sets.values()) / n if n else math.nan)
+        ceiling = out["autoencoder_ssim_mean"]
+        out["ssim_vs_ceiling"] = out["ssim_mean"] / ceiling if ceiling else math.nan
         return out
 
     def scores_table(self) -> Table:
-        """One row per eval set x method (model, latent copy, copy-frame, ceiling): SSIM, PSNR and
-        motion-region PSNR means to 4 significant digits, and n (blank where not measured)."""
+        """One row per eval set x method: SSIM, PSNR, motion PSNR means (4 significant digits) and n."""
         rows = [{"eval_set": s, "method": method, **{m: _sig(_mean_of(r.method_means()[prefix], m))
                                                      for m in ("ssim", "psnr", "motion_psnr")}, "n": r.n}
                 for s, r in self.sets.items() for prefix, method in METHOD_NAMES.items()]
         return Table(rows, SCORE_COLUMNS)
 
     def predicts_motion(self, alpha: float = PREDICTS_MOTION_ALPHA) -> tuple[list[str], dict[str, Any]]:
-        """Does the model beat copying through its own VAE where things move? Per eval set, the
-        model's motion-region PSNR minus the latent copy's, paired by video: a one-sided paired
-        t-test (H1: model > latent copy). Returns (warnings: the sets where the mean difference is
-        not > 0 or p >= `alpha`, or that cannot be tested; metadata: per set the mean difference
-        in dB, p and n)."""
+        """Per eval set, a one-sided paired t-test of the model's motion-region PSNR above the latent
+        copy's; returns (warnings where not significant at `alpha` or untestable, metadata)."""
         warnings: list[str] = []
         meta: dict[str, Any] = {}
         for s in self.sets:
@@ -674,9 +632,8 @@ SCORE_COLUMNS = (
 
 
 def _mean_of(means: Mapping[str, float], metric: str) -> float:
-    """A set-level mean as a float; NaN where not measured (evaluations older than the metric)."""
-    v = means.get(metric)
-    return float("nan") if v is None else float(v)
+    """A set-level mean; NaN where not measured (evaluations older than the metric)."""
+    return _or_nan(means.get(metric))
 
 
 def _sig(v: float, digits: int = 4) -> Optional[float]:
@@ -685,9 +642,8 @@ def _sig(v: float, digits: int = 4) -> Optional[float]:
 
 
 def paired_greater(a: list[float], b: list[float]) -> dict[str, Any]:
-    """One-sided paired t-test of a > b (aligned lists): {"n", "mean_diff" (a - b), "t", "p",
-    "reason"}. Pairs with a missing or non-finite value are left out; reason is None when tested,
-    else why not (fewer than 2 pairs). Equal differences: p = 0 when they are > 0, else 1."""
+    """One-sided paired t-test of a > b: {"n", "mean_diff", "t", "p", "reason"} (non-finite pairs left
+    out; reason when fewer than 2 pairs; equal differences: p = 0 when > 0, else 1)."""
     from scipy import stats
 
     pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None and _finite(x, y)]

@@ -1,31 +1,9 @@
-"""`make gpu-check`: the real-size models on this machine's GPU(s) for a few optimizer steps, and
-how long the full experiment would take here.
+"""`make gpu-check`: the real-size models on this machine's GPU(s) for a few optimizer steps, and the
+projected wall time of the full experiment here (docs/OPERATIONS.md, "gpu-check").
 
     python -m pecn_ml.gpu_check [--steps 6] [--train-videos N] [--variants 4] [--gpus 4,8] [--skip-bench] [--keep]
 
 Without CUDA it prints one line saying why and exits with status 2.
-
-With CUDA, every measurement runs in a process of its own (its GPU memory peak is its own, and
-K = 2 is a real two-process launch), on random data at the full profile's sizes:
-
-1. the rehearsal's models (`pecn_ml.rehearsal`: SD-1.5 UNet with 8 input channels, SD VAE, CLIP
-   ViT-L/14 text encoder, ResNet-50, CLIP B/32 text; random weights), built once under
-   `outputs/rehearsal_models` and shared with `make rehearse`;
-2. `ip2p_model`: `train_pix2pix` with the full profile's config (fp16, batch 4 x accumulation 4,
-   224 px, cached latents, AdamW) for `--steps` optimizer steps (the first is left out of s/step);
-3. `pacnet`: `train_pacnet` with the full profile's config (batch 8, its precision) for two epochs
-   of four steps, then the inference rate of `progress_estimates` (batches of 4 x the training
-   batch); s/step from the second epoch, less its validation of 8 videos at that rate;
-4. `evaluation`: one batch of the pipeline's sampling as the full profile evaluates (25 steps,
-   text and image guidance, fp16, 8 samples) plus the two VAE round trips an evaluation adds;
-5. `benchmarks/bench_pix2pix_gpu.py` (our step vs the reference step), when run from a checkout;
-6. with two or more GPUs: 2 and 3 again with K = 2 processes over NCCL (`accelerate launch`) at
-   the same global batch (accumulation 2 x 2 processes; PAC-Net batch 4 x 2 processes).
-
-It prints s/step, samples/s and peak GPU memory of each, and the projected wall time of the full
-experiment (`Experiment`) on 1 GPU and on N GPUs with the `gpu` pool at N // K (`project`): the
-visible N, and `--gpus` more at the per-GPU speed measured here (K = 2 rows only when measured).
-Everything it measured goes to `outputs/gpu_check/gpu_check.json`.
 """
 
 from __future__ import annotations
@@ -33,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import shutil
 import subprocess
@@ -52,8 +29,6 @@ PACNET_STEPS = 4            # optimizer steps per PAC-Net epoch in the check
 PACNET_VAL_VIDEOS = 8
 GIB = 2 ** 30
 
-
-# --- the projection (pure arithmetic) -------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Experiment:
@@ -99,8 +74,8 @@ class Experiment:
 
 @dataclass(frozen=True)
 class Timings:
-    """What one training step's processes measured (K = `processes` GPUs, global batch as in
-    `Experiment`); the inference rates are one GPU's."""
+    """What K = `processes` GPUs measured per training step (global batch as in `Experiment`);
+    inference rates are one GPU's."""
 
     processes: int
     pix2pix_s_per_step: float
@@ -110,28 +85,20 @@ class Timings:
     encode_s_per_frame: float = 0.0   # the latent cache's VAE encoding
 
 
-def _rounds(steps: int, slots: int) -> int:
-    """How many times `slots` parallel steps must run to do `steps` steps of equal length."""
-    return math.ceil(steps / slots)
-
-
 def project(experiment: Experiment, timings: Timings, gpus: int) -> dict[str, float]:
-    """Seconds per phase of the experiment on `gpus` GPUs, each GPU step holding one slot of the
-    `gpu` pool sized `pool_slots(gpus, timings.processes)`; the phases run one after another
-    (a backfill starts the plain variants beside PAC-Net, so the total is an upper bound).
-    Not counted: frame decoding, checkpoint saves (every 500 steps), validation grids, PNG writing
-    and metrics of the evaluations (CPU work)."""
+    """Seconds per phase on `gpus` GPUs with a `gpu` pool of `pool_slots(gpus, K)`, phases one after
+    another (an upper bound); CPU work (decoding, saves, grids, PNGs, metrics) is not counted."""
     e, t = experiment, timings
     slots = pool_slots(gpus, t.processes)
     head = e.pacnet_steps() * t.pacnet_s_per_step + e.pacnet_epochs * e.val_videos * t.pacnet_s_per_video
     variant = e.pix2pix_steps() * t.pix2pix_s_per_step
     evaluation = e.eval_sets * e.samples_per_eval_set * t.eval_s_per_sample
     phases = {
-        "pacnet": _rounds(e.pacnet_heads, slots) * head,
+        "pacnet": math.ceil(e.pacnet_heads / slots) * head,
         "progress_estimates": (e.train_videos + e.val_videos) * t.pacnet_s_per_video,
         "latent_cache": e.latent_frames * e.train_videos * t.encode_s_per_frame,
-        "ip2p_model": _rounds(e.variants, slots) * variant,
-        "evaluation": _rounds(e.variants, slots) * evaluation,
+        "ip2p_model": math.ceil(e.variants / slots) * variant,
+        "evaluation": math.ceil(e.variants / slots) * evaluation,
     }
     return {**phases, "total": sum(phases.values()), "pool_limit": float(slots)}
 
@@ -161,8 +128,8 @@ def projection_table(experiment: Experiment, plans: Sequence[tuple[int, Timings]
 
 def plans_for(visible_gpus: int, extra_gpus: Sequence[int], single: Timings,
               pair: Optional[Timings]) -> list[tuple[int, Timings]]:
-    """1 GPU; the visible GPUs (and `extra_gpus`) with K = 1 and, when K = 2 was measured, K = 2.
-    The per-GPU speed measured here is assumed for the other counts."""
+    """1 GPU, the visible ones and `extra_gpus`, with K = 1 and (when measured) K = 2, at the
+    per-GPU speed measured here."""
     counts = sorted({1, visible_gpus, *extra_gpus})
     plans = [(n, single) for n in counts]
     if pair is not None:
@@ -177,11 +144,8 @@ def describe_experiment(e: Experiment) -> str:
             f"{e.val_videos} videos; {e.evaluations} evaluations x {e.samples_per_eval_set} samples")
 
 
-# --- the measurements (each in its own process) -----------------------------------------------------
-
 def random_videos(n: int, frames: int, resolution: int, seed: int = 0, version: str = "gpu-check"):
-    """(an `ArrayFrameCache` of `n` videos of random pixels, their annotation entries). Timing does
-    not depend on what the frames show."""
+    """(an `ArrayFrameCache` of `n` videos of random pixels, their annotation entries)."""
     import numpy as np
 
     from pecn_ml.training.pacnet_data import ArrayFrameCache
@@ -196,8 +160,8 @@ def random_videos(n: int, frames: int, resolution: int, seed: int = 0, version: 
 
 
 def pix2pix_config(steps: int, processes: int, latent_dir: str):
-    """The full profile's InstructPix2Pix config for a `steps`-step check with `processes` ranks:
-    the same global batch (accumulation divided by K), no checkpoint, no validation grid."""
+    """The full profile's InstructPix2Pix config for `steps` steps on `processes` ranks (same global
+    batch), no checkpoint, no validation grid."""
     from pecn_ml.profiles import full_profile
 
     full = full_profile().pix2pix_train
@@ -249,7 +213,7 @@ def measure_pacnet(models: Path, work: Path, processes: int, log: Callable) -> d
     from pecn_ml.progress_estimation import estimate_for_entries
     from pecn_ml.rehearsal import model_folders
     from pecn_ml.training.pacnet import train_pacnet
-    from pecn_ml.utils.accel import launched_rank
+    from pecn_ml.utils.accel import process_rank
 
     folders = model_folders(models)
     config = pacnet_config(processes)
@@ -262,7 +226,7 @@ def measure_pacnet(models: Path, work: Path, processes: int, log: Callable) -> d
     epoch_s = epochs[-1]["seconds"]      # the second epoch: its steps and the validation of 8 videos
     out = {"global_batch": config.batch_size * processes, "mixed_precision": config.mixed_precision,
            "per_process_batch": config.batch_size, "epoch_seconds": [r["seconds"] for r in epochs]}
-    if launched_rank() == 0:  # inference as progress_estimates runs it: one GPU, batches of 4 x batch
+    if process_rank()[0] == 0:  # inference as progress_estimates runs it: one GPU, batches of 4 x batch
         model = load_pacnet(result.best_dir, "cuda" if torch.cuda.is_available() else "cpu")
         batch = full_profile().pacnet_train.batch_size * 4
         estimate_for_entries(model, cache, entries[:batch], batch_size=batch)   # warm-up
@@ -319,32 +283,29 @@ WORKERS = ("pix2pix", "pacnet", "sampling")
 
 
 def worker_main(args: argparse.Namespace) -> int:
-    """One measurement in this process (one rank of it under `accelerate launch`); writes
-    `{work}/rank-{r}.json` with its numbers and this rank's peak GPU memory."""
+    """One measurement (one rank of it under `accelerate launch`) into `{work}/rank-{r}.json`."""
     import torch
 
-    from pecn_ml.utils.accel import launched_rank, launched_world_size
+    from pecn_ml.utils.accel import process_rank
 
-    rank, local = launched_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local, world = process_rank()
     torch.cuda.set_device(local)
     torch.backends.cuda.matmul.allow_tf32 = True
     work = Path(args.work)
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
     models = Path(args.models)
     if args.worker == "pix2pix":
-        out = measure_pix2pix(models, work, args.steps, launched_world_size(), log)
+        out = measure_pix2pix(models, work, args.steps, world, log)
     elif args.worker == "pacnet":
-        out = measure_pacnet(models, work, launched_world_size(), log)
+        out = measure_pacnet(models, work, world, log)
     else:
         out = measure_sampling(models, log)
-    out.update(rank=rank, processes=launched_world_size(), gpu=torch.cuda.get_device_name(local),
+    out.update(rank=rank, processes=world, gpu=torch.cuda.get_device_name(local),
                peak_gpu_bytes=int(torch.cuda.max_memory_allocated(local)),
                peak_gpu_reserved_bytes=int(torch.cuda.max_memory_reserved(local)))
     (work / f"rank-{rank}.json").write_text(json.dumps(out), encoding="utf-8")
     return 0
 
-
-# --- the check ------------------------------------------------------------------------------------
 
 def no_cuda_line() -> Optional[str]:
     """The one line printed when this machine cannot run the check; None when CUDA is usable."""
@@ -357,8 +318,15 @@ def no_cuda_line() -> Optional[str]:
     return f"gpu-check: no CUDA GPU visible, nothing to measure: {why_no_cuda()}"
 
 
-def _tail(path: Path, n: int = 30) -> str:
-    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
+def _call_logged(command: Sequence[str], log_path: Path, what: str, done: Callable[[], bool]) -> float:
+    """Run `command` with its output in `log_path`; its seconds, or RuntimeError with the log's tail."""
+    t0 = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as f:
+        code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT)
+    if code != 0 or not done():
+        tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"{what} failed (exit {code}); last lines of {log_path}:\n{tail}")
+    return time.perf_counter() - t0
 
 
 def run_measurement(kind: str, processes: int, args: argparse.Namespace, work_root: Path) -> dict:
@@ -371,14 +339,9 @@ def run_measurement(kind: str, processes: int, args: argparse.Namespace, work_ro
     log_path = work_root / f"{kind}-k{processes}.log"
     command = launch_command(["-m", "pecn_ml.gpu_check", "--worker", kind, "--models", str(args.models),
                               "--work", str(work), "--steps", str(args.steps)], processes)
-    t0 = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as f:
-        code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t0
+    wall = _call_logged(command, log_path, f"{kind} with {processes} process(es)",
+                        lambda: any(work.glob("rank-*.json")))
     ranks = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(work.glob("rank-*.json"))]
-    if code != 0 or not ranks:
-        raise RuntimeError(f"{kind} with {processes} process(es) failed (exit {code}); last lines of "
-                           f"{log_path}:\n{_tail(log_path)}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     main = next(r for r in ranks if r["rank"] == 0)
@@ -391,10 +354,7 @@ def run_bench(work_root: Path) -> Optional[dict]:
     if not BENCH.is_file():
         return None
     out, log_path = work_root / "bench_pix2pix_gpu.json", work_root / "bench_pix2pix_gpu.log"
-    with open(log_path, "w", encoding="utf-8") as f:
-        code = subprocess.call([sys.executable, str(BENCH), "--json", str(out)], stdout=f, stderr=subprocess.STDOUT)
-    if code != 0 or not out.is_file():
-        raise RuntimeError(f"{BENCH.name} failed (exit {code}); last lines of {log_path}:\n{_tail(log_path)}")
+    _call_logged([sys.executable, str(BENCH), "--json", str(out)], log_path, BENCH.name, out.is_file)
     return json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -473,7 +433,7 @@ def _gpu_counts(text: str) -> list[int]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="The real-size models on this machine's GPU(s), and the full experiment's projected time.")
     parser.add_argument("--models", default="outputs/rehearsal_models", help="the rehearsal's model folders")
     parser.add_argument("--work", default="outputs/gpu_check", help="scratch space, logs and the report")
     parser.add_argument("--steps", type=int, default=6, help="InstructPix2Pix optimizer steps per run")

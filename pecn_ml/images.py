@@ -1,12 +1,13 @@
-"""Image helpers for evaluation outputs: atomic PNG I/O, labelled comparison grids, data URIs."""
+"""Image helpers: atomic PNG I/O, labelled comparison and validation grids, loss curves, data URIs."""
 
 from __future__ import annotations
 
 import base64
 import io
+import math
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -117,3 +118,58 @@ def png_data_uri(image: str | os.PathLike | ImageLike, max_px: int = 256) -> str
     buf = io.BytesIO()
     pil.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def make_grid(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str] = ("Input", "GT", "Output"),
+              captions: Optional[Sequence[str]] = None, pad: int = 4) -> Image.Image:
+    """One row per sample of (R, R, 3) uint8 images under `headers`, with optional captions."""
+    assert rows and all(len(r) == len(headers) for r in rows), "each row needs one image per header"
+    r = rows[0][0].shape[0]
+    head, cap = 14, (12 if captions else 0)
+    w = len(headers) * (r + pad) + pad
+    grid = Image.new("RGB", (w, head + len(rows) * (r + cap + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for j, name in enumerate(headers):
+        left, _, right, _ = draw.textbbox((0, 0), name)
+        draw.text((pad + j * (r + pad) + max(0, (r - (right - left)) // 2), 1), name, fill=(0, 0, 0))
+    for i, images in enumerate(rows):
+        y = head + i * (r + cap + pad)
+        for j, img in enumerate(images):
+            grid.paste(Image.fromarray(img), (pad + j * (r + pad), y))
+        if captions:
+            draw.text((pad, y + r), captions[i][: max(8, w // 6)], fill=(60, 60, 60))
+    return grid
+
+
+def plot_loss_curve(losses: Sequence[float], path: str | os.PathLike, title: str = "train loss",
+                    size: tuple[int, int] = (640, 360)) -> Path:
+    """The loss per step and its moving average as a PNG (PIL only), written atomically."""
+    w, h = size
+    left, right, top, bottom = 60, 15, 25, 35
+    img = Image.new("RGB", size, (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    d.text((left, 6), title, fill=(0, 0, 0))
+    d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
+    vals = [float(v) for v in losses if math.isfinite(v)]
+    if not vals:
+        d.text((left + 10, top + 10), "no steps", fill=(0, 0, 0))
+        return save_png(img, path)
+    lo, hi, n = min(vals), max(vals), len(losses)
+    hi = hi if hi > lo else lo + 1e-8
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        return (left + (w - right - left) * (i / max(1, n - 1)),
+                (h - bottom) - (h - bottom - top) * ((v - lo) / (hi - lo)))
+
+    pts = [xy(i, v) for i, v in enumerate(losses) if math.isfinite(v)]
+    if len(pts) > 1:
+        d.line(pts, fill=(150, 170, 220), width=1)
+    k = max(1, n // 20)
+    avg = [float(np.mean(vals[max(0, i - k + 1): i + 1])) for i in range(len(vals))]
+    if len(avg) > 1:
+        d.line([xy(i, v) for i, v in enumerate(avg)], fill=(20, 60, 200), width=2)
+    for v in (lo, hi):
+        d.text((4, xy(0, v)[1] - 6), f"{v:.4g}", fill=(0, 0, 0))
+    d.text((left, h - bottom + 4), "0", fill=(0, 0, 0))
+    d.text((w - right - 40, h - bottom + 4), f"{n} steps", fill=(0, 0, 0))
+    return save_png(img, path)

@@ -1,23 +1,6 @@
-"""Model cards: every model folder carries its story in a `README.md` (`huggingface_hub.ModelCard`).
-
-A card's YAML header holds the facts a machine reads back (`ModelCard.load(folder / "README.md")`):
-
-| field            | what                                                                          |
-|------------------|-------------------------------------------------------------------------------|
-| `license`        | the base weights' license (`other` + `license_name` where bases differ or for a stand-in) |
-| `base_model`     | the hub ids the weights start from (absent for a stand-in, trained from scratch) |
-| `base_weights`   | per base: role, name, revision (hub commit or stand-in key), sha256, license   |
-| `data_versions`  | the data the model was trained on: annotations, frame cache, ... (versions)    |
-| `training_config`| the trainer's config as used                                                  |
-| `seed`           | the training seed                                                             |
-| `variant`, `prompt_form` | InstructPix2Pix: which variant and how its prompts are written (PAC-Net: head) |
-| `dagster_run_id` | the Dagster run that trained it ("" when not trained by a run, e.g. a test)    |
-| `loss_summary`   | first / final loss, steps; PAC-Net: selection MAE, mean-predictor MAE, best epoch |
-
-The trainers write the card into the folder's temp directory before it is renamed into place, so a
-folder never exists without its card; `from_pretrained` ignores README.md, and no weight hash
-(`weights_sha256`, `checkpoint_sha256`) covers it. The facts only the caller knows (run id, data
-versions, base revisions and licenses) come in as a `CardContext`; pecn_ml has no Dagster imports.
+"""Model cards: every model folder carries a `README.md` (`huggingface_hub.ModelCard`) whose YAML
+header holds what a machine reads back (license, bases, data versions, config, seed, run id, losses;
+docs/OPERATIONS.md). Written before the folder is renamed into place; no weight sha covers it.
 """
 
 from __future__ import annotations
@@ -29,8 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 CARD_NAME = "README.md"
-# Licenses of the real run's base weights, as their hub cards state them (used when a base folder
-# carries no card of its own: `resolve_weights` does not download README.md). Unknown ids: "unknown".
+# the real bases' licenses as their hub cards state them (`resolve_weights` does not download cards)
 HUB_LICENSES = {"timbrooks/instruct-pix2pix": "mit", "microsoft/resnet-50": "apache-2.0"}
 STANDIN_LICENSE = "other"
 STANDIN_LICENSE_NAME = "pecn-demo-stand-in"   # random init + synthetic data, built by this project
@@ -55,17 +37,6 @@ class CardContext:
     data_versions: Mapping[str, str] = field(default_factory=dict)
     bases: Sequence[BaseWeights] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)    # more YAML fields (variant, prompt_form, ...)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "data_versions": dict(self.data_versions),
-                "bases": [asdict(b) for b in self.bases], "extra": dict(self.extra)}
-
-    @classmethod
-    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "CardContext":
-        data = dict(data or {})
-        return cls(run_id=str(data.get("run_id", "")), data_versions=dict(data.get("data_versions", {})),
-                   bases=tuple(BaseWeights(**b) for b in data.get("bases", ())),
-                   extra=dict(data.get("extra", {})))
 
 
 def base_license(folder: str | os.PathLike | None, name: str) -> str:
@@ -102,8 +73,8 @@ def build_card(*, title: str, kind: str, description: str, context: CardContext,
                training_config: Mapping[str, Any], seed: Any, loss_summary: Mapping[str, Any],
                library_name: str, extra: Optional[Mapping[str, Any]] = None,
                own_license: Optional[str] = None):
-    """A `ModelCard`: YAML header with the fields of the module table, and a short Markdown body.
-    `own_license`: the model's license where it has no base (a stand-in); else the bases' decide."""
+    """A `ModelCard`: the YAML header and a short Markdown body. `own_license`: the license of a
+    model without a base (a stand-in); else the bases' decide."""
     from huggingface_hub import ModelCard, ModelCardData
 
     fields = {**dict(context.extra), **dict(extra or {})}
@@ -132,8 +103,7 @@ def build_card(*, title: str, kind: str, description: str, context: CardContext,
 
 
 def write_card(folder: str | os.PathLike, card: Any) -> Path:
-    """Save `card` as `folder/README.md` (into a folder that is not yet renamed into place, or
-    atomically as one file into a finished one)."""
+    """Save `card` as `folder/README.md`, atomically."""
     from pecn_ml.utils.files import atomic_path
 
     path = Path(folder) / CARD_NAME
@@ -151,5 +121,3 @@ def read_card(folder: str | os.PathLike):
         raise FileNotFoundError(f"{path}: model folder has no card")
     return ModelCard.load(path)
 
-
-__all__ = ["BaseWeights", "CardContext", "CARD_NAME", "base_license", "build_card", "write_card", "read_card"]

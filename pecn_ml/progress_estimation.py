@@ -1,9 +1,5 @@
-"""Progress estimation with a trained PAC-Net (frames seen so far + action text -> percent).
-
-The model sees the frames 0..input_idx (inclusive) sampled uniformly to `config.num_frames`,
-exactly like the training crops (whose last frame is the crop end). The ground truth used by the
-seed is the physical time ratio input_idx / num_frames(video).
-"""
+"""Progress estimation with a trained PAC-Net: frames 0..input_idx sampled uniformly to
+`config.num_frames` (like the training crops) + action text -> percent; truth = input_idx / num_frames."""
 
 from __future__ import annotations
 
@@ -36,11 +32,8 @@ def _predict_percent(model: PacNet, clips: np.ndarray, texts: Sequence[str]) -> 
 
 
 def estimate_progress(model: PacNet, frames, text: str) -> float:
-    """Percent (0..100) of the action completed after the last of `frames`.
-
-    `frames`: the frames seen so far, frame 0 first — uint8 array (T, H, W, 3) or a list of
-    (H, W, 3) arrays; they are sampled uniformly (last frame included) to config.num_frames.
-    """
+    """Percent (0..100) of the action completed after the last of `frames` (uint8 (T, H, W, 3) or a
+    list of (H, W, 3), frame 0 first)."""
     arr = np.stack([np.asarray(f) for f in frames]) if isinstance(frames, (list, tuple)) \
         else np.asarray(frames)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or len(arr) == 0:
@@ -55,12 +48,8 @@ def estimate_progress(model: PacNet, frames, text: str) -> float:
 def estimate_for_entries(model: PacNet, cache: Any, entries: Sequence[Mapping],
                          input_idx: int = 20, log: Optional[LogFn] = None,
                          batch_size: int = 16) -> list[dict]:
-    """Estimate progress at frame `input_idx` for each entry's video.
-
-    Rows {"video_id", "task", "estimate_percent", "truth_percent"} with truth =
-    input_idx / num_frames * 100. Videos with num_frames <= input_idx are skipped (the count is
-    logged through `log`, or the module logger when `log` is None).
-    """
+    """Rows {"video_id", "task", "estimate_percent", "truth_percent"} at frame `input_idx` of each
+    entry's video; videos with <= input_idx frames are skipped, with a log line."""
     if input_idx < 0:
         raise ValueError(f"estimate_for_entries: input_idx must be >= 0, got {input_idx}")
     entries = check_entries(entries, "estimate_for_entries entries")

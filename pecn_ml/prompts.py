@@ -1,12 +1,6 @@
-"""The InstructPix2Pix instruction text: one function for training and evaluation alike.
-
-The seed's prompts (PECN README, "Progress-Enhanced Training"):
-
-- without progress: ``Generate a future frame of this action: moving something from left to right``
-- with progress:    ``Generate a future frame of this action: moving something from left to right.
-  And 60% of the action has been completed.``
-
-and ``progress = int((input_frame_idx / total_frames) * 100)``.
+"""The InstructPix2Pix instruction, as the seed writes it, for training and evaluation alike:
+``Generate a future frame of this action: {action}[. And {p}% of the action has been completed.]``
+with ``p = int((input_frame_idx / total_frames) * 100)``.
 """
 
 from __future__ import annotations
@@ -23,11 +17,7 @@ T = TypeVar("T")
 
 
 def progress_percent(input_idx: int, num_frames: int) -> int:
-    """Percent of the video before frame `input_idx` (0-based), exactly as the seed computes it.
-
-    `int(input_idx / num_frames * 100)` -- float division then truncation, so the prompts are
-    byte-identical to the seed's (e.g. 20 of 35 frames -> 57).
-    """
+    """Percent of the video before frame `input_idx` (0-based), as the seed computes it (20 of 35 -> 57)."""
     if isinstance(input_idx, bool) or not isinstance(input_idx, int) or input_idx < 0:
         raise ValueError(f"progress_percent: input_idx must be an int >= 0, got {input_idx!r}")
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames <= 0:
@@ -39,11 +29,8 @@ def progress_percent(input_idx: int, num_frames: int) -> int:
 
 
 def build_prompt(label: str, progress_percent: Optional[Real] = None) -> str:
-    """The instruction for `label`, with ``. And {p}% of the action has been completed.`` appended
-    when `progress_percent` is given.
-
-    A non-integer percent (PAC-Net's estimate) is truncated with `int()`, like the seed's formula.
-    """
+    """The instruction for `label`, with the progress sentence when `progress_percent` is given
+    (a non-integer one, PAC-Net's estimate, is truncated like the seed's formula)."""
     if not isinstance(label, str) or not label.strip():
         raise ValueError(f"build_prompt: label must be a non-empty string, got {label!r}")
     text = PROMPT_PREFIX + label
@@ -57,20 +44,14 @@ def build_prompt(label: str, progress_percent: Optional[Real] = None) -> str:
     return text + PROGRESS_SUFFIX.format(p=int(progress_percent))
 
 
-# --- the shuffled-progress control arm (variants next1_shuffled, next5_shuffled) -----------------
-# The prompt keeps the progress sentence, but its number is another video's: the true percents of
-# a list of videos (the training videos of a dataset, or the selected samples of an eval set) are
-# reassigned by a seeded derangement, a permutation without fixed points, so no video keeps its
-# own slot (it may still get an equal number, from a video of the same length). Same prompt
-# form, same distribution of percentages, no information about the video itself.
+# The shuffled-progress control arm: the true percents of a list of videos reassigned by a seeded
+# derangement (no video keeps its own slot): same prompt form and distribution, no information.
 PROGRESS_SHUFFLE_SEED = 16   # fixed for every training seed: the control is one fixed relabelling
 
 
 def derangement(n: int, seed: int = PROGRESS_SHUFFLE_SEED) -> list[int]:
-    """A permutation `perm` of range(n) with `perm[i] != i` for every i (n >= 2), uniform over the
-    derangements of n (rejection sampling of `numpy.random.default_rng(seed).permutation(n)`;
-    about e tries), the same for the same (n, seed). n = 1 has no derangement: [0] (the one
-    video keeps its own percent); n = 0: []."""
+    """A uniform permutation of range(n) with no fixed point (n >= 2; rejection sampling, about e
+    tries), the same for the same (n, seed); [0] for n = 1, [] for n = 0."""
     import numpy as np
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -91,9 +72,7 @@ def shuffle_percents(percents: Sequence[T], seed: int = PROGRESS_SHUFFLE_SEED) -
     return [percents[j] for j in perm]
 
 
-# The action text in the prompt: the seed's examples use the class text ("moving something from
-# left to right": the template without brackets, lowercased), not the filled-in label ("moving a
-# cup from left to right"). `label` is kept as an option.
+# the seed's prompts use the class text ("moving something from left to right"), not the label
 PROMPT_TEXTS = ("class", "label")
 
 

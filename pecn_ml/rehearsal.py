@@ -1,22 +1,8 @@
-"""The real run's models at their real sizes, with random weights, built locally (no hub).
-
-`build_rehearsal_models(root)` writes three folders laid out like the hub repositories the `full`
-profile loads, so they can be passed where the hub names would be:
-
-| folder              | stands for                      | architecture (config of the hub repo)                 |
-|---------------------|---------------------------------|-------------------------------------------------------|
-| `instruct-pix2pix/` | `timbrooks/instruct-pix2pix`    | SD-1.5 UNet with 8 input channels, SD VAE, CLIP ViT-L/14 text encoder, tokenizer, scheduler |
-| `resnet-50/`        | `microsoft/resnet-50`           | `ResNetModel`, bottleneck 3-4-6-3                      |
-| `clip-vit-base-patch32/` | `openai/clip-vit-base-patch32` | `CLIPTextModel` (512 wide, 12 layers) + tokenizer |
-
-Weights are fp32 safetensors (`save_pretrained`). Only the tokenizer is small: the byte-level
-BPE of `pecn_ml.models.tiny` (the hub's merges are not available offline); the text encoders
-keep CLIP's 49,408-token embedding, so every parameter count is the real one
-(`rehearsal_param_counts`, computed on the meta device without allocating weights).
-
-Memory: one model at a time is in memory (the pipeline's parts together, 4.3 GB of weights,
-then each PAC-Net backbone); safetensors writes straight from the tensors, without a copy.
-Measured on the 2-core machine: 33 s wall, peak RSS 4.40 GiB, 4.61 GB on disk.
+"""The rehearsal (`make rehearse`): the real run's models at their real sizes with random weights,
+built locally (no hub), fp32 safetensors laid out like `timbrooks/instruct-pix2pix`,
+`microsoft/resnet-50` and `openai/clip-vit-base-patch32` (only the tokenizer is small; every
+parameter count is real); the policy that fits the `rehearsal` profile to a machine without CUDA;
+and the report of its steps.
 
     python -m pecn_ml.rehearsal --out outputs/rehearsal_models   # builds once, prints sizes and costs
 """
@@ -24,9 +10,11 @@ Measured on the 2-core machine: 33 s wall, peak RSS 4.40 GiB, 4.61 GB on disk.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -36,6 +24,7 @@ from pecn_ml.models.tiny import _build_once, build_tiny_tokenizer, save_pix2pix_
 
 CLIP_VOCAB = 49408
 CLIP_MAX_LEN = 77
+GIB = 2 ** 30
 
 # diffusers UNet2DConditionModel: Stable Diffusion 1.5, widened to 8 input channels as in
 # timbrooks/instruct-pix2pix (noisy latents + image latents).
@@ -72,6 +61,13 @@ RESNET50 = dict(num_channels=3, embedding_size=64, hidden_sizes=[256, 512, 1024,
                 depths=[3, 4, 6, 3], layer_type="bottleneck", hidden_act="relu",
                 downsample_in_first_stage=False)
 
+# The memory estimate that decides gradient checkpointing on the CPU: fp32 UNet weights, their
+# gradients and AdamW's two moments (16 bytes per parameter), the frozen VAE and text encoder
+# twice (training, and the pipeline built for the final save), plus room for activations.
+UNET_TRAIN_BYTES_PER_PARAM = 16
+FROZEN_BYTES_PER_PARAM = 8
+HEADROOM_BYTES = 8 * GIB
+
 
 @dataclass(frozen=True)
 class RehearsalModels:
@@ -83,17 +79,6 @@ class RehearsalModels:
 
 
 # --- builders (each takes its configs, so a test can run them at a small size) -------------------
-
-def _clip_text_config(arch: dict, tokenizer: Any = None):
-    from transformers import CLIPTextConfig
-
-    ids = {}
-    if tokenizer is not None:  # the token ids of the tokenizer this encoder ships with
-        eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        ids = dict(bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
-                   eos_token_id=eos, pad_token_id=eos)
-    return CLIPTextConfig(**arch, **ids)
-
 
 def unet(config: dict = SD15_UNET):
     from diffusers import UNet2DConditionModel
@@ -108,9 +93,13 @@ def vae(config: dict = SD_VAE):
 
 
 def clip_text(arch: dict, tokenizer: Any = None):
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(_clip_text_config(arch, tokenizer))
+    ids = {}
+    if tokenizer is not None:  # the token ids of the tokenizer this encoder ships with
+        eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        ids = dict(bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"), eos_token_id=eos, pad_token_id=eos)
+    return CLIPTextModel(CLIPTextConfig(**arch, **ids))
 
 
 def resnet(config: dict = RESNET50):
@@ -119,20 +108,17 @@ def resnet(config: dict = RESNET50):
     return ResNetModel(ResNetConfig(**config))
 
 
-def build_pix2pix_folder(out_dir: str | Path, *, unet_config: dict = SD15_UNET,
-                         vae_config: dict = SD_VAE, text_config: dict = CLIP_L14_TEXT,
-                         seed: int = 0) -> Path:
+def build_pix2pix_folder(out_dir: str | Path, *, unet_config: dict = SD15_UNET, vae_config: dict = SD_VAE,
+                         text_config: dict = CLIP_L14_TEXT, seed: int = 0) -> Path:
     """An InstructPix2Pix pipeline folder (`save_pix2pix_pipeline`) of random parts in fp32."""
     out_dir = Path(out_dir)
     tok = build_tiny_tokenizer(out_dir / "tokenizer", model_max_length=CLIP_MAX_LEN)
     torch.manual_seed(seed)
-    return save_pix2pix_pipeline(out_dir, vae=vae(vae_config),
-                                 text_encoder=clip_text(text_config, tok), tokenizer=tok,
-                                 unet=unet(unet_config))
+    return save_pix2pix_pipeline(out_dir, vae=vae(vae_config), text_encoder=clip_text(text_config, tok),
+                                 tokenizer=tok, unet=unet(unet_config))
 
 
-def build_clip_text_folder(out_dir: str | Path, *, text_config: dict = CLIP_B32_TEXT,
-                           seed: int = 0) -> Path:
+def build_clip_text_folder(out_dir: str | Path, *, text_config: dict = CLIP_B32_TEXT, seed: int = 0) -> Path:
     """CLIPTextModel + tokenizer in one folder, loaded like `openai/clip-vit-base-patch32`."""
     out_dir = Path(out_dir)
     tok = build_tiny_tokenizer(out_dir, model_max_length=CLIP_MAX_LEN)
@@ -148,18 +134,6 @@ def build_resnet_folder(out_dir: str | Path, *, config: dict = RESNET50, seed: i
     return Path(out_dir)
 
 
-def _built(target: Path, builder: Callable[[Path], Path], on_built: Optional[Callable] = None
-           ) -> Path:
-    """`_build_once`, then free the builder's tensors before the next model is built."""
-    t0 = time.perf_counter()
-    fresh = not (target / ".complete").exists()
-    path = _build_once(target, builder)
-    gc.collect()
-    if on_built is not None:
-        on_built(path, time.perf_counter() - t0, fresh)
-    return path
-
-
 def model_folders(root: str | Path) -> RehearsalModels:
     """Where `build_rehearsal_models(root)` puts each model (nothing is built or checked)."""
     root = Path(root)
@@ -167,37 +141,227 @@ def model_folders(root: str | Path) -> RehearsalModels:
                            clip_text=root / "clip-vit-base-patch32")
 
 
-def rehearsal_models_complete(root: str | Path) -> bool:
-    """True when every folder under `root` was built to the end (its `.complete` marker)."""
+def build_rehearsal_models(root: str | Path, on_built: Optional[Callable] = None) -> RehearsalModels:
+    """Build (once, atomically, one model in memory at a time) the full-size random models under
+    `root`; `on_built(path, seconds, fresh)` is called after each folder."""
     folders = model_folders(root)
-    return all((Path(f) / ".complete").exists() for f in (folders.pix2pix, folders.resnet, folders.clip_text))
-
-
-def build_rehearsal_models(root: str | Path, on_built: Optional[Callable] = None
-                           ) -> RehearsalModels:
-    """Build (once, atomically) the full-size random models under `root`; later calls reuse them.
-    `on_built(path, seconds, fresh)` is called after each folder."""
-    folders = model_folders(root)
-    return RehearsalModels(
-        pix2pix=_built(folders.pix2pix, build_pix2pix_folder, on_built),
-        resnet=_built(folders.resnet, build_resnet_folder, on_built),
-        clip_text=_built(folders.clip_text, build_clip_text_folder, on_built),
-    )
-
-
-# --- sizes ---------------------------------------------------------------------------------------
-
-def count_params(model: torch.nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
+    builders = {"pix2pix": build_pix2pix_folder, "resnet": build_resnet_folder, "clip_text": build_clip_text_folder}
+    for name, builder in builders.items():
+        target, t0 = getattr(folders, name), time.perf_counter()
+        fresh = not (target / ".complete").exists()
+        _build_once(target, builder)
+        gc.collect()  # free the builder's tensors before the next model is built
+        if on_built is not None:
+            on_built(target, time.perf_counter() - t0, fresh)
+    return folders
 
 
 def rehearsal_param_counts() -> dict[str, int]:
-    """Parameters of each rehearsal model, from their configs on the meta device (no weights are
-    allocated): `unet`, `vae`, `text_encoder` (the pipeline's), `resnet`, `clip_text`."""
+    """Parameters of each rehearsal model, from their configs on the meta device (no weights)."""
     with torch.device("meta"):
         builders = {"unet": unet, "vae": vae, "text_encoder": lambda: clip_text(CLIP_L14_TEXT),
                     "resnet": resnet, "clip_text": lambda: clip_text(CLIP_B32_TEXT)}
-        return {name: count_params(build()) for name, build in builders.items()}
+        return {name: int(sum(p.numel() for p in build().parameters())) for name, build in builders.items()}
+
+
+# --- the policy: the rehearsal profile as this machine runs it ----------------------------------
+
+def total_memory_bytes() -> int:
+    """Physical memory of the machine (stable between the parent and its step processes)."""
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def unet_training_bytes(counts: Optional[dict[str, int]] = None) -> int:
+    """Estimated bytes of an InstructPix2Pix fine-tuning step without activations (see above)."""
+    counts = counts or rehearsal_param_counts()
+    return (UNET_TRAIN_BYTES_PER_PARAM * counts["unet"]
+            + FROZEN_BYTES_PER_PARAM * (counts["vae"] + counts["text_encoder"]))
+
+
+def _pix2pix_on_cpu(p2p, memory: int, need: int) -> tuple[dict, list[str]]:
+    changes: dict[str, Any] = {}
+    notes: list[str] = []
+    if p2p.train_batch_size > 1 or p2p.gradient_accumulation_steps > 1:
+        changes.update(train_batch_size=1, gradient_accumulation_steps=1)
+        notes.append(f"ip2p_model: train_batch_size {p2p.train_batch_size} -> 1, gradient_accumulation_steps "
+                     f"{p2p.gradient_accumulation_steps} -> 1 (an optimizer step is one sample instead of "
+                     f"{p2p.train_batch_size} x {p2p.gradient_accumulation_steps})")
+    if p2p.mixed_precision != "no":
+        notes.append(f"ip2p_model: mixed_precision {p2p.mixed_precision} is resolved to fp32 by the trainer "
+                     "(fp16 needs CUDA); not changed here")
+    fits = need + HEADROOM_BYTES <= memory
+    if not p2p.gradient_checkpointing and not fits:
+        changes["gradient_checkpointing"] = True
+    notes.append(f"ip2p_model: UNet gradient checkpointing {'off' if fits else 'ON'}: estimated "
+                 f"{need / GIB:.1f} GiB of weights, gradients and AdamW state + {HEADROOM_BYTES / GIB:.0f} GiB "
+                 f"headroom {'fit in' if fits else 'exceed'} {memory / GIB:.1f} GiB of memory")
+    return changes, notes
+
+
+def _pacnet_on_cpu(pac, cpu_batch: int = 2) -> tuple[dict, list[str]]:
+    changes: dict[str, Any] = {}
+    notes: list[str] = []
+    if pac.batch_size > cpu_batch:
+        changes["batch_size"] = cpu_batch
+        line = f"pacnet: batch_size {pac.batch_size} -> {cpu_batch} clips"
+        if pac.max_train_videos is not None:  # cut the videos so that it still takes the profile's steps
+            steps = -(-pac.max_train_videos // pac.batch_size)
+            changes["max_train_videos"] = steps * cpu_batch
+            line += (f", max_train_videos {pac.max_train_videos} -> {steps * cpu_batch} (still {steps} optimizer "
+                     "step(s) per epoch)")
+        notes.append(f"{line}; progress_estimates infers in batches of {cpu_batch * 4} (4 x batch_size)")
+    if pac.mixed_precision != "no":
+        notes.append(f"pacnet: mixed_precision {pac.mixed_precision} kept (accelerate decides on the CPU)")
+    return changes, notes
+
+
+def cpu_adjustments(profile, *, cuda: Optional[bool] = None, memory_bytes: Optional[int] = None,
+                    training_bytes: Optional[int] = None) -> tuple[Any, list[str]]:
+    """The profile to rehearse on this machine and a line per change or note. With CUDA nothing
+    changes; without it batch sizes come down and the UNet checkpoints its gradients when the
+    memory estimate does not fit; models, learning rates, resolutions and steps never change."""
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if cuda:
+        return profile, ["CUDA available: nothing changed (the profile's batch sizes and precision)"]
+    memory = total_memory_bytes() if memory_bytes is None else memory_bytes
+    need = unet_training_bytes() if training_bytes is None else training_bytes
+    p2p_changes, notes = _pix2pix_on_cpu(profile.pix2pix_train, memory, need)
+    pac_changes, pac_notes = _pacnet_on_cpu(profile.pacnet_train)
+    s = profile.sampling
+    notes += [*pac_notes, f"evaluation: {s.num_samples} samples in batches of {min(s.batch_size, s.num_samples)}, "
+              f"dtype {s.dtype} (= float32 on the CPU), {s.num_inference_steps} denoising steps; unchanged"]
+    return replace(profile, pix2pix_train=replace(profile.pix2pix_train, **p2p_changes),
+                   pacnet_train=replace(profile.pacnet_train, **pac_changes)), notes
+
+
+def profile_differences(base: Any, other: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted field, base value, other value) for every differing field, nested dataclasses too."""
+    out: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(base):
+        a, b = getattr(base, f.name), getattr(other, f.name)
+        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b) and type(a) is type(b):
+            out += profile_differences(a, b, f"{prefix}{f.name}.")
+        elif a != b:
+            out.append((f"{prefix}{f.name}", a, b))
+    return out
+
+
+def rehearsal_setup(cuda: Optional[bool] = None):
+    """(the `rehearsal` profile's changes from `full`, the profile as this machine runs it, the CPU notes)."""
+    from pecn_ml.profiles import full_profile, rehearsal_profile
+
+    rehearsal = rehearsal_profile()
+    changes = [f"{name}: {a!r} -> {b!r}" for name, a, b in profile_differences(full_profile(), rehearsal)
+               if name != "name"]
+    profile, notes = cpu_adjustments(rehearsal, cuda=cuda)
+    return changes, profile, notes
+
+
+# --- the report: one line and one row per step ---------------------------------------------------
+
+@dataclass
+class StepResult:
+    """One step of the rehearsal, as the parent measured it and the step reported it."""
+
+    step: str                               # asset name (or a setup step)
+    partition: Optional[str] = None
+    status: str = "ok"                      # ok | FAILED
+    wall_s: float = 0.0
+    parameters: Optional[int] = None
+    parameters_source: str = ""             # "metadata" | "safetensors <path>" | ""
+    peak_rss_bytes: Optional[int] = None    # max over the step process and its descendants
+    cuda_peak_bytes: Optional[int] = None
+    seconds_per_step: Optional[float] = None
+    bytes_written: Optional[int] = None     # net: after minus before
+    pruned_bytes: Optional[int] = None      # written, then deleted by the step (optimizer-state checkpoints)
+    run_id: str = ""
+    error: str = ""
+    log: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.step}/{self.partition}" if self.partition else self.step
+
+
+def _gib(n: Optional[int]) -> str:
+    return f"{n / GIB:.2f}" if n is not None else "-"
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if value is not None else "-"
+
+
+def format_bytes(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    sign, n = ("-" if n < 0 else ""), abs(n)
+    unit, size = next(((u, s) for u, s in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)) if n >= s), ("B", None))
+    return f"{sign}{n / size:.2f} {unit}" if size else f"{sign}{n} B"
+
+
+def step_line(r: StepResult) -> str:
+    """The line printed when a step ends."""
+    params = f"{r.parameters:,} parameters ({r.parameters_source})" if r.parameters is not None else "no parameters"
+    gpu = f", GPU peak {_gib(r.cuda_peak_bytes)} GiB" if r.cuda_peak_bytes is not None else ""
+    pruned = f" (+{format_bytes(r.pruned_bytes)} written and pruned)" if r.pruned_bytes else ""
+    return (f"{r.name}: {r.status} in {r.wall_s:.1f}s, {params}, peak RSS {_gib(r.peak_rss_bytes)} GiB{gpu}, "
+            f"{_fmt(r.seconds_per_step, '.2f')} s/step, {format_bytes(r.bytes_written)} written{pruned}")
+
+
+COLUMNS = ("step", "status", "wall s", "parameters", "source", "peak RSS GiB", "GPU peak GiB", "s/step", "written",
+           "pruned")
+
+
+def format_table(results: list[StepResult]) -> str:
+    """A fixed-width table of every step (text columns left, numbers right)."""
+    rows = [COLUMNS, *((r.name, r.status, f"{r.wall_s:.1f}", _fmt(r.parameters, ","),
+                        r.parameters_source.split(" ")[0] or "-", _gib(r.peak_rss_bytes), _gib(r.cuda_peak_bytes),
+                        _fmt(r.seconds_per_step, ".2f"), format_bytes(r.bytes_written), format_bytes(r.pruned_bytes))
+                       for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i in (0, 1, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    return "\n".join([line(rows[0]), "  ".join("-" * w for w in widths), *map(line, rows[1:])])
+
+
+def report_json(results: list[StepResult], *, total_s: float, ok: bool, profile_changes: list[str],
+                cpu_notes: list[str], env_notes: list[str], machine: dict) -> dict:
+    """What `rehearsal_report.json` holds."""
+    return {"ok": ok, "total_wall_s": round(total_s, 1), "machine": machine,
+            "profile_changes_from_full": profile_changes, "cpu_adjustments": cpu_notes, "environment": env_notes,
+            "steps": [{**{k: v for k, v in dataclasses.asdict(r).items() if k != "extra"}, **r.extra,
+                       "name": r.name} for r in results]}
+
+
+def _number(meta: dict, key: str, kind: type) -> Any:
+    value = getattr(meta.get(key), "value", meta.get(key))
+    try:
+        return kind(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def step_measurements(meta: dict, handle: Any = None) -> dict:
+    """The report's numbers from a materialisation's metadata (the parameter count else from the
+    safetensors of the weights folder its handle names); None where the step has none."""
+    from pecn_ml.utils.usage import safetensors_parameters
+
+    out: dict[str, Any] = {"parameters": _number(meta, "parameters", int), "parameters_source": "metadata"}
+    path = Path(handle.path) if getattr(handle, "path", None) else None
+    if out["parameters"] is None:
+        out["parameters_source"] = ""
+        if path is not None and path.is_dir() and next(path.rglob("*.safetensors"), None) is not None:
+            out.update(parameters=safetensors_parameters(path), parameters_source=f"safetensors {path}")
+    out.update(cuda_peak_bytes=_number(meta, "cuda_peak_bytes", int), pruned_bytes=_number(meta, "pruned_bytes", int),
+               seconds_per_step=_number(meta, "seconds_per_step", float))
+    out["child_peak_rss_bytes"] = max(_number(meta, k, int) or 0
+                                      for k in ("peak_rss_bytes", "peak_rss_children_bytes")) or None
+    return out
+
 
 
 def _main(argv: Optional[list[str]] = None) -> None:
@@ -210,9 +374,8 @@ def _main(argv: Optional[list[str]] = None) -> None:
         print(f"{name:>13}: {n:,} parameters")
 
     def report(path: Path, seconds: float, fresh: bool) -> None:
-        what = "built" if fresh else "reused"
-        print(f"{path.name:>22}: {what} in {seconds:.1f}s, {bytes_on_disk(path):,} bytes on disk, "
-              f"peak RSS so far {peak_rss().self_bytes / 2**30:.2f} GiB", flush=True)
+        print(f"{path.name:>22}: {'built' if fresh else 'reused'} in {seconds:.1f}s, {bytes_on_disk(path):,} bytes "
+              f"on disk, peak RSS so far {peak_rss().self_bytes / GIB:.2f} GiB", flush=True)
 
     t0 = time.perf_counter()
     models = build_rehearsal_models(args.out, on_built=report)

@@ -1,21 +1,8 @@
-"""The seed's t_test_summary.xlsx (pandas + openpyxl) and the same tables as Markdown.
+"""The seed's t_test_summary.xlsx (pandas + openpyxl), the same tables as Markdown, and the demo's table.
 
-Evaluation rows (one per variant x eval set) use the keys of `EVAL_COLUMNS`: variant, model,
-eval_set, target_idx, progress, n, ssim_mean, ssim_std, psnr_mean, psnr_std, baseline_ssim,
-baseline_psnr, autoencoder_ssim, autoencoder_psnr, latent_copy_ssim, latent_copy_psnr, the
-motion-region motion_psnr / motion_mae with their latent_copy_, baseline_ and autoencoder_ twins,
-motion_fraction, checkpoint_sha256 (`evaluation_row` builds one from a results.json dict; keys an
-older results.json lacks are blank). Each model is shown between what it must beat (the copy-frame
-baseline; the latent copy, its own VAE's round trip of the input frame, which a model that only
-learned to copy matches) and what it cannot beat (the autoencoder ceiling: its VAE's round trip of
-the target); at the demo's scale the copy-frame baseline lies above the ceiling, so it is not
-expected to be beaten there. Motion region: `pecn_ml.metrics` (pixels where target and input differ).
-t-test rows are those of `pecn_ml.stats.t_test_table` / `seed_t_test_table` (or read back from
-t_test_results.json). Unknown keys are kept as extra columns at the end; missing keys are blank cells.
-
-Several training seeds: evaluation rows carry `seed`; `across_seeds(rows)` gives one row per
-variant x eval set with the mean and sd over seeds of each seed's mean (sheet "across_seeds"), and
-the copy-frame baseline on all eligible samples can be added (sheet "copy_frame_baseline").
+Rows are dicts: evaluation rows (`evaluation_row`, keys of `EVAL_COLUMNS`; one per variant x eval
+set [x seed]), rows over seeds (`across_seeds`), t-test rows (`pecn_ml.stats`) and copy-frame
+baseline rows. Unknown keys become extra columns at the end; missing keys are blank cells.
 """
 
 from __future__ import annotations
@@ -178,9 +165,8 @@ def evaluation_row(variant: str, eval_set: str, results: Mapping[str, Any], *, m
 
 
 def across_seeds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (variant, eval set): mean and sd (ddof=1; NaN for one seed) over the seeds of
-    each seed's SSIM, PSNR and motion-region PSNR means; the copy-frame baseline, VAE ceiling and
-    latent copy averaged likewise."""
+    """One row per (variant, eval set): mean and sd (ddof=1; NaN for one seed) over seeds of each seed's
+    means; the references averaged likewise."""
     import numpy as np
 
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
@@ -258,10 +244,8 @@ def _format_sheet(ws, rows: Sequence[Mapping[str, Any]], cols: Sequence[Column])
 def write_summary_workbook(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence[Mapping[str, Any]],
                            path: str | os.PathLike, *, across: Optional[Sequence[Mapping[str, Any]]] = None,
                            baselines: Optional[Sequence[Mapping[str, Any]]] = None) -> Path:
-    """Write the workbook: sheet "evaluations" (one row per variant x eval set [x seed]) and sheet
-    "t_tests" (one row per target x eval set x metric [x seed]), plus "across_seeds" and
-    "copy_frame_baseline" when given, with headers, widths and number formats (SSIM 0.0000,
-    PSNR 0.00, p 0.0000). Atomic (temp file + rename)."""
+    """Write the workbook atomically: sheets "evaluations" and "t_tests", plus "across_seeds" and
+    "copy_frame_baseline" when given, with headers, widths and number formats."""
     import pandas as pd
 
     from pecn_ml.utils.files import atomic_path
@@ -302,8 +286,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def markdown_summary(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence[Mapping[str, Any]],
                      across: Sequence[Mapping[str, Any]] = ()) -> str:
-    """Markdown tables of the evaluations (per seed), the means over seeds and the t-tests
-    (sections with no rows are left out)."""
+    """Markdown tables of the evaluations, the means over seeds and the t-tests (empty ones left out)."""
     parts = []
     if evaluations:
         rows = []
@@ -363,8 +346,8 @@ PREDICTION_METHODS = (("model", ""), ("latent copy", "latent_copy_"), ("copy-fra
 
 
 def prediction_rows(results_by_model: Mapping[tuple[int, str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (seed, variant, eval set): each method's mean SSIM and motion-region PSNR, and the
-    paired test of model - latent copy on both (per video; `pecn_ml.stats.paired_test`)."""
+    """One row per (seed, variant, eval set): each method's mean SSIM and motion PSNR, and the paired
+    test of model - latent copy on both."""
     import numpy as np
 
     from pecn_ml.stats import paired_test
@@ -398,9 +381,7 @@ def _p(v: Any) -> str:
 
 def prediction_table(results_by_model: Mapping[tuple[int, str, str], Mapping[str, Any]],
                      t_tests: Sequence[Mapping[str, Any]] = ()) -> str:
-    """A short plain-text table: per variant and eval set, model / latent copy / copy-frame /
-    ceiling in SSIM and motion-region PSNR, with model - latent copy (paired p); then the progress
-    comparisons of `t_tests` (per-seed rows, or the rows over seeds) on SSIM and motion PSNR."""
+    """The plain-text table `make demo` ends with: `prediction_rows`, then the t-tests on SSIM and motion PSNR."""
     head = (f"{'set':<10}{'variant':<16}{'seed':>4}{'n':>4}  {'SSIM: model':>11} {'latent':>6} {'copy':>6} {'ceil':>6}"
             f" {'diff':>7} {'p':>7}  {'motion PSNR: model':>18} {'latent':>6} {'copy':>6} {'ceil':>6} {'diff':>6} {'p':>7}")
     lines = [head, "-" * len(head)]

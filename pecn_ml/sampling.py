@@ -1,58 +1,12 @@
-"""Sample a trained InstructPix2Pix variant on an eval set; score it beside three references.
+"""Sample a trained InstructPix2Pix variant on an eval set and score it beside three references.
 
-What the seed's evaluate.sh + sample_from_pix2pix.py + ssim.py do, as library code:
-
-* which samples: a matched, stratified draw. Eligible = cached in the frame cache and long enough
-  for the *latest* target any variant has (`selection_target_idx`, default `MATCHED_TARGET_IDX`:
-  frame 25, so next1 and next5 models are scored on the same videos). The eligible videos of each
-  task are ranked by sha256("{selection_seed}:{video_id}") and taken in turns, one per task (tasks
-  in name order), until `num_samples`: equal numbers per task (within one; a task that runs out
-  leaves its turns to the others), independent of the variant, the annotation order and the
-  batch size. Every variant, training seed and the copy-frame baseline of a set get the same ids;
-  results.json records them with their sha256 (`selection`). When PAC-Net estimates are used for
-  progress prompts, a drawn video without an estimate is dropped (it would be the only
-  difference). Every entry not taken for a reason is recorded in `skipped` with its reason.
-* prompts: `build_prompt(label, progress)`; progress = `progress_percent(input_idx, num_frames)`,
-  or PAC-Net's estimate from `progress_override` (the seed's USE_PROGRESS_ESTIMATOR).
-  Shuffled progress (control arms, `config.progress_shuffle_seed`): the samples are selected
-  exactly as for the true-progress variant of the same target (same videos, so paired tests pair
-  them), then the percents of the selected samples (frame count or PAC-Net estimates alike) are
-  reassigned among them by `pecn_ml.prompts.shuffle_percents` (a seeded derangement, in selection
-  order): each prompt carries another selected video's percent. results.json records
-  `progress_source` "shuffled (seed S)" ("PAC-Net estimate, shuffled (seed S)") and each sample's
-  own percent as `true_progress_percent`.
-* randomness: every sample has its own `torch.Generator` (on the CPU) seeded with
-  `sample_seed(seed, video_id)` (sha256, not Python's salted `hash`), so a sample's noise does not
-  depend on the batch size, the batch it lands in or the order of the annotations.
-  Floating point does, slightly: CPU/GPU kernels pick different algorithms for different batch
-  sizes, which moves outputs by ~1e-6 and can flip an 8-bit rounding by one level (measured with
-  the tiny model: <1% of values on CPU fp32; 12% on an H100 in fp16, mean metric change ~1e-5).
-  The same config on the same machine and dtype gives bit-identical images; fp16 and fp32 give
-  different images (do not compare runs across dtypes; the dtype is recorded in results.json).
-* metrics: SSIM and PSNR (`pecn_ml.metrics`, settings there) per sample, computed from the saved
-  8-bit PNGs, at the cache resolution, for the model and three references:
-  - copy frame ("output = input frame", keys `baseline_*`): what a model must beat;
-  - latent copy ("output = decode(encode(input frame))" through the model's own VAE at the
-    posterior mode, keys `latent_copy_*`): copying as a latent model would copy, VAE blur
-    included. A model that learned to copy scores like this, not like the copy frame, so beating
-    the latent copy (above all in the motion region) is what tells prediction from copying;
-  - autoencoder ceiling ("output = decode(encode(target))", keys `autoencoder_*`): a latent model
-    cannot reproduce the target better than its VAE round trip, so this bounds every output (at
-    the demo's scale the copy-frame baseline lies above it and is not expected to be beaten).
-  Plus the motion-region PSNR and MAE of all four (`motion_psnr`, `motion_mae`,
-  `latent_copy_motion_*`, `baseline_motion_*`, `autoencoder_motion_*`) on ONE mask per sample,
-  built from the saved input and target PNGs (`pecn_ml.metrics.motion_mask`: changed by > 8/255,
-  dilated 2 px; an empty mask scores the whole frame), and its `motion_fraction`.
-  Set level: `mean` / `std` (model), `latent_copy_*`, `baseline_*`, `autoencoder_*`, each keyed
-  ssim, psnr, motion_psnr, motion_mae; `motion_fraction_mean` and `n_static` (samples whose mask
-  was empty).
-
-Output folder (the seed's layout plus `input/`, `autoencoder/` and `latent_copy/`; written to a
-temp folder, renamed at the end):
-  input/{id}.png  target/{id}.png  output/{id}.png  autoencoder/{id}.png (VAE round trip of the target)
-  latent_copy/{id}.png (VAE round trip of the input)
-  comparison/{id}.png (Input | GT | Output | VAE(GT) | VAE(Input))
-  comparison_grid.png (first GRID_ROWS comparisons)  results.json (written last).
+The seed's evaluate.sh + sample_from_pix2pix.py + ssim.py as library code: a matched, stratified
+draw of videos (`select_samples`: the same for every variant, seed and the copy-frame baseline), one
+CPU generator per sample (`sample_seed`), and SSIM/PSNR plus motion-region scores (`pecn_ml.metrics`)
+from the saved PNGs for the model, the copy frame (`baseline_*`), the latent copy VAE(input)
+(`latent_copy_*`) and the VAE ceiling VAE(target) (`autoencoder_*`). How to read them: docs/OPERATIONS.md.
+Output folder (renamed into place when complete): input/ target/ output/ autoencoder/ latent_copy/
+comparison/ ({id}.png each), comparison_grid.png, results.json (written last).
 """
 
 from __future__ import annotations
@@ -64,7 +18,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -79,7 +33,6 @@ from pecn_ml.variants import VARIANTS
 
 LogFn = Callable[[str], None]
 
-DEFAULT_RESULTS_ROOT = "test_result"
 RESULTS_FORMAT_VERSION = 1
 GRID_ROWS = 4                     # comparisons stacked in comparison_grid.png
 SUBDIRS = ("input", "target", "output", "autoencoder", "latent_copy", "comparison")
@@ -93,8 +46,8 @@ MATCHED_TARGET_IDX = max(v.target_idx for v in VARIANTS.values())
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Evaluation settings; defaults are the seed's evaluate.sh table (frame 20 -> 21, 100 samples,
-    25 steps, image guidance 1.5, text guidance 7.5 = the pipeline's default, seed 42)."""
+    """Evaluation settings; defaults are the seed's evaluate.sh (frame 20 -> 21, 100 samples, 25 steps,
+    image guidance 1.5, text guidance 7.5, seed 42)."""
 
     input_idx: int = 20                  # 0-based input frame
     target_idx: int = 21                 # 0-based ground-truth frame (21 or 25)
@@ -108,44 +61,38 @@ class SamplingConfig:
     add_progress: bool = False           # append "And N% of the action has been completed."
     prompt_text: str = "class"           # action text: "class" (template, seed) or "label"
     progress_shuffle_seed: Optional[int] = None  # control arms: percents deranged among the samples
-    change_threshold: Optional[float] = None  # a "change" model: its decoded prediction only where the
-    #                                        predicted change's latent norm reaches this, elsewhere
-    #                                        the input's VAE round trip (None: everywhere; models.pix2pix.run_pipeline)
+    change_threshold: Optional[float] = None  # "change" models: prediction only where the predicted
+    #                                        change's latent norm reaches this (models.pix2pix.run_pipeline)
     change_dilate: int = 0               # pixels that region grows by
     device: str = "auto"                 # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"                  # "auto" (fp16 on cuda, fp32 on cpu), "float32", "float16", "bfloat16"
 
     def __post_init__(self):
-        if not (isinstance(self.input_idx, int) and self.input_idx >= 0):
-            raise ValueError(f"SamplingConfig.input_idx must be an int >= 0, got {self.input_idx!r}")
-        if not (isinstance(self.target_idx, int) and self.target_idx > self.input_idx):
-            raise ValueError(f"SamplingConfig.target_idx must be an int > input_idx ({self.input_idx}), "
-                             f"got {self.target_idx!r}")
-        if not (isinstance(self.selection_seed, int) and self.selection_seed >= 0):
-            raise ValueError(f"SamplingConfig.selection_seed must be an int >= 0, got {self.selection_seed!r}")
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"SamplingConfig.{name} must be {what}, got {getattr(self, name)!r}")
+
+        def is_int(v: Any, low: int) -> bool:
+            return isinstance(v, int) and v >= low
+
+        need(is_int(self.input_idx, 0), "input_idx", "an int >= 0")
+        need(isinstance(self.target_idx, int) and self.target_idx > self.input_idx, "target_idx",
+             f"an int > input_idx ({self.input_idx})")
+        need(is_int(self.selection_seed, 0), "selection_seed", "an int >= 0")
         for name in ("num_samples", "num_inference_steps", "batch_size"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                raise ValueError(f"SamplingConfig.{name} must be an int >= 1, got {v!r}")
-        if self.progress_shuffle_seed is not None and not (
-                self.add_progress and isinstance(self.progress_shuffle_seed, int) and self.progress_shuffle_seed >= 0):
-            raise ValueError(f"SamplingConfig.progress_shuffle_seed must be None or an int >= 0 with add_progress, "
-                             f"got {self.progress_shuffle_seed!r} (add_progress={self.add_progress})")
-        if self.change_threshold is not None and not self.change_threshold > 0:
-            raise ValueError(f"SamplingConfig.change_threshold must be None or > 0, got {self.change_threshold!r}")
-        if not (isinstance(self.change_dilate, int) and self.change_dilate >= 0):
-            raise ValueError(f"SamplingConfig.change_dilate must be an int >= 0, got {self.change_dilate!r}")
-        if self.prompt_text not in PROMPT_TEXTS:
-            raise ValueError(f"SamplingConfig.prompt_text must be one of {PROMPT_TEXTS}, got {self.prompt_text!r}")
-        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError(f"SamplingConfig.dtype must be auto/float32/float16/bfloat16, got {self.dtype!r}")
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith(("cuda", "mps"))):
-            raise ValueError(f"SamplingConfig.device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+            need(is_int(getattr(self, name), 1), name, "an int >= 1")
+        need(self.progress_shuffle_seed is None or (self.add_progress and is_int(self.progress_shuffle_seed, 0)),
+             "progress_shuffle_seed", f"None or an int >= 0 with add_progress (add_progress={self.add_progress})")
+        need(self.change_threshold is None or self.change_threshold > 0, "change_threshold", "None or > 0")
+        need(is_int(self.change_dilate, 0), "change_dilate", "an int >= 0")
+        need(self.prompt_text in PROMPT_TEXTS, "prompt_text", f"one of {PROMPT_TEXTS}")
+        need(self.dtype in ("auto", "float32", "float16", "bfloat16"), "dtype", "auto/float32/float16/bfloat16")
+        need(self.device in ("auto", "cpu") or self.device.startswith(("cuda", "mps")), "device",
+             "auto, cpu, cuda[:N] or mps")
 
     @classmethod
     def demo(cls, **overrides: Any) -> "SamplingConfig":
-        """8 evaluations of the demo's models at 96 px in about a minute on 2 CPU cores: 24
-        samples, 10 denoising steps, batches of 8."""
+        """The demo's evaluation: 24 samples, 10 denoising steps, batches of 8."""
         return replace(cls(num_samples=24, num_inference_steps=10, batch_size=8), **overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,8 +101,7 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """What `evaluate_model` wrote and measured (metric dicts are keyed by `METRICS`: "ssim", "psnr",
-    "motion_psnr", "motion_mae")."""
+    """What `evaluate_model` wrote and measured (metric dicts keyed by `METRICS`)."""
 
     out_dir: Path
     results_json: Path
@@ -180,11 +126,13 @@ class EvalResult:
 # ----------------------------------------------------------------------------- selection
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def sample_seed(seed: int, video_id: str) -> int:
-    """Generator seed of one sample: first 8 bytes of sha256("{seed}:{video_id}"), as a 63-bit int.
-    Stable across processes and Python versions (unlike `hash()`)."""
-    digest = hashlib.sha256(f"{int(seed)}:{video_id}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+    """Generator seed of one sample: first 8 bytes of sha256("{seed}:{video_id}") as a 63-bit int."""
+    return int(_sha256(f"{int(seed)}:{video_id}")[:16], 16) & ((1 << 63) - 1)
 
 
 @dataclass(frozen=True)
@@ -216,7 +164,7 @@ def _entry_fields(entry: Any, i: int, prompt_text: str = "class") -> tuple[str, 
 
 
 def _cached_num_frames(cache: Any, video_id: str) -> Optional[int]:
-    """Frame count, or None when `video_id` is not in the cache (KeyError / not `in cache`)."""
+    """Frame count, or None when `video_id` is not in the cache."""
     if hasattr(cache, "__contains__") and video_id not in cache:
         return None
     try:
@@ -227,17 +175,17 @@ def _cached_num_frames(cache: Any, video_id: str) -> Optional[int]:
 
 
 def _draw_rank(selection_seed: int, video_id: str) -> str:
-    return hashlib.sha256(f"{int(selection_seed)}:{video_id}".encode("utf-8")).hexdigest()
+    return _sha256(f"{int(selection_seed)}:{video_id}")
 
 
 def stratified_draw(by_task: Mapping[str, Sequence[str]], num_samples: int, selection_seed: int) -> list[str]:
-    """`num_samples` ids taken in turns from each task's ids (tasks in name order), each task's in
-    the order of sha256("{selection_seed}:{id}"): equal numbers per task within one."""
-    queues = {t: sorted(ids, key=lambda v: _draw_rank(selection_seed, v)) for t, ids in sorted(by_task.items())}
+    """`num_samples` ids taken in turns from each task's ids (tasks in name order, each task's ranked
+    by sha256("{selection_seed}:{id}")): equal numbers per task within one."""
+    queues = [sorted(ids, key=lambda v: _draw_rank(selection_seed, v)) for _, ids in sorted(by_task.items())]
     out: list[str] = []
     depth = 0
-    while len(out) < num_samples and any(depth < len(q) for q in queues.values()):
-        out += [q[depth] for q in queues.values() if depth < len(q)][: num_samples - len(out)]
+    while len(out) < num_samples and any(depth < len(q) for q in queues):
+        out += [q[depth] for q in queues if depth < len(q)][: num_samples - len(out)]
         depth += 1
     return out
 
@@ -255,24 +203,13 @@ def selection_record(chosen: Sequence["Selected"], selection_seed: int, required
 
 def ids_sha256(ids: Sequence[str]) -> str:
     """sha256 of the ids as a compact JSON list: the same draw gives the same hash."""
-    return hashlib.sha256(json.dumps(list(ids), separators=(",", ":")).encode("utf-8")).hexdigest()
+    return _sha256(json.dumps(list(ids), separators=(",", ":")))
 
 
-def select_samples(cache: Any, entries: Sequence[Mapping], input_idx: int, target_idx: int,
-                   num_samples: int, *, add_progress: bool = False,
-                   progress_override: Optional[Mapping[str, float]] = None,
-                   prompt_text: str = "class",
-                   shuffle_seed: Optional[int] = None, selection_seed: int = 0,
-                   selection_target_idx: Optional[int] = None) -> tuple[list[Selected], dict[str, str]]:
-    """The matched, stratified draw of `num_samples` eligible entries (module docstring), and
-    {video_id: reason} of every entry not taken for a reason. The draw depends only on the
-    entries, the cache, `selection_seed` and the frame every sample must have
-    (max(target_idx, selection_target_idx or MATCHED_TARGET_IDX)). With `shuffle_seed` (and
-    `add_progress`) the selection is the same and the percents are deranged among the selected
-    samples."""
-    assert 0 <= input_idx < target_idx, (input_idx, target_idx)
-    required = max(target_idx, MATCHED_TARGET_IDX if selection_target_idx is None else selection_target_idx)
-    skipped: dict[str, str] = {}
+def _eligible(cache: Any, entries: Sequence[Mapping], required: int, prompt_text: str,
+              skipped: dict[str, str]) -> tuple[dict[str, tuple], dict[str, list[str]]]:
+    """{id: (id, label, task, text, frames)} of the entries cached with more than `required` frames,
+    and their ids per task; the others go to `skipped` with their reason."""
     seen: set[str] = set()
     eligible: dict[str, tuple[str, str, str, str, int]] = {}
     by_task: dict[str, list[str]] = {}
@@ -285,27 +222,41 @@ def select_samples(cache: Any, entries: Sequence[Mapping], input_idx: int, targe
         n = _cached_num_frames(cache, vid)
         if n is None:
             skipped[vid] = "not in frame cache"
-            continue
-        if n <= required:
+        elif n <= required:
             skipped[vid] = f"only {n} frames; frame {required} (0-based) needed"
-            continue
-        eligible[vid] = (vid, label, task, text, n)
-        by_task.setdefault(task, []).append(vid)
+        else:
+            eligible[vid] = (vid, label, task, text, n)
+            by_task.setdefault(task, []).append(vid)
+    return eligible, by_task
+
+
+def select_samples(cache: Any, entries: Sequence[Mapping], input_idx: int, target_idx: int,
+                   num_samples: int, *, add_progress: bool = False,
+                   progress_override: Optional[Mapping[str, float]] = None,
+                   prompt_text: str = "class",
+                   shuffle_seed: Optional[int] = None, selection_seed: int = 0,
+                   selection_target_idx: Optional[int] = None) -> tuple[list[Selected], dict[str, str]]:
+    """The matched, stratified draw of `num_samples` eligible entries, and {video_id: reason} of every
+    entry not taken. Each sample needs frame max(target_idx, selection_target_idx or
+    MATCHED_TARGET_IDX); with `shuffle_seed` the percents are deranged among the selected samples."""
+    assert 0 <= input_idx < target_idx, (input_idx, target_idx)
+    required = max(target_idx, MATCHED_TARGET_IDX if selection_target_idx is None else selection_target_idx)
+    skipped: dict[str, str] = {}
+    eligible, by_task = _eligible(cache, entries, required, prompt_text, skipped)
     chosen: list[Selected] = []
     for vid in stratified_draw(by_task, num_samples, selection_seed):
         vid, label, task, text, n = eligible[vid]
         progress: Optional[int] = None
-        if add_progress:
-            if progress_override is not None:
-                if vid not in progress_override:
-                    skipped[vid] = "no PAC-Net progress estimate"
-                    continue
-                est = float(progress_override[vid])
-                if not (math.isfinite(est) and 0 <= est <= 100):
-                    raise ValueError(f"progress estimate of video {vid} is {est!r}, not within [0, 100]")
-                progress = int(est)
-            else:
-                progress = progress_percent(input_idx, n)
+        if add_progress and progress_override is None:
+            progress = progress_percent(input_idx, n)
+        elif add_progress:
+            if vid not in progress_override:
+                skipped[vid] = "no PAC-Net progress estimate"
+                continue
+            est = float(progress_override[vid])
+            if not (math.isfinite(est) and 0 <= est <= 100):
+                raise ValueError(f"progress estimate of video {vid} is {est!r}, not within [0, 100]")
+            progress = int(est)
         chosen.append(Selected(vid, label, task, text, n, progress, progress))
     if add_progress and shuffle_seed is not None:
         shuffled = shuffle_percents([s.progress_percent for s in chosen], shuffle_seed)
@@ -334,10 +285,9 @@ def _summary(rows: Sequence[Mapping[str, float]], prefix: str = "") -> tuple[dic
 
 
 def score_methods(images: Mapping[str, np.ndarray], target: np.ndarray, inp: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-sample scores of each method's uint8 (B, R, R, 3) images ({subfolder: images}, prefixes
-    in `METHODS`) against `target`, the motion-region ones on one mask per sample from `inp` and
-    `target`: {"{prefix}ssim", "{prefix}psnr", "{prefix}motion_psnr", "{prefix}motion_mae", ...,
-    "motion_fraction"}, each an array (B,)."""
+    """Per-sample scores (arrays (B,)) of each method's uint8 (B, R, R, 3) images ({subfolder: images},
+    prefixes in `METHODS`) against `target`, motion-region ones on one mask per sample from `inp`
+    and `target`; plus "motion_fraction"."""
     mask = motion_mask(inp, target)                                      # (B, R, R)
     out: dict[str, np.ndarray] = {"motion_fraction": motion_fraction(mask)}
     for sub, pred in images.items():
@@ -348,16 +298,17 @@ def score_methods(images: Mapping[str, np.ndarray], target: np.ndarray, inp: np.
     return out
 
 
+def _cache_config(cache: Any) -> dict[str, Any]:
+    return {"cache_resolution": getattr(cache, "resolution", None), "cache_version": getattr(cache, "version", None),
+            "metrics": METRIC_SETTINGS}
+
+
 def copy_frame_baseline(cache: Any, entries: Sequence[Mapping], input_idx: int, target_idx: int,
                         num_samples: int, *, selection_seed: int = 0,
                         log: Optional[LogFn] = None) -> dict[str, Any]:
-    """SSIM/PSNR and motion-region PSNR/MAE of "predict the input frame unchanged" on the samples
-    `evaluate_model` would take (same selection rule, without progress estimates). Needs no model.
-
-    Returns {"samples": [{"video_id", "task", "label", "ssim", "psnr", "motion_psnr", "motion_mae",
-    "motion_fraction"}], "mean", "std", "n", "n_requested", "skipped", "config"}; metric dicts are
-    keyed by `METRICS`.
-    """
+    """Scores of "predict the input frame unchanged" on the samples `evaluate_model` would take (no
+    progress estimates, no model): {"samples", "mean", "std", "n", "n_requested", "skipped",
+    "selection", "config"}."""
     chosen, skipped = select_samples(cache, entries, input_idx, target_idx, num_samples, prompt_text="label",
                                      selection_seed=selection_seed)  # no prompt here: any entry will do
     meter = ProgressMeter(f"copy-frame baseline {input_idx}->{target_idx}", len(chosen), log, unit="samples")
@@ -372,8 +323,7 @@ def copy_frame_baseline(cache: Any, entries: Sequence[Mapping], input_idx: int, 
     return {"samples": rows, "mean": mean, "std": std, "n": len(rows), "n_requested": num_samples,
             "skipped": skipped, "selection": selection_record(chosen, selection_seed, max(target_idx, MATCHED_TARGET_IDX)),
             "config": {"method": "copy input frame", "input_idx": input_idx, "target_idx": target_idx,
-                       "num_samples": num_samples, "cache_resolution": getattr(cache, "resolution", None),
-                       "cache_version": getattr(cache, "version", None), "metrics": METRIC_SETTINGS}}
+                       "num_samples": num_samples, **_cache_config(cache)}}
 
 
 # ----------------------------------------------------------------------------- model
@@ -386,26 +336,19 @@ def resolve_device_dtype(config: SamplingConfig):
     device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if config.device == "auto" else config.device))
     if config.dtype == "auto":
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, config.dtype)
-    return device, dtype
+        return device, torch.float16 if device.type == "cuda" else torch.float32
+    return device, getattr(torch, config.dtype)
 
 
 def checkpoint_sha256(model_dir: str | os.PathLike) -> str:
-    """sha256 of the checkpoint folder's manifest: {relative path: sha256} of every file the
-    pipeline loads (UNet, VAE, text encoder, tokenizer, scheduler, model_index.json; a light
-    checkpoint's UNet and base.json, which holds the sha of its base's frozen parts; the model card
-    README.md is left out, see `pecn_ml.utils.files.folder_manifest`). FileNotFoundError for a
-    folder that is gone or empty."""
+    """sha256 of the checkpoint folder's manifest (every file the pipeline loads; README.md left out).
+    FileNotFoundError for a folder that is gone or empty."""
     return manifest_sha256(folder_manifest(model_dir))
 
 
 def load_pipeline(model_dir: str | os.PathLike, device, dtype):
-    """`StableDiffusionInstructPix2PixPipeline` of a checkpoint, no safety checker, progress bars
-    off, on `device` in `dtype`: a full `save_pretrained` folder, or a light one (`unet/` and
-    `base.json`), assembled from its UNet and the frozen parts of its base, which must hash to the
-    sha256 the reference records (ValueError naming the file otherwise; see `pecn_ml.models.pix2pix`)."""
+    """The `StableDiffusionInstructPix2PixPipeline` of a full `save_pretrained` folder or a light one
+    (`unet/` + `base.json`, base verified), on `device` in `dtype`, no safety checker, quiet."""
     from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
 
     from pecn_ml.models.pix2pix import BASE_REF, TRAINED_PART, build_pipeline, resolve_base
@@ -431,9 +374,8 @@ def load_pipeline(model_dir: str | os.PathLike, device, dtype):
 
 def predict_batch(pipe, inputs: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int],
                   config: SamplingConfig, latent_target: str = "frame") -> np.ndarray:
-    """Run the pipeline on uint8 (R, R, 3) inputs; one CPU generator per sample; `latent_target`:
-    the checkpoint's (`pecn_ml.models.pix2pix.latent_target`).
-    Returns (B, R, R, 3) uint8, rounded as diffusers' own PIL conversion does."""
+    """Run the pipeline on uint8 (R, R, 3) inputs, one CPU generator per sample; `latent_target`
+    is the checkpoint's. Returns (B, R, R, 3) uint8, rounded as diffusers' PIL conversion does."""
     import torch
     from PIL import Image
 
@@ -457,9 +399,54 @@ def predict_batch(pipe, inputs: Sequence[np.ndarray], prompts: Sequence[str], se
 # ----------------------------------------------------------------------------- evaluate
 
 
-def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def _sample_batch(pipe, cache: Any, batch: Sequence[Selected], config: SamplingConfig, target_kind: str,
+                  tmp: Path, grid_rows: list) -> list[dict]:
+    """Sample one batch, save its images and comparisons under `tmp` and score it from the saved
+    PNGs (so anyone can recompute the scores); returns its rows of results.json `samples`."""
+    inputs = [cache.frame(s.video_id, config.input_idx) for s in batch]    # (R, R, 3) each
+    targets = [cache.frame(s.video_id, config.target_idx) for s in batch]  # (R, R, 3) each
+    prompts = [build_prompt(s.text, s.progress_percent) for s in batch]
+    outputs = predict_batch(pipe, inputs, prompts, [sample_seed(config.seed, s.video_id) for s in batch],
+                            config, target_kind)                           # (B, R, R, 3)
+    ceiling = roundtrip(pipe.vae, np.stack(targets))                       # (B, R, R, 3)
+    latent_copy = roundtrip(pipe.vae, np.stack(inputs))                    # (B, R, R, 3)
+    rows = []
+    for s, inp, tgt, out, ae, lc, prompt in zip(batch, inputs, targets, outputs, ceiling, latent_copy, prompts):
+        for sub, img in (("input", inp), ("target", tgt), ("output", out), ("autoencoder", ae), ("latent_copy", lc)):
+            save_png(img, tmp / sub / f"{s.video_id}.png")
+        grid = comparison_grid([inp, tgt, out, ae, lc], COMPARISON_LABELS)
+        save_png(grid, tmp / "comparison" / f"{s.video_id}.png")
+        if len(grid_rows) < GRID_ROWS:
+            grid_rows.append(grid)
+        rows.append({"video_id": s.video_id, "task": s.task, "label": s.label, "prompt": prompt,
+                     "progress_percent": s.progress_percent, "true_progress_percent": s.true_progress_percent,
+                     "num_frames": s.num_frames})
+    saved = {sub: np.stack([load_png(tmp / sub / f"{s.video_id}.png") for s in batch])
+             for sub in ("target", *METHODS)}  # each (B, R, R, 3)
+    scores = score_methods({sub: saved[sub] for sub in METHODS}, saved["target"], saved["input"])
+    for j, row in enumerate(rows):
+        row.update({k: float(v[j]) for k, v in scores.items()})
+    return rows
+
+
+def _summaries(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The set-level part of results.json: mean/std of the model and of each reference."""
+    out: dict[str, Any] = {}
+    for prefix in ("", "baseline_", "autoencoder_", "latent_copy_"):
+        out[f"{prefix}mean"], out[f"{prefix}std"] = _summary(rows, prefix)
+    out["motion_fraction_mean"] = mean_std([r["motion_fraction"] for r in rows])[0]
+    out["n_static"] = sum(1 for r in rows if r["motion_fraction"] == 0.0)
+    return out
+
+
+def _log_scores(log: LogFn, out_dir: Path, s: Mapping[str, Any], n: int) -> None:
+    mean, std, base, lc, ae = s["mean"], s["std"], s["baseline_mean"], s["latent_copy_mean"], s["autoencoder_mean"]
+    log(f"{out_dir}: SSIM {mean['ssim']:.4f} +- {std['ssim']:.4f}, PSNR {mean['psnr']:.2f} +- "
+        f"{std['psnr']:.2f} dB (copy-frame {base['ssim']:.4f} / {base['psnr']:.2f} dB, latent copy "
+        f"{lc['ssim']:.4f} / {lc['psnr']:.2f} dB, VAE ceiling {ae['ssim']:.4f} / "
+        f"{ae['psnr']:.2f} dB); motion-region PSNR {mean['motion_psnr']:.2f} dB (latent copy "
+        f"{lc['motion_psnr']:.2f}, copy-frame {base['motion_psnr']:.2f}, ceiling "
+        f"{ae['motion_psnr']:.2f}), n={n}")
 
 
 def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[Mapping],
@@ -467,15 +454,10 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
                    progress_override: Optional[Mapping[str, float]] = None,
                    extra_metadata: Optional[Mapping[str, Any]] = None,
                    log: Optional[LogFn] = None) -> EvalResult:
-    """Sample `model_dir` on the selected `entries`, write the seed's output folder to `out_dir`
-    and return the scores (see the module docstring for every rule).
-
-    progress_override: {video_id: PAC-Net percent}; used for the prompts only when
-    `config.add_progress` (ignored otherwise, so one mapping can be passed to every variant).
-    extra_metadata: JSON-able lineage, stored as results.json["metadata"].
-    The folder is built under a temp name beside `out_dir` and renamed onto it when complete;
-    results.json is its last file. Raises ValueError when no entry is eligible.
-    """
+    """Sample `model_dir` on the selected `entries`, write the output folder to `out_dir` (atomically,
+    results.json last) and return the scores. `progress_override` ({video_id: PAC-Net percent}) is
+    used only with `config.add_progress`; `extra_metadata` is stored as results.json["metadata"].
+    ValueError when no entry is eligible."""
     from pecn_ml.models.pix2pix import latent_target
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -488,86 +470,40 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
         raise ValueError(f"no eligible sample among {len(entries)} eval entries for frames "
                          f"{config.input_idx}->{config.target_idx} (reasons: {reasons})")
     device, dtype = resolve_device_dtype(config)
+    dtype_name = str(dtype).replace("torch.", "")
     pipe = load_pipeline(model_dir, device, dtype)
-    ckpt_sha = checkpoint_sha256(model_dir)
-    target_kind = latent_target(model_dir)
+    ckpt_sha, target_kind = checkpoint_sha256(model_dir), latent_target(model_dir)
     if log:
-        log(f"evaluating {model_dir} on {len(chosen)} samples ({len(skipped)} skipped), "
-            f"frames {config.input_idx}->{config.target_idx}, {device} {str(dtype).replace('torch.', '')}, "
-            f"latent target {target_kind!r}")
-
+        log(f"evaluating {model_dir} on {len(chosen)} samples ({len(skipped)} skipped), frames "
+            f"{config.input_idx}->{config.target_idx}, {device} {dtype_name}, latent target {target_kind!r}")
     with atomic_dir(out_dir) as tmp:  # also removes temp folders of killed writers
         for sub in SUBDIRS:
             (tmp / sub).mkdir()
         rows: list[dict] = []
-        grid_rows = []
+        grid_rows: list = []
         meter = ProgressMeter(f"sampling {out_dir.name}", len(chosen), log, unit="samples")
-        for batch in _chunks(chosen, config.batch_size):
-            inputs = [cache.frame(s.video_id, config.input_idx) for s in batch]    # (R, R, 3) each
-            targets = [cache.frame(s.video_id, config.target_idx) for s in batch]  # (R, R, 3) each
-            prompts = [build_prompt(s.text, s.progress_percent) for s in batch]
-            outputs = predict_batch(pipe, inputs, prompts, [sample_seed(config.seed, s.video_id) for s in batch],
-                                    config, target_kind)  # (B, R, R, 3)
-            ceiling = roundtrip(pipe.vae, np.stack(targets))                       # (B, R, R, 3)
-            latent_copy = roundtrip(pipe.vae, np.stack(inputs))                    # (B, R, R, 3)
-            for s, inp, tgt, out, ae, lc, prompt in zip(batch, inputs, targets, outputs, ceiling, latent_copy,
-                                                         prompts):
-                for sub, img in (("input", inp), ("target", tgt), ("output", out), ("autoencoder", ae),
-                                 ("latent_copy", lc)):
-                    save_png(img, tmp / sub / f"{s.video_id}.png")
-                grid = comparison_grid([inp, tgt, out, ae, lc], COMPARISON_LABELS)
-                save_png(grid, tmp / "comparison" / f"{s.video_id}.png")
-                if len(grid_rows) < GRID_ROWS:
-                    grid_rows.append(grid)
-                rows.append({"video_id": s.video_id, "task": s.task, "label": s.label, "prompt": prompt,
-                             "progress_percent": s.progress_percent,
-                             "true_progress_percent": s.true_progress_percent, "num_frames": s.num_frames})
-            # Metrics from the saved files, so anyone can recompute them from the PNGs.
-            saved = {sub: np.stack([load_png(tmp / sub / f"{s.video_id}.png") for s in batch])
-                     for sub in ("target", *METHODS)}  # each (B, R, R, 3)
-            scores = score_methods({sub: saved[sub] for sub in METHODS}, saved["target"], saved["input"])
-            for j, row in enumerate(rows[-len(batch):]):
-                row.update({k: float(v[j]) for k, v in scores.items()})
+        for i in range(0, len(chosen), config.batch_size):
+            batch = chosen[i:i + config.batch_size]
+            rows += _sample_batch(pipe, cache, batch, config, target_kind, tmp, grid_rows)
             meter.update(len(batch), extra=f"last SSIM {rows[-1]['ssim']:.4f}")
-
-        mean, std = _summary(rows)
-        base_mean, base_std = _summary(rows, "baseline_")
-        ae_mean, ae_std = _summary(rows, "autoencoder_")
-        lc_mean, lc_std = _summary(rows, "latent_copy_")
-        fraction_mean = mean_std([r["motion_fraction"] for r in rows])[0]
-        n_static = sum(1 for r in rows if r["motion_fraction"] == 0.0)
+        summary = _summaries(rows)
         save_png(stack_vertical(grid_rows), tmp / "comparison_grid.png")
-        resolved = {"device": str(device), "dtype": str(dtype).replace("torch.", "")}
         results = {
-            "format_version": RESULTS_FORMAT_VERSION,
-            "samples": rows, "n": len(rows), "n_requested": config.num_samples,
-            "mean": mean, "std": std, "baseline_mean": base_mean, "baseline_std": base_std,
-            "autoencoder_mean": ae_mean, "autoencoder_std": ae_std,
-            "latent_copy_mean": lc_mean, "latent_copy_std": lc_std,
-            "motion_fraction_mean": fraction_mean, "n_static": n_static,
+            "format_version": RESULTS_FORMAT_VERSION, "samples": rows, "n": len(rows),
+            "n_requested": config.num_samples, **summary,
             "selection": selection_record(chosen, config.selection_seed, max(config.target_idx, MATCHED_TARGET_IDX)),
-            "config": {**config.to_dict(), **{f"resolved_{k}": v for k, v in resolved.items()},
+            "config": {**config.to_dict(), "resolved_device": str(device), "resolved_dtype": dtype_name,
                        "progress_source": progress_source_text(config, progress_override is not None),
-                       "cache_resolution": getattr(cache, "resolution", None),
-                       "cache_version": getattr(cache, "version", None),
-                       "metrics": METRIC_SETTINGS, "std_ddof": 0,
+                       **_cache_config(cache), "std_ddof": 0,
                        "sample_seed": "first 8 bytes of sha256('{seed}:{video_id}') & (2**63-1)"},
-            "skipped": skipped,
-            "model_dir": str(model_dir),
-            "checkpoint_sha256": ckpt_sha,
+            "skipped": skipped, "model_dir": str(model_dir), "checkpoint_sha256": ckpt_sha,
             "metadata": json.loads(json.dumps(dict(extra_metadata or {}), default=str)),
         }
         write_json_atomic(tmp / "results.json", results)
     if log:
-        log(f"{out_dir}: SSIM {mean['ssim']:.4f} +- {std['ssim']:.4f}, PSNR {mean['psnr']:.2f} +- "
-            f"{std['psnr']:.2f} dB (copy-frame {base_mean['ssim']:.4f} / {base_mean['psnr']:.2f} dB, latent copy "
-            f"{lc_mean['ssim']:.4f} / {lc_mean['psnr']:.2f} dB, VAE ceiling {ae_mean['ssim']:.4f} / "
-            f"{ae_mean['psnr']:.2f} dB); motion-region PSNR {mean['motion_psnr']:.2f} dB (latent copy "
-            f"{lc_mean['motion_psnr']:.2f}, copy-frame {base_mean['motion_psnr']:.2f}, ceiling "
-            f"{ae_mean['motion_psnr']:.2f}), n={len(rows)}")
-    return EvalResult(out_dir=out_dir, results_json=out_dir / "results.json",
-                      grid_png=out_dir / "comparison_grid.png", mean=mean, std=std, baseline_mean=base_mean,
-                      baseline_std=base_std, autoencoder_mean=ae_mean, autoencoder_std=ae_std,
-                      latent_copy_mean=lc_mean, latent_copy_std=lc_std, n=len(rows), samples=rows, skipped=skipped,
-                      checkpoint_sha256=ckpt_sha, config=results["config"], motion_fraction_mean=fraction_mean,
-                      n_static=n_static)
+        _log_scores(log, out_dir, summary, len(rows))
+    return EvalResult(out_dir=out_dir, results_json=out_dir / "results.json", grid_png=out_dir / "comparison_grid.png",
+                      **{k: summary[k] for k in ("mean", "std", "baseline_mean", "baseline_std", "autoencoder_mean",
+                                                 "autoencoder_std", "latent_copy_mean", "latent_copy_std",
+                                                 "motion_fraction_mean", "n_static")},
+                      n=len(rows), samples=rows, skipped=skipped, checkpoint_sha256=ckpt_sha, config=results["config"])

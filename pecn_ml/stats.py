@@ -1,33 +1,10 @@
 """t-tests between the variants' evaluations (the seed's t_test.py, plus the control arms).
 
-Comparisons (`pecn_ml.variants.comparison_pairs`), each per target frame (next1, next5), eval
-set, metric (SSIM, PSNR, motion-region PSNR) and training seed, difference = arm B - arm A:
-
-* "progress - plain"    (next*_progress - next*): the seed's with vs without progress;
-* "progress - shuffled" (next*_progress - next*_shuffled): does the percentage's information help?
-* "shuffled - plain"    (next*_shuffled - next*): does the progress sentence's form help?
-
-Rows name the comparison in `comparison`; arm A is in `without` (and `mean_without`, ...) and arm
-B in `with`, the names kept from the seed's with/without-progress table. A metric that the results
-lack (`motion_psnr` in results.json written before it was scored) gives a row with NaN statistics
-and the reason in `paired_reason` / `welch_reason`, not an error.
-
-Two tests per row, both two-sided:
-
-* paired t-test over the videos both runs scored (the right test: both models see the same
-  inputs), `scipy.stats.ttest_rel`; 95% CI of the mean paired difference from the t distribution
-  with n-1 df; effect size Cohen's d_z = mean(diff) / sd(diff, ddof=1).
-* Welch's t-test over all samples of each run (independent samples, unequal variances),
-  `scipy.stats.ttest_ind(equal_var=False)`; Welch-Satterthwaite df; 95% CI of the difference in
-  means; effect size Hedges' g = J * (mean_with - mean_without) / pooled sd (ddof=1),
-  J = 1 - 3 / (4 (n1 + n2) - 9).
-
-A test that cannot be computed (n < 2, zero variance up to float rounding) returns NaN statistics and a `reason`
-instead of raising; JSON output stores those NaNs as null.
-
-Several training seeds (`seed_t_test_table`): the tests per seed, and the same tests on each
-video's score averaged over the seeds (paired by video), with the mean and sd over seeds of the
-per-seed mean differences beside them.
+Per comparison of `pecn_ml.variants.comparison_pairs` (progress - plain, progress - shuffled,
+shuffled - plain; difference = arm B "with" - arm A "without"), target frame, eval set, metric and
+training seed: a paired t-test over the videos both runs scored (Cohen's d_z) and Welch's t-test
+(Hedges' g), both two-sided (`METHOD`). A test that cannot be computed (n < 2, zero variance, a
+metric the results lack) gives NaN statistics and a `reason`, stored as null in JSON.
 """
 
 from __future__ import annotations
@@ -79,7 +56,7 @@ def _scores(results: Mapping[str, Any], metric: str, name: str) -> dict[str, flo
 
 
 def paired_test(without: Sequence[float], with_: Sequence[float]) -> dict[str, Any]:
-    """Paired t-test of with_ - without (equal-length, aligned sequences); see the module docstring."""
+    """Paired t-test of with_ - without (aligned sequences): t, p, 95% CI from t(n-1), Cohen's d_z."""
     from scipy import stats
 
     x, y = np.asarray(without, dtype=np.float64), np.asarray(with_, dtype=np.float64)
@@ -106,7 +83,8 @@ def paired_test(without: Sequence[float], with_: Sequence[float]) -> dict[str, A
 
 
 def welch_test(without: Sequence[float], with_: Sequence[float]) -> dict[str, Any]:
-    """Welch's t-test of mean(with_) - mean(without); see the module docstring."""
+    """Welch's t-test of mean(with_) - mean(without): Welch-Satterthwaite df, 95% CI, Hedges' g
+    (pooled sd, ddof=1, J = 1 - 3 / (4 (n1 + n2) - 9))."""
     from scipy import stats
 
     a, b = np.asarray(without, dtype=np.float64), np.asarray(with_, dtype=np.float64)
@@ -137,14 +115,9 @@ def welch_test(without: Sequence[float], with_: Sequence[float]) -> dict[str, An
 
 
 def compare_runs(without: Mapping[str, Any], with_: Mapping[str, Any], metric: str) -> dict[str, Any]:
-    """Paired (by video id, intersection, in `without`'s order) and Welch t-tests of `metric`
-    between two results dicts (results.json of `evaluate_model`); difference = with - without.
-
-    Returns {"metric", "n_without", "n_with", "n_paired", "mean_without", "mean_with",
-    "paired": {...}, "welch": {...}}; each test dict has "t", "p", "df", "mean_diff",
-    "ci95_low", "ci95_high", "effect_size", "effect_size_name" ("cohen_dz" / "hedges_g") and
-    "reason" (None, or why the statistics are NaN).
-    """
+    """Paired (videos in both, in `without`'s order) and Welch t-tests of `metric` between two
+    results.json dicts: {"metric", "n_without", "n_with", "n_paired", "mean_without", "mean_with",
+    "paired", "welch"}."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     a, b = _scores(without, metric, "arm A (without)"), _scores(with_, metric, "arm B (with)")
@@ -192,14 +165,8 @@ def _untested(a: Mapping[str, Any], b: Mapping[str, Any], metric: str, names: tu
 
 
 def t_test_table(results_by_eval: Mapping[tuple[str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per (target frame, comparison, eval set, metric): the comparisons of
-    `pecn_ml.variants.comparison_pairs` (progress - plain, progress - shuffled, shuffled - plain)
-    for targets 21 and 25, each eval set in EVAL_SETS and metric in METRICS.
-
-    `results_by_eval` maps (variant name, eval set) -> results dict; comparisons with a missing
-    side are left out; a metric the results lack gives a NaN row with the reason. Rows carry
-    both models' `checkpoint_sha256` (from the results dicts).
-    """
+    """One flat row per (comparison, eval set, metric) from {(variant name, eval set): results};
+    comparisons with a missing side are left out. Rows carry both models' `checkpoint_sha256`."""
     rows = []
     for comparison, without_v, with_v in comparison_pairs():
         for eval_set in EVAL_SETS:
@@ -236,9 +203,8 @@ def _json_safe(obj: Any) -> Any:
 
 
 def write_t_tests(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Write `t_test_results.json` atomically: {"format_version", "method", "n_tests", "tests": rows,
-    "checkpoint_sha256": {variant (or "{seed}|{variant}" for rows with a seed): sha}} with NaN
-    stored as null."""
+    """Write `t_test_results.json` atomically ({"format_version", "method", "n_tests", "tests",
+    "checkpoint_sha256": {"[{seed}|]{variant}": sha}}), NaN as null."""
     shas: dict[str, Optional[str]] = {}
     for r in rows:
         if r.get("checkpoint_sha256_without") is None and r.get("checkpoint_sha256_with") is None:
@@ -266,11 +232,9 @@ def mean_over_seeds(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def seed_t_test_table(results: Mapping[tuple[int, str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """`t_test_table` per training seed (rows carry `seed`), and with two or more seeds the same
-    tests on the per-video means over the seeds (rows with `seed` = "mean of N", `n_seeds`, and the
-    mean and sd over seeds of the per-seed paired mean differences).
-
-    `results` maps (seed, variant name, eval set) -> results dict."""
+    """`t_test_table` per seed of {(seed, variant, eval set): results}, and with two or more seeds
+    the same on per-video means over seeds (`seed` = "mean of N", with the mean and sd over seeds
+    of the per-seed mean differences)."""
     seeds = sorted({seed for seed, _, _ in results})
     rows: list[dict[str, Any]] = []
     for seed in seeds:

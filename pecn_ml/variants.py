@@ -1,12 +1,5 @@
-"""The InstructPix2Pix variants: the seed's four (train_pipeline.sh), two control arms, and the
-two eval sets.
-
-Control arms (issue 16): `next1_shuffled` / `next5_shuffled` carry the progress sentence with a
-percentage taken from another video (`pecn_ml.prompts.shuffle_percents`, a fixed seeded
-derangement): the same prompt form and distribution of percentages as `*_progress`, without the
-information. progress - shuffled asks whether the information helps, shuffled - plain whether the
-form does (`comparison_pairs`, tested by `pecn_ml.stats`).
-"""
+"""The InstructPix2Pix variants: the seed's four, two control arms (`*_shuffled`: another video's
+percent, `pecn_ml.prompts.shuffle_percents`), and the two eval sets."""
 
 from __future__ import annotations
 
@@ -66,12 +59,6 @@ EVAL_SETS: dict[str, str] = {
     "backforth": "val_filtered_backforth.json",
 }
 TRAIN_FILE = "train_filtered.json"
-
-
-def progress_pairs() -> list[tuple[Variant, Variant]]:
-    """(without progress, with progress) pairs, one per target frame."""
-    return [(VARIANTS["next1"], VARIANTS["next1_progress"]),
-            (VARIANTS["next5"], VARIANTS["next5_progress"])]
 
 
 # name of a comparison -> (arm A, arm B) by suffix; the t-tests test B - A

@@ -58,15 +58,17 @@ def smoke_graph(tmp_path_factory) -> SmokeGraph:
     """The whole asset graph materialised on the smoke profile (tiny data, tiny models)."""
     import dagster as dg
 
-    from pecn_assets.definitions import build_definitions, deployment_from_env
-    from pecn_assets.demo import ensure_synthetic_data, materialize_all
+    from pecn_assets.build import build_definitions
+    from pecn_assets.tools.demo import ensure_synthetic_data, materialize_all
+    from pecn_ml.deployment import Deployment
+    from pecn_ml.profiles import get_profile
 
     root = tmp_path_factory.mktemp("smoke")
     env = smoke_env(root)
     write_dagster_yaml(Path(env["DAGSTER_HOME"]))
-    deployment = deployment_from_env(env)  # the same choice the UI tests' webserver makes from `env`
-    ensure_synthetic_data(Path(env["PECN_DATA_DIR"]), deployment["profile"].synthetic)
-    defs = build_definitions(**deployment)
+    deployment = Deployment.from_env(env)  # the same choice the UI tests' webserver makes from `env`
+    ensure_synthetic_data(Path(env["PECN_DATA_DIR"]), get_profile(deployment.profile).synthetic)
+    defs = build_definitions(deployment)
     resources = {k: defs.resources[k] for k in ("settings", "models", "tracking")}
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     ok = materialize_all(instance, defs, log=print)

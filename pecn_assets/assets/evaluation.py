@@ -17,6 +17,7 @@ from pecn_assets.resources import PecnSettings
 from pecn_assets.runs import run_dir
 from pecn_ml.artifacts import (ArtifactChanged, CopyFrameBaseline, EvalSetResult, Evaluation, FilteredAnnotations,
                                FrameCacheRef, Pix2PixCheckpoint, ProgressEstimates, TTests, Workbook)
+from pecn_ml.deployment import Deployment
 from pecn_ml.report import across_seeds, evaluation_row, markdown_summary, write_summary_workbook
 from pecn_ml.sampling import SamplingConfig, evaluate_model, select_samples
 from pecn_ml.sampling import copy_frame_baseline as compute_copy_frame_baseline
@@ -55,7 +56,8 @@ def evaluation_rows(evaluation: dict[str, Evaluation]) -> list[dict]:
     return rows
 
 
-def build_evaluation_assets(parts: Partitions, automation: Automation = Automation()) -> list:
+def build_evaluation_assets(parts: Partitions, automation: Automation = Automation(),
+                            deployment: Deployment = Deployment()) -> list:
     """evaluation (per training seed x variant; follows its ip2p_model partition), copy_frame_baseline (per
     eval set), t_tests, summary_report."""
     profile = parts.profile
@@ -63,7 +65,7 @@ def build_evaluation_assets(parts: Partitions, automation: Automation = Automati
 
     @dg.asset(group_name="evaluation", partitions_def=parts.model, kinds={"pytorch", "json"}, code_version="3",
               ins={"frame_cache": at_pix2pix_resolution}, automation_condition=automation.follow("ip2p_model"),
-              **gpu_asset_args())
+              **gpu_asset_args(1, deployment))
     @not_retried_when_hopeless
     def evaluation(context: dg.AssetExecutionContext, config: ProgressSourceConfig, settings: PecnSettings,
                    filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef, ip2p_model: Pix2PixCheckpoint,
@@ -80,9 +82,10 @@ def build_evaluation_assets(parts: Partitions, automation: Automation = Automati
         check_cuda(settings, profile.requires_gpu, f"evaluation (profile {profile.name})")
         with claimed_gpus(context, settings, 1) as claim:
             sampling = replace(sampling, device=torch_device(claim))
-            sets = {s: evaluate_set(ip2p_model, cache, s, filtered_annotations.eval_set(s), sampling, run_dir(
-                        settings.results_path() / f"seed_{ip2p_model.seed}" / f"{variant.seed_name}_eval_{s}",
-                        context), override, lineage, context.log.info) for s in EVAL_SETS}
+            out = settings.results_path() / f"seed_{ip2p_model.seed}"
+            sets = {s: evaluate_set(ip2p_model, cache, s, filtered_annotations.eval_set(s), sampling,
+                                    run_dir(out / f"{variant.seed_name}_eval_{s}", context), override, lineage,
+                                    context.log.info) for s in EVAL_SETS}
         grids = [Path(r.results_json).parent / "comparison_grid.png" for r in sets.values()]
         return materialized(
             Evaluation(ip2p_model.variant, ip2p_model.seed, ip2p_model.path, ip2p_model.sha256, sets,
@@ -100,10 +103,9 @@ def build_evaluation_assets(parts: Partitions, automation: Automation = Automati
     def copy_frame_baseline(context: dg.AssetExecutionContext, settings: PecnSettings,
                             filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef) -> dg.MaterializeResult:
         """"Predict the input frame unchanged": SSIM/PSNR and motion-region PSNR for targets 21 and 25 on the same samples."""
-        eval_set, cache = context.partition_key, frame_cache.open()
-        results = {str(t): compute_copy_frame_baseline(cache, filtered_annotations.eval_set(eval_set),
-                                                       profile.sampling.input_idx, t, profile.sampling.num_samples,
-                                                       selection_seed=profile.sampling.selection_seed)
+        eval_set, cache, s = context.partition_key, frame_cache.open(), profile.sampling
+        results = {str(t): compute_copy_frame_baseline(cache, filtered_annotations.eval_set(eval_set), s.input_idx, t,
+                                                       s.num_samples, selection_seed=s.selection_seed)
                    for t in sorted({v.target_idx for v in VARIANTS.values()})}
         path = write_json_atomic(run_dir(settings.results_path() / f"copy_frame_baseline_{eval_set}", context)
                                  / "results.json", results)
@@ -111,6 +113,12 @@ def build_evaluation_assets(parts: Partitions, automation: Automation = Automati
                          "n": r["n"], "ids_sha256": r["selection"]["ids_sha256"]} for t, r in results.items()}
         sha = sha256_file(path)
         return materialized(CopyFrameBaseline(str(path), sha, eval_set=eval_set, by_target=by_target), sha)
+
+    return [evaluation, copy_frame_baseline, *_report_assets()]
+
+
+def _report_assets() -> list:
+    """t_tests and summary_report (unpartitioned, over every evaluation)."""
 
     @dg.asset(group_name="evaluation", kinds={"json", "scipy"}, code_version="2")
     def t_tests(context: dg.AssetExecutionContext, settings: PecnSettings,
@@ -139,4 +147,4 @@ def build_evaluation_assets(parts: Partitions, automation: Automation = Automati
             summary=dg.MetadataValue.md(markdown_summary(rows, tests, across)),
             model_checkpoint_sha256=t_tests.models, t_tests_sha256=t_tests.sha256)
 
-    return [evaluation, copy_frame_baseline, t_tests, summary_report]
+    return [t_tests, summary_report]

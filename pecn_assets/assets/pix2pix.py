@@ -1,7 +1,6 @@
 """InstructPix2Pix assets: the fine-tuned variants (target 21/25; no, true or shuffled progress), each
 trained once per training seed (partition `{seed}|{variant}`)."""
 
-from dataclasses import asdict
 from typing import Optional
 
 import dagster as dg
@@ -17,6 +16,7 @@ from pecn_assets.pipes_launch import child_result, run_training
 from pecn_assets.resources import PecnSettings, Tracking
 from pecn_assets.runs import run_dir, step_tags
 from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, ProgressEstimates, Weights
+from pecn_ml.deployment import Deployment
 from pecn_ml.model_cards import CardContext
 from pecn_ml.variants import VARIANTS, Variant
 
@@ -38,10 +38,10 @@ def progress_source(use_estimator: bool, estimates: Optional[ProgressEstimates],
     return estimates.percent_by_video(), {**lineage, "progress_source": lineage["progress_source"] + shuffled}
 
 
-def build_pix2pix_assets(parts: Partitions, train_processes: int = 1, automation: Automation = Automation()) -> list:
-    """ip2p_model: one partition per training seed x variant; hyper-parameters in the run config.
-    `train_processes`: the GPUs a step's pod asks for on Kubernetes (settings.train_processes);
-    retrained at the weekly tick when missing or stale (pecn_assets/automation.py)."""
+def build_pix2pix_assets(parts: Partitions, train_processes: int = 1, automation: Automation = Automation(),
+                         deployment: Deployment = Deployment()) -> list:
+    """ip2p_model, one partition per training seed x variant; `train_processes`: the GPUs of a step's
+    pod on Kubernetes."""
     profile = parts.profile
     Pix2PixRunConfig = trainer_config_class(
         "Pix2PixRunConfig", profile.pix2pix_train, exclude=("seed", "latent_cache_dir"), base=Pix2PixLaunchConfig,
@@ -51,7 +51,7 @@ def build_pix2pix_assets(parts: Partitions, train_processes: int = 1, automation
     @dg.asset(group_name="pix2pix", partitions_def=parts.model, kinds={"pytorch"},
               code_version=config_code_version("2", profile.pix2pix_train), automation_condition=automation.retrain(),
               ins={"frame_cache": dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pix2pix_resolution))},
-              **gpu_asset_args(train_processes))
+              **gpu_asset_args(train_processes, deployment))
     @not_retried_when_hopeless
     def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, settings: PecnSettings,
                    tracking: Tracking, filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef,
@@ -70,12 +70,10 @@ def build_pix2pix_assets(parts: Partitions, train_processes: int = 1, automation
                                   "prompt_text": profile.prompt_text, "progress_source": progress_meta["progress_source"],
                                   "profile": profile.name})
         job = Pix2PixJob(
-            annotations=filtered_annotations.to_json(), frame_cache=frame_cache.to_json(), base=pix2pix_base.to_json(),
-            variant=variant, seed=seed, train_config=asdict(train_config), run_id=context.run.run_id,
-            prompt_text=profile.prompt_text, progress_estimates=override,
-            progress_source=progress_meta["progress_source"],
-            tracking=asdict(tracking.for_run(f"ip2p_model {context.partition_key}", step_tags(context))),
-            options=launch_options(settings, profile, out), card=card.to_dict())
+            annotations=filtered_annotations, frame_cache=frame_cache, base=pix2pix_base, variant=variant, seed=seed,
+            train_config=train_config, options=launch_options(settings, profile, out), run_id=context.run.run_id,
+            prompt_text=profile.prompt_text, progress_estimates=override, progress_source=progress_meta["progress_source"],
+            tracking=tracking.for_run(f"ip2p_model {context.partition_key}", step_tags(context)), card=card)
         with claimed_gpus(context, settings, k) as claim:
             checkpoint, meta = child_result(run_training(context, "pix2pix", job, num_processes=k, claim=claim))
         curve, grid = meta.pop("loss_curve_png"), meta.pop("validation_grid_png")

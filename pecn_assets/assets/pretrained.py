@@ -1,13 +1,5 @@
-"""Base weights: what every model starts from, pinned so lineage runs from them to every metric.
-
-In the real run (`full` profile) each asset resolves a hub name to one commit's files in the HF
-cache (downloading them if needed) and records the commit and the weights' sha. In the demo the
-same assets train small stand-ins on the synthetic training videos (`pecn_ml.models.standins`),
-content-addressed: an unchanged input reuses the earlier build. Either way the asset's data
-version is the sha of the folder's manifest (every file a loader reads: weights, configs,
-tokenizer, scheduler) and its value a `Weights` handle (folder + that sha + the manifest) that
-downstream assets receive as an argument.
-"""
+"""Base weights every model starts from: hub weights pinned to a commit (full profile) or stand-ins
+trained on the synthetic training videos (demo), a `Weights` handle whose sha covers the folder."""
 
 import hashlib
 
@@ -18,11 +10,11 @@ from pecn_assets.metadata import image_md, materialized, table_md
 from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings, PretrainedModels
 from pecn_ml.artifacts import MANIFEST, FilteredAnnotations, FrameCacheRef, Weights
+from pecn_ml.images import plot_loss_curve
 from pecn_ml.models.standins import (STANDS_IN_FOR, BuiltStandin, build_standin_clip_text,
                                      build_standin_pix2pix, build_standin_resnet)
 from pecn_ml.models.weights import ResolvedWeights, resolve_weights
 from pecn_ml.prompts import action_text
-from pecn_ml.training.pix2pix import plot_loss_curve
 from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_json
 from pecn_ml.utils.usage import bytes_on_disk, safetensors_parameters
 
@@ -46,11 +38,8 @@ def training_videos(annotations: FilteredAnnotations, frame_cache: FrameCacheRef
     return videos, texts, version, held_out
 
 
-def weights_metadata(weights: ResolvedWeights | BuiltStandin) -> dict:
-    """What a base-weights asset records beside its `Weights` handle (source, files, build report)."""
-    if isinstance(weights, ResolvedWeights):
-        return {"source": "hub", "name": weights.name, "revision": weights.revision or "local folder",
-                "files": dg.MetadataValue.json(weights.files)}
+def _standin_metadata(weights: BuiltStandin) -> dict:
+    """A stand-in's build report and loss curves."""
     report = weights.report
     curves = {k: v for k, v in report.items() if isinstance(v, dict) and "values" in v}
     pngs = [plot_loss_curve(c["values"], weights.path.parent / "curves" / f"{weights.path.name}-{k}.png",
@@ -62,30 +51,31 @@ def weights_metadata(weights: ResolvedWeights | BuiltStandin) -> dict:
 
 
 def _result(role: str, weights: ResolvedWeights | BuiltStandin, **extra) -> dg.MaterializeResult:
+    """The `Weights` handle of a folder (sha of its manifest) with its source, sizes and `extra`."""
     if isinstance(weights, ResolvedWeights):
         source, name, revision = "hub", weights.name, weights.revision or ""
+        meta = {"source": "hub", "name": name, "revision": revision or "local folder",
+                "files": dg.MetadataValue.json(weights.files)}
     else:  # the folder's name is its content key
         source, name, revision = "stand-in", f"stand-in for {STANDS_IN_FOR[weights.kind]}", weights.path.name
+        meta = _standin_metadata(weights)
     files = folder_manifest(weights.path)
     handle = Weights(role=role, path=str(weights.path), sha256=manifest_sha256(files), source=source,
                      name=name, revision=revision, sha256_scheme=MANIFEST, files=files)
-    sizes = {"parameters": safetensors_parameters(weights.path), "bytes_on_disk": bytes_on_disk(weights.path, follow_symlinks=True)}
-    return materialized(handle, handle.sha256, **{**weights_metadata(weights), **sizes, **extra})
+    return materialized(handle, handle.sha256, **meta, parameters=safetensors_parameters(weights.path),
+                        bytes_on_disk=bytes_on_disk(weights.path, follow_symlinks=True), **extra)
 
 
 def build_pretrained_assets(parts: Partitions) -> list:
-    """pix2pix_base, resnet_base, clip_text_base. Stand-ins (demo) are trained on the frame cache's
-    training videos, so there those two assets read the annotations and the cache; hub weights
-    (full) read no data, and their assets declare none."""
+    """pix2pix_base, resnet_base, clip_text_base: stand-ins (demo) read the training videos, hub weights none."""
     profile = parts.profile
     if profile.standins is None:
-        return [_hub_asset(role, description) for role, description in HUB_ASSETS]
+        return [_hub_asset(role) for role in DESCRIPTIONS]
 
-    @dg.asset(group_name="pretrained", kinds={"pytorch"}, code_version="2",
+    @dg.asset(group_name="pretrained", kinds={"pytorch"}, code_version="2", description=DESCRIPTIONS["pix2pix_base"],
               ins={"frame_cache": dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pix2pix_resolution))})
     def pix2pix_base(context: dg.AssetExecutionContext, settings: PecnSettings, filtered_annotations: FilteredAnnotations,
                      frame_cache: FrameCacheRef) -> dg.MaterializeResult:
-        """InstructPix2Pix weights the variants are fine-tuned from: timbrooks/instruct-pix2pix pinned to a commit, or the demo's trained stand-in."""
         videos, texts, version, held_out = training_videos(filtered_annotations, frame_cache, profile.prompt_text)
         built = build_standin_pix2pix(settings.outputs_path() / "pretrained", videos, profile.standins, version,
                                       texts=texts, eval_frames=held_out, prompt_text=profile.prompt_text,
@@ -94,19 +84,17 @@ def build_pretrained_assets(parts: Partitions) -> list:
                        roundtrip_psnr=float(built.report.get("roundtrip_psnr", float("nan"))),
                        roundtrip_ssim=float(built.report.get("roundtrip_ssim", float("nan"))))
 
-    @dg.asset(group_name="pretrained", kinds={"pytorch"}, code_version="2",
+    @dg.asset(group_name="pretrained", kinds={"pytorch"}, code_version="2", description=DESCRIPTIONS["resnet_base"],
               ins={"frame_cache": dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pacnet_resolution))})
     def resnet_base(context: dg.AssetExecutionContext, settings: PecnSettings, filtered_annotations: FilteredAnnotations,
                     frame_cache: FrameCacheRef) -> dg.MaterializeResult:
-        """PAC-Net's frame encoder: microsoft/resnet-50 pinned to a commit, or the demo's stand-in pretrained on where things move."""
         videos, _, version, _ = training_videos(filtered_annotations, frame_cache)
         return _result("resnet_base", build_standin_resnet(settings.outputs_path() / "pretrained", videos,
                                                            profile.standins, version, log=context.log.info,
                                                            run_id=context.run.run_id))
 
-    @dg.asset(group_name="pretrained", kinds={"pytorch"}, code_version="2")
+    @dg.asset(group_name="pretrained", kinds={"pytorch"}, code_version="2", description=DESCRIPTIONS["clip_text_base"])
     def clip_text_base(context: dg.AssetExecutionContext, settings: PecnSettings) -> dg.MaterializeResult:
-        """PAC-Net's text encoder: openai/clip-vit-base-patch32 pinned to a commit, or the demo's small random stand-in."""
         return _result("clip_text_base", build_standin_clip_text(settings.outputs_path() / "pretrained",
                                                                  profile.standins, log=context.log.info,
                                                                  run_id=context.run.run_id))
@@ -114,19 +102,22 @@ def build_pretrained_assets(parts: Partitions) -> list:
     return [pix2pix_base, resnet_base, clip_text_base]
 
 
-HUB_ASSETS = (
-    ("pix2pix_base", "InstructPix2Pix weights the variants are fine-tuned from: timbrooks/instruct-pix2pix pinned to a commit, or the demo's trained stand-in."),
-    ("resnet_base", "PAC-Net's frame encoder: microsoft/resnet-50 pinned to a commit, or the demo's stand-in pretrained on where things move."),
-    ("clip_text_base", "PAC-Net's text encoder: openai/clip-vit-base-patch32 pinned to a commit, or the demo's small random stand-in."),
-)
+DESCRIPTIONS = {
+    "pix2pix_base": "InstructPix2Pix weights the variants are fine-tuned from: timbrooks/instruct-pix2pix pinned to "
+                    "a commit, or the demo's trained stand-in.",
+    "resnet_base": "PAC-Net's frame encoder: microsoft/resnet-50 pinned to a commit, or the demo's stand-in "
+                   "pretrained on where things move.",
+    "clip_text_base": "PAC-Net's text encoder: openai/clip-vit-base-patch32 pinned to a commit, or the demo's small "
+                      "random stand-in.",
+}
 HUB_NAMES = {"pix2pix_base": ("pix2pix", "pix2pix_revision"), "resnet_base": ("resnet", "resnet_revision"),
              "clip_text_base": ("clip_text", "clip_text_revision")}
 
 
-def _hub_asset(role: str, description: str) -> dg.AssetsDefinition:
+def _hub_asset(role: str) -> dg.AssetsDefinition:
     """A base-weights asset of the real run: the `models` resource's hub name, pinned to a commit."""
 
-    @dg.asset(name=role, group_name="pretrained", kinds={"pytorch"}, code_version="2", description=description)
+    @dg.asset(name=role, group_name="pretrained", kinds={"pytorch"}, code_version="2", description=DESCRIPTIONS[role])
     def _hub_weights(models: PretrainedModels) -> dg.MaterializeResult:
         name, revision = (getattr(models, field) for field in HUB_NAMES[role])
         return _result(role, resolve_weights(name, revision))

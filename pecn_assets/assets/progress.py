@@ -1,6 +1,5 @@
 """PAC-Net assets: the progress-estimation network (per head) and its estimates at frame 20."""
 
-from dataclasses import asdict
 from typing import Sequence
 
 import dagster as dg
@@ -15,18 +14,11 @@ from pecn_assets.pipes_launch import child_result, run_training
 from pecn_assets.resources import PecnSettings, Tracking
 from pecn_assets.runs import run_dir, step_tags
 from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, PacNetCheckpoint, ProgressEstimates, Weights
+from pecn_ml.deployment import Deployment
 from pecn_ml.model_cards import CardContext
 from pecn_ml.models.pacnet import PacNetConfig, load_pacnet
-from pecn_ml.profiles import Profile
 from pecn_ml.progress_estimation import estimate_for_entries, mae_by_task
 from pecn_ml.utils.files import sha256_file, write_json_atomic
-
-
-def pacnet_model_config(profile: Profile, resnet: str, clip_text: str, head: str) -> PacNetConfig:
-    """The model config of a profile: the small preset over the stand-ins (demo) or the seed's."""
-    if profile.standins is not None:
-        return PacNetConfig.tiny(resnet, clip_text, head=head)
-    return PacNetConfig(resnet_name=resnet, clip_name=clip_text, head=head)
 
 
 def estimate_rows(model, cache, annotations: FilteredAnnotations, input_idx: int, log,
@@ -48,10 +40,10 @@ def estimate_rows(model, cache, annotations: FilteredAnnotations, input_idx: int
     return rows, by_task
 
 
-def build_progress_assets(parts: Partitions, train_processes: int = 1, automation: Automation = Automation()) -> list:
-    """pacnet (one partition per head; hyper-parameters in the run config; retrained at the weekly tick
-    when missing or stale) and progress_estimates (follows pacnet's regression head).
-    `train_processes`: the GPUs a pacnet step's pod asks for on Kubernetes."""
+def build_progress_assets(parts: Partitions, train_processes: int = 1, automation: Automation = Automation(),
+                          deployment: Deployment = Deployment()) -> list:
+    """pacnet (one partition per head) and progress_estimates (follows pacnet's regression head);
+    `train_processes`: the GPUs of a pacnet step's pod on Kubernetes."""
     profile = parts.profile
     PacNetRunConfig = trainer_config_class(
         "PacNetRunConfig", profile.pacnet_train, base=LaunchConfig,
@@ -60,7 +52,7 @@ def build_progress_assets(parts: Partitions, train_processes: int = 1, automatio
 
     @dg.asset(group_name="progress", partitions_def=parts.head, kinds={"pytorch"},
               code_version=config_code_version("3", profile.pacnet_train), automation_condition=automation.retrain(),
-              ins={"frame_cache": at_pacnet_resolution}, **gpu_asset_args(train_processes))
+              ins={"frame_cache": at_pacnet_resolution}, **gpu_asset_args(train_processes, deployment))
     @not_retried_when_hopeless
     def pacnet(context: dg.AssetExecutionContext, config: PacNetRunConfig, settings: PecnSettings,
                tracking: Tracking, filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef,
@@ -68,16 +60,18 @@ def build_progress_assets(parts: Partitions, train_processes: int = 1, automatio
         """PAC-Net (ResNet frames + Transformer + CLIP text) trained with dynamic temporal cropping, its epoch picked on a selection split of the training videos, scored on the evaluation videos (in a launched process, K processes on K claimed GPUs)."""
         train_config, k = training_settings(config, profile.pacnet_train, settings)
         head = context.partition_key
-        model_config = pacnet_model_config(profile, resnet_base.path, clip_text_base.path, head)
+        resnet, clip = resnet_base.path, clip_text_base.path   # the demo's stand-ins get the small preset
+        model_config = (PacNetConfig.tiny(resnet, clip, head=head) if profile.standins is not None
+                        else PacNetConfig(resnet_name=resnet, clip_name=clip, head=head))
         out = run_dir(settings.outputs_path() / f"pacnet_{head}", context)
         check_cuda(settings, profile.requires_gpu, f"pacnet (profile {profile.name})")
         card = CardContext(run_id=context.run.run_id, bases=(resnet_base.card_base(), clip_text_base.card_base()),
                            data_versions={"annotations": filtered_annotations.version, "frame_cache": frame_cache.version},
                            extra={"profile": profile.name})
-        job = PacNetJob(annotations=filtered_annotations.to_json(), frame_cache=frame_cache.to_json(), head=head,
-                        model_config=model_config.to_dict(), train_config=asdict(train_config),
-                        run_id=context.run.run_id, tracking=asdict(tracking.for_run(f"pacnet_{head}", step_tags(context))),
-                        options={**launch_options(settings, profile, out), "resume": "auto"}, card=card.to_dict())
+        job = PacNetJob(annotations=filtered_annotations, frame_cache=frame_cache, model_config=model_config,
+                        train_config=train_config, options=launch_options(settings, profile, out, resume="auto"),
+                        run_id=context.run.run_id, tracking=tracking.for_run(f"pacnet_{head}", step_tags(context)),
+                        card=card)
         with claimed_gpus(context, settings, k) as claim:
             checkpoint, meta = child_result(run_training(context, "pacnet", job, num_processes=k, claim=claim))
         history = meta.pop("history")
@@ -87,7 +81,7 @@ def build_progress_assets(parts: Partitions, train_processes: int = 1, automatio
             train_config=used_values(train_config), model_config=used_values(model_config),
             frame_cache_version=frame_cache.version, **resnet_base.lineage(), **clip_text_base.lineage())
 
-    @dg.asset(group_name="progress", kinds={"pytorch", "json"}, code_version="3", **gpu_asset_args(),
+    @dg.asset(group_name="progress", kinds={"pytorch", "json"}, code_version="3", **gpu_asset_args(1, deployment),
               automation_condition=automation.follow("pacnet"),
               ins={"frame_cache": at_pacnet_resolution,
                    "pacnet": dg.AssetIn(partition_mapping=dg.SpecificPartitionsPartitionMapping(["regression"]))})

@@ -1,18 +1,7 @@
-"""SSv2 annotation files: find, validate, filter to the four tasks, and sample with a fixed seed.
-
-Inputs (under `data_dir/annotations/`, official or short names):
-  labels:     {"<label key>": "<index>"}                      (174 keys)
-  train/val:  [{"id", "label", "template", "placeholders"}, ...]
-  test:       [{"id"}, ...]                                    (not needed for filtering)
-Outputs (JSON arrays, written atomically; each entry = its SSv2 fields + "task"):
-  train_filtered.json           train split, basic + back_and_forth tasks
-  val_filtered.json             validation split, basic tasks (move, drop, cover)
-  val_filtered_backforth.json   validation split, back_and_forth
-
-The class of an entry is its template with the square brackets removed, looked up *exactly* in
-labels (as the official baseline does); the task of a class is found by exact, case-insensitive
-match of the label key in the task map (data, not code: `tasks.json`).
-"""
+"""SSv2 annotation files (`data_dir/annotations/`, official or short names): find, validate,
+filter to the four tasks (train_filtered.json, val_filtered.json, val_filtered_backforth.json:
+the SSv2 fields + "task") and sample with a fixed seed. An entry's class is its template without
+brackets, looked up exactly in labels; its task, by case-insensitive match in `tasks.json`."""
 
 from __future__ import annotations
 
@@ -30,7 +19,6 @@ from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
 
 LogFn = Callable[[str], None]
 
-DEFAULT_DATA_DIR = "data/sthv2"
 ROLES = ("labels", "train", "validation", "test")
 OFFICIAL_NAMES = {role: f"something-something-v2-{role}.json" for role in ROLES}
 SHORT_NAMES = {role: f"{role}.json" for role in ROLES}
@@ -49,26 +37,14 @@ class AnnotationError(ValueError):
     """A malformed annotation file or entry; the message names the file and the entry."""
 
 
-def default_data_dir() -> Path:
-    """The dataset root: env PECN_DATA_DIR, else `data/sthv2` (relative to the working dir)."""
-    return Path(os.environ.get("PECN_DATA_DIR") or DEFAULT_DATA_DIR)
-
-
 def validate_video_id(s: Any) -> str:
-    """Return `s` if it is a plain ASCII decimal id ("74225"), else raise ValueError.
-
-    Refused: non-strings, "", whitespace, signs, "../1", "1.webm", unicode digits ("１２"),
-    leading zeros ("007" would name a different file than "7"), more than 20 digits.
-    The id becomes a file name (`videos/{id}.webm`), so nothing else may pass.
-    """
+    """`s` if it is a plain ASCII decimal id without leading zeros ("74225"), else ValueError:
+    the id becomes a file name (`videos/{id}.webm`), so nothing else may pass."""
     if not isinstance(s, str):
         raise ValueError(f"video id must be a string of decimal digits, got {type(s).__name__} {s!r}")
     if not _ID_RE.fullmatch(s):
         raise ValueError(f"video id must be plain ASCII decimal digits without leading zeros, got {s!r}")
     return s
-
-
-# ----------------------------------------------------------------------------- files
 
 
 @dataclass(frozen=True)
@@ -84,11 +60,8 @@ class AnnotationFiles:
 
 
 def find_annotation_files(ann_dir: str | os.PathLike, require_test: bool = False) -> AnnotationFiles:
-    """Locate labels/train/validation/test under `ann_dir` by official or short name.
-
-    Raises FileNotFoundError naming every missing role and the names tried, and AnnotationError
-    when both names exist for one role and are different files (ambiguous).
-    """
+    """Locate labels/train/validation/test under `ann_dir` by official or short name;
+    FileNotFoundError names every missing role, AnnotationError two different files for one."""
     ann_dir = Path(ann_dir)
     if not ann_dir.is_dir():
         raise FileNotFoundError(f"annotation folder {ann_dir} does not exist")
@@ -151,23 +124,28 @@ class _Rejected(Exception):
         self.reason = reason
 
 
-def _check_entry(entry: Any, labels: Mapping[str, int]) -> tuple[str, str]:
-    """Validate one train/validation entry; return (id, label key) or raise _Rejected."""
+def _check_fields(entry: Any, fields: tuple[str, ...]) -> str:
+    """The valid id of an entry with string `fields` and a placeholders list; else _Rejected."""
     if not isinstance(entry, dict):
         raise _Rejected("not an object", f"expected a JSON object, got {type(entry).__name__}")
-    missing = [k for k in SSV2_FIELDS if k not in entry]
+    missing = [k for k in fields if k not in entry]
     if missing:
         raise _Rejected("missing field", f"missing field(s) {missing}")
-    for k in ("id", "label", "template"):
-        if not isinstance(entry[k], str):
+    for k in fields:
+        if k != "placeholders" and not isinstance(entry[k], str):
             raise _Rejected("wrong type", f"field {k!r} must be a string, got {type(entry[k]).__name__}")
     ph = entry["placeholders"]
     if not isinstance(ph, list) or not all(isinstance(p, str) for p in ph):
         raise _Rejected("wrong type", "field 'placeholders' must be a list of strings")
     try:
-        vid = validate_video_id(entry["id"])
+        return validate_video_id(entry["id"])
     except ValueError as e:
         raise _Rejected("invalid id", str(e)) from None
+
+
+def _check_entry(entry: Any, labels: Mapping[str, int]) -> tuple[str, str]:
+    """Validate one train/validation entry; return (id, label key) or raise _Rejected."""
+    vid = _check_fields(entry, SSV2_FIELDS)
     key = label_key_of(entry["template"])
     if key not in labels:
         raise _Rejected("template not in labels",
@@ -180,9 +158,6 @@ def _load_list(path: Path) -> list:
     if not isinstance(raw, list):
         raise AnnotationError(f"{path}: expected a JSON array of entries, got {type(raw).__name__}")
     return raw
-
-
-# ----------------------------------------------------------------------------- filtering
 
 
 @dataclass(frozen=True)
@@ -233,62 +208,57 @@ def _sample(ids_entries: list[tuple[int, dict]], n: int, seed: int, split: str, 
     return [e for _, e in pool]
 
 
-def filter_annotations(data_dir: str | os.PathLike | None = None, config: FilterConfig | None = None,
-                       log: Optional[LogFn] = None) -> FilterResult:
-    """Filter train/validation to the configured tasks, sample per task, write the three files.
+def _read_split(path: Path, labels: Mapping[str, int], config: FilterConfig, exclude: set[str],
+                reject: Callable[[str, "_Rejected"], None]) -> tuple[dict[str, list[tuple[int, dict]]], set[str]]:
+    """({task: [(int id, filtered entry)]}, ids) of one split; ids in `exclude` are rejected."""
+    task_of = task_of_label_key(dict(config.task_map))
+    by_task: dict[str, list[tuple[int, dict]]] = {t: [] for t in config.task_map}
+    ids: set[str] = set()
+    for i, entry in enumerate(_load_list(path)):
+        try:
+            vid, key = _check_entry(entry, labels)
+            if vid in ids:
+                raise _Rejected("duplicate id", f"id {vid} appears more than once in {path.name}")
+            if vid in exclude:
+                raise _Rejected("id also in validation", f"id {vid} is also a validation id")
+        except _Rejected as r:
+            reject(_entry_name(path, i, entry), r)
+            continue
+        ids.add(vid)
+        task = task_of.get(key.lower())
+        if task is not None:
+            by_task[task].append((int(vid), {**{k: entry[k] for k in SSV2_FIELDS}, "task": task}))
+    return by_task, ids
 
-    Each output file is sorted by integer id (tasks interleave), so its content depends only on the
-    annotation data, the task map and the seed, never on the order of the input files.
-    """
+
+def filter_annotations(data_dir: str | os.PathLike, config: FilterConfig | None = None,
+                       log: Optional[LogFn] = None) -> FilterResult:
+    """Filter train/validation to the configured tasks, sample per task, write the three files,
+    each sorted by integer id (so never dependent on the order of the input files)."""
     config = config or FilterConfig()
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    ann_dir = data_dir / "annotations"
+    ann_dir = Path(data_dir) / "annotations"
     files = find_annotation_files(ann_dir)
     labels = load_labels(files.labels)
-    lower_labels = {k.lower(): k for k in labels}
-    task_of = task_of_label_key(dict(config.task_map))
+    lower_labels = {k.lower() for k in labels}
     unmatched = [f"{task}: {key!r}" for task, keys in config.task_map.items() for key in keys
                  if key.lower() not in lower_labels]
     if unmatched:
         raise AnnotationError(f"{files.labels}: task map key(s) match no class in labels: {unmatched}")
-
     rejected: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
-    kept: dict[str, dict[str, list[tuple[int, dict]]]] = {}
-    available: dict[str, dict[str, int]] = {}
-    seen_ids: dict[str, set[str]] = {}
 
-    def reject(where: str, reason: str, detail: str) -> None:
+    def reject(where: str, r: _Rejected) -> None:
         if config.on_error == "raise":
-            raise AnnotationError(f"{where}: {detail}")
-        rejected[reason] = rejected.get(reason, 0) + 1
-        ex = examples.setdefault(reason, [])
+            raise AnnotationError(f"{where}: {r}")
+        rejected[r.reason] = rejected.get(r.reason, 0) + 1
+        ex = examples.setdefault(r.reason, [])
         if len(ex) < MAX_EXAMPLES:
-            ex.append(f"{where}: {detail}")
+            ex.append(f"{where}: {r}")
 
     # validation first, so a train entry whose id is also a validation id can be refused (leakage)
-    for split, path in (("validation", files.validation), ("train", files.train)):
-        by_task: dict[str, list[tuple[int, dict]]] = {t: [] for t in config.task_map}
-        ids: set[str] = set()
-        for i, entry in enumerate(_load_list(path)):
-            where = _entry_name(path, i, entry)
-            try:
-                vid, key = _check_entry(entry, labels)
-                if vid in ids:
-                    raise _Rejected("duplicate id", f"id {vid} appears more than once in {path.name}")
-                if split == "train" and vid in seen_ids["validation"]:
-                    raise _Rejected("id also in validation", f"id {vid} is also a validation id")
-            except _Rejected as r:
-                reject(where, r.reason, str(r))
-                continue
-            ids.add(vid)
-            task = task_of.get(key.lower())
-            if task is not None:
-                by_task[task].append((int(vid), {**{k: entry[k] for k in SSV2_FIELDS}, "task": task}))
-        seen_ids[split] = ids
-        kept[split] = by_task
-        available[split] = {t: len(v) for t, v in by_task.items()}
-
+    val, val_ids = _read_split(files.validation, labels, config, set(), reject)
+    kept = {"validation": val, "train": _read_split(files.train, labels, config, val_ids, reject)[0]}
+    available = {split: {t: len(v) for t, v in kept[split].items()} for split in ("validation", "train")}
     plan = ((TRAIN_FILTERED, "train", config.basic_tasks + config.backforth_tasks, config.train_per_task),
             (VAL_BASIC_FILTERED, "validation", config.basic_tasks, config.val_per_task),
             (VAL_BACKFORTH_FILTERED, "validation", config.backforth_tasks, config.val_per_task))
@@ -318,22 +288,11 @@ def load_filtered(path: str | os.PathLike) -> list[dict]:
     raw = _load_list(path)
     seen: set[str] = set()
     for i, entry in enumerate(raw):
-        where = _entry_name(path, i, entry)
-        if not isinstance(entry, dict):
-            raise AnnotationError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-        missing = [k for k in FILTERED_FIELDS if k not in entry]
-        if missing:
-            raise AnnotationError(f"{where}: missing field(s) {missing}")
-        for k in ("id", "label", "template", "task"):
-            if not isinstance(entry[k], str):
-                raise AnnotationError(f"{where}: field {k!r} must be a string, got {type(entry[k]).__name__}")
-        if not isinstance(entry["placeholders"], list):
-            raise AnnotationError(f"{where}: field 'placeholders' must be a list")
         try:
-            validate_video_id(entry["id"])
-        except ValueError as e:
-            raise AnnotationError(f"{where}: {e}") from None
-        if entry["id"] in seen:
-            raise AnnotationError(f"{where}: duplicate id {entry['id']}")
-        seen.add(entry["id"])
+            vid = _check_fields(entry, FILTERED_FIELDS)
+            if vid in seen:
+                raise _Rejected("duplicate id", f"duplicate id {vid}")
+        except _Rejected as r:
+            raise AnnotationError(f"{_entry_name(path, i, entry)}: {r}") from None
+        seen.add(vid)
     return raw

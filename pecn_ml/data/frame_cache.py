@@ -1,27 +1,11 @@
 """Frame cache: every frame of every selected video, decoded once and resized to R x R.
 
-Layout of `data_dir/frames_{R}x{R}/`:
-  manifest.json   the single source of truth: per video id, status "ok" (num_frames, bytes,
-                  source sha256 + size) or "failed" (reason). Replaced atomically.
-  {id}.npy        (T, R, R, 3) uint8, uncompressed, C order: frame i is R*R*3 bytes at
-                  offset + i*R*R*3 (offset recorded in the manifest), one `pread` away;
-                  any numpy can also `np.load(path, mmap_mode="r")` it.
-  .lock           held (flock) while a build runs; two builds of one cache never interleave:
-                  a second one waits for the first (then reuses its work), `lock_timeout_s` at most.
-
-Why .npy per video (numbers: benchmarks/bench_frame_cache.py): frames stream from the decoder
-into the file, so the build runs at 0.6-0.9x the speed of bare decoding (the seed's PIL resize +
-PNG per frame: 4-30x slower); reading frame 20 is one small read (~40 us vs ~1-4 ms to decode a
-PNG); one file per video keeps incremental builds trivial (a changed source rewrites one file).
-The price is disk: R*R*3 bytes per frame (150 KB at 224; the seed's PNGs of synthetic clips are
-49 KB, of real camera footage they compress less well).
-
-Trust rules (crash safety): an .npy is trusted only if the manifest lists it as "ok" with the
-same byte size. Every file is written to a temp name and renamed; the manifest is rewritten
-atomically every `flush_every_s` and at the end (also when the build raises), after fsyncing
-the files it newly vouches for. After a kill -9, the files decoded since the last flush are not
-in the manifest, so the next build deletes and redoes them; temp files, unlisted .npy files and
-malformed manifest entries are dropped at the start of every build.
+`data_dir/frames_{R}x{R}/` holds `manifest.json` (the source of truth: per video "ok" with
+num_frames, bytes, offset and source sha256, or "failed" with a reason; replaced atomically), one
+`{id}.npy` per video ((T, R, R, 3) uint8, C order: frame i is one `pread` at offset + i*R*R*3) and
+`.lock` (flock held while a build runs; a second build waits). An .npy is trusted only if the
+manifest lists it "ok" with the same size; files are written under temp names, fsynced before the
+manifest that vouches for them, and anything untrusted is dropped at the start of a build.
 """
 
 from __future__ import annotations
@@ -109,18 +93,10 @@ class CacheBuildReport:
     cache_bytes: int = 0        # bytes of all .npy listed as ok in the manifest
     cleaned: int = 0            # stale temp / untrusted files deleted at the start
 
-    def to_metadata(self) -> dict[str, Any]:
-        """JSON-able summary (logs, Dagster metadata); at most 20 failures listed."""
-        d = {k: getattr(self, k) for k in ("resolution", "total", "decoded", "reused", "frames_written",
-                                            "bytes", "cache_bytes", "cleaned", "version")}
-        d.update(seconds=round(self.seconds, 3), cache_dir=str(self.cache_dir),
-                 num_failed=len(self.failed), failed=dict(sorted(self.failed.items())[:20]))
-        return d
 
 
 class _Lock:
-    """Exclusive flock on `root/.lock` for the duration of a build. A second builder waits (polling,
-    with one log line naming the holder) up to `timeout_s`, then raises TimeoutError."""
+    """Exclusive flock on `root/.lock` during a build; a second builder waits up to `timeout_s`."""
 
     def __init__(self, root: Path, timeout_s: float = LOCK_TIMEOUT_S, log: Optional[LogFn] = None,
                  poll_s: float = 0.5):
@@ -142,23 +118,22 @@ class _Lock:
 
     def __enter__(self):
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        t0 = time.monotonic()
-        if not self._try():
-            if self.log:
+        t0, waited = time.monotonic(), False
+        while not self._try():
+            if not waited and self.log:
                 self.log(f"frame cache {self.path.parent}: waiting for another builder "
                          f"({self._holder()}) to finish, up to {self.timeout_s:.0f}s")
-            while not self._try():
-                if time.monotonic() - t0 >= self.timeout_s:
-                    holder = self._holder()
-                    os.close(self.fd)
-                    raise TimeoutError(
-                        f"another build_frame_cache ({holder}) still holds {self.path} after "
-                        f"{self.timeout_s:.0f}s of waiting; if no such build runs any more, its "
-                        f"lock went with its process: retry")
-                time.sleep(self.poll_s)
-            if self.log:
-                self.log(f"frame cache {self.path.parent}: the other builder finished after "
-                         f"{time.monotonic() - t0:.1f}s of waiting; building")
+            waited = True
+            if time.monotonic() - t0 >= self.timeout_s:
+                holder = self._holder()
+                os.close(self.fd)
+                raise TimeoutError(f"another build_frame_cache ({holder}) still holds {self.path} after "
+                                   f"{self.timeout_s:.0f}s of waiting; if no such build runs any more, its "
+                                   f"lock went with its process: retry")
+            time.sleep(self.poll_s)
+        if waited and self.log:
+            self.log(f"frame cache {self.path.parent}: the other builder finished after "
+                     f"{time.monotonic() - t0:.1f}s of waiting; building")
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         return self
@@ -215,8 +190,8 @@ def _trusted(root: Path, entry: Optional[dict], sha: Optional[str], resolution: 
 
 def _decode_to_npy(src: str, root: str, video_id: str, resolution: int,
                    threads: int) -> tuple[str, Optional[int], Any]:
-    """Decode one video and write `{id}.npy` atomically. Returns (id, num_frames, (bytes, offset))
-    on success, (id, None, reason) for a video that cannot be decoded. Runs in worker processes."""
+    """Decode one video into `{id}.npy` atomically (worker processes): (id, num_frames, (bytes, offset)),
+    or (id, None, reason) for a video that cannot be decoded."""
     dst = Path(root) / f"{video_id}.npy"
     frame_shape = (resolution, resolution, 3)
 
@@ -246,8 +221,7 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 
 
 def _fsync_files(paths: list[Path]) -> None:
-    """Force written files to disk before a manifest that vouches for them is written. Done in
-    batches rather than per file, so the kernel's background writeback overlaps decoding."""
+    """fsync written files before a manifest vouches for them (in batches: writeback overlaps decoding)."""
     for p in paths:
         try:
             fd = os.open(p, os.O_RDONLY)
@@ -260,20 +234,88 @@ def _fsync_files(paths: list[Path]) -> None:
     paths.clear()
 
 
+class _Build:
+    """The manifest being built: records each decode, flushes every `flush_every_s`."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], meter: ProgressMeter, flush_every_s: float,
+                 log: Optional[LogFn]):
+        self.root, self.manifest, self.videos = root, manifest, manifest["videos"]
+        self.meter, self.flush_every_s, self.log = meter, flush_every_s, log
+        self.failed: dict[str, str] = {}
+        self.decoded = self.frames = self.bytes = self.reused = 0
+        self.unsynced: list[Path] = []
+        self.last_flush = time.perf_counter()
+
+    def flush(self) -> None:
+        _fsync_files(self.unsynced)
+        write_json_atomic(self.root / MANIFEST, self.manifest, indent=None)
+        self.last_flush = time.perf_counter()
+
+    def record(self, vid: str, sha: Optional[str], size: Optional[int], n: Optional[int], info: Any) -> None:
+        """One video's outcome: (n frames, (bytes, offset)), or n None and the failure reason."""
+        if n is None:
+            self.videos[vid] = {"status": "failed", "reason": str(info), "source_sha256": sha, "source_size": size}
+            self.failed[vid] = str(info)
+            if self.log and sha is not None:  # sha None: a missing source, found before decoding
+                self.log(f"frame cache: video {vid} failed: {info}")
+        else:
+            nbytes, offset = info
+            self.videos[vid] = {"status": "ok", "file": f"{vid}.npy", "num_frames": n, "bytes": nbytes,
+                                "offset": offset, "source_sha256": sha, "source_size": size}
+            self.decoded, self.frames, self.bytes = self.decoded + 1, self.frames + n, self.bytes + nbytes
+            self.unsynced.append(self.root / f"{vid}.npy")
+        self.meter.update()
+        if sha is not None and time.perf_counter() - self.last_flush >= self.flush_every_s:
+            self.flush()
+
+
+def _open_manifest(root: Path, resolution: int, log: Optional[LogFn]) -> tuple[dict[str, Any], int]:
+    """The manifest to build on (malformed entries forgotten; everything if the header changed), and
+    how many untrusted files were deleted."""
+    header = _header(resolution)
+    old = _read_manifest(root)
+    if old is not None and any(old.get(k) != v for k, v in header.items()):
+        if log:
+            log(f"frame cache {root}: manifest format/resolution/interpolation changed; rebuilding all")
+        old = None
+    kept = {v: e for v, e in (old["videos"].items() if old else ()) if _entry_problem(v, e, resolution) is None}
+    return {**header, "videos": kept}, _clean_untrusted(root, kept)
+
+
+def _todo(build: _Build, data_dir: Path, ids: list[str], resolution: int) -> list[tuple[str, Path, str, int]]:
+    """The videos to decode; missing sources and trusted entries are recorded as they are."""
+    todo = []
+    for vid in ids:
+        src = _video_path(data_dir, vid)
+        if not src.is_file():
+            build.record(vid, None, None, None, "source video missing")
+            continue
+        sha, size = sha256_file(src), src.stat().st_size
+        entry = build.videos.get(vid)
+        if _trusted(build.root, entry, sha, resolution, vid):
+            if entry["status"] == "ok":
+                build.reused += 1
+            else:
+                build.failed[vid] = entry["reason"]
+            build.meter.update()
+            continue
+        if entry is not None:  # stale (source changed) or malformed: forget it and its file
+            build.videos.pop(vid)
+            (build.root / f"{vid}.npy").unlink(missing_ok=True)
+        todo.append((vid, src, sha, size))
+    return todo
+
+
 def build_frame_cache(data_dir: str | os.PathLike, resolution: int, video_ids: Iterable[str], *,
                       log: Optional[LogFn] = None, workers: int = 1, threads: Optional[int] = None,
                       flush_every_s: float = 30.0,
                       lock_timeout_s: float = LOCK_TIMEOUT_S) -> CacheBuildReport:
-    """Decode each of `video_ids` (from `data_dir/videos/{id}.webm`) once into the R x R cache.
+    """Decode each of `video_ids` (`data_dir/videos/{id}.webm`) once into the R x R cache.
 
-    Incremental: a video whose source sha256 matches its manifest entry is reused (also a recorded
-    failure). A missing / zero-byte / truncated / corrupt video is recorded as failed and skipped.
-    workers: decoding processes (1 = in this process). threads: FFmpeg threads per decode
-    (default: FFmpeg's choice with one worker, 1 with several).
-    Videos already in the manifest but not requested are kept (and count in the version).
-    While another build of the same cache runs, this one waits for it (logging that it does) up
-    to `lock_timeout_s`, then raises TimeoutError.
-    """
+    Incremental (an unchanged source reuses its entry, failures included); a missing or corrupt video
+    is recorded as failed, never fatal; entries not requested are kept. `workers` decoding processes
+    with `threads` FFmpeg threads each (default: FFmpeg's choice with one worker, else 1). Waits up
+    to `lock_timeout_s` for another build of the same cache, then raises TimeoutError."""
     assert isinstance(resolution, int) and resolution > 0, f"resolution must be a positive int: {resolution!r}"
     assert workers >= 1, f"workers must be >= 1, got {workers}"
     t0 = time.perf_counter()
@@ -282,86 +324,23 @@ def build_frame_cache(data_dir: str | os.PathLike, resolution: int, video_ids: I
     threads = (0 if workers == 1 else 1) if threads is None else threads
     root = cache_dir(data_dir, resolution)
     root.mkdir(parents=True, exist_ok=True)
-
     with _Lock(root, lock_timeout_s, log):
-        header = _header(resolution)
-        old = _read_manifest(root)
-        if old is not None and any(old.get(k) != v for k, v in header.items()):
-            if log:
-                log(f"frame cache {root}: manifest format/resolution/interpolation changed; rebuilding all")
-            old = None
-        kept = {v: e for v, e in (old["videos"].items() if old else ())
-                if _entry_problem(v, e, resolution) is None}  # malformed entries are forgotten
-        manifest = {**header, "videos": kept}
-        videos: dict[str, Any] = manifest["videos"]
-        cleaned = _clean_untrusted(root, videos)
-
+        manifest, cleaned = _open_manifest(root, resolution, log)
         meter = ProgressMeter(f"frame cache {resolution}x{resolution}", len(ids), log, unit="videos")
-        failed: dict[str, str] = {}
-        todo: list[tuple[str, Path, str, int]] = []
-        reused = 0
-        for vid in ids:
-            src = _video_path(data_dir, vid)
-            if not src.is_file():
-                videos[vid] = {"status": "failed", "reason": "source video missing",
-                               "source_sha256": None, "source_size": None}
-                failed[vid] = "source video missing"
-                meter.update()
-                continue
-            sha, size = sha256_file(src), src.stat().st_size
-            entry = videos.get(vid)
-            if _trusted(root, entry, sha, resolution, vid):
-                if entry["status"] == "ok":
-                    reused += 1
-                else:
-                    failed[vid] = entry["reason"]
-                meter.update()
-                continue
-            if entry is not None:  # stale (source changed) or malformed: forget it and its file
-                videos.pop(vid)
-                (root / f"{vid}.npy").unlink(missing_ok=True)
-            todo.append((vid, src, sha, size))
-
-        stats = {"decoded": 0, "frames": 0, "bytes": 0}
-        last_flush = [time.perf_counter()]
-        unsynced: list[Path] = []
-
-        def flush() -> None:
-            _fsync_files(unsynced)
-            write_json_atomic(root / MANIFEST, manifest, indent=None)
-            last_flush[0] = time.perf_counter()
-
-        def record(vid: str, sha: str, size: int, n: Optional[int], info: Any) -> None:
-            if n is None:
-                videos[vid] = {"status": "failed", "reason": str(info), "source_sha256": sha, "source_size": size}
-                failed[vid] = str(info)
-                if log:
-                    log(f"frame cache: video {vid} failed: {info}")
-            else:
-                nbytes, offset = info
-                videos[vid] = {"status": "ok", "file": f"{vid}.npy", "num_frames": n, "bytes": nbytes,
-                               "offset": offset, "source_sha256": sha, "source_size": size}
-                stats["decoded"] += 1
-                stats["frames"] += n
-                stats["bytes"] += nbytes
-                unsynced.append(root / f"{vid}.npy")
-            meter.update()
-            if time.perf_counter() - last_flush[0] >= flush_every_s:
-                flush()
-
+        build = _Build(root, manifest, meter, flush_every_s, log)
+        todo = _todo(build, data_dir, ids, resolution)
         try:
             if workers == 1:
                 for vid, src, sha, size in todo:
                     _, n, info = _decode_to_npy(str(src), str(root), vid, resolution, threads)
-                    record(vid, sha, size, n, info)
+                    build.record(vid, sha, size, n, info)
             else:
-                _run_pool(todo, root, resolution, threads, workers, record)
+                _run_pool(todo, root, resolution, threads, workers, build.record)
         finally:  # whatever happened, what was finished is recorded
-            flush()
-
-    cache_bytes = sum(e["bytes"] for e in videos.values() if e.get("status") == "ok")
-    report = CacheBuildReport(resolution=resolution, total=len(ids), decoded=stats["decoded"], reused=reused,
-                              failed=failed, frames_written=stats["frames"], bytes=stats["bytes"],
+            build.flush()
+    cache_bytes = sum(e["bytes"] for e in manifest["videos"].values() if e.get("status") == "ok")
+    report = CacheBuildReport(resolution=resolution, total=len(ids), decoded=build.decoded, reused=build.reused,
+                              failed=build.failed, frames_written=build.frames, bytes=build.bytes,
                               seconds=time.perf_counter() - t0, version=manifest_version(manifest),
                               cache_dir=root, cache_bytes=cache_bytes, cleaned=cleaned)
     if log:
@@ -397,10 +376,8 @@ def _run_pool(todo, root: Path, resolution: int, threads: int, workers: int, rec
 
 
 class FrameCache:
-    """Read-only view of a built cache. Cheap to open (reads the manifest only) and stateless
-    after that: each read opens the video's .npy, `pread`s the frames at the offset the manifest
-    records and closes it (~20 us per frame; `np.load(mmap_mode="r")` costs ~10x more to open).
-    Holding no file handles or maps, it is safe to pickle into DataLoader workers (fork or spawn)."""
+    """Read-only view of a built cache: each read opens the .npy, `pread`s the frames and closes it, so
+    it holds no handles and pickles safely into DataLoader workers."""
 
     def __init__(self, root: Path, manifest: dict[str, Any]):
         self.root = Path(root)

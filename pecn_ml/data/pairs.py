@@ -1,11 +1,8 @@
 """(input frame, target frame, prompt) pairs for InstructPix2Pix, read from the frame cache.
 
-The frame cache contract (built elsewhere): ``cache.num_frames(video_id) -> int``,
-``cache.frame(video_id, idx) -> (R, R, 3) uint8`` (0-based), ``cache.resolution``, ``cache.version``.
-An unknown video raises a `LookupError` (KeyError) or `FileNotFoundError` there.
-
-Items are ``{"video_id", "input": (3, R, R) float in [-1, 1], "target": same, "prompt": str}``:
-the seed's ``2 * (x / 255) - 1`` normalisation, no augmentation.
+Items are {"video_id", "input": (3, R, R) float in [-1, 1], "target": same, "prompt": str} (the
+seed's 2 * (x / 255) - 1, no augmentation). The cache needs `num_frames(id)` (LookupError or
+FileNotFoundError when unknown), `frame(id, idx)` and `resolution`.
 """
 
 from __future__ import annotations
@@ -63,20 +60,10 @@ def load_annotation_entries(annotations: Sequence[Mapping[str, Any]] | str | Pat
 class FramePairDataset(Dataset):
     """Frame pairs `(input_idx, target_idx)` of the annotated videos found in the frame cache.
 
-    Videos absent from the cache, too short for the target frame, repeated, or (with
-    `progress_estimates`) without an estimate are skipped and listed in `.skipped[reason]`.
-
-    Progress (`add_progress=True`) comes from the cache's frame count via the seed's
-    `progress_percent(input_idx, num_frames)`, or, when `progress_estimates` (video id ->
-    estimated percent, e.g. PAC-Net's) is given, from that mapping. `prompt_text` picks the
-    action text: "class" (the template without brackets, as in the seed's examples) or "label".
-
-    Shuffled progress (`shuffle_seed`, the control arms): each video's percent (from its frame
-    count or from `progress_estimates`, as above) is computed first, then the percents of the
-    dataset's videos (in dataset order) are reassigned by `pecn_ml.prompts.shuffle_percents`, a
-    seeded derangement: every prompt carries another video's percent. `.percents` holds the
-    number in each prompt, `.true_percents` the video's own (None without progress).
-    """
+    Videos absent from the cache, too short, repeated, or without a `progress_estimates` entry are
+    listed in `.skipped[reason]`. Progress prompts use the frame count (`progress_percent`) or the
+    estimates; with `shuffle_seed` (control arms) the dataset's percents are deranged among its
+    videos. `.percents` holds the number in each prompt, `.true_percents` the video's own."""
 
     def __init__(self, cache: Any, annotations: Sequence[Mapping[str, Any]] | str | Path, *,
                  input_idx: int = 20, target_idx: int = 21, add_progress: bool = False,
@@ -101,9 +88,16 @@ class FramePairDataset(Dataset):
         self.progress_from = ("none" if not add_progress
                               else "estimates" if progress_estimates is not None else "frame_count")
         self.shuffle_seed = shuffle_seed
+        texts = self._collect(entries, progress_estimates)
+        self.percents = (shuffle_percents(self.true_percents, shuffle_seed) if shuffle_seed is not None
+                         else list(self.true_percents))
+        self.prompts = [build_prompt(t, pct) for t, pct in zip(texts, self.percents)]
+
+    def _collect(self, entries: Sequence[Mapping[str, Any]],
+                 progress_estimates: Optional[Mapping[str, float]]) -> list[str]:
+        """Fill the per-video lists and `.skipped`; return the action texts."""
         self.skipped: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
         self.video_ids: list[str] = []
-        self.prompts: list[str] = []
         self.labels: list[str] = []
         self.num_frames: list[int] = []
         self.true_percents: list[Optional[float]] = []
@@ -116,29 +110,24 @@ class FramePairDataset(Dataset):
                 continue
             seen.add(vid)
             try:
-                n = int(cache.num_frames(vid))
+                n = int(self.cache.num_frames(vid))
             except (LookupError, FileNotFoundError):
                 self.skipped["not_cached"].append(vid)
                 continue
-            if n <= target_idx:
+            if n <= self.target_idx:
                 self.skipped["too_short"].append(vid)
                 continue
-            pct: Optional[float] = None
-            if progress_estimates is not None:
-                if vid not in progress_estimates:
-                    self.skipped["no_progress_estimate"].append(vid)
-                    continue
-                pct = progress_estimates[vid]
-            elif add_progress:
-                pct = progress_percent(input_idx, n)
+            if progress_estimates is not None and vid not in progress_estimates:
+                self.skipped["no_progress_estimate"].append(vid)
+                continue
+            pct: Optional[float] = (progress_estimates[vid] if progress_estimates is not None
+                                    else progress_percent(self.input_idx, n) if self.add_progress else None)
             self.video_ids.append(vid)
             self.labels.append(e["label"])
             self.num_frames.append(n)
             self.true_percents.append(pct)
-            texts.append(action_text(e, prompt_text))
-        self.percents = (shuffle_percents(self.true_percents, shuffle_seed) if shuffle_seed is not None
-                         else list(self.true_percents))
-        self.prompts = [build_prompt(t, pct) for t, pct in zip(texts, self.percents)]
+            texts.append(action_text(e, self.prompt_text))
+        return texts
 
     @classmethod
     def for_variant(cls, cache: Any, annotations: Sequence[Mapping[str, Any]] | str | Path,

@@ -1,37 +1,18 @@
-"""Synthetic Something-Something V2: annotations in SSv2's exact format plus rendered VP9 videos.
+"""Synthetic Something-Something V2: SSv2's annotation files plus rendered VP9 videos.
 
-The layout written under `OUT/` is the real dataset's:
+Under `OUT/`: `annotations/something-something-v2-{labels,train,validation,test}.json` in SSv2's exact
+format, `videos/{id}.webm` (VP9, 12 fps, 240 x 320..427) and `synthetic_manifest.json` (the
+VideoSpecs, to re-render any id). Every video shows the action its template names
+(`synthetic_render.py`); everything is deterministic in `SyntheticConfig.seed`.
 
-    OUT/annotations/something-something-v2-labels.json      {"<label key>": "<index>"} x 174
-    OUT/annotations/something-something-v2-train.json       [{"id","label","template",
-                                                              "placeholders"}, ...]
-    OUT/annotations/something-something-v2-validation.json
-    OUT/annotations/something-something-v2-test.json        [{"id"}, ...]
-    OUT/videos/{id}.webm                                     VP9, 12 fps, 240 x (320..427)
-    OUT/synthetic_manifest.json                              the VideoSpecs, to re-render any id
+What the progress prompt adds (the known answer of the demo's t-tests): every action runs over the
+whole video (`frame_progress`), so the speed at frame 20 is about 1 / T and T varies. Frame 20 alone
+does not tell how far the object moves by frame 21 or 25; "60% of the action has been completed"
+does (more so for next5, most for go-and-come-back actions). A shuffled percentage carries none of
+it (`benchmarks/bench_known_answer.py`). At `motion_spread` 0 (the demo's) the length is all that
+is left to guess; where the object stands stays random.
 
-Every video shows the action its template names (see `synthetic_render.py`): the four task
-families get dedicated motions (translations, free falls, covering, go-and-come-back), other
-templates get distinct generic motions chosen by template index. Everything is deterministic
-in `SyntheticConfig.seed`: same annotation bytes and same decoded frames.
-
-What the progress prompt adds (the known answer of the demo's t-tests). Every action runs over
-the whole video: frame i is at progress (i - start_idle) / (T - 1 - start_idle - end_idle), linear in i
-(`frame_progress`; start_idle, end_idle in 0..2). So at the input frame 20 the motion's *speed*
-(progress per frame) is ≈ 1 / T, and T varies from video to video: frame 20 alone does not tell how far the object moves
-by frame 21 or 25, while "…And 60% of the action has been completed." does (60% at frame 20 means
-T ≈ 33 and 1/33 of the path per frame). The information is larger for next5 (five frames of motion
-to place) than for next1 (one), and largest for go-and-come-back actions, where frame 20 alone
-does not even say whether the object is still going or already returning (progress < 50% or
-> 50%). A prompt with a *shuffled* percentage carries none of this: the negative control of
-`benchmarks/bench_known_answer.py`. With the default `motion_spread` 1 each video also draws its
-own distance, speed profile and timing, which hide most of that 1 / T; at `motion_spread` 0 (the
-demo's) the length is all that is left to guess, while where the object stands stays random, so
-frame 20 of a slide does not give its progress away (a lift or a fall starts from the table: its
-height does).
-
-CLI: python -m pecn_ml.data.synthetic --out DIR [--seed N] [--preset demo|tiny]
-                                      [--templates KEY ...]
+CLI: python -m pecn_ml.data.synthetic --out DIR [--seed N] [--preset demo|tiny] [--templates KEY ...]
 """
 
 from __future__ import annotations
@@ -48,18 +29,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from pecn_ml.data.synthetic_render import (FPS, GENERIC_MOTIONS, HEIGHT, VideoSpec,  # noqa: F401
-                                           frame_progress, object_states, render_video,
-                                           sample_params)
+from pecn_ml.data.synthetic_render import FPS, GENERIC_MOTIONS, VideoSpec, render_video, sample_params
 from pecn_ml.data.templates import Template, load_task_map, load_templates, task_of_label_key
 from pecn_ml.utils.files import atomic_path, write_json_atomic
 from pecn_ml.utils.progress import ProgressMeter
-
-__all__ = ["SyntheticConfig", "VideoSpec", "video_specs", "render_video", "object_states",
-           "frame_progress", "write_synthetic_ssv2", "load_specs", "load_config", "encode_webm",
-           "fill_template", "sample_placeholders", "select_templates", "motion_of",
-           "ssv2_json_text", "labels_dict", "annotation_entry", "ANNOTATION_FILES", "MANIFEST",
-           "TEMPLATE_MOTIONS", "GENERIC_MOTIONS", "FPS", "HEIGHT", "main"]
 
 LogFn = Callable[[str], None]
 
@@ -76,7 +49,6 @@ ID_MAX = 220847           # ids are drawn from 1..ID_MAX like the real ones
 _GROUP = re.compile(r"\[([^\]]+)\]")
 
 
-# --------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class SyntheticConfig:
     """How many synthetic videos to write, of which templates, and how they look."""
@@ -93,52 +65,41 @@ class SyntheticConfig:
     max_frames: int = 64
     min_width: int = 320
     max_width: int = 427
-    templates: Optional[tuple[str, ...]] = None   # only these label keys (any case); when
-    #                                       set, num_other_templates is ignored
+    templates: Optional[tuple[str, ...]] = None   # only these label keys (any case; overrides num_other_templates)
     task_map_path: Optional[str] = None   # task -> label keys JSON; None = pecn_ml/data/tasks.json
     texture: float = 1.0                  # texture contrast of wall, table and objects (0 = flat colours)
     object_scale: float = 1.0             # size of the objects and the hand (1 = SSv2-like)
-    motion_spread: float = 1.0            # how much motion parameters (distance, speed profile,
-    #                                       timing) vary between videos of a template: 1 = the full
-    #                                       ranges, 0 = all at the middle (`sample_params`)
+    motion_spread: float = 1.0            # spread of distance, speed profile, timing: 1 full ranges, 0 the middle
     crf: int = 24                         # libvpx-vp9 constant quality (lower = better)
     cpu_used: int = 8                     # libvpx-vp9 realtime speed (higher = faster)
 
     def __post_init__(self):
         if self.templates is not None and not isinstance(self.templates, tuple):
             object.__setattr__(self, "templates", tuple(self.templates))
-        for name in ("task_train_per_template", "task_val_per_template",
-                     "other_train_per_template", "other_val_per_template", "num_test"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"SyntheticConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.num_other_templates is not None and self.num_other_templates < 0:
-            raise ValueError("SyntheticConfig.num_other_templates must be >= 0 or None")
-        if not 0.0 <= self.short_fraction <= 1.0:
-            raise ValueError(f"SyntheticConfig.short_fraction must be in [0, 1], "
-                             f"got {self.short_fraction}")
-        if not 8 <= self.min_frames <= self.max_frames:
-            raise ValueError(f"SyntheticConfig needs 8 <= min_frames <= max_frames, got "
-                             f"{self.min_frames}, {self.max_frames}")
-        if self.short_fraction > 0 and self.min_frames >= SHORT_BELOW:
-            raise ValueError(f"SyntheticConfig: short_fraction > 0 needs min_frames < "
-                             f"{SHORT_BELOW}, got {self.min_frames}")
-        if self.short_fraction < 1 and self.max_frames < SHORT_BELOW:
-            raise ValueError(f"SyntheticConfig: short_fraction < 1 needs max_frames >= "
-                             f"{SHORT_BELOW}, got {self.max_frames}")
-        if not 64 <= self.min_width <= self.max_width:
-            raise ValueError(f"SyntheticConfig needs 64 <= min_width <= max_width, got "
-                             f"{self.min_width}, {self.max_width}")
-        if not 0.0 <= self.motion_spread <= 1.0:
-            raise ValueError(f"SyntheticConfig.motion_spread must be in [0, 1], got {self.motion_spread}")
-        if not 0 <= self.crf <= 63 or not 0 <= self.cpu_used <= 9:
-            raise ValueError(f"SyntheticConfig: crf must be 0..63 and cpu_used 0..9, "
-                             f"got {self.crf}, {self.cpu_used}")
+        counts = ("task_train_per_template", "task_val_per_template", "other_train_per_template",
+                  "other_val_per_template", "num_test")
+        checks = [(getattr(self, n) >= 0, f"{n} must be >= 0, got {getattr(self, n)}") for n in counts] + [
+            (self.num_other_templates is None or self.num_other_templates >= 0,
+             "num_other_templates must be >= 0 or None"),
+            (0.0 <= self.short_fraction <= 1.0, f"short_fraction must be in [0, 1], got {self.short_fraction}"),
+            (8 <= self.min_frames <= self.max_frames,
+             f"needs 8 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}"),
+            (self.short_fraction <= 0 or self.min_frames < SHORT_BELOW,
+             f"short_fraction > 0 needs min_frames < {SHORT_BELOW}, got {self.min_frames}"),
+            (self.short_fraction >= 1 or self.max_frames >= SHORT_BELOW,
+             f"short_fraction < 1 needs max_frames >= {SHORT_BELOW}, got {self.max_frames}"),
+            (64 <= self.min_width <= self.max_width,
+             f"needs 64 <= min_width <= max_width, got {self.min_width}, {self.max_width}"),
+            (0.0 <= self.motion_spread <= 1.0, f"motion_spread must be in [0, 1], got {self.motion_spread}"),
+            (0 <= self.crf <= 63 and 0 <= self.cpu_used <= 9,
+             f"crf must be 0..63 and cpu_used 0..9, got {self.crf}, {self.cpu_used}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SyntheticConfig: {message}")
 
     @classmethod
     def demo(cls, seed: int = 0, **kw) -> "SyntheticConfig":
-        """Demo size: 24 task templates x (10 train + 3 val), 20 others x (1 + 1), 10 test ids:
-        240 training videos of the four tasks, 63 basic and 9 back-and-forth validation videos
-        (PAC-Net needs the 240: with 144 its regression MAE stayed above half the mean predictor's)."""
+        """Demo size: 24 task templates x (10 train + 3 val), 20 others x (1 + 1), 10 test ids."""
         base = dict(seed=seed, task_train_per_template=10, task_val_per_template=3,
                     other_train_per_template=1, other_val_per_template=1,
                     num_other_templates=20, num_test=10)
@@ -158,7 +119,6 @@ class SyntheticConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-# --------------------------------------------------------------------------- templates -> motions
 # Label key (lower case) -> (motion family, fixed motion parameters). Others: GENERIC_MOTIONS.
 TEMPLATE_MOTIONS: dict[str, tuple[str, dict[str, float]]] = {
     # move_object
@@ -184,12 +144,10 @@ TEMPLATE_MOTIONS: dict[str, tuple[str, dict[str, float]]] = {
     "putting something on a surface": ("put", {"onto": 0.0}),
     "putting something onto something": ("put", {"onto": 1.0}),
     "putting something on a flat surface without letting it roll": ("put_flat", {"onto": 0.0}),
-    "putting something on the edge of something so it is not supported and falls down":
-        ("edge_fall", {}),
+    "putting something on the edge of something so it is not supported and falls down": ("edge_fall", {}),
     # back_and_forth
     "letting something roll up a slanted surface, so it rolls back down": ("roll_back", {}),
-    "plugging something into something but pulling it right out as you remove your hand":
-        ("plug", {}),
+    "plugging something into something but pulling it right out as you remove your hand": ("plug", {}),
     "throwing something in the air and catching it": ("throw_catch", {}),
 }
 
@@ -203,7 +161,6 @@ def motion_of(t: Template) -> tuple[str, dict[str, float]]:
     return GENERIC_MOTIONS[t.index % len(GENERIC_MOTIONS)], {}
 
 
-# --------------------------------------------------------------------------- placeholders
 _GENERAL = ("pen", "cup", "book", "phone", "remote control", "bottle", "box", "wallet", "keys",
             "spoon", "marker", "mug", "lighter", "glasses case", "charger", "toy car", "apple",
             "orange", "ball", "taschentücher", "notebook", "scissors", "comb", "stapler", "sponge",
@@ -306,7 +263,6 @@ def sample_placeholders(t: Template, motion: str, rng: np.random.Generator) -> t
     return tuple(out)
 
 
-# --------------------------------------------------------------------------- specs
 def select_templates(config: SyntheticConfig) -> list[tuple[Template, bool]]:
     """(template, is_task) of every template in the dataset, by label index."""
     templates = load_templates()
@@ -392,7 +348,6 @@ def _ensure_non_ascii(rows: list[dict]) -> None:
                 break
 
 
-# --------------------------------------------------------------------------- writing
 def annotation_entry(spec: VideoSpec) -> dict:
     """The SSv2 entry of a video; test entries have the id only."""
     if spec.split == "test":
@@ -428,11 +383,8 @@ def labels_dict() -> dict[str, str]:
 
 def encode_webm(frames: np.ndarray, path: str | Path, fps: int = FPS, crf: int = 24,
                 cpu_used: int = 8) -> Path:
-    """Write (T, H, W, 3) uint8 RGB frames as WebM/VP9 (yuv420p), atomically.
-
-    Odd widths (e.g. 427) are fine: libvpx stores 4:2:0 chroma with rounded-up size.
-    Single-threaded realtime libvpx, so the bytes are deterministic.
-    """
+    """Write (T, H, W, 3) uint8 RGB frames as WebM/VP9 (yuv420p), atomically; single-threaded
+    realtime libvpx, so the bytes are deterministic (odd widths are fine)."""
     import av  # local import: rendering and annotations do not need FFmpeg
 
     assert frames.ndim == 4 and frames.shape[3] == 3 and frames.dtype == np.uint8, frames.shape
@@ -457,12 +409,21 @@ def encode_webm(frames: np.ndarray, path: str | Path, fps: int = FPS, crf: int =
     return path
 
 
-def _old_ids(manifest: Path) -> set[str]:
-    if not manifest.exists():
-        return set()
+def _manifest(out_dir: str | Path, part: str) -> tuple[Path, object]:
+    """(path, `part` of the manifest under `out_dir`); clear errors naming the file."""
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no synthetic manifest (was write_synthetic_ssv2 run?)")
     try:
-        return {str(d["id"]) for d in json.loads(manifest.read_text(encoding="utf-8"))["specs"]}
-    except (ValueError, KeyError, TypeError):
+        return path, json.loads(path.read_text(encoding="utf-8"))[part]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a synthetic SSv2 manifest: {e!r}") from e
+
+
+def _old_ids(out_dir: Path) -> set[str]:
+    try:
+        return {str(d["id"]) for d in _manifest(out_dir, "specs")[1]}
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
         return set()
 
 
@@ -470,17 +431,15 @@ def write_synthetic_ssv2(out_dir: str | Path, config: Optional[SyntheticConfig] 
                          log: Optional[LogFn] = None) -> dict:
     """Render, encode and annotate a synthetic SSv2 under `out_dir`; returns a summary dict.
 
-    Videos come first, then the annotation files, then the manifest (so a manifest marks a
-    complete dataset). Videos listed by a previous manifest in `out_dir` but absent now are
-    removed; no other file is touched.
-    """
+    The manifest is written last, so it marks a complete dataset; videos of a previous manifest
+    that are not in this one are removed, nothing else is touched."""
     config = config or SyntheticConfig()
     t0 = time.perf_counter()
     out = Path(out_dir)
     specs = video_specs(config)
     videos = out / "videos"
     videos.mkdir(parents=True, exist_ok=True)
-    stale = _old_ids(out / MANIFEST) - {s.id for s in specs}
+    stale = _old_ids(out) - {s.id for s in specs}
     for vid in sorted(stale):
         (videos / f"{vid}.webm").unlink(missing_ok=True)
 
@@ -526,30 +485,19 @@ def write_synthetic_ssv2(out_dir: str | Path, config: Optional[SyntheticConfig] 
 
 def load_specs(out_dir: str | Path) -> dict[str, VideoSpec]:
     """id -> VideoSpec from `out_dir/synthetic_manifest.json` (to re-render any video)."""
-    path = Path(out_dir) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no synthetic manifest (was write_synthetic_ssv2 run?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        rows = data["specs"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a synthetic SSv2 manifest: {e!r}") from e
-    specs = [VideoSpec.from_json(d, where=str(path)) for d in rows]
-    return {s.id: s for s in specs}
+    path, rows = _manifest(out_dir, "specs")
+    return {s.id: s for s in (VideoSpec.from_json(d, where=str(path)) for d in rows)}
 
 
 def load_config(out_dir: str | Path) -> SyntheticConfig:
     """The SyntheticConfig a dataset under `out_dir` was written with."""
-    path = Path(out_dir) / MANIFEST
+    path, config = _manifest(out_dir, "config")
     try:
-        return SyntheticConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["config"])
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no synthetic manifest") from None
-    except (ValueError, KeyError, TypeError) as e:
+        return SyntheticConfig.from_dict(config)
+    except (ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: bad config in manifest: {e!r}") from e
 
 
-# --------------------------------------------------------------------------- CLI
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pecn_ml.data.synthetic",
                                  description="Write a synthetic Something-Something V2 dataset.")

@@ -1,18 +1,13 @@
-"""Renderer of the synthetic SSv2 videos: textured scenes in which the named action happens.
+"""Renderer of the synthetic SSv2 videos (pure numpy): textured scenes in which the named action happens.
 
-A video is fully described by a `VideoSpec` (size, length, per-video seed, motion family and
-motion parameters). The scene (background, objects, hand) is drawn from `spec.seed`; the motion
-family decides where every object is at each progress value `p` in [0, 1]. Frame i shows the
-action at `frame_progress(spec)[i]`, which is 0 for a few idle frames, then rises linearly (so
-roughly i / T), and is 1 for the last idle frames.
-
-Pure numpy; no video I/O here (see `synthetic.py` for encoding and the dataset writer).
+A `VideoSpec` describes a video; the scene is drawn from `spec.seed` and the motion family places
+every object at each progress value in [0, 1] (`frame_progress`: idle, linear, idle).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -35,7 +30,6 @@ _SKIN = ((0.94, 0.78, 0.66), (0.87, 0.67, 0.52), (0.72, 0.52, 0.38), (0.55, 0.38
          (0.40, 0.27, 0.19))
 
 
-# ----------------------------------------------------------------------------- the spec
 @dataclass(frozen=True)
 class VideoSpec:
     """Everything needed to re-render one synthetic video (and its annotation entry)."""
@@ -67,32 +61,26 @@ class VideoSpec:
         return self.params_dict[name]
 
     def to_json(self) -> dict:
-        """JSON-ready dict (tuples become lists)."""
-        return {"id": self.id, "split": self.split, "template_index": self.template_index,
-                "label_key": self.label_key, "label": self.label, "template": self.template,
-                "placeholders": list(self.placeholders), "width": self.width,
-                "height": self.height, "fps": self.fps, "num_frames": self.num_frames,
-                "seed": self.seed, "motion": self.motion, "start_idle": self.start_idle,
-                "end_idle": self.end_idle, "params": [[k, v] for k, v in self.params],
-                "texture": self.texture, "object_scale": self.object_scale}
+        """JSON-ready dict (tuples become lists), keys in the manifest's order."""
+        out = {k: getattr(self, k) for k in _JSON_ORDER}
+        return {**out, "placeholders": list(self.placeholders), "params": [[k, v] for k, v in self.params]}
 
     @classmethod
     def from_json(cls, d: dict, where: str = "manifest") -> "VideoSpec":
         """Inverse of `to_json`; a missing or mistyped field is a ValueError naming `where`."""
+        convert = {"str": str, "int": int, "float": float}
         try:
-            return cls(id=str(d["id"]), split=str(d["split"]),
-                       template_index=int(d["template_index"]), label_key=str(d["label_key"]),
-                       label=str(d["label"]), template=str(d["template"]),
-                       placeholders=tuple(str(x) for x in d["placeholders"]),
-                       width=int(d["width"]), num_frames=int(d["num_frames"]),
-                       seed=int(d["seed"]), motion=str(d["motion"]),
-                       start_idle=int(d["start_idle"]), end_idle=int(d["end_idle"]),
-                       params=tuple((str(k), float(v)) for k, v in d["params"]),
-                       height=int(d.get("height", HEIGHT)), fps=int(d.get("fps", FPS)),
-                       texture=float(d.get("texture", 1.0)),
-                       object_scale=float(d.get("object_scale", 1.0)))
+            kw = {f.name: convert[f.type](d[f.name]) for f in fields(cls)
+                  if f.type in convert and (f.name in d or f.default is MISSING)}
+            return cls(**kw, placeholders=tuple(str(x) for x in d["placeholders"]),
+                       params=tuple((str(k), float(v)) for k, v in d["params"]))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: bad video spec {d!r:.200}: {e!r}") from e
+
+
+_JSON_ORDER = ("id", "split", "template_index", "label_key", "label", "template", "placeholders", "width",
+               "height", "fps", "num_frames", "seed", "motion", "start_idle", "end_idle", "params", "texture",
+               "object_scale")
 
 
 def frame_progress(spec: VideoSpec) -> np.ndarray:
@@ -103,7 +91,6 @@ def frame_progress(spec: VideoSpec) -> np.ndarray:
     return np.clip((i - s) / (T - 1 - s - e), 0.0, 1.0)
 
 
-# ----------------------------------------------------------------------------- drawing
 @dataclass(frozen=True)
 class Sprite:
     """Appearance of one drawable: a shape of w x h pixels (at scale 1) with a texture."""
@@ -222,7 +209,6 @@ def draw(img: np.ndarray, sp: Sprite, st: State) -> None:
     region += cov[..., None] * (col - region)
 
 
-# ----------------------------------------------------------------------------- scene
 def _upsample(grid: np.ndarray, H: int, W: int) -> np.ndarray:
     """Bilinear upsampling of (h, w, C) to (H, W, C)."""
     h, w = grid.shape[:2]
@@ -249,8 +235,7 @@ def _muted(rng: np.random.Generator) -> np.ndarray:
 
 
 def _pattern(rng: np.random.Generator, H: int, W: int, contrast: float = 1.0) -> np.ndarray:
-    """(H, W, 3) float32 muted texture: noise, wood grain, tiles or gradient; `contrast` scales
-    the texture (0: the flat base colour; the random draws are the same)."""
+    """(H, W, 3) float32 muted texture (noise, wood grain, tiles or gradient) scaled by `contrast`."""
     base, other = _muted(rng), _muted(rng)
     cell = rng.uniform(10, 40)
     noise = _upsample(rng.random((int(H / cell) + 2, int(W / cell) + 2, 1)), H, W)  # (H, W, 1)
@@ -344,10 +329,8 @@ def render_background(spec: VideoSpec, surface_y: float, pad: int) -> np.ndarray
 
 
 def build_scene(spec: VideoSpec, background: bool = True) -> Scene:
-    """Background, objects and hand of a video, deterministic in `spec.seed`.
-
-    background=False skips the (slowest) background texture: `bg` is then an empty array.
-    """
+    """Background, objects and hand of a video, deterministic in `spec.seed` (background=False:
+    `bg` is empty, skipping the slowest part)."""
     rng = np.random.default_rng([spec.seed, 2])
     W, H, pad = spec.width, spec.height, 80
     surface_y = float(rng.uniform(0.48, 0.66) * H)
@@ -364,17 +347,17 @@ def build_scene(spec: VideoSpec, background: bool = True) -> Scene:
     size_a = float(rng.uniform(34, 56)) * s
     A = _object_sprite(rng, shapes[0], size_a)
     if spec.motion == "feather":
-        A = _replace(A, color=_hsv(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.85, 1.0)))
+        A = replace(A, color=_hsv(rng.random(), rng.uniform(0.05, 0.3), rng.uniform(0.85, 1.0)))
     if A.shape == "circle" and A.texture == "solid":
-        A = _replace(A, texture="stripes")            # rolling must be visible
+        A = replace(A, texture="stripes")            # rolling must be visible
     if shapes[1] == "container":
         B = _object_sprite(rng, "rect", size_a)
         big = max(A.w, A.h)                          # the container swallows A whole
-        B = _replace(B, w=big * rng.uniform(1.5, 1.8), h=big * rng.uniform(1.3, 1.6))
+        B = replace(B, w=big * rng.uniform(1.5, 1.8), h=big * rng.uniform(1.3, 1.6))
     elif shapes[1] == "cover":
         B = _object_sprite(rng, "rounded", size_a)
         big = max(A.w, A.h)                          # the cover hides A whole
-        B = _replace(B, w=big * rng.uniform(1.5, 1.9), h=big * rng.uniform(1.35, 1.7))
+        B = replace(B, w=big * rng.uniform(1.5, 1.9), h=big * rng.uniform(1.35, 1.7))
     else:
         B = _object_sprite(rng, shapes[1], float(rng.uniform(40, 64)) * s)
     C = _object_sprite(rng, shapes[2], float(rng.uniform(28, 48)) * s)
@@ -385,17 +368,12 @@ def build_scene(spec: VideoSpec, background: bool = True) -> Scene:
     arm = Sprite("capsule", 40 * s, 20 * k, sleeve, tuple(c * 0.7 for c in sleeve),
                  "stripes" if rng.random() < 0.3 else "solid", period=10, shade=0.2)
     if spec.texture != 1.0:                           # objects' patterns at the same contrast
-        A, B, C, arm = (_replace(sp, color2=tuple(c + (c2 - c) * spec.texture for c, c2 in zip(sp.color, sp.color2)))
+        A, B, C, arm = (replace(sp, color2=tuple(c + (c2 - c) * spec.texture for c, c2 in zip(sp.color, sp.color2)))
                         for sp in (A, B, C, arm))
     return Scene(W, H, surface_y, ground, bg, pad, A, B, C, palm, arm,
                  tuple(float(x) for x in rng.random(8)))
 
 
-def _replace(sp: Sprite, **kw) -> Sprite:
-    return replace(sp, **kw)
-
-
-# ----------------------------------------------------------------------------- helpers
 def _ease(p: float, w: float) -> float:
     """Monotone map [0,1]->[0,1]: mix of linear and smoothstep with weight w."""
     p = min(max(p, 0.0), 1.0)
@@ -407,7 +385,7 @@ def _hand(sc: Scene, x: float, y: float, ax: float, ay: float, scale: float = 1.
     dx, dy = x - ax, y - ay
     length = math.hypot(dx, dy)
     ang = math.atan2(dy, dx)
-    arm = _replace(sc.arm, w=length / scale + sc.arm.h)
+    arm = replace(sc.arm, w=length / scale + sc.arm.h)
     return [(arm, State((x + ax) / 2, (y + ay) / 2, scale, ang)),
             (sc.palm, State(x, y, scale, ang))]
 
@@ -438,7 +416,6 @@ def _statics(sc: Scene, spec_n: int, ax: float) -> list[Item]:
 Plan = Callable[[float, dict, Scene, int], tuple[list[Item], State]]
 
 
-# ----------------------------------------------------------------------------- task motions
 def _plan_slide(p: float, q: dict, sc: Scene, n: int) -> tuple[list[Item], State]:
     """Horizontal translation on the table; grip 0 = pushed from behind, 1 = pulled, 2 = carried."""
     d, dist = q["dir"], q["dist"] * sc.W
@@ -501,10 +478,7 @@ def _target_xy(sc: Scene, rel: int, bx: float, side: float) -> tuple[float, floa
 
 
 def _plan_drop(p: float, q: dict, sc: Scene, n: int) -> tuple[list[Item], State]:
-    """Free fall (y quadratic in time) onto / in front of / behind / into / next to B, or alone.
-
-    rel: 0 alone (like a rock), 1 onto, 2 in front of, 3 behind, 4 into, 5 next to.
-    """
+    """Free fall (y quadratic in time); rel 0 alone, 1 onto, 2 in front of, 3 behind, 4 into, 5 next to B."""
     rel = int(q["rel"])
     bx = q["bx"] * sc.W
     side = 1 if q["side"] > 0 else -1
@@ -527,7 +501,7 @@ def _plan_drop(p: float, q: dict, sc: Scene, n: int) -> tuple[list[Item], State]
         top = b_state.y - B.h / 2
         inner = Sprite("ellipse", B.w * 0.92, max(B.h * 0.22, 10), tuple(c * 0.3 for c in B.color),
                        shade=0.0)
-        rim = _replace(B, shape="ellipse", h=max(B.h * 0.22, 10) + 6, texture="solid")
+        rim = replace(B, shape="ellipse", h=max(B.h * 0.22, 10) + 6, texture="solid")
         return (b_items[:1] + [(rim, State(bx, top)), (inner, State(bx, top))] + [(sc.A, st)]
                 + [(B, b_state)] + hand, st)
     return b_items + a_item + hand, st
@@ -639,7 +613,7 @@ def _plan_roll_back(p: float, q: dict, sc: Scene, n: int) -> tuple[list[Item], S
 def _plan_plug(p: float, q: dict, sc: Scene, n: int) -> tuple[list[Item], State]:
     """A plug is pushed into a socket (B), held briefly, then pulled right back out."""
     d = 1 if q["dir"] > 0 else -1
-    B = _replace(sc.B, w=max(sc.B.w, 46), h=max(sc.B.h, 60))
+    B = replace(sc.B, w=max(sc.B.w, 46), h=max(sc.B.h, 60))
     sx = sc.W / 2 + d * q["sock"] * sc.W
     sy = sc.surface_y - q["height"] * sc.H
     face = sx - d * B.w / 2
@@ -670,7 +644,6 @@ def _plan_throw_catch(p: float, q: dict, sc: Scene, n: int) -> tuple[list[Item],
     return _hand(sc, x + 4, y_h + sc.A.h / 2 + 8, x + 60, sc.H + 90) + [(sc.A, st)], st
 
 
-# ----------------------------------------------------------------------------- generic motions
 def _rest(sc: Scene, q: dict) -> State:
     return State(q["xf"] * sc.W, _on_ground(sc, sc.A))
 
@@ -776,13 +749,10 @@ PLACEMENT_PARAMS = frozenset({"xf", "off", "bx", "phase", "a0"})
 
 
 def sample_params(motion: str, rng: np.random.Generator, spread: float = 1.0) -> dict[str, float]:
-    """Random motion parameters of a family (fixed ones, e.g. direction, are set by the caller).
+    """Random motion parameters of a family (the caller sets fixed ones, e.g. direction).
 
-    spread scales every drawn range of the *motion* about its middle: 1 = the whole range, 0 = every
-    video of a family gets the middle (its distance, speed profile and timing). Where the object
-    stands (`place`: PLACEMENT_PARAMS) and signs (directions, sides) stay random at any spread, so
-    frame 20 alone does not give away how far a slide has come. The generator draws the same
-    numbers either way, so every other random choice of a dataset is the same at any spread."""
+    `spread` scales each motion range about its middle (1 whole range, 0 the middle); placement
+    (PLACEMENT_PARAMS) and signs stay random, and the same numbers are drawn at any spread."""
     if not 0.0 <= spread <= 1.0:
         raise ValueError(f"sample_params: spread must be in [0, 1], got {spread}")
 
@@ -831,7 +801,6 @@ def sample_params(motion: str, rng: np.random.Generator, spread: float = 1.0) ->
     return {**common, **table[motion]}
 
 
-# ----------------------------------------------------------------------------- rendering
 def _plans(spec: VideoSpec, sc: Scene) -> list[tuple[list[Item], State]]:
     if spec.motion not in MOTIONS:
         raise ValueError(f"video {spec.id}: unknown motion family {spec.motion!r}")
@@ -841,11 +810,8 @@ def _plans(spec: VideoSpec, sc: Scene) -> list[tuple[list[Item], State]]:
 
 
 def object_states(spec: VideoSpec) -> np.ndarray:
-    """(T, 4) float64 per frame [x, y, scale, angle] of the tracked (moving) object.
-
-    The tracked object is the one whose motion the template names: the first placeholder in
-    most templates, the cover (second placeholder) for "Covering [something] with [something]".
-    """
+    """(T, 4) float64 per frame [x, y, scale, angle] of the object whose motion the template names
+    (the first placeholder; the cover for "Covering [something] with [something]")."""
     sc = build_scene(spec, background=False)
     return np.array([[s.x, s.y, s.scale, s.angle] for _, s in _plans(spec, sc)], np.float64)
 

@@ -1,11 +1,8 @@
 """Data versions (sha256 strings) of the raw SSv2 inputs, for Dagster observable source assets.
 
-A version changes exactly when the bytes change. Hashing all 220k videos (19 GB) takes minutes, so
-`videos_version` keeps a memo {name: [size, mtime_ns, sha256]} under `data_dir/.pecn/`: a file
-whose size and mtime_ns are unchanged is not read again. The memo is rewritten atomically (every
-`flush_every_s` while hashing, and at the end), so an interrupted first pass keeps its work.
-As in git's index, a file modified less than 2 s before it is hashed is not memoised (its mtime
-tick could be shared with a later write of the same size).
+`videos_version` memoises {name: [size, mtime_ns, sha256]} under `data_dir/.pecn/` (rewritten
+atomically while hashing), so unchanged files are not read again; as in git's index, a file
+modified less than 2 s before hashing is not memoised.
 """
 
 from __future__ import annotations
@@ -48,10 +45,7 @@ def _load_memo(path: Path) -> dict[str, list]:
 
 def videos_version(video_dir: str | os.PathLike, log: Optional[LogFn] = None, *,
                    memo_path: str | os.PathLike | None = None, flush_every_s: float = 60.0) -> str:
-    """sha256 over sorted (file name, sha256) of every `*.webm` directly in `video_dir`.
-
-    memo_path: default `video_dir/../.pecn/videos_sha256_memo.json` (i.e. under data_dir).
-    """
+    """sha256 over sorted (file name, sha256) of every `*.webm` in `video_dir` (memo: `data_dir/.pecn/`)."""
     video_dir = Path(video_dir)
     if not video_dir.is_dir():
         raise FileNotFoundError(f"video folder {video_dir} does not exist")

@@ -1,23 +1,10 @@
 """Decode SSv2 webm videos to RGB arrays with PyAV (FFmpeg), optionally resized inside the decode.
 
-Facts this relies on (see SSV2.md): webm stores no frame count, so frames are counted by decoding;
-decoding goes through the container's own stream (`container.decode(video=0)`), which sends the
-final flush packet, so frame threading never loses the last frames. A truncated file decodes
-without an exception (FFmpeg stops at the cut), so truncation is detected from the demuxer's
-"File ended prematurely" error and from the container's duration.
-
-Resizing (`size=R`) squashes each frame to R x R (aspect ratio not kept, as the seed did) in the
-same swscale pass that converts YUV 4:2:0 to RGB, with `SWS_AREA` (area averaging: each output
-pixel averages the source pixels it covers, so down-scaling does not alias) into planar RGB
-(gbrp), for which swscale interpolates chroma at full resolution (into packed rgb24 it would
-shortcut the chroma unless given SWS_FULL_CHR_H_INT, and lose ~1.5 grey levels). Measured on
-synthetic SSv2 clips against a Lanczos resize of the frames before encoding (RMSE in grey levels
-at 96 / 224 px; CPU ms per frame for the conversion at 224, the decode itself is ~0.6 ms):
-  this (area, planar RGB)                        1.9 / 2.2    0.28 ms
-  swscale bicubic, planar RGB                    1.5 / 2.0    0.34 ms
-  swscale bilinear/bicubic into rgb24            3.4-3.8 / 3.0-3.2
-  the seed: decode to RGB, then PIL bicubic      2.1 / 2.5    ~2.4 ms (PIL resize alone)
-(full-size rgb24 conversion: 0.08 ms). Area is chosen for speed at better-than-seed fidelity.
+Webm stores no frame count, so frames are counted by decoding; `container.decode` flushes the
+decoder, so frame threading never loses the last frames. Truncation decodes without an exception,
+so it is detected from the demuxer's "File ended prematurely" and the container's duration.
+`size=R` squashes each frame to R x R (as the seed did) in the swscale pass that converts YUV to
+planar RGB, with area averaging (measurements: docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -60,12 +47,8 @@ def _open(path: Path):
 
 def decode_video(path: str | os.PathLike, size: Optional[int] = None, *, threads: int = 0,
                  check_truncation: bool = True) -> np.ndarray:
-    """Decode every frame of `path` to RGB: (T, H, W, 3) uint8, or (T, size, size, 3) with `size`.
-
-    threads: FFmpeg decoder threads (0 = FFmpeg's choice, 1 = none); frame + slice threading.
-    Raises VideoDecodeError for a missing, zero-byte, truncated or non-video file, a file with no
-    video stream, or one that yields no frames.
-    """
+    """Every frame of `path` as RGB (T, H, W, 3) uint8, or (T, size, size, 3); `threads`: FFmpeg's
+    (0 = its choice). VideoDecodeError for a missing, empty, truncated, corrupt or frameless file."""
     frames: list[np.ndarray] = []
     decode_into(path, frames.append, size, threads=threads, check_truncation=check_truncation)
     return np.stack(frames)  # (T, H, W, 3)
@@ -73,10 +56,8 @@ def decode_video(path: str | os.PathLike, size: Optional[int] = None, *, threads
 
 def decode_into(path: str | os.PathLike, sink: Callable[[np.ndarray], Any], size: Optional[int] = None,
                 *, threads: int = 0, check_truncation: bool = True) -> int:
-    """Decode `path` frame by frame, calling `sink` with each (H, W, 3) or (size, size, 3) uint8
-    RGB array (C-contiguous); return the frame count. The checks of `decode_video` run after the
-    last frame, so a consumer that writes as it goes must discard its output on VideoDecodeError.
-    """
+    """Call `sink` with each decoded uint8 RGB frame (C-contiguous) and return the frame count. The
+    checks of `decode_video` run after the last frame: on VideoDecodeError discard what was written."""
     path = Path(path)
     if size is not None:
         assert isinstance(size, int) and size > 0, f"size must be a positive int, got {size!r}"
@@ -139,11 +120,8 @@ def count_frames(path: str | os.PathLike) -> int:
 
 def encode_webm(path: str | os.PathLike, frames: np.ndarray, fps: int = 12, crf: int = 30,
                 lossless: bool = False) -> Path:
-    """Write (T, H, W, 3) uint8 RGB frames as an SSv2-like webm (VP9, yuv420p, no audio), atomically.
-
-    For test fixtures and demos. Odd sizes work (SSv2 has 427 x 240). `lossless` is lossless in
-    YUV 4:2:0 only: RGB -> YUV conversion and chroma subsampling still round.
-    """
+    """Write (T, H, W, 3) uint8 RGB frames as an SSv2-like webm (VP9, yuv420p), atomically; `lossless`
+    is lossless in YUV 4:2:0 only (the RGB -> YUV conversion still rounds)."""
     from pecn_ml.utils.files import atomic_path
     assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8, (frames.shape, frames.dtype)
     T, H, W, _ = frames.shape

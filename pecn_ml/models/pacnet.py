@@ -1,13 +1,8 @@
 """PAC-Net: progress estimation from video frames and the action text.
 
-ResNet frame encoder (pooled per frame) -> Transformer temporal encoder with learned positions;
-CLIP text encoder on the action label; cross-modal fusion (frames attend to words with the text
-padding masked, then text-conditioned attention pooling over frames) -> MLP -> one of two heads:
-regression (progress in [0, 1]) or classification (101 classes, 0..100 %).
-
-A checkpoint folder (`save_pacnet`) holds everything needed to rebuild the model without the
-pretrained weights: `config.json` (PacNetConfig), `model.safetensors` (all weights),
-`resnet/config.json`, `clip_text/config.json` and `tokenizer/`.
+ResNet per frame -> Transformer over time; CLIP text encoder on the action; frames attend to words,
+the sentence pools frames -> MLP -> regression (progress in [0, 1]) or classification (0..100 %).
+A checkpoint folder (`save_pacnet`) rebuilds the model without the pretrained weights.
 """
 
 from __future__ import annotations
@@ -54,33 +49,24 @@ class PacNetConfig:
     max_text_len: int = 77
 
     def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"PacNetConfig.head must be one of {HEADS}, got {self.head!r}")
-        if self.hidden_dim <= 0 or self.heads <= 0 or self.hidden_dim % self.heads:
-            raise ValueError(f"PacNetConfig: hidden_dim ({self.hidden_dim}) must be a positive "
-                             f"multiple of heads ({self.heads})")
-        if self.num_frames < 1 or self.temporal_layers < 0:
-            raise ValueError("PacNetConfig: num_frames must be >= 1 and temporal_layers >= 0")
-        if self.num_classes < 2:
-            raise ValueError(f"PacNetConfig.num_classes must be >= 2, got {self.num_classes}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"PacNetConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.pool_grid < 1:
-            raise ValueError(f"PacNetConfig.pool_grid must be >= 1, got {self.pool_grid}")
-        if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"PacNetConfig.image_size must be >= 8 or None, got {self.image_size}")
+        checks = [
+            (self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}"),
+            (self.hidden_dim > 0 and self.heads > 0 and self.hidden_dim % self.heads == 0,
+             f"hidden_dim ({self.hidden_dim}) must be a positive multiple of heads ({self.heads})"),
+            (self.num_frames >= 1 and self.temporal_layers >= 0, "num_frames must be >= 1 and temporal_layers >= 0"),
+            (self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.pool_grid >= 1, f"pool_grid must be >= 1, got {self.pool_grid}"),
+            (self.image_size is None or self.image_size >= 8, f"image_size must be >= 8 or None, got {self.image_size}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"PacNetConfig: {message}")
 
     @classmethod
     def tiny(cls, resnet_path: str | os.PathLike, clip_path: str | os.PathLike,
              head: str = "regression", **overrides) -> "PacNetConfig":
-        """Small preset over the tiny local models (`pecn_ml.models.tiny`), for tests and the demo.
-
-        Uses the frame-difference stream (globally pooled features of small backbones carry
-        little progress signal on the synthetic data), 48 px frames (four times cheaper than 96:
-        more epochs in the demo's minute, which mattered more than detail), features pooled to a
-        2 x 2 grid (where things are) and no dropout (measured on the demo data, regression head:
-        val MAE / mean predictor 0.551 -> 0.535 without dropout -> 0.533 with the grid).
-        """
+        """Small preset over the tiny local models (tests, demo): frame differences, 48 px frames,
+        a 2 x 2 feature grid, no dropout (each measured better on the demo's data)."""
         base = dict(resnet_name=str(resnet_path), clip_name=str(clip_path), hidden_dim=64,
                     num_frames=8, temporal_layers=1, heads=4, dropout=0.0, head=head,
                     frame_diff=True, image_size=48, pool_grid=2)
@@ -99,15 +85,11 @@ class PacNetConfig:
         return cls(**data)
 
 
-# ----------------------------------------------------------------------------------------------
-# Frame preprocessing (shared by training and inference)
 
 
 def frames_to_input(frames: torch.Tensor, image_size: Optional[int] = None) -> torch.Tensor:
-    """uint8 frames (B, T, H, W, 3) -> ImageNet-normalised float (B, T, 3, S, S).
-
-    Runs on the frames' device; `image_size` resizes (bilinear, antialiased), None keeps H x W.
-    """
+    """uint8 frames (B, T, H, W, 3) -> ImageNet-normalised float (B, T, 3, S, S) on their device;
+    `image_size` resizes (bilinear, antialiased), None keeps H x W."""
     assert frames.dtype == torch.uint8, f"frames must be uint8, got {frames.dtype}"
     assert frames.ndim == 5 and frames.shape[-1] == 3, f"frames must be (B,T,H,W,3), got {tuple(frames.shape)}"
     B, T, H, W, _ = frames.shape
@@ -127,20 +109,12 @@ def uniform_indices(last: int, num: int) -> np.ndarray:
     return np.rint(np.linspace(0, last, num)).astype(np.int64)
 
 
-# ----------------------------------------------------------------------------------------------
-# Modules
 
 
 class FrameEncoder(nn.Module):
-    """ResNet per frame, pooled, projected: (B, T, 3, H, W) -> (B, T, D).
-
-    `pool_grid=1` pools globally (the seed's ResNet-50 feature); `g > 1` average-pools the last
-    feature map to g x g cells and concatenates them, keeping where things are (a small backbone
-    has too little depth to encode position in its channels). With `diff=True` the same ResNet
-    also encodes each frame's change since frame 0 (x_t - x_0, an RGB-difference stream as in
-    TSN), projected separately and added. Both go through one backbone call so BatchNorm
-    statistics cover both.
-    """
+    """ResNet per frame, pooled (globally, or to a g x g grid that keeps where things are), projected:
+    (B, T, 3, H, W) -> (B, T, D). `diff`: also each frame's change since frame 0 (TSN's RGB
+    difference), projected separately and added; one backbone call, so BatchNorm sees both."""
 
     def __init__(self, resnet: nn.Module, hidden_dim: int, diff: bool = False, pool_grid: int = 1):
         super().__init__()
@@ -241,11 +215,7 @@ def _load_backbones(config: PacNetConfig):
 
 
 class PacNet(nn.Module):
-    """Progress-Aware Cross-modal Network.
-
-    `PacNet(config)` loads the pretrained backbones named by the config; `load_pacnet` passes
-    backbones rebuilt from a checkpoint's saved configs instead (no pretrained weights needed).
-    """
+    """Progress-Aware Cross-modal Network (backbones from the config's names unless given)."""
 
     def __init__(self, config: PacNetConfig, *, resnet: Optional[nn.Module] = None,
                  clip_text: Optional[nn.Module] = None, tokenizer=None):
@@ -265,7 +235,6 @@ class PacNet(nn.Module):
         self.register_buffer("class_values", torch.linspace(0.0, 1.0, config.num_classes),
                              persistent=False)
 
-    # -- parameters --------------------------------------------------------------------------
     def backbone_parameters(self) -> list[nn.Parameter]:
         """ResNet + CLIP text parameters (the pretrained part, trained at a lower lr)."""
         return list(self.frame_encoder.backbone.parameters()) + \
@@ -275,7 +244,6 @@ class PacNet(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    # -- inputs --------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts -> (input_ids (B, L), attention_mask (B, L)), padded to the longest."""
         assert len(texts) > 0 and all(isinstance(t, str) for t in texts), "texts must be strings"
@@ -288,7 +256,6 @@ class PacNet(nn.Module):
         """uint8 (B, T, H, W, 3) -> normalised float (B, T, 3, S, S) on the model's device."""
         return frames_to_input(frames_uint8.to(self.device), self.config.image_size)
 
-    # -- forward -------------------------------------------------------------------------------
     def forward(self, frames: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
         """frames (B, T, 3, H, W) normalised float, ids/mask (B, L) ->
@@ -308,11 +275,7 @@ class PacNet(nn.Module):
         return out                                                           # (B, C)
 
     def progress_from_output(self, output: torch.Tensor) -> torch.Tensor:
-        """Forward output -> (B,) progress in [0, 1].
-
-        Classification uses the expected value sum_k p_k * k/100 (not argmax): it is continuous
-        and gives a lower MAE than the mode.
-        """
+        """Forward output -> (B,) progress in [0, 1]; classification: the expected value (lower MAE than argmax)."""
         if self.config.head == "regression":
             return output.float()
         probs = output.float().softmax(dim=-1)                   # (B, C)
@@ -324,8 +287,6 @@ class PacNet(nn.Module):
         return self.progress_from_output(self.forward(frames, input_ids, attention_mask))
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints
 
 
 def write_pacnet_files(model: PacNet, folder: str | os.PathLike) -> Path:
@@ -388,7 +349,3 @@ def load_pacnet(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.to(device).eval()
 
-
-__all__ = ["PacNetConfig", "PacNet", "save_pacnet", "load_pacnet", "read_pacnet_config",
-           "frames_to_input", "uniform_indices", "write_pacnet_files", "IMAGENET_MEAN",
-           "IMAGENET_STD", "WEIGHTS_NAME"]

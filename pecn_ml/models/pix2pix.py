@@ -1,28 +1,19 @@
 """InstructPix2Pix model construction: load the parts, widen `conv_in`, build the pipeline.
 
-`pretrained` is a hub name (default `timbrooks/instruct-pix2pix`) or a local diffusers folder
-(the tiny ones of `pecn_ml.models.tiny` included). A Stable Diffusion checkpoint (4-channel UNet)
-becomes an InstructPix2Pix UNet by `widen_conv_in`: 8 input channels (noisy latents + input-image
-latents), the 4 new ones zero-initialised, so the widened UNet starts as the pretrained one.
-
-Checkpoint layouts (`pecn_ml.sampling.load_pipeline` loads both):
-
-- full: a `save_pretrained` pipeline folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
-  `tokenizer/`, `scheduler/`), what a hub base is saved as;
-- light (`BASE_REF` present, no `model_index.json`): what training changed, `unet/`, and
-  `base.json`, a reference to the frozen parts of a local base folder: its path (absolute, and
-  relative to the checkpoint, tried in that order) and the sha256 of their manifest
-  (`frozen_manifest`: every file of the base but its `unet/`). `resolve_base` refuses a base whose
-  frozen parts hash otherwise, naming the file; `build_pipeline(base, unet=...)` assembles it.
+Checkpoint layouts (`pecn_ml.sampling.load_pipeline` loads both): full, a `save_pretrained`
+pipeline folder (a hub base is saved so); light (`BASE_REF`, no `model_index.json`): the trained
+`unet/` and `base.json`, a reference to a local base's frozen parts (path, relative path and the
+sha256 of `frozen_manifest`), verified by `resolve_base`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -37,16 +28,15 @@ LATENT_TARGET_FILE = "latent_target.json"   # at a base's root: what its UNet's 
 LATENT_TARGET_FORMAT = "pecn-latent-target-v1"
 IP2P_IN_CHANNELS = 8   # 4 noisy latent channels + 4 input-image latent channels
 SD_IN_CHANNELS = 4
+# what a UNet's clean latents are: "frame", the target frame's (InstructPix2Pix's), or "change", the
+# target frame's minus the input frame's (scaled): predicting no change reproduces the input
+LatentTarget = Literal["frame", "change"]
+LATENT_TARGETS: tuple[str, ...] = typing.get_args(LatentTarget)
 
 
 def widen_conv_in(unet: Any, in_channels: int = IP2P_IN_CHANNELS) -> Any:
-    """Widen `unet.conv_in` to `in_channels` in place and return the UNet.
-
-    The old kernel fills the first input channels and the new ones are zero, and the old bias is
-    kept, so for zero extra input the output is unchanged. (The diffusers example leaves the new
-    layer's bias randomly initialised; we keep the pretrained one.) `unet.config.in_channels` is
-    updated so that `save_pretrained` writes the widened shape.
-    """
+    """Widen `unet.conv_in` to `in_channels` in place (new kernel channels zero, the pretrained
+    bias kept, unlike the diffusers example), so for zero extra input the output is unchanged."""
     old: nn.Conv2d = unet.conv_in
     if old.in_channels >= in_channels:
         raise ValueError(f"widen_conv_in: conv_in already has {old.in_channels} input channels "
@@ -91,12 +81,8 @@ def _check_local(pretrained: str) -> None:
 
 def load_pix2pix_components(pretrained: str | Path = DEFAULT_PRETRAINED, *,
                             revision: Optional[str] = None) -> Pix2PixComponents:
-    """Load tokenizer, text encoder, VAE, UNet and a DDPM noise scheduler like the diffusers example.
-
-    A 4-channel UNet (Stable Diffusion) is widened to 8 channels; an 8-channel one
-    (InstructPix2Pix) is used as is; anything else is an error. The VAE and text encoder are
-    frozen (`requires_grad_(False)`); device and dtype are left to the caller.
-    """
+    """Tokenizer, text encoder, VAE (both frozen), UNet (a 4-channel SD one widened to 8) and a
+    DDPM noise scheduler, like the diffusers example; device and dtype are the caller's."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -121,21 +107,15 @@ def load_pix2pix_components(pretrained: str | Path = DEFAULT_PRETRAINED, *,
 
 def write_latent_target(folder: str | os.PathLike, value: str) -> None:
     """Record at a pipeline folder's root what its UNet's clean latents are (`latent_target`)."""
-    from pecn_ml.training.pix2pix import LATENT_TARGETS
-
     if value not in LATENT_TARGETS:
         raise ValueError(f"latent target must be one of {LATENT_TARGETS}, got {value!r}")
     write_json_atomic(Path(folder) / LATENT_TARGET_FILE, {"format": LATENT_TARGET_FORMAT, "latent_target": value})
 
 
 def latent_target(model: str | os.PathLike) -> str:
-    """What the clean latents of a model's UNet are: "frame", the target frame's (InstructPix2Pix's:
-    every hub model and every folder without `LATENT_TARGET_FILE`), or "change", the target frame's
-    minus the input frame's (scaled), as a base's `latent_target.json` records (a light
-    checkpoint's is its base's, which `base.json` verifies). ValueError naming the file when it is
-    unreadable or names neither."""
-    from pecn_ml.training.pix2pix import LATENT_TARGETS
-
+    """What a model's UNet's clean latents are (`LATENT_TARGETS`): "frame" for a hub model or a
+    folder without `LATENT_TARGET_FILE` (a light checkpoint's is its base's); ValueError naming an
+    unreadable record."""
     folder = Path(model)
     if not folder.is_dir():
         return "frame"                                    # a hub name
@@ -157,16 +137,11 @@ def latent_target(model: str | os.PathLike) -> str:
 @torch.no_grad()
 def run_pipeline(pipe: Any, prompts: Sequence[str], images: Sequence[Any], *, latent_target: str = "frame",
                  change_threshold: Optional[float] = None, change_dilate: int = 0, **kwargs: Any) -> Any:
-    """`pipe(prompts, image=images, output_type="np", **kwargs).images` for a UNet of either latent
-    target: with "change" the sampled latents are the change, so the input image's latents (the
-    posterior mode, as the pipeline's image conditioning) are added before decoding; a UNet that
-    predicts no change then gives exactly the input's VAE round trip. (B, H, W, 3) float in [0, 1].
-
-    `change_threshold` (a "change" UNet only; a "frame" UNet predicts no change to threshold, so
-    it is ignored there): the decoded prediction is kept only where the predicted change's norm over
-    the latent channels (scaled latents) reaches it, that region grown by `change_dilate` pixels;
-    elsewhere the output is the input's VAE round trip. A decoder with attention or GroupNorm
-    spreads a local latent edit over the whole image; this keeps the edit where it was made."""
+    """`pipe(prompts, image=images, output_type="np", **kwargs).images`, (B, H, W, 3) in [0, 1], for
+    either latent target: with "change" the input's latents (posterior mode) are added before
+    decoding. `change_threshold` ("change" only) keeps the prediction where the predicted change's
+    latent norm reaches it (grown by `change_dilate` px) and the input's VAE round trip elsewhere,
+    since a decoder with attention or GroupNorm spreads a local edit over the whole image."""
     if latent_target == "frame":
         return pipe(list(prompts), image=list(images), output_type="np", **kwargs).images
     if latent_target != "change":
@@ -198,10 +173,7 @@ def _keep_where_changed(vae: Any, decoded: torch.Tensor, image_latents: torch.Te
 def build_pipeline(pretrained: str | Path, *, unet: Any, vae: Any = None, text_encoder: Any = None,
                    tokenizer: Any = None, torch_dtype: Optional[torch.dtype] = None) -> Any:
     """A `StableDiffusionInstructPix2PixPipeline` around `unet`, the other parts from `pretrained`
-    unless given (its inference scheduler too: Euler ancestral for InstructPix2Pix folders).
-
-    No safety checker, as in the seed.
-    """
+    unless given; no safety checker, as in the seed."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     parts = {k: v for k, v in (("vae", vae), ("text_encoder", text_encoder),
@@ -215,8 +187,7 @@ def build_pipeline(pretrained: str | Path, *, unet: Any, vae: Any = None, text_e
 
 
 def frozen_manifest(base: str | os.PathLike) -> dict[str, str]:
-    """The manifest of a base pipeline folder less its UNet: the files of the frozen parts (VAE,
-    text encoder, tokenizer, scheduler, model_index.json, ...) a light checkpoint takes from it."""
+    """The manifest of a base pipeline folder less its UNet (the frozen parts a light checkpoint uses)."""
     return {rel: sha for rel, sha in folder_manifest(base).items() if rel.split("/", 1)[0] != TRAINED_PART}
 
 
@@ -233,9 +204,8 @@ def write_base_ref(folder: str | os.PathLike, base: str | os.PathLike, final: st
 
 
 def resolve_base(model_dir: str | os.PathLike) -> Path:
-    """The base folder a light checkpoint's `base.json` names (its recorded path, else the path
-    relative to the checkpoint, e.g. after the outputs folder moved), verified: its frozen parts
-    hash to the recorded sha256. ValueError naming base.json and the file otherwise."""
+    """The base folder `base.json` names (recorded path, else relative to the checkpoint), verified
+    against the recorded sha256; ValueError naming base.json and the file otherwise."""
     ref_file = Path(model_dir) / BASE_REF
     try:
         ref = json.loads(ref_file.read_text(encoding="utf-8"))
@@ -256,7 +226,7 @@ def resolve_base(model_dir: str | os.PathLike) -> Path:
 
 
 def tokenize_prompts(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
-    """Token ids padded to the tokenizer's max length, as the diffusers example does. (B, L) long."""
+    """Token ids padded to the tokenizer's max length, (B, L) long."""
     assert len(prompts) > 0, "tokenize_prompts: no prompts"
     return tokenizer(list(prompts), max_length=tokenizer.model_max_length, padding="max_length",
                      truncation=True, return_tensors="pt").input_ids

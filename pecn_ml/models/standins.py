@@ -1,42 +1,15 @@
-"""Stand-ins for the pretrained weights, trained on the synthetic domain (demo and tests).
+"""Stand-ins for the pretrained weights: small models of the same classes, trained once on the
+synthetic training videos, in folders that load through the same `from_pretrained` calls.
 
-The real run starts from pretrained weights; the demo cannot download them, and random weights
-would make every downstream number noise. So the demo builds small models of the same classes
-and trains them, once, on the synthetic *training* videos, into folders that load through the
-very same `from_pretrained` calls:
+| stand-in for                    | built here                                                    |
+|---------------------------------|---------------------------------------------------------------|
+| `timbrooks/instruct-pix2pix`    | tiny tokenizer and CLIP text encoder; VAE trained as an autoencoder; UNet instruct-pretrained on frame pairs (and `StandinConfig.corpus`) |
+| `microsoft/resnet-50`           | tiny ResNet pretrained on where things move                   |
+| `openai/clip-vit-base-patch32`  | tiny CLIP text model + tokenizer, random                      |
 
-| stand-in for                    | built here                                                  |
-|---------------------------------|-------------------------------------------------------------|
-| `timbrooks/instruct-pix2pix`    | tiny tokenizer + frozen random CLIP text encoder; VAE trained as an autoencoder (`training/autoencoder.py`), its `scaling_factor` measured; UNet instruct-pretrained on frame pairs of the training videos and of an optional synthetic corpus of its own (`StandinConfig.corpus`; `training/instruct_pretrain.py`) |
-| `microsoft/resnet-50`           | tiny ResNet pretrained on where things move (`training/resnet_pretrain.py`) |
-| `openai/clip-vit-base-patch32`  | tiny CLIP text model + tokenizer, random (PAC-Net fine-tunes it) |
-
-Each folder is content-addressed: its name carries a sha of (what is built, its config, the
-training data's version), so a second build with the same inputs reuses it and a changed input
-builds a new folder beside the old one. Folders are written atomically; `standin.json` inside
-records the config, data version, losses, timings and quality measured (for the VAE: the round
-trip on held-out frames).
-
-Shipped stand-ins. Building them costs the demo minutes, so the demo's builds ship with the
-package: `shipped_standins/` holds stand-in folders under their content-addressed names and
-`shipped.json`, per folder its kind, config, data version, `weights_sha256` and the sha256 of every
-file. A build that finds no folder of its name under its root looks there: a shipped folder whose
-every listed file matches its sha is copied into the root (reported as reused, `source: shipped`);
-one that does not is never used (a warning names the file) and the stand-in is built as usual.
-`python -m pecn_ml.models.standins verify` checks the shipped folder; the test suite does too.
-
-Refreshing them (a maintainer, after changing a stand-in's config, its trainers' inputs or the
-synthetic generator): run `make demo`, then
-
-    python -m pecn_ml.models.standins ship outputs/demo/pretrained --latest --prune
-
-(`--latest`: per kind the folder built last; or name the folders) and commit
-`pecn_ml/models/shipped_standins/`. Nothing else needs to happen when they go stale: a changed
-config or training data (a changed generator changes the videos, so the frame cache's version
-and the data version) gives a new key, the old shipped folder is simply not found, and the demo
-builds its stand-ins (slower) until they are shipped again. This needs a data version that a
-fresh clone reproduces: the same synthetic videos, byte for byte (a miss is logged as "no shipped
-weights ... (shipped: ...)").
+A folder's name carries `standin_key` (kind, config, data version), so an identical build is reused;
+`standin.json` records what the build measured. Verified copies of the demo's builds ship in
+`shipped_standins/` (`python -m pecn_ml.models.standins ship|verify`; see docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -77,6 +50,9 @@ STANDS_IN_FOR = {"pix2pix": "timbrooks/instruct-pix2pix", "resnet": "microsoft/r
                  "clip_text": "openai/clip-vit-base-patch32"}
 SHIPPED = Path(__file__).with_name("shipped_standins")   # the package's shipped stand-ins
 MANIFEST = "shipped.json"
+_FOLDERS = {"pix2pix": "instruct-pix2pix", "resnet": "resnet", "clip_text": "clip-text"}   # kind -> folder prefix
+_KIND_OF = {folder: kind for kind, folder in _FOLDERS.items()}
+_NAME = re.compile(rf"^({'|'.join(_KIND_OF)})-[0-9a-f]{{16}}$")
 
 
 @dataclass(frozen=True)
@@ -84,18 +60,13 @@ class StandinConfig:
     """How the stand-ins are built (the profile holds one; None in the real run)."""
 
     unet_channels: tuple[int, ...] = (32, 32)
-    # the dtype the UNet's weights are saved in: "float16" halves the file (like the hub's fp16
-    # variants); `from_pretrained` loads it as float32 unless told otherwise, so training and
-    # sampling run as with a float32 file, on weights rounded to float16
-    unet_dtype: str = "float32"
+    unet_dtype: str = "float32"     # as saved; "float16" halves the file and still loads as float32
     autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
     instruct: InstructPretrainConfig = field(default_factory=InstructPretrainConfig)
     resnet: ResnetPretrainConfig = field(default_factory=ResnetPretrainConfig)
     clip_hidden: int = 32
-    # extra synthetic videos, written with a generator seed of their own, that the UNet is
-    # instruct-pretrained on besides the training videos (None: none). The real UNet was
-    # pretrained on far more than SSv2's training split; a stand-in that saw only the demo's 240
-    # videos memorises them instead of learning how named actions move things.
+    # more synthetic videos (a seed of their own) the UNet is pretrained on, so that it learns how
+    # named actions move things instead of memorising the training videos (None: none)
     corpus: Optional[SyntheticConfig] = None
     scheduler: str = "euler_ancestral"     # the pipeline's sampler (a key of tiny.SCHEDULERS)
     prediction_type: str = "epsilon"       # what the UNet predicts: "epsilon", "v_prediction", "sample"
@@ -131,13 +102,7 @@ class StandinConfig:
 
     @classmethod
     def demo(cls) -> "StandinConfig":
-        """The demo's (2 CPU cores, 96 px): VAE ~1.7 min, UNet ~1.5 min, ResNet ~20 s. Measured VAE
-        round trips on the demo's validation frames 21 and 25 (240 training videos): 1100 steps
-        25.6 dB basic / 25.3 dB back-and-forth, 1400 steps 26.3 / 25.9 (lr 6e-3: 25.1 / 24.8);
-        on the earlier 144-video set 1100 steps gave only 23.7 dB on back-and-forth. The UNet's
-        instruct pretraining was 350 steps; 250 since training runs in a launched process (its
-        start-up, ~7 s per training, came out of the demo's 8-minute budget); the fine-tuning that
-        follows makes up for it (README, "What the demo shows", measured after the change)."""
+        """The demo's (2 CPU cores, 96 px): VAE ~1.7 min, UNet ~1.5 min, ResNet ~20 s."""
         return cls(autoencoder=AutoencoderTrainConfig(steps=1100, batch_size=48, crop=32),
                    instruct=InstructPretrainConfig(steps=250, batch_size=32, learning_rate=1e-3),
                    resnet=ResnetPretrainConfig(steps=600, batch_size=64))
@@ -167,10 +132,6 @@ def standin_key(kind: str, config: StandinConfig, data_version: str) -> str:
                         "data": data_version})[:16]
 
 
-def _folder_name(kind: str) -> str:
-    return {"pix2pix": "instruct-pix2pix", "resnet": "resnet", "clip_text": "clip-text"}[kind]
-
-
 def _curve(losses: Sequence[float]) -> dict[str, Any]:
     n = max(1, len(losses) // 20)
     return {"steps": len(losses), "first": float(np.mean(losses[:n])), "last": float(np.mean(losses[-n:])),
@@ -178,8 +139,7 @@ def _curve(losses: Sequence[float]) -> dict[str, Any]:
 
 
 def standin_card(kind: str, folder_name: str, report: dict[str, Any], run_id: str = "", source: str = "built"):
-    """The model card of a stand-in folder, from its `standin.json` report: what it stands in for,
-    its config and seed, the training data's version, its losses; trained from scratch, so no base."""
+    """The model card of a stand-in folder from its `standin.json` report (trained from scratch: no base)."""
     from pecn_ml.model_cards import STANDIN_LICENSE_NAME, CardContext, build_card
 
     config = report.get("config", {})
@@ -199,8 +159,7 @@ def standin_card(kind: str, folder_name: str, report: dict[str, Any], run_id: st
 
 
 def _ensure_card(kind: str, folder: Path, report: dict[str, Any], log: LogFn) -> None:
-    """A stand-in folder built before folders carried cards gets one (one file, written atomically;
-    the weights and their shas are untouched)."""
+    """Give a folder built before the cards its card (weights untouched)."""
     from pecn_ml.model_cards import CARD_NAME, write_card
 
     if (folder / CARD_NAME).is_file():
@@ -216,12 +175,11 @@ def _ensure_card(kind: str, folder: Path, report: dict[str, Any], log: LogFn) ->
 def _build(kind: str, root: str | Path, config: StandinConfig, data_version: str,
            builder: Callable[[Path], dict[str, Any]], log: LogFn,
            shipped: Optional[str | Path] = SHIPPED, run_id: str = "") -> BuiltStandin:
-    """Reuse the folder of an identical build, else copy a verified shipped one (`shipped`: the
-    folder of shipped stand-ins, None for none), else build into a temp folder and rename. Every
-    folder gets a model card (README.md; `run_id`: the Dagster run that builds or copies it)."""
+    """Reuse an identical build, else copy a verified shipped one (`shipped`; None: none), else build
+    atomically. Every folder gets a model card naming `run_id`."""
     from pecn_ml.model_cards import write_card
 
-    folder = Path(root) / f"{_folder_name(kind)}-{standin_key(kind, config, data_version)}"
+    folder = Path(root) / f"{_FOLDERS[kind]}-{standin_key(kind, config, data_version)}"
     report_path = folder / REPORT
     if report_path.is_file():
         log(f"stand-in {kind}: reusing {folder}")
@@ -256,12 +214,9 @@ def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config
                           run_id: str = "") -> BuiltStandin:
     """An InstructPix2Pix pipeline folder trained on `videos` (each (T, R, R, 3) uint8).
 
-    `texts`: each video's action text, for the UNet's pretraining with `prompt="action"` (part of
-    `data_version` then). `eval_frames` (N, R, R, 3), frames the VAE never saw, measure its round
-    trip (SSIM, PSNR). `shipped`: where shipped stand-ins are looked for (None: nowhere).
-    With `config.corpus`, its videos are generated (into the build's temp folder, removed before the
-    folder is complete) and added to the UNet's pretraining, their texts written as `prompt_text`.
-    """
+    `texts`: each video's action text (part of `data_version` then); `eval_frames` (N, R, R, 3), held-out
+    frames for the VAE's round trip; `config.corpus` videos are generated in the temp folder and added
+    to the UNet's pretraining, their texts written as `prompt_text`."""
     log = log or (lambda _m: None)
     if not videos:
         raise ValueError("build_standin_pix2pix: no training videos")
@@ -320,8 +275,7 @@ def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config
 
 def corpus_videos(data_dir: Path, corpus: SyntheticConfig, resolution: int, prompt_text: str,
                   log: LogFn) -> tuple[list[np.ndarray], list[str]]:
-    """Write the synthetic `corpus` to `data_dir`, filter it as the platform filters SSv2 and decode
-    its training videos at `resolution`: (frames of each video, its action text)."""
+    """(frames, action text) of the filtered training videos of `corpus`, written to `data_dir`."""
     from pecn_ml.data.annotations import TRAIN_FILTERED, FilterConfig, filter_annotations
     from pecn_ml.data.frame_cache import build_frame_cache, open_frame_cache
     from pecn_ml.data.synthetic import write_synthetic_ssv2
@@ -367,12 +321,6 @@ def build_standin_clip_text(root: str | Path, config: StandinConfig, *, log: Opt
         return {"trained": False}
 
     return _build("clip_text", root, config, "none", build, log or (lambda _m: None), shipped, run_id)
-
-
-# Shipped stand-ins: copied into the package by `ship`, verified file by file before each use.
-
-_NAME = re.compile(r"^(instruct-pix2pix|resnet|clip-text)-[0-9a-f]{16}$")
-_KIND_OF = {"instruct-pix2pix": "pix2pix", "resnet": "resnet", "clip-text": "clip_text"}
 
 
 class ShippedMismatch(Exception):
@@ -422,10 +370,8 @@ def _copy_verified(src: Path, files: dict[str, str], dest: Optional[Path]) -> No
 
 def _from_shipped(kind: str, folder: Path, shipped: Path, part: dict[str, Any], data_version: str,
                   log: LogFn, run_id: str = "") -> Optional[BuiltStandin]:
-    """Copy the shipped stand-in named like `folder` into `folder` (atomically) if it verifies;
-    None where none is shipped, or where it fails (then with a warning: the caller builds). The copy
-    gets a card of its own, written before the rename, naming `run_id` (a shipped card, verified
-    like every shipped file, is replaced: no weight sha covers it)."""
+    """Copy the shipped stand-in named like `folder` into it (atomically) if it verifies, with a card
+    of its own naming `run_id`; None where none is shipped or it fails (with a warning)."""
     from pecn_ml.model_cards import write_card
 
     name = folder.name
@@ -436,8 +382,8 @@ def _from_shipped(kind: str, folder: Path, shipped: Path, part: dict[str, Any], 
         return None
     entry = manifest.get(name)
     if entry is None:
-        others = sorted(n for n in manifest if n.startswith(f"{_folder_name(kind)}-"))
-        if others:  # shipped for another config or data version: say so, a demo slower than it should be
+        others = sorted(n for n in manifest if n.startswith(f"{_FOLDERS[kind]}-"))
+        if others:  # shipped for another config or data version: say why the demo is slow
             log(f"stand-in {kind}: no shipped weights {name} (shipped: {', '.join(others)}); building")
         return None
     try:
@@ -446,8 +392,6 @@ def _from_shipped(kind: str, folder: Path, shipped: Path, part: dict[str, Any], 
             raise ShippedMismatch("manifest's config or data version is not this build's")
         with atomic_dir(folder) as tmp:
             _copy_verified(shipped / name, entry["files"], tmp)
-            # the copy's card names the run that copied it (a shipped card names the run of
-            # another instance that built it; the build's report, standin.json, travels as is)
             report = json.loads((tmp / REPORT).read_text(encoding="utf-8"))
             write_card(tmp, standin_card(kind, name, report, run_id, source="copied from the shipped stand-ins"))
     except ShippedMismatch as e:
@@ -459,17 +403,19 @@ def _from_shipped(kind: str, folder: Path, shipped: Path, part: dict[str, Any], 
     return BuiltStandin(kind, folder, weights_sha256(folder), True, {**report, "source": "shipped"})
 
 
+def _problem(shipped: Path, name: str, entry: dict[str, Any]) -> Optional[str]:
+    """None if shipped folder `name` matches its manifest entry, else what is wrong."""
+    try:
+        _check_entry(name, entry)
+        _copy_verified(shipped / name, entry["files"], None)
+    except ShippedMismatch as e:
+        return str(e)
+    return None
+
+
 def verify_shipped(shipped: str | Path = SHIPPED) -> dict[str, Optional[str]]:
     """{folder name: None if it verifies, else what is wrong} for every entry of the manifest."""
-    shipped, out = Path(shipped), {}
-    for name, entry in sorted(read_manifest(shipped).items()):
-        try:
-            _check_entry(name, entry)
-            _copy_verified(shipped / name, entry["files"], None)
-            out[name] = None
-        except ShippedMismatch as e:
-            out[name] = str(e)
-    return out
+    return {name: _problem(Path(shipped), name, entry) for name, entry in sorted(read_manifest(shipped).items())}
 
 
 def completed_standins(src_root: str | Path) -> dict[str, dict[str, Any]]:
@@ -486,15 +432,7 @@ def completed_standins(src_root: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def ship(src_root: str | Path, dest: str | Path = SHIPPED, names: Sequence[str] = (), *,
-         latest: bool = False, prune: bool = False, log: LogFn = print) -> dict[str, Any]:
-    """Copy the completed stand-ins of `src_root` (all, `names`, or with `latest` the newest of each
-    kind) into `dest` and rewrite its manifest (atomically); return the manifest. Entries already
-    shipped are kept while their folder is there, unless `prune`: then only these are left."""
-    src_root, dest = Path(src_root), Path(dest)
-    if src_root.resolve() == dest.resolve():
-        raise ValueError(f"{src_root}: source and destination are the same folder")
-    found = completed_standins(src_root)
+def _chosen(found: dict[str, dict[str, Any]], src_root: Path, names: Sequence[str], latest: bool) -> list[str]:
     unknown = [n for n in names if n not in found]
     if unknown:
         raise FileNotFoundError(f"{src_root}: no completed stand-in {', '.join(unknown)}")
@@ -506,27 +444,48 @@ def ship(src_root: str | Path, dest: str | Path = SHIPPED, names: Sequence[str] 
         chosen = sorted(newest.values())
     if not chosen:
         raise FileNotFoundError(f"{src_root}: no completed stand-in folders ({{kind}}-{{key}}/{REPORT})")
+    return chosen
+
+
+def _copy_folder(src: Path, dest: Path) -> dict[str, str]:
+    """Copy `src`'s files (no hidden ones) into `dest` atomically; {relative path: sha256}."""
+    files = {}
+    with atomic_dir(dest) as tmp:
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src)
+            if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+                data = path.read_bytes()
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_bytes(data)
+                files[rel.as_posix()] = hashlib.sha256(data).hexdigest()
+    return files
+
+
+def ship(src_root: str | Path, dest: str | Path = SHIPPED, names: Sequence[str] = (), *,
+         latest: bool = False, prune: bool = False, log: LogFn = print) -> dict[str, Any]:
+    """Copy the completed stand-ins of `src_root` (all, `names`, or with `latest` the newest of each
+    kind) into `dest` and rewrite its manifest; return it. A stand-in already shipped under its name
+    that verifies is left as it is (card included). Other entries stay while their folder is there,
+    unless `prune`."""
+    src_root, dest = Path(src_root), Path(dest)
+    if src_root.resolve() == dest.resolve():
+        raise ValueError(f"{src_root}: source and destination are the same folder")
+    found = completed_standins(src_root)
+    chosen = _chosen(found, src_root, names, latest)
     try:
-        old = {} if prune else read_manifest(dest)
+        old = read_manifest(dest)
     except ValueError as e:
         log(f"warning: {e}; starting a new manifest")
         old = {}
-    manifest = {n: e for n, e in old.items() if n not in chosen and (dest / n).is_dir()}
+    manifest = {n: e for n, e in old.items() if (n in chosen or not prune) and (dest / n).is_dir()}
     for name in chosen:
-        src, files, size = src_root / name, {}, 0
-        with atomic_dir(dest / name) as tmp:
-            for path in sorted(src.rglob("*")):
-                rel = path.relative_to(src)
-                if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-                    data = path.read_bytes()
-                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (tmp / rel).write_bytes(data)
-                    files[rel.as_posix()] = hashlib.sha256(data).hexdigest()
-                    size += len(data)
-        report = found[name]
+        if name in manifest and _problem(dest, name, manifest[name]) is None:
+            log(f"{name}: already shipped, left as it is")
+            continue
+        files, report = _copy_folder(src_root / name, dest / name), found[name]
         manifest[name] = {"kind": report["kind"], "weights_sha256": weights_sha256(dest / name),
                           "files": files, "config": report["config"], "data_version": report["data_version"]}
-        log(f"shipped {name}: {len(files)} files, {size / 1e6:.2f} MB")
+        log(f"shipped {name}: {len(files)} files, {sum((dest / name / f).stat().st_size for f in files) / 1e6:.2f} MB")
     write_json_atomic(dest / MANIFEST, dict(sorted(manifest.items())))
     for folder in sorted(dest.iterdir()):
         if prune and folder.is_dir() and _NAME.match(folder.name) and folder.name not in manifest:

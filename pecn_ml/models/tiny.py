@@ -1,9 +1,5 @@
-"""Tiny random models built locally, for tests and the demo (no model hub).
-
-Each builder writes a folder with `save_pretrained`, so the code that loads the real
-pretrained weights (`from_pretrained("timbrooks/instruct-pix2pix")`, ...) loads these
-through the very same path. Builds are deterministic for a seed and atomic (temp + rename).
-"""
+"""Tiny random models for tests and the demo, saved with `save_pretrained` so that they load through
+the same `from_pretrained` path as the hub's; deterministic for a seed, atomic."""
 
 from __future__ import annotations
 
@@ -50,11 +46,7 @@ def build_tiny_tokenizer(out_dir: str | Path, model_max_length: int = 77):
     from transformers import CLIPTokenizer
 
     alphabet = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for c in alphabet:
-        vocab[c] = len(vocab)
-    for c in alphabet:
-        vocab[c + "</w>"] = len(vocab)
+    vocab = {c: i for i, c in enumerate(alphabet + [c + "</w>" for c in alphabet])}
     merges: list[tuple[str, str]] = []
     for word in _tokenizer_words():
         toks = list(word[:-1]) + [word[-1] + "</w>"]
@@ -144,11 +136,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def ip2p_scheduler(kind: str = "euler_ancestral", prediction_type: str = "epsilon"):
-    """The inference scheduler an InstructPix2Pix folder ships, with SD's betas: by default
-    timbrooks/instruct-pix2pix's (Euler ancestral, noise prediction). `kind` (a key of
-    SCHEDULERS) and `prediction_type` ("epsilon", "v_prediction" or "sample", i.e. the UNet
-    predicts the clean latents) are the demo stand-in's choices (`StandinConfig`); the trainer
-    reads the prediction type from this config."""
+    """The scheduler an InstructPix2Pix folder ships, with SD's betas (default: timbrooks/instruct-pix2pix's,
+    Euler ancestral, epsilon); the trainer reads the prediction type from it."""
     import diffusers
 
     if kind not in SCHEDULERS:
@@ -157,11 +146,8 @@ def ip2p_scheduler(kind: str = "euler_ancestral", prediction_type: str = "epsilo
         raise ValueError(f"unknown prediction type {prediction_type!r}; one of {PREDICTION_TYPES}")
     if kind == "euler_ancestral" and prediction_type == "sample":
         raise ValueError("diffusers' Euler ancestral scheduler does not implement prediction_type='sample'")
-    # DDIM as Stable Diffusion ships it (no clipping of the predicted latents to [-1, 1], which
-    # would wash them out) and with "trailing" steps, so that even a single step starts at the
-    # last training timestep (pure noise) instead of at t = 0; its last step goes to alpha 1
-    # (`set_alpha_to_one`; SD's stops at alpha_0 = 0.99915 and keeps 2.9 % of the step's noise
-    # estimate), so that one step returns exactly the UNet's estimate of the clean latents.
+    # DDIM without clipping, "trailing" steps (one step starts from pure noise) and a last step to
+    # alpha 1, so that one step returns exactly the UNet's estimate of the clean latents
     extra = (dict(clip_sample=False, set_alpha_to_one=True, steps_offset=1, timestep_spacing="trailing")
              if kind == "ddim" else {})
     return getattr(diffusers, SCHEDULERS[kind])(
@@ -171,9 +157,7 @@ def ip2p_scheduler(kind: str = "euler_ancestral", prediction_type: str = "epsilo
 
 
 def save_pix2pix_pipeline(out_dir: str | Path, *, vae, text_encoder, tokenizer, unet, scheduler=None) -> Path:
-    """`save_pretrained` of a `StableDiffusionInstructPix2PixPipeline` of these parts (no safety
-    checker; `scheduler` default `ip2p_scheduler()`) into `out_dir`, laid out like
-    `timbrooks/instruct-pix2pix`."""
+    """Save these parts as a `StableDiffusionInstructPix2PixPipeline` folder (no safety checker)."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     pipe = StableDiffusionInstructPix2PixPipeline(
@@ -187,11 +171,7 @@ def save_pix2pix_pipeline(out_dir: str | Path, *, vae, text_encoder, tokenizer, 
 
 
 def build_tiny_pix2pix(out_dir: str | Path, in_channels: int = 8, seed: int = 0) -> Path:
-    """A small random `StableDiffusionInstructPix2PixPipeline` folder (like `timbrooks/instruct-pix2pix`).
-
-    `in_channels=8` is an InstructPix2Pix UNet (noisy latents + image latents); `in_channels=4`
-    is a plain Stable Diffusion UNet, for testing `conv_in` widening. The VAE downsamples 4x.
-    """
+    """A small random InstructPix2Pix pipeline folder; `in_channels=4`: a plain SD UNet (for `conv_in` widening)."""
     out_dir = Path(out_dir)
     tok = build_tiny_tokenizer(out_dir / "tokenizer")
     torch.manual_seed(seed)

@@ -1,20 +1,5 @@
-"""Which exact weights were loaded: resolve a hub name (or a local folder) to files and shas.
-
-`from_pretrained("timbrooks/instruct-pix2pix")` loads whatever the hub's `main` points at today.
-For lineage the platform resolves a name once, to a local snapshot folder of one commit, and
-passes that folder on: every later `from_pretrained` reads exactly those files, and the commit
-and the sha256 of every weight file are recorded.
-
-- `resolve_weights(name, revision)`: a hub repository -> `huggingface_hub.snapshot_download`
-  (safetensors preferred; `.bin` only for a folder without safetensors), which fills the usual HF
-  cache and works offline (`local_files_only=True` or HF_HUB_OFFLINE=1) once it is there. A
-  local folder is used as it is. Either way the weight files are hashed.
-- `weights_sha256(folder)`: one sha over the weight files' shas (relative path -> sha256); the
-  data version of a base-weights asset is the sha of the folder's whole manifest instead
-  (`pecn_ml.utils.files.folder_manifest`: configs, tokenizer and scheduler files too).
-- `weights_identity(name)`: what a training checkpoint's fingerprint records of its pretrained
-  weights: that sha for a local folder (never the folder's path), the hub id otherwise.
-"""
+"""Which exact weights were loaded: a hub name (or a local folder) pinned to one commit's files and
+their sha256s, so that every later `from_pretrained` reads exactly those files (lineage)."""
 
 from __future__ import annotations
 
@@ -41,14 +26,9 @@ class ResolvedWeights:
     weights_sha256: str                # sha over `files`
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "path": str(self.path), "revision": self.revision,
-                "weights_sha256": self.weights_sha256, "files": dict(self.files)}
-
 
 def weight_files(folder: str | os.PathLike) -> dict[str, str]:
-    """{relative path: sha256} of every weight file of the folder's manifest (sorted; {} for a
-    folder that is gone or empty)."""
+    """{relative path: sha256} of the folder's weight files ({} for a folder that is gone or empty)."""
     try:
         files = folder_manifest(folder)
     except FileNotFoundError:
@@ -65,8 +45,7 @@ def weights_sha256(folder: str | os.PathLike) -> str:
 
 
 def weights_identity(name: str | os.PathLike) -> str:
-    """`sha256:<weights_sha256>` of a local folder, so that the same weights in a moved or copied
-    folder are the same weights to a resume check; a hub repository id as it is."""
+    """`sha256:<weights_sha256>` of a local folder (moved or copied, still the same), a hub id as it is."""
     return f"sha256:{weights_sha256(name)}" if is_local(str(name)) else str(name)
 
 
@@ -89,12 +68,8 @@ def _missing_weights(folder: Path) -> list[str]:
 def resolve_weights(name: str, revision: Optional[str] = None, *,
                     local_files_only: bool = False, cache_dir: Optional[str] = None
                     ) -> ResolvedWeights:
-    """Pin `name` (hub repo id or local folder) to local files and hash them.
-
-    Hub: downloads (or finds in the HF cache) one commit's snapshot with safetensors weights,
-    falling back to `.bin` for a component that has no safetensors. Raises FileNotFoundError
-    naming the repository when it is neither cached nor reachable, or holds no weights.
-    """
+    """Pin `name` (hub repo id or local folder) to local files and hash them: one commit's snapshot
+    from the hub or the HF cache, safetensors preferred (`.bin` where a component has none)."""
     if is_local(name):
         folder = Path(name).absolute()
         if not folder.is_dir():

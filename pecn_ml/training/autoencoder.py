@@ -1,17 +1,9 @@
 """Train a Stable-Diffusion-style `AutoencoderKL` on video frames (the demo's stand-in VAE).
 
-The real run inherits Stable Diffusion's VAE through `timbrooks/instruct-pix2pix`; it was trained on
-natural images and reconstructs them closely. A randomly initialised tiny VAE reconstructs nothing,
-so no latent diffusion model on top of it can produce a frame. The demo therefore trains its VAE
-first, on the synthetic training frames, like SD's: a posterior sample is decoded, the loss is
-MSE + L1 on pixels plus a small KL term (SD used 1e-6) that keeps the posterior near N(0, 1)
-without blurring. Being fully convolutional, it trains on random `crop` x `crop` patches (cheap)
-and is used on whole frames.
-
-`latent_scaling_factor` then measures the std of the posterior means over the training frames and
-returns 1/std: the VAE config's `scaling_factor` (SD's 0.18215), which gives the diffusion model
-unit-variance latents. `roundtrip` is decode(encode(x)) at the posterior mode: the best any model
-working in this latent space can do on a frame (the "autoencoder ceiling" of the evaluations).
+A random tiny VAE reconstructs nothing, so the demo trains its VAE first, like SD's: a posterior
+sample is decoded, loss MSE + L1 + a small KL term, on random crops (it is fully convolutional).
+`latent_scaling_factor` is 1 / std of the posterior means (SD's `scaling_factor`); `roundtrip` is
+decode(encode(x)) at the mode, the "autoencoder ceiling" of the evaluations.
 """
 
 from __future__ import annotations

@@ -1,35 +1,18 @@
 """Instruct-pretraining of the demo's stand-in InstructPix2Pix UNet on generic frame pairs.
 
-`timbrooks/instruct-pix2pix` arrives already able to edit an image as told; the seed fine-tunes
-that ability. The demo's stand-in must arrive the same way, or fine-tuning starts from noise. So,
-before any variant is trained, its UNet learns a general task on the training videos: from
-frame i, produce frame i + k (k = 1 .. `max_offset`), told "show this k frames later"
-(`prompt="generic"`) or, as an editing model that has seen motion described in words,
-"{action text}, k frames later" (`prompt="action"`) or "{the seed's instruction for the action},
-k frames later" (`prompt="instruction"`: the demo's, on every frame pair of every training video
-and of the stand-in's own corpus, so the stand-in arrives knowing which way the named action moves
-things and reads the instruction the fine-tuning will use; the fine-tuning prompt is a prefix of
-it, see `instruction_with_gap`). With `plain_gap`, the pairs of that gap are told the seed's
-instruction verbatim, the very prompt its fine-tuning variants use; with `progress_prob`, that share
-of the pairs also carries the seed's progress sentence with the input frame's true percent
-(`instruction_prompt`), so the stand-in arrives able to read a percentage (the demo's: its videos'
-speed follows from their length, so the percent is the known answer of issue 16). The percent of an
-arbitrary frame i says how much of the path is left, not how fast the object goes (that needs i as
-well); with `progress_frame` the told pairs all start at that frame (the seed's input frame 20),
-where the percent gives the speed away. With `train_text_encoder` the text encoder learns with
-the UNet (the real run's CLIP arrives pretrained; a random one embeds prompts that differ in one
-word or digit almost alike), and the trained encoder is saved in the stand-in (fine-tuning keeps
-it frozen, as the seed does).
-
-The loss is the variants' own (`pix2pix.training_step`, conditioning dropout),
-on latents of the frozen, already trained VAE; every frame is encoded once (posterior mean and
-log-variance; a fresh posterior sample per step, as `latent_cache` does).
+`timbrooks/instruct-pix2pix` arrives able to edit as told; the stand-in must too, or fine-tuning
+starts from noise. So its UNet first learns frame i -> frame i + k (k = 1..`max_offset`) on the
+training videos, told "show this k frames later" (`prompt="generic"`), "{action}, k frames later"
+("action") or the seed's instruction for the action plus the gap ("instruction": the fine-tuning
+prompt is its prefix). `plain_gap` tells that gap the seed's instruction verbatim; `progress_prob`
+adds the seed's progress sentence (from `progress_frame` when set, where the percent gives the speed
+away); `train_text_encoder` trains the text encoder too. The loss is `pix2pix.training_step`'s, on
+latents of the frozen trained VAE, every frame encoded once.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -39,8 +22,8 @@ import torch
 from pecn_ml.prompts import build_prompt, progress_percent
 from pecn_ml.training.autoencoder import frames_to_pixels
 from pecn_ml.training.latent_cache import encode_pixels
-from pecn_ml.training.pix2pix import (LATENT_TARGETS, TARGET_LATENTS, LatentBatch, draw_step_randomness, step_generator,
-                                      training_step)
+from pecn_ml.models.pix2pix import LATENT_TARGETS, tokenize_prompts
+from pecn_ml.training.pix2pix import TARGET_LATENTS, LatentBatch, draw_step_randomness, step_generator, training_step
 from pecn_ml.utils.progress import ProgressMeter
 
 LogFn = Callable[[str], None]
@@ -54,52 +37,41 @@ class InstructPretrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3            # AdamW, cosine-annealed to 0 over `steps`
     max_offset: int = 5                    # target frame = input frame + k, k in 1..max_offset
-    prompt: str = "generic"                # "generic": "show this k frames later"; "action": the
-    #                                        video's action text and the frame gap; "instruction":
-    #                                        the seed's instruction for that text and the gap
+    prompt: str = "generic"                # PRETRAIN_PROMPTS: "generic", "action" or "instruction"
     conditioning_dropout_prob: float = 0.05
     min_timestep: int = 0                  # timesteps drawn from [min_timestep, 1000) (Pix2PixTrainConfig's)
     target_latents: str = "sample"         # "sample" or "mode" (Pix2PixTrainConfig's)
-    latent_target: str = "frame"           # "frame" or "change" (pix2pix.LATENT_TARGETS); the
-    #                                        built stand-in records it, and its fine-tunings follow
-    plain_gap: Optional[int] = None        # with prompt "instruction": the gap told the seed's
-    #                                        instruction verbatim, no ", k frames later" (None: none)
-    progress_prob: float = 0.0             # with prompt "instruction": share of the pairs told the
-    #                                        progress sentence (the input frame's true percent)
-    progress_frame: Optional[int] = None   # with progress_prob: the told pairs all start at this
-    #                                        frame of their video (None: any frame)
+    latent_target: str = "frame"           # LATENT_TARGETS; the stand-in records it, its fine-tunings follow
+    plain_gap: Optional[int] = None        # "instruction": the gap told the seed's instruction verbatim
+    progress_prob: float = 0.0             # "instruction": share of pairs told the input frame's percent
+    progress_frame: Optional[int] = None   # with progress_prob: told pairs start at this frame (None: any)
     train_text_encoder: bool = False       # train the text encoder with the UNet (False: frozen)
     max_grad_norm: float = 1.0
     seed: int = 0
     log_every_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.max_offset < 1:
-            raise ValueError("InstructPretrainConfig: steps, batch_size, max_offset must be >= 1")
-        if self.learning_rate <= 0:
-            raise ValueError("InstructPretrainConfig: learning_rate must be > 0")
-        if self.min_timestep < 0:
-            raise ValueError("InstructPretrainConfig: min_timestep must be >= 0")
-        if self.target_latents not in TARGET_LATENTS:
-            raise ValueError(f"InstructPretrainConfig: target_latents must be one of {TARGET_LATENTS}, "
-                             f"got {self.target_latents!r}")
-        if self.latent_target not in LATENT_TARGETS:
-            raise ValueError(f"InstructPretrainConfig: latent_target must be one of {LATENT_TARGETS}, "
-                             f"got {self.latent_target!r}")
-        if self.prompt not in PRETRAIN_PROMPTS:
-            raise ValueError(f"InstructPretrainConfig: prompt must be one of {PRETRAIN_PROMPTS}, got {self.prompt!r}")
-        if self.plain_gap is not None and not (isinstance(self.plain_gap, int) and 1 <= self.plain_gap <= self.max_offset):
-            raise ValueError(f"InstructPretrainConfig: plain_gap must be None or an int in 1..max_offset "
-                             f"({self.max_offset}), got {self.plain_gap!r}")
-        if not 0.0 <= self.progress_prob <= 1.0:
-            raise ValueError(f"InstructPretrainConfig: progress_prob must be within [0, 1], got {self.progress_prob!r}")
-        if self.progress_frame is not None and not (isinstance(self.progress_frame, int) and self.progress_frame >= 0
-                                                    and self.progress_prob > 0):
-            raise ValueError(f"InstructPretrainConfig: progress_frame must be None or an int >= 0, with "
-                             f"progress_prob > 0; got {self.progress_frame!r} (progress_prob {self.progress_prob})")
-        if (self.plain_gap is not None or self.progress_prob > 0) and self.prompt != "instruction":
-            raise ValueError("InstructPretrainConfig: plain_gap and progress_prob need prompt='instruction', "
-                             f"got prompt={self.prompt!r}")
+        instruction = self.prompt == "instruction"
+        checks = [
+            (self.steps >= 1 and self.batch_size >= 1 and self.max_offset >= 1, "steps, batch_size, max_offset must be >= 1"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.min_timestep >= 0, "min_timestep must be >= 0"),
+            (self.target_latents in TARGET_LATENTS, f"target_latents must be one of {TARGET_LATENTS}, got {self.target_latents!r}"),
+            (self.latent_target in LATENT_TARGETS, f"latent_target must be one of {LATENT_TARGETS}, got {self.latent_target!r}"),
+            (self.prompt in PRETRAIN_PROMPTS, f"prompt must be one of {PRETRAIN_PROMPTS}, got {self.prompt!r}"),
+            (self.plain_gap is None or (isinstance(self.plain_gap, int) and 1 <= self.plain_gap <= self.max_offset),
+             f"plain_gap must be None or an int in 1..max_offset ({self.max_offset}), got {self.plain_gap!r}"),
+            (0.0 <= self.progress_prob <= 1.0, f"progress_prob must be within [0, 1], got {self.progress_prob!r}"),
+            (self.progress_frame is None or (isinstance(self.progress_frame, int) and self.progress_frame >= 0
+                                             and self.progress_prob > 0),
+             f"progress_frame must be None or an int >= 0, with progress_prob > 0; got {self.progress_frame!r} "
+             f"(progress_prob {self.progress_prob})"),
+            (instruction or (self.plain_gap is None and self.progress_prob == 0),
+             f"plain_gap and progress_prob need prompt='instruction', got prompt={self.prompt!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"InstructPretrainConfig: {message}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,19 +90,10 @@ def action_instruction(text: str, k: int) -> str:
     return f"{text}, {k} frames later"
 
 
-def instruction_with_gap(text: str, k: int) -> str:
-    """The `prompt="instruction"` pretraining prompt: the seed's instruction for the action text
-    (`prompts.build_prompt`, no progress) followed by the frame gap. The fine-tuning prompts
-    (`build_prompt(text)`, with or without the progress sentence) are its prefix, so a causal
-    text encoder (CLIP's) embeds their shared tokens exactly as in pretraining."""
-    return f"{build_prompt(text)}, {k} frames later"
-
-
 def instruction_prompt(text: str, k: int, plain_gap: Optional[int] = None,
                        progress: Optional[int] = None) -> str:
-    """The `prompt="instruction"` pretraining prompt of a k-frame pair: the seed's prompt for the
-    action text (`prompts.build_prompt`, with the progress sentence when `progress` is given),
-    followed by ", k frames later" unless k is `plain_gap` (then it is the seed's prompt verbatim)."""
+    """The seed's prompt for the action (with the progress sentence when `progress` is given), plus
+    ", k frames later" unless k is `plain_gap`."""
     told = build_prompt(text, progress)
     return told if k == plain_gap else f"{told}, {k} frames later"
 
@@ -193,11 +156,8 @@ def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: An
                            noise_scheduler: Any, videos: Sequence[np.ndarray],
                            config: InstructPretrainConfig, *, texts: Optional[Sequence[str]] = None,
                            log: Optional[LogFn] = None) -> list[float]:
-    """Train `unet` (8 input channels) in place on frame pairs, and `text_encoder` with it when
-    `config.train_text_encoder` (else it stays frozen); returns the step losses.
-    `texts`: the action text of each video (needed with `config.prompt` "action" or "instruction")."""
-    from pecn_ml.models.pix2pix import tokenize_prompts
-
+    """Train `unet` (and `text_encoder` when `config.train_text_encoder`) in place on frame pairs;
+    the step losses. `texts`: each video's action text (for prompts "action" and "instruction")."""
     device = next(unet.parameters()).device
     distinct, prompt_of = pretraining_prompts(config, texts, len(videos))
     latents = encode_videos(vae, videos, config.max_offset, log=log)
@@ -269,8 +229,8 @@ def progress_pool(latents: FrameLatents, config: InstructPretrainConfig) -> Opti
 
 def draw_pairs(latents: FrameLatents, config: InstructPretrainConfig, g: torch.Generator,
                pool: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of pairs (B, 4) drawn from `g`, and which of them are told the progress sentence
-    (B,) bool: a `config.progress_prob` share, redrawn from `pool` (`progress_pool`) when given."""
+    """A batch of pairs (B, 4) from `g`, and which are told the progress sentence (B,) bool (redrawn
+    from `pool` when given)."""
     b = config.batch_size
     pick = latents.pairs[torch.randint(0, len(latents.pairs), (b,), generator=g)]
     if config.progress_prob == 0:

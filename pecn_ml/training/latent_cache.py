@@ -1,23 +1,9 @@
-"""Encode frames and prompts once, reuse them across epochs and variants.
-
-The VAE and the text encoder are frozen and the frames are not augmented, so their outputs
-depend only on (weights, dtype, device kind, frame bytes, token ids). What is cached, and why it
-is exact:
-
-- Frames: the VAE posterior *parameters* (mean, logvar), not a latent sample. The diffusers
-  example uses ``latent_dist.mode()`` (= mean) for the input frame and ``latent_dist.sample()``
-  (= mean + exp(logvar / 2) * eps) for the target; the training step draws eps afresh every step
-  from the cached parameters, which is the same distribution, step for step, as re-encoding.
-- Prompts: the text encoder's last hidden states, keyed by the token ids.
-
-Layout under `root` (safetensors shards, written atomically, one per encode call)::
-
-    vae-{sha16}-{dtype}-{device}/v{frame-cache version sha12}-r{R}/f{idx:03d}-{ids sha16}.safetensors
-    text-{sha16}-{dtype}-{device}/p-{keys sha16}.safetensors
-
-A shard lists its video ids (or prompt keys) in its metadata; a later run (another variant, more
-epochs) loads what is there and encodes only what is missing. Cached tensors stay on the CPU;
-the training loop moves one batch at a time to the device.
+"""Encode frames and prompts once, reuse them across epochs and variants (exact: the VAE and text
+encoder are frozen, frames are not augmented). Frames are cached as VAE posterior parameters
+(mean, logvar), so a training step draws a fresh posterior sample as re-encoding would; prompts as
+the text encoder's hidden states keyed by their token ids. Safetensors shards under `root`, keyed
+by the encoders' weights, dtype and device kind (and the frame cache's version); a later run
+encodes only what is missing.
 """
 
 from __future__ import annotations
@@ -137,41 +123,42 @@ class LatentStore:
                       metadata={"keys": json.dumps(keys)})
         return path
 
-    # --- frames -------------------------------------------------------------------------------
+    def _load_or_encode(self, kind: str, folder: Path, prefix: str, keys: Sequence[str], batch: int,
+                        encode: Callable[[list[str]], dict[str, torch.Tensor]], what: str) -> dict[str, dict]:
+        """{key: {name: tensor}} for `keys`: from the shards `folder/{prefix}-*`, the missing ones
+        encoded `batch` at a time (`encode(keys) -> {name: (b, ...) tensor}`) into one new shard."""
+        found = self._read_shards(sorted(folder.glob(f"{prefix}-*.safetensors")), set(keys))
+        self.loaded[kind] += len(found)
+        missing = [k for k in dict.fromkeys(keys) if k not in found]
+        if missing:
+            meter = ProgressMeter(what, len(missing), self.log, unit=kind)
+            parts = []
+            for s in range(0, len(missing), batch):
+                parts.append({n: t.cpu() for n, t in encode(missing[s: s + batch]).items()})
+                meter.update(len(parts[-1][next(iter(parts[-1]))]))
+            tensors = {n: torch.cat([part[n] for part in parts]) for n in parts[0]}
+            self._write_shard(folder, prefix, missing, tensors)
+            found.update({k: {n: t[i] for n, t in tensors.items()} for i, k in enumerate(missing)})
+            self.encoded[kind] += len(missing)
+        return found
+
     def frame_latents(self, read_frame: Callable[[str, int], Any], source: str,
                       video_ids: Sequence[str], frame_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior (mean, logvar), each (N, 4, h, w) on the CPU, of frame `frame_idx` of each video.
-
-        `read_frame(video_id, idx) -> (R, R, 3) uint8`; `source` names the frame data (see
-        `frame_source_key`) so that shards of another frame-cache version are never mixed in.
-        """
+        """Posterior (mean, logvar), each (N, 4, h, w) on the CPU, of frame `frame_idx` of each video
+        (`read_frame(video_id, idx) -> (R, R, 3) uint8`; `source`: `frame_source_key`)."""
         assert len(video_ids) > 0, "frame_latents: no videos"
-        folder = self.vae_dir / source
-        shards = sorted(folder.glob(f"f{frame_idx:03d}-*.safetensors"))
-        found = self._read_shards(shards, set(video_ids))
-        self.loaded["frames"] += len(found)
-        missing = [v for v in dict.fromkeys(video_ids) if v not in found]
-        if missing:
-            meter = ProgressMeter(f"encode frame {frame_idx} latents", len(missing), self.log,
-                                  unit="frames")
-            means, logvars = [], []
-            for s in range(0, len(missing), self.batch_size):
-                chunk = missing[s: s + self.batch_size]
-                pixels = torch.stack([frame_to_tensor(read_frame(v, frame_idx)) for v in chunk])
-                mean, logvar = encode_pixels(self.vae, pixels)  # (b, 4, h, w) each
-                means.append(mean.cpu())
-                logvars.append(logvar.cpu())
-                meter.update(len(chunk))
-            mean, logvar = torch.cat(means), torch.cat(logvars)
-            self._write_shard(folder, f"f{frame_idx:03d}", missing, {"mean": mean, "logvar": logvar})
-            for i, v in enumerate(missing):
-                found[v] = {"mean": mean[i], "logvar": logvar[i]}
-            self.encoded["frames"] += len(missing)
+
+        def encode(chunk: list[str]) -> dict[str, torch.Tensor]:
+            pixels = torch.stack([frame_to_tensor(read_frame(v, frame_idx)) for v in chunk])
+            mean, logvar = encode_pixels(self.vae, pixels)  # (b, 4, h, w) each
+            return {"mean": mean, "logvar": logvar}
+
+        found = self._load_or_encode("frames", self.vae_dir / source, f"f{frame_idx:03d}", video_ids,
+                                     self.batch_size, encode, f"encode frame {frame_idx} latents")
         mean = torch.stack([found[v]["mean"] for v in video_ids])        # (N, 4, h, w)
         logvar = torch.stack([found[v]["logvar"] for v in video_ids])    # (N, 4, h, w)
         return mean, logvar
 
-    # --- prompts ------------------------------------------------------------------------------
     def prompt_embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unique-prompt embeddings (P, L, D) on the CPU and the (N,) index of each prompt."""
         assert len(prompts) > 0, "prompt_embeddings: no prompts"
@@ -179,25 +166,13 @@ class LatentStore:
         ids = torch.cat([tokenize_prompts(self.tokenizer, unique[s: s + 256])
                          for s in range(0, len(unique), 256)])            # (P, L)
         keys = [hashlib.sha256(row.numpy().tobytes()).hexdigest() for row in ids]
-        found = self._read_shards(sorted(self.text_dir.glob("p-*.safetensors")), set(keys))
-        self.loaded["prompts"] += len(found)
-        miss_keys = [k for k in dict.fromkeys(keys) if k not in found]
-        if miss_keys:
-            first: dict[str, int] = {}
-            for i, k in enumerate(keys):
-                first.setdefault(k, i)
-            rows = [first[k] for k in miss_keys]
-            meter = ProgressMeter("encode prompts", len(rows), self.log, unit="prompts")
-            out = []
-            for s in range(0, len(rows), self.batch_size * 4):
-                chunk = rows[s: s + self.batch_size * 4]
-                out.append(encode_token_ids(self.text_encoder, ids[chunk]).cpu())
-                meter.update(len(chunk))
-            embeds = torch.cat(out)                                         # (M, L, D)
-            self._write_shard(self.text_dir, "p", miss_keys, {"embeds": embeds})
-            for i, k in enumerate(miss_keys):
-                found[k] = {"embeds": embeds[i]}
-            self.encoded["prompts"] += len(miss_keys)
+        row_of = {k: i for i, k in reversed(list(enumerate(keys)))}        # first row of each key
+
+        def encode(chunk: list[str]) -> dict[str, torch.Tensor]:
+            return {"embeds": encode_token_ids(self.text_encoder, ids[[row_of[k] for k in chunk]])}
+
+        found = self._load_or_encode("prompts", self.text_dir, "p", keys, self.batch_size * 4, encode,
+                                     "encode prompts")
         table = torch.stack([found[k]["embeds"] for k in keys])             # (P, L, D)
         pos = {p: i for i, p in enumerate(unique)}
         index = torch.tensor([pos[p] for p in prompts], dtype=torch.long)   # (N,)

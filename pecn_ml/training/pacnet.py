@@ -1,32 +1,18 @@
-"""PAC-Net training: dynamic temporal cropping, layered AdamW, cosine schedule, exact resume.
+"""PAC-Net training on the training scaffold (`scaffold.py`): dynamic temporal cropping, layered
+AdamW, cosine schedule, exact resume.
 
-Layout of `out_dir`:
-  best/   the checkpoint with the lowest validation MAE (`load_pacnet` folder + metrics.json)
-  last/   the latest finished epoch: model files + optimizer.safetensors/json, rng.safetensors,
-          train_state.json (epoch, scheduler, history, configs); `resume=True` continues from it
-  logs/   TensorBoard events (through accelerate's trackers; or an MLflow run, see `tracking.py`)
-
-The MAE of the trivial predictor (always the mean training progress) on the same validation
-crops is reported beside the model's MAE: a model is only useful below that floor.
-
-K processes (`torchrun` / `accelerate launch`): `batch_size` is per rank, the run is defined by the
-global batch (batch_size x K, also what the resume fingerprint holds). Each step takes the next
-global batch of `epoch_permutation` (`GlobalBatchSampler` through `accelerator.prepare`) and
-minimises its exact mean loss (a last partial batch by its real size); crops are keyed by
-(seed, epoch, video), BatchNorm statistics cover the global batch (`GlobalBatchNorm2d`), so K = 2
-at batch b trains as K = 1 at batch 2b does, up to float reduction order. Not matched: dropout
-(> 0; the demo's `PacNetConfig.tiny` has none) draws from each rank's own torch RNG. Validation:
-each rank predicts a contiguous shard of the validation set with the unwrapped model, the
-predictions are gathered in order, so every rank computes the same val_mae and best epoch. Only
-rank 0 writes best/, last/ (with every rank's RNG state) and the logs.
+`out_dir`: best/ (lowest selection MAE: a `load_pacnet` folder, metrics.json, model card), last/
+(the latest epoch: model files, accelerate's state, training_state.json; `resume` continues from
+it), logs/ (trackers). The mean-progress predictor's MAE on the same crops is the floor to beat.
+With K processes `batch_size` is per rank and the run is defined by the global batch (x K, in the
+fingerprint); crops are keyed by (seed, epoch, video), BatchNorm statistics cover the global batch
+and validation is sharded and gathered, so K = 2 at batch b trains as K = 1 at 2b (dropout aside).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,22 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, default_collate
 
-from pecn_ml.models.pacnet import (PacNet, PacNetConfig, load_pacnet,
-                                   read_pacnet_config, write_pacnet_files, WEIGHTS_NAME)
-from pecn_ml.model_cards import BaseWeights, CardContext, base_license, build_card, write_card
-from pecn_ml.models.weights import is_local, weights_identity
+from pecn_ml.model_cards import CardContext, build_card, write_card
+from pecn_ml.models.pacnet import WEIGHTS_NAME, PacNet, PacNetConfig, load_pacnet, write_pacnet_files
+from pecn_ml.models.weights import weights_identity
+from pecn_ml.training import scaffold
 from pecn_ml.training.pacnet_data import (PacNetCropDataset, carve_selection_split, check_disjoint,
                                           check_entries, crop_indices, epoch_permutation)
-from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs,
-                                       start_tracking, tag_run)
-from pecn_ml.utils.files import (atomic_dir, folder_manifest, manifest_sha256, sha256_file, sha256_json,
-                                 write_json_atomic)
+from pecn_ml.training.tracking import TrackingConfig, TrackingInfo, start_tracking, tag_run
 from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset, collate_slots,
-                                 gather_objects, launched_rank, launched_world_size, make_accelerator,
-                                 reduce_sum, set_batchnorm_sync, slot_weights, sync_batchnorm)
+                                 gather_objects, process_rank, reduce_sum, set_batchnorm_sync, slot_weights,
+                                 sync_batchnorm)
+from pecn_ml.utils.files import atomic_dir, folder_manifest, manifest_sha256, sha256_file, sha256_json, write_json_atomic
 from pecn_ml.utils.progress import LogFn, ProgressMeter
 
-STATE_FORMAT = "pecn.pacnet.train.v1"
 # Fields that do not change the result; a resumed run may differ in these. (The selection split's
 # fraction and seed decide the entries, which the fingerprint holds themselves.)
 _NON_RESULT_FIELDS = {"num_workers", "log_every_s", "selection_fraction", "selection_seed"}
@@ -82,38 +65,32 @@ class PacNetTrainConfig:
     max_grad_norm: Optional[float] = None
     cpu: bool = False                  # force CPU even when CUDA is present
     log_every_s: float = 30.0
-    # The selection split (`pacnet_splits`): this fraction of each task's training videos, drawn
-    # with `selection_seed`, picks the best epoch; the evaluation videos only score the chosen model.
-    # 0.05 of the seed's 7,962 training videos is ~400 (~100 per task), the size of its validation set.
+    # The selection split (`pacnet_splits`): this fraction of each task's training videos (seeded)
+    # picks the best epoch; the evaluation videos only score the chosen model.
     selection_fraction: float = 0.05
     selection_seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("PacNetTrainConfig: epochs and batch_size must be >= 1")
-        if self.lr <= 0 or self.backbone_lr_mult < 0 or self.weight_decay < 0:
-            raise ValueError("PacNetTrainConfig: lr must be > 0, backbone_lr_mult and "
-                             "weight_decay >= 0")
-        if not 0.0 <= self.min_ratio <= self.max_ratio < 1.0:
-            raise ValueError(f"PacNetTrainConfig: need 0 <= min_ratio <= max_ratio < 1, got "
-                             f"{self.min_ratio}, {self.max_ratio}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"PacNetTrainConfig.mixed_precision must be one of "
-                             f"{MIXED_PRECISION}, got {self.mixed_precision!r}")
-        if not 0.0 < self.selection_fraction < 1.0:
-            raise ValueError(f"PacNetTrainConfig.selection_fraction must be in (0, 1), got "
-                             f"{self.selection_fraction}")
-        for name in ("max_train_videos", "max_val_videos"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"PacNetTrainConfig.{name} must be >= 1 or None, got {v}")
+        checks = [
+            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (self.lr > 0 and self.backbone_lr_mult >= 0 and self.weight_decay >= 0,
+             "lr must be > 0, backbone_lr_mult and weight_decay >= 0"),
+            (0.0 <= self.min_ratio <= self.max_ratio < 1.0,
+             f"need 0 <= min_ratio <= max_ratio < 1, got {self.min_ratio}, {self.max_ratio}"),
+            (self.mixed_precision in MIXED_PRECISION,
+             f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"),
+            (0.0 < self.selection_fraction < 1.0, f"selection_fraction must be in (0, 1), got {self.selection_fraction}"),
+            *[(v is None or v >= 1, f"{name} must be >= 1 or None, got {v}")
+              for name, v in (("max_train_videos", self.max_train_videos), ("max_val_videos", self.max_val_videos))],
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"PacNetTrainConfig: {message}")
 
     @classmethod
     def demo(cls, **overrides) -> "PacNetTrainConfig":
-        """For the demo data (240 training videos, small stand-in backbones, 2 CPU cores): about
-        a minute per head. The stand-ins are small, so they learn at a much higher rate; a near-L1
-        loss (beta 0.02 on progress in [0, 1]) fits the MAE it is judged by (beta 1 is MSE there:
-        val MAE / mean predictor 0.533 vs 0.513 in one measured pair of runs)."""
+        """The demo's: small stand-in backbones learn at a higher rate; a near-L1 loss (beta 0.02)
+        fits the MAE it is judged by."""
         base = dict(epochs=40, batch_size=8, lr=1e-3, backbone_lr_mult=0.2, smooth_l1_beta=0.02,
                     max_grad_norm=1.0, log_every_s=15.0)
         base.update(overrides)
@@ -185,16 +162,12 @@ def pacnet_splits(train_entries: Sequence[Mapping], eval_entries: Sequence[Mappi
     return PacNetSplits(train, selection, test, cfg.selection_fraction, cfg.selection_seed)
 
 
-# ----------------------------------------------------------------------------------------------
-# Optimisation pieces
-
+# --- optimisation pieces ------------------------------------------------------------------------
 
 def layered_param_groups(model: PacNet, lr: float, backbone_lr_mult: float,
                          weight_decay: float) -> list[dict]:
-    """AdamW groups: backbone (ResNet + CLIP text) at lr * backbone_lr_mult, the rest at lr.
-
-    Only trainable parameters are included (a frozen text encoder drops out).
-    """
+    """AdamW groups of the trainable parameters: backbone (ResNet + CLIP text) at lr * backbone_lr_mult,
+    the rest at lr."""
     model = getattr(model, "module", model)
     backbone_ids = {id(p) for p in model.backbone_parameters()}
     backbone, rest = [], []
@@ -228,12 +201,9 @@ def _model_inputs(model: PacNet, batch: Mapping[str, Any]):
 def training_step(model, batch: Mapping[str, Any], optimizer, accelerator,
                   beta: float = 1.0, max_grad_norm: Optional[float] = None, *,
                   weights: Optional[torch.Tensor] = None, num_samples: Optional[int] = None) -> float:
-    """One optimizer step on a batch {"frames" uint8 (B,T,H,W,3), "text", "target" (B,)}.
-
-    Alone: minimises the batch mean, returns it. In a K-process step over a global batch of
-    `num_samples`, with loss `weights` (B,) (see `accel.slot_weights`): backpropagates
-    sum(w * loss) * K / num_samples (DDP's gradient mean makes it the global batch's mean) and
-    returns this rank's share sum(w * loss) / num_samples (the ranks' shares sum to the mean)."""
+    """One optimizer step on a batch {"frames" uint8 (B,T,H,W,3), "text", "target" (B,)}; returns the
+    batch mean. In a K-process step over `num_samples` with loss `weights` (B,) (`slot_weights`):
+    backpropagates sum(w * loss) * K / num_samples and returns this rank's share of the mean."""
     raw = accelerator.unwrap_model(model)
     model.train()
     frames, ids, mask = _model_inputs(raw, batch)
@@ -256,8 +226,8 @@ def training_step(model, batch: Mapping[str, Any], optimizer, accelerator,
 
 @torch.no_grad()
 def predict_loader(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted progress, targets) over a loader, model in eval mode. The unwrapped model runs
-    (no DDP forward: no collective op, so ranks may see different numbers of batches)."""
+    """(predicted progress, targets) over a loader with the unwrapped model in eval mode (no
+    collective op: ranks may see different numbers of batches)."""
     raw = accelerator.unwrap_model(model)
     raw.eval()
     preds, targets = [np.zeros(0)], [np.zeros(0)]
@@ -290,80 +260,7 @@ def mae_percent(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(pred) - np.asarray(target))) * 100.0)
 
 
-def _make_accelerator(mixed_precision: str, cpu: bool, **tracker_kwargs):
-    return make_accelerator(mixed_precision=mixed_precision, cpu=cpu, **tracker_kwargs)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoint state (safetensors + JSON, no pickles)
-
-
-def _optimizer_to_files(state: dict) -> tuple[dict, dict]:
-    tensors, scalars = {}, {}
-    for pid, st in state["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"state.{pid}.{k}"] = v.detach().to("cpu").contiguous()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _optimizer_from_files(tensors: dict, meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = v
-    for key, v in meta.get("scalars", {}).items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def _rng_tensors() -> dict[str, torch.Tensor]:
-    out = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            out[f"torch_cuda_{i}"] = s
-    return out
-
-
-def _all_rng_tensors(accelerator) -> dict[str, torch.Tensor]:
-    """Every rank's RNG states (a collective): rank 0's as `_rng_tensors` names them, rank r's
-    with the prefix "rank{r}." (dropout draws from them)."""
-    out = {}
-    for r, tensors in enumerate(gather_objects(accelerator, _rng_tensors())):
-        out.update({(k if r == 0 else f"rank{r}.{k}"): v for k, v in tensors.items()})
-    return out
-
-
-def _rank_rng(tensors: dict[str, torch.Tensor], rank: int) -> Optional[dict[str, torch.Tensor]]:
-    """The states rank `rank` saved, or None (a checkpoint of a run with fewer processes)."""
-    if rank == 0:
-        return tensors
-    prefix = f"rank{rank}."
-    mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    return mine or None
-
-
-def _rank_seed(seed: int, rank: int, epoch: int) -> int:
-    """The torch seed of rank > 0 (its own dropout stream) at a fresh start (epoch 0) or when a
-    checkpoint holds no state for it."""
-    return (int(seed) * 1_000_003 + rank * 7919 + epoch) % (2 ** 63)
-
-
-def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(tensors["torch_cpu"])
-    cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("torch_cuda_"))]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _write_dir_atomic(target: Path, write: Callable[[Path], None]) -> Path:
-    with atomic_dir(target) as tmp:
-        write(tmp)
-    return target
-
+# --- what a run is, and what it leaves --------------------------------------------------------
 
 def _result_fields(cfg: PacNetTrainConfig) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if k not in _NON_RESULT_FIELDS}
@@ -385,49 +282,18 @@ def _fingerprint(model_config: PacNetConfig, cfg: PacNetTrainConfig, train: Sequ
             "val_ids": sha256_json([e["id"] for e in val])}
 
 
-def _save_last(last_dir: Path, model, optimizer, scheduler, accelerator, state: dict) -> None:
-    """Every rank calls this (its RNG state is gathered); rank 0 writes."""
-    from safetensors.torch import save_file
-
-    rng = _all_rng_tensors(accelerator)
-    if not accelerator.is_main_process:
-        return
-
-    def write(tmp: Path) -> None:
-        write_pacnet_files(accelerator.unwrap_model(model), tmp)
-        tensors, meta = _optimizer_to_files(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        write_json_atomic(tmp / "optimizer.json", meta)
-        save_file(rng, str(tmp / "rng.safetensors"))
-        scaler = getattr(accelerator, "scaler", None)
-        full = dict(state, format=STATE_FORMAT, scheduler=scheduler.state_dict(),
-                    scaler=scaler.state_dict() if scaler is not None else None)
-        write_json_atomic(tmp / "train_state.json", full)
-
-    _write_dir_atomic(last_dir, write)
+def _card_context(model_config: PacNetConfig, fingerprint: dict, card: Optional[CardContext]) -> CardContext:
+    """The caller's context; without one, the bases as the trainer knows them (name + weights sha)."""
+    if card is not None and card.bases:
+        return card
+    return replace(card or CardContext(), bases=tuple(
+        scaffold.base_weights(role, str(getattr(model_config, key)), str(fingerprint["model_config"][key]))
+        for role, key in (("resnet_base", "resnet_name"), ("clip_text_base", "clip_name"))))
 
 
-def _find_last(out_dir: Path) -> Optional[Path]:
-    """out_dir/last, or the old copy a crash mid-swap left behind."""
-    for cand in (out_dir / "last", out_dir / ".last.old"):
-        if (cand / "train_state.json").is_file():
-            return cand
-    return None
-
-
-def _read_state(last: Path) -> dict:
-    path = last / "train_state.json"
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e}); delete {last} or pass resume=False") from e
-    if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: not a {STATE_FORMAT} training state")
-    return state
-
-
-# ----------------------------------------------------------------------------------------------
-# The loop
+def _rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """The torch seed of rank > 0 (its own dropout stream) where no saved RNG state is restored."""
+    return (int(seed) * 1_000_003 + rank * 7919 + epoch) % (2 ** 63)
 
 
 def _prepare_entries(entries: Sequence[Mapping], limit: Optional[int], what: str) -> list[dict]:
@@ -437,8 +303,190 @@ def _prepare_entries(entries: Sequence[Mapping], limit: Optional[int], what: str
     return entries[:limit] if limit is not None else entries
 
 
-def _result(state: dict, out_dir: Path, resumed_from: int, n_train: int, n_val: int
-            ) -> PacNetTrainResult:
+@dataclass
+class _Run:
+    """One training run's data, model and state, shared by its setup, epoch and save functions."""
+
+    model_config: PacNetConfig
+    cfg: PacNetTrainConfig
+    out_dir: Path
+    log: LogFn
+    train_ds: PacNetCropDataset
+    val_ds: PacNetCropDataset
+    test_ds: Optional[PacNetCropDataset]
+    mean_progress: float
+    baseline: float
+    fingerprint: dict
+    context: CardContext
+    rank: int = 0
+    k: int = 1
+    accelerator: Any = None
+    model: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    sampler: Optional[GlobalBatchSampler] = None
+    train_loader: Any = None
+    val_loader: Any = None
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    best_mae: float = math.inf
+    best_epoch: int = 0
+    tracked: Optional[TrackingInfo] = None
+
+    def state(self, epoch: int) -> dict:
+        """What last/training_state.json records after `epoch`."""
+        return {"fingerprint": self.fingerprint, "epoch": epoch, "history": self.history,
+                "best_val_mae": self.best_mae, "best_epoch": self.best_epoch, "baseline_mae": self.baseline,
+                "mean_train_progress": self.mean_progress, "num_processes": self.k,
+                "finished": epoch >= self.cfg.epochs}
+
+
+def _data(model_config: PacNetConfig, cfg: PacNetTrainConfig, cache: Any, train_entries: Sequence[Mapping],
+          val_entries: Sequence[Mapping], test_entries: Sequence[Mapping], out_dir: Path, log: LogFn,
+          card: Optional[CardContext]) -> _Run:
+    """Check the splits; the datasets, the mean-predictor floor and the run's fingerprint."""
+    train = _prepare_entries(train_entries, cfg.max_train_videos, "train_entries")
+    val = _prepare_entries(val_entries, cfg.max_val_videos, "val_entries")
+    test = check_entries(test_entries, "test_entries")
+    check_disjoint({"training (train_entries)": check_entries(train_entries, "train_entries"),
+                    "selection (val_entries)": check_entries(val_entries, "val_entries"),
+                    "test (test_entries)": test})
+    n, lo, hi = model_config.num_frames, cfg.min_ratio, cfg.max_ratio
+    train_ds = PacNetCropDataset(cache, train, n, lo, hi, seed=cfg.seed, what="train_entries")
+    val_ds = PacNetCropDataset(cache, val, n, lo, hi, seed=cfg.val_seed, fixed=True, what="val_entries")
+    test_ds = PacNetCropDataset(cache, test, n, lo, hi, seed=cfg.val_seed, fixed=True,
+                                what="test_entries") if test else None
+    # The trivial predictor: the mean of every training target the run sees (all epochs).
+    mean_progress = float(np.mean([train_ds.targets(ep) for ep in range(1, cfg.epochs + 1)]))
+    val_targets = val_ds.targets()
+    baseline = mae_percent(np.full_like(val_targets, mean_progress), val_targets)
+    rank, _, k = process_rank()
+    fingerprint = _fingerprint(model_config, cfg, train, val, k)
+    return _Run(model_config, cfg, out_dir, log, train_ds, val_ds, test_ds, mean_progress, baseline,
+                fingerprint, _card_context(model_config, fingerprint, card), rank=rank, k=k)
+
+
+def _save_model(model: PacNet, folder: Path) -> None:
+    write_pacnet_files(model, folder)
+
+
+def _load_model(model: PacNet, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+
+
+def _setup(run: _Run, state: Optional[dict], tracking: Optional[TrackingConfig]) -> None:
+    """Accelerator, model, optimizer, scheduler and loaders; the resumed state when given."""
+    cfg, k = run.cfg, run.k
+    run.sampler = GlobalBatchSampler(lambda ep: epoch_permutation(cfg.seed, ep, len(run.train_ds)),
+                                     len(run.train_ds), cfg.batch_size, k)
+    run.start_epoch = int(state["epoch"]) if state is not None else 0
+    acc = run.accelerator = scaffold.build_accelerator(
+        cfg.mixed_precision, cfg.cpu, run.log, tracking=tracking, out_dir=run.out_dir, log_dir="logs",
+        purge_step=run.start_epoch * run.sampler.steps_per_epoch if state is not None else None)
+    assert (acc.process_index, acc.num_processes) == (run.rank, k), "RANK/WORLD_SIZE"
+    if state is None:
+        scaffold.start_over(acc, [run.out_dir / sub for sub in ("last", "best", "logs")])
+    torch.manual_seed(cfg.seed)
+    model = PacNet(run.model_config)
+    if k > 1:
+        sync_batchnorm(model)        # statistics of the global batch, as one process would have
+    if cfg.freeze_text_encoder:
+        model.text_encoder.backbone.requires_grad_(False)
+    optimizer = torch.optim.AdamW(layered_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay),
+                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
+    run.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * run.sampler.steps_per_epoch)
+    pin = acc.device.type == "cuda"
+    # Its generator only seeds workers (the order is the sampler's): the global RNG stays untouched.
+    loader = DataLoader(SlotDataset(run.train_ds), batch_sampler=run.sampler, collate_fn=collate_slots(default_collate),
+                        generator=torch.Generator().manual_seed(cfg.seed), num_workers=cfg.num_workers, pin_memory=pin)
+    scaffold.register_model_io(acc, _save_model, _load_model)
+    run.model, run.optimizer, run.train_loader = acc.prepare(model, optimizer, loader)
+    acc.register_for_checkpointing(run.scheduler)
+    run.val_loader = _val_shard(run.val_ds, run.rank, k, cfg.batch_size, cfg.num_workers, pin)
+    if run.rank > 0:
+        torch.manual_seed(_rank_seed(cfg.seed, run.rank, run.start_epoch))  # its own dropout stream
+    if state is not None:
+        scaffold.load_checkpoint(acc, run.out_dir / "last")   # this rank's RNG too, when it was saved
+        run.history = list(state["history"])
+        run.best_mae, run.best_epoch = float(state["best_val_mae"]), int(state["best_epoch"])
+        run.log(f"pacnet: resuming after epoch {run.start_epoch}/{cfg.epochs} from {run.out_dir / 'last'}")
+    run.tracked = start_tracking(acc, tracking, "pacnet", {
+        **cfg.to_dict(), **{f"model_{key}": v for key, v in run.fingerprint["model_config"].items()},
+        "num_train": len(run.train_ds), "num_val": len(run.val_ds), "baseline_mae": run.baseline,
+        "num_processes": k, "global_batch_size": cfg.batch_size * k})
+
+
+def _train_epoch(run: _Run, epoch: int, meter: ProgressMeter) -> list[float]:
+    """One epoch's optimizer steps; returns each step's mean loss over its global batch."""
+    acc, cfg, sampler, n = run.accelerator, run.cfg, run.sampler, len(run.train_ds)
+    sampler.set_epoch(epoch)
+    run.train_loader.set_epoch(epoch)
+    losses = []
+    batches = iter(run.train_loader)
+    for samples, _micros in sampler.step_sizes():   # one micro-batch per step
+        slots, batch = next(batches)
+        slots = slots.cpu()
+        # a batch smaller than K is on every rank: its local BatchNorm statistics are the global ones
+        set_batchnorm_sync(run.model, bool((slots < n).all()))
+        share = training_step(run.model, batch, run.optimizer, acc, cfg.smooth_l1_beta, cfg.max_grad_norm,
+                              weights=slot_weights(slots, n, run.k).to(acc.device), num_samples=samples)
+        loss = reduce_sum(acc, share)
+        if not acc.optimizer_step_was_skipped:
+            run.scheduler.step()
+        losses.append(loss)
+        acc.log({"train/loss": loss}, step=(epoch - 1) * sampler.steps_per_epoch + len(losses))
+        meter.update(samples, extra=f"loss={loss:.4f}")
+    assert next(batches, None) is None, "loader yielded more batches than its plan"
+    return losses
+
+
+def _write_best(run: _Run, tmp: Path, metrics: dict) -> None:
+    """best/: the model files, metrics.json and the model card."""
+    write_pacnet_files(run.accelerator.unwrap_model(run.model), tmp)
+    write_json_atomic(tmp / "metrics.json", metrics)
+    h, cfg = run.history, run.cfg
+    summary = {"best_epoch": metrics["epoch"], "selection_mae_pp": metrics["val_mae"],
+               "mean_predictor_mae_pp": metrics["baseline_mae"], "train_loss_first_epoch": h[0]["train_loss"],
+               "train_loss_best_epoch": h[-1]["train_loss"], "epochs_run": len(h),
+               "num_train": len(run.train_ds), "num_selection": len(run.val_ds)}
+    write_card(tmp, build_card(
+        title=f"PAC-Net ({run.model_config.head} head)", kind="pacnet", library_name="pytorch",
+        description=("Progress estimation (ResNet frames + Transformer + CLIP text) trained with dynamic "
+                     "temporal cropping; the epoch was chosen on the selection split (MAE in percentage "
+                     "points), never on the evaluation videos. Load with `pecn_ml.models.pacnet.load_pacnet`."),
+        context=run.context, training_config=cfg.to_dict(), seed=cfg.seed, loss_summary=summary,
+        extra={"head": run.model_config.head, "model_config": run.model_config.to_dict()}))
+
+
+def _epoch(run: _Run, epoch: int, meter: ProgressMeter) -> dict:
+    """Train, validate, write best/ (rank 0, on a new best) and last/; the epoch's history row."""
+    acc, t0 = run.accelerator, time.perf_counter()
+    run.train_ds.set_epoch(epoch)
+    steps = ProgressMeter(f"pacnet epoch {epoch}", total=len(run.train_ds), log=run.log,
+                          every_s=run.cfg.log_every_s, unit="videos")
+    losses = _train_epoch(run, epoch, steps)
+    preds, targets = _evaluate(run.model, run.val_loader, acc)
+    val_mae = mae_percent(preds, targets)
+    row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mae": val_mae,
+           "lr": float(run.scheduler.get_last_lr()[-1]), "seconds": round(time.perf_counter() - t0, 3)}
+    run.history.append(row)
+    acc.log({"val/mae_pp": val_mae, "val/baseline_mae_pp": run.baseline, "train/epoch_loss": row["train_loss"],
+             "train/lr": row["lr"]}, step=epoch * run.sampler.steps_per_epoch)
+    if val_mae < run.best_mae:
+        run.best_mae, run.best_epoch = val_mae, epoch
+        if acc.is_main_process:
+            with atomic_dir(run.out_dir / "best") as tmp:
+                _write_best(run, tmp, {"epoch": epoch, "val_mae": val_mae, "baseline_mae": run.baseline,
+                                       "mean_train_progress": run.mean_progress})
+    scaffold.save_checkpoint(acc, run.out_dir / "last", run.state(epoch))   # best/ and last/ in place for all
+    meter.update(1, extra=f"epoch {epoch}: train_loss={row['train_loss']:.4f} val_mae={val_mae:.2f}pp "
+                          f"baseline={run.baseline:.2f}pp best={run.best_mae:.2f}pp@{run.best_epoch}")
+    return row
+
+
+def _result(state: dict, out_dir: Path, resumed_from: int, n_train: int, n_val: int) -> PacNetTrainResult:
     best = out_dir / "best"
     if not (best / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{best / WEIGHTS_NAME}: best checkpoint missing")
@@ -451,85 +499,34 @@ def _result(state: dict, out_dir: Path, resumed_from: int, n_train: int, n_val: 
         last_dir=out_dir / "last", weights_sha256=sha256_file(best / WEIGHTS_NAME),
         checkpoint_sha256=manifest_sha256(files), checkpoint_files=files,
         num_train=n_train, num_val=n_val, num_processes=int(state.get("num_processes", 1)),
-        global_batch_size=int(state["train_config"]["batch_size"]))
+        global_batch_size=int(state["fingerprint"]["train_config"]["batch_size"]))
 
 
-def _test_scores(out_dir: Path, test_ds: Optional[PacNetCropDataset], mean_progress: float, accelerator,
-                 cfg: PacNetTrainConfig, rank: int, k: int) -> dict:
-    """The test score of best/: its MAE and the mean predictor's on the fixed test crops (every rank
-    predicts a shard, as in validation); {} without test entries."""
-    if test_ds is None:
+def _test_scores(run: _Run, accelerator: Any) -> dict:
+    """best/'s MAE and the mean predictor's on the fixed test crops (sharded as validation); {}
+    without test entries."""
+    if run.test_ds is None:
         return {}
-    model = load_pacnet(out_dir / "best", device=accelerator.device)
-    loader = _val_shard(test_ds, rank, k, cfg.batch_size, cfg.num_workers, accelerator.device.type == "cuda")
+    model = load_pacnet(run.out_dir / "best", device=accelerator.device)
+    loader = _val_shard(run.test_ds, run.rank, run.k, run.cfg.batch_size, run.cfg.num_workers,
+                        accelerator.device.type == "cuda")
     preds, targets = _evaluate(model, loader, accelerator)
     return {"test_mae": mae_percent(preds, targets),
-            "test_baseline_mae": mae_percent(np.full_like(targets, mean_progress), targets),
-            "num_test": len(test_ds)}
+            "test_baseline_mae": mae_percent(np.full_like(targets, run.mean_progress), targets),
+            "num_test": len(run.test_ds)}
 
 
-def _card_context(model_config: PacNetConfig, fingerprint: dict, card: Optional[CardContext]) -> CardContext:
-    """The caller's context; without one, the bases as the trainer knows them (name + weights sha)."""
-    if card is not None and card.bases:
-        return card
-    bases = []
-    for role, key in (("resnet_base", "resnet_name"), ("clip_text_base", "clip_name")):
-        name, identity = str(getattr(model_config, key)), str(fingerprint["model_config"][key])
-        bases.append(BaseWeights(role=role, name=name, sha256=identity.removeprefix("sha256:")
-                                 if identity.startswith("sha256:") else "",
-                                 license=base_license(name if is_local(name) else None, name)))
-    return replace(card or CardContext(), bases=tuple(bases))
-
-
-def _write_best(tmp: Path, model, model_config: PacNetConfig, cfg: PacNetTrainConfig, metrics: dict,
-                history: list, context: CardContext, n_train: int, n_val: int) -> None:
-    """best/: the model files, metrics.json and the model card."""
-    write_pacnet_files(model, tmp)
-    write_json_atomic(tmp / "metrics.json", metrics)
-    summary = {"best_epoch": metrics["epoch"], "selection_mae_pp": metrics["val_mae"],
-               "mean_predictor_mae_pp": metrics["baseline_mae"],
-               "train_loss_first_epoch": history[0]["train_loss"],
-               "train_loss_best_epoch": history[-1]["train_loss"], "epochs_run": len(history),
-               "num_train": n_train, "num_selection": n_val}
-    write_card(tmp, build_card(
-        title=f"PAC-Net ({model_config.head} head)", kind="pacnet", library_name="pytorch",
-        description=("Progress estimation (ResNet frames + Transformer + CLIP text) trained with dynamic "
-                     "temporal cropping; the epoch was chosen on the selection split (MAE in percentage "
-                     "points), never on the evaluation videos. Load with `pecn_ml.models.pacnet.load_pacnet`."),
-        context=context, training_config=cfg.to_dict(), seed=cfg.seed, loss_summary=summary,
-        extra={"head": model_config.head, "model_config": model_config.to_dict()}))
-
-
-def _train_epoch(model, loader, sampler: GlobalBatchSampler, optimizer, scheduler, accelerator,
-                 cfg: PacNetTrainConfig, epoch: int, steps_per_epoch: int, meter: ProgressMeter
-                 ) -> list[float]:
-    """One epoch's optimizer steps; returns each step's mean loss over its global batch."""
-    k, n = accelerator.num_processes, sampler.n
-    sampler.set_epoch(epoch)
-    loader.set_epoch(epoch)
-    losses = []
-    batches = iter(loader)
-    for samples, _micros in sampler.step_sizes():   # one micro-batch per step
-        slots, batch = next(batches)
-        slots = slots.cpu()
-        # a batch smaller than K is on every rank: its local BatchNorm statistics are the global ones
-        set_batchnorm_sync(model, bool((slots < n).all()))
-        share = training_step(model, batch, optimizer, accelerator, cfg.smooth_l1_beta,
-                              cfg.max_grad_norm, weights=slot_weights(slots, n, k).to(accelerator.device),
-                              num_samples=samples)
-        loss = reduce_sum(accelerator, share)
-        if not accelerator.optimizer_step_was_skipped:
-            scheduler.step()
-        losses.append(loss)
-        accelerator.log({"train/loss": loss}, step=(epoch - 1) * steps_per_epoch + len(losses))
-        meter.update(samples, extra=f"loss={loss:.4f}")
-    assert next(batches, None) is None, "loader yielded more batches than its plan"
-    return losses
-
-
-def _start_over(out_dir: Path) -> None:
-    for sub in ("last", ".last.old", "best", "logs"):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
+def _finished(run: _Run, state: dict) -> PacNetTrainResult:
+    """A run whose last/ already holds every epoch: its result (and test score), no training."""
+    run.log(f"pacnet: {run.out_dir} already finished {state['epoch']} epochs; nothing to do")
+    result = _result(state, run.out_dir, int(state["epoch"]), len(run.train_ds), len(run.val_ds))
+    if run.test_ds is None:
+        return result
+    accelerator = scaffold.build_accelerator(run.cfg.mixed_precision, run.cfg.cpu, run.log)
+    try:
+        return replace(result, **_test_scores(run, accelerator))
+    finally:
+        accelerator.end_training()
 
 
 def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, cache: Any,
@@ -539,189 +536,46 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
                  on_epoch_end: Optional[Callable[[int, dict], None]] = None,
                  tracking: Optional[TrackingConfig] = None, test_entries: Sequence[Mapping] = (),
                  card: Optional[CardContext] = None) -> PacNetTrainResult:
-    """Train PAC-Net; returns the best validation MAE beside the mean-predictor floor.
+    """Train PAC-Net; returns the best selection MAE beside the mean-predictor floor.
 
-    `val_entries` pick the best epoch (the platform passes the selection split of `pacnet_splits`);
-    `test_entries` (the evaluation videos) score the best model once, at the end: `test_mae` beside
-    the mean predictor's `test_baseline_mae`. The three must be disjoint (`SplitOverlap` otherwise).
-    best/ gets a model card (README.md); `card` adds what the caller knows (run id, data versions,
-    bases' revisions and licenses).
-
-    `resume=True` continues from out_dir/last (the last finished epoch) and gives the same
-    result as an uninterrupted run; `resume=False` starts over; `resume="auto"` resumes only a
-    run with the same configs and data (else starts over), as a retried Dagster step needs. `on_epoch_end(epoch, row)` is
-    called after each epoch's checkpoints are written (an exception there stops the run).
-    `tracking`: where to log (default: TensorBoard in `{out_dir}/logs`); both configs are the run's
-    hyper-parameters, the best checkpoint's sha256 is added as a tag.
-    Under `torchrun`/`accelerate launch` every rank calls this with the same arguments and gets the
-    same result; `log` is called on rank 0, `on_epoch_end` on every rank (after rank 0's writes).
+    `val_entries` pick the best epoch, `test_entries` score the best model once (`test_mae`); the
+    three must be disjoint (`SplitOverlap`). `resume=True` continues from out_dir/last exactly as an
+    uninterrupted run (ValueError for another run's), `"auto"` starts another run's over, `False`
+    always starts over. `on_epoch_end(epoch, row)` runs after each epoch's checkpoints (on every
+    rank). `tracking`: default TensorBoard in `{out_dir}/logs`. `card`: the caller's context for
+    best/'s model card. Under `torchrun` every rank gets the same result; rank 0 logs and writes.
     """
-    from safetensors.torch import load_file
-
     cfg = train_config
-    out_dir = Path(out_dir)
-    rank, k = launched_rank(), launched_world_size()
-    main_log = log if rank == 0 else None
-    say = main_log or (lambda _msg: None)
-    train = _prepare_entries(train_entries, cfg.max_train_videos, "train_entries")
-    val = _prepare_entries(val_entries, cfg.max_val_videos, "val_entries")
-    test = check_entries(test_entries, "test_entries")
-    check_disjoint({"training (train_entries)": check_entries(train_entries, "train_entries"),
-                    "selection (val_entries)": check_entries(val_entries, "val_entries"),
-                    "test (test_entries)": test})
-    train_ds = PacNetCropDataset(cache, train, model_config.num_frames, cfg.min_ratio,
-                                 cfg.max_ratio, seed=cfg.seed, what="train_entries")
-    val_ds = PacNetCropDataset(cache, val, model_config.num_frames, cfg.min_ratio,
-                               cfg.max_ratio, seed=cfg.val_seed, fixed=True, what="val_entries")
-    test_ds = PacNetCropDataset(cache, test, model_config.num_frames, cfg.min_ratio, cfg.max_ratio,
-                                seed=cfg.val_seed, fixed=True, what="test_entries") if test else None
-    # The trivial predictor: the mean of every training target the run sees (all epochs).
-    mean_progress = float(np.mean([train_ds.targets(ep) for ep in range(1, cfg.epochs + 1)]))
-    val_targets = val_ds.targets()
-    baseline = mae_percent(np.full_like(val_targets, mean_progress), val_targets)
-    fingerprint = _fingerprint(model_config, cfg, train, val, k)
-    context = _card_context(model_config, fingerprint, card)
-
-    last = _find_last(out_dir) if resume else None
-    state = None
-    if last is not None:
-        state = _read_state(last)
-        differs = [key for key, value in fingerprint.items() if state.get(key) != value]
-        if differs and resume != "auto":
-            raise ValueError(f"{last / 'train_state.json'}: {differs[0]} differs from this run's; "
-                             f"pass resume=False (or 'auto') to start over in {out_dir}")
-        if differs:
-            say(f"pacnet: {out_dir} holds another run ({', '.join(differs)} differ); starting over")
-            last = state = None
-        elif state["epoch"] >= cfg.epochs:
-            say(f"pacnet: {out_dir} already finished {state['epoch']} epochs; nothing to do")
-            result = _result(state, out_dir, int(state["epoch"]), len(train), len(val))
-            if test_ds is None:
-                return result
-            accelerator = _make_accelerator(cfg.mixed_precision, cfg.cpu)
-            try:
-                return replace(result, **_test_scores(out_dir, test_ds, result.mean_train_progress,
-                                                      accelerator, cfg, rank, k))
-            finally:
-                accelerator.end_training()
-
-    sampler = GlobalBatchSampler(lambda ep: epoch_permutation(cfg.seed, ep, len(train_ds)),
-                                 len(train_ds), cfg.batch_size, k)
-    steps_per_epoch = sampler.steps_per_epoch
-    purge = int(state["epoch"]) * steps_per_epoch if state is not None else None
-    accelerator = _make_accelerator(cfg.mixed_precision, cfg.cpu,
-                                    **accelerator_kwargs(tracking, out_dir, "logs", purge_step=purge))
-    assert (accelerator.process_index, accelerator.num_processes) == (rank, k), "RANK/WORLD_SIZE"
-    accelerator.wait_for_everyone()          # every rank has read last/ ...
-    if last is None and accelerator.is_main_process:
-        _start_over(out_dir)                 # ... before rank 0 deletes it
-    accelerator.wait_for_everyone()
-    torch.manual_seed(cfg.seed)
-    if state is not None:
-        model = load_pacnet(last, device="cpu")
-        # Equal but for the pretrained folders' paths (their weights' shas matched above).
-        here = {key: getattr(model_config, key) for key in _PRETRAINED_FIELDS}
-        if replace(read_pacnet_config(last), **here) != model_config:
-            raise ValueError(f"{last}: model config differs from this run's")
-        model.config = model_config  # later checkpoints name this run's folders
-    else:
-        model = PacNet(model_config)
-    if k > 1:
-        sync_batchnorm(model)        # statistics of the global batch, as one process would have
-    if cfg.freeze_text_encoder:
-        model.text_encoder.backbone.requires_grad_(False)
-    groups = layered_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=cfg.epochs * steps_per_epoch)
-    pin = accelerator.device.type == "cuda"
-    # Its generator only seeds workers (the order is the sampler's): the global RNG stays untouched.
-    train_loader = DataLoader(SlotDataset(train_ds), batch_sampler=sampler,
-                              collate_fn=collate_slots(default_collate),
-                              generator=torch.Generator().manual_seed(cfg.seed),
-                              num_workers=cfg.num_workers, pin_memory=pin)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    val_loader = _val_shard(val_ds, rank, k, cfg.batch_size, cfg.num_workers, pin)
-
-    start_epoch, history, best_mae, best_epoch = 0, [], math.inf, 0
-    if state is not None:
-        optimizer.load_state_dict(_optimizer_from_files(
-            load_file(str(last / "optimizer.safetensors")),
-            json.loads((last / "optimizer.json").read_text(encoding="utf-8"))))
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler") and getattr(accelerator, "scaler", None) is not None:
-            accelerator.scaler.load_state_dict(state["scaler"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
-        best_mae, best_epoch = float(state["best_val_mae"]), int(state["best_epoch"])
-        mine = _rank_rng(load_file(str(last / "rng.safetensors")), rank)
-        if mine is not None:
-            _restore_rng(mine)
-        else:
-            torch.manual_seed(_rank_seed(cfg.seed, rank, start_epoch))
-        say(f"pacnet: resuming after epoch {start_epoch}/{cfg.epochs} from {last}")
-    elif rank > 0:
-        torch.manual_seed(_rank_seed(cfg.seed, rank, 0))  # its own dropout stream
-    say(f"pacnet: {len(train_ds)} train / {len(val_ds)} selection / {len(test)} test videos, head={model_config.head}, "
-        f"device={accelerator.device}, mixed_precision={cfg.mixed_precision}, "
-        f"{k} process(es) x batch {cfg.batch_size}, "
-        f"mean-progress baseline MAE {baseline:.2f} pp")
-    tracker_config = {**cfg.to_dict(), **{f"model_{key}": v for key, v in fingerprint["model_config"].items()},
-                      "num_train": len(train), "num_val": len(val), "baseline_mae": baseline,
-                      "num_processes": k, "global_batch_size": cfg.batch_size * k}
-    tracked = (start_tracking(accelerator, tracking, "pacnet", tracker_config)
-               if accelerator.is_main_process else
-               TrackingInfo(backend=(tracking or TrackingConfig()).backend,
-                            tags=dict((tracking or TrackingConfig()).tags)))
-    epochs_meter = ProgressMeter(f"pacnet epochs {start_epoch + 1}..{cfg.epochs}",
-                                 total=cfg.epochs - start_epoch, log=main_log, every_s=0,
-                                 unit="epochs")
+    run = _data(model_config, cfg, cache, train_entries, val_entries, test_entries, Path(out_dir),
+                scaffold.rank0_log(log), card)
+    state = scaffold.resumable(run.out_dir / "last", run.fingerprint, run.log, strict=resume != "auto") if resume else None
+    if state is not None and state["epoch"] >= cfg.epochs:
+        return _finished(run, state)
+    _setup(run, state, tracking)
+    acc = run.accelerator
+    run.log(f"pacnet: {len(run.train_ds)} train / {len(run.val_ds)} selection / "
+            f"{len(run.test_ds or [])} test videos, head={model_config.head}, device={acc.device}, "
+            f"mixed_precision={cfg.mixed_precision}, {run.k} process(es) x batch {cfg.batch_size}, "
+            f"mean-progress baseline MAE {run.baseline:.2f} pp")
+    meter = ProgressMeter(f"pacnet epochs {run.start_epoch + 1}..{cfg.epochs}", total=cfg.epochs - run.start_epoch,
+                          log=run.log, every_s=0, unit="epochs")
     try:
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            train_ds.set_epoch(epoch)
-            steps = ProgressMeter(f"pacnet epoch {epoch}", total=len(train_ds), log=main_log,
-                                  every_s=cfg.log_every_s, unit="videos")
-            losses = _train_epoch(model, train_loader, sampler, optimizer, scheduler, accelerator,
-                                  cfg, epoch, steps_per_epoch, steps)
-            preds, targets = _evaluate(model, val_loader, accelerator)
-            val_mae = mae_percent(preds, targets)
-            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mae": val_mae,
-                   "lr": float(scheduler.get_last_lr()[-1]),
-                   "seconds": round(time.perf_counter() - t0, 3)}
-            history.append(row)
-            accelerator.log({"val/mae_pp": val_mae, "val/baseline_mae_pp": baseline,
-                             "train/epoch_loss": row["train_loss"], "train/lr": row["lr"]},
-                            step=epoch * steps_per_epoch)
-            if val_mae < best_mae:
-                best_mae, best_epoch = val_mae, epoch
-                metrics = {"epoch": epoch, "val_mae": val_mae, "baseline_mae": baseline,
-                           "mean_train_progress": mean_progress}
-                if accelerator.is_main_process:
-                    _write_dir_atomic(out_dir / "best", lambda tmp: _write_best(
-                        tmp, accelerator.unwrap_model(model), model_config, cfg, metrics, history, context,
-                        len(train), len(val)))
-            state = dict(fingerprint, epoch=epoch, history=history, best_val_mae=best_mae,
-                         best_epoch=best_epoch, baseline_mae=baseline,
-                         mean_train_progress=mean_progress, num_processes=k)
-            _save_last(out_dir / "last", model, optimizer, scheduler, accelerator, state)
-            accelerator.wait_for_everyone()   # best/ and last/ are in place for every rank
-            epochs_meter.update(1, extra=f"epoch {epoch}: train_loss={row['train_loss']:.4f} "
-                                         f"val_mae={val_mae:.2f}pp baseline={baseline:.2f}pp "
-                                         f"best={best_mae:.2f}pp@{best_epoch}")
+        for epoch in range(run.start_epoch + 1, cfg.epochs + 1):
+            row = _epoch(run, epoch, meter)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
-        result = _result(state, out_dir, start_epoch, len(train), len(val))
-        scores = _test_scores(out_dir, test_ds, mean_progress, accelerator, cfg, rank, k)
+        result = _result(run.state(cfg.epochs), run.out_dir, run.start_epoch, len(run.train_ds), len(run.val_ds))
+        scores = _test_scores(run, acc)
         if scores:
-            accelerator.log({"test/mae_pp": scores["test_mae"], "test/baseline_mae_pp": scores["test_baseline_mae"]},
-                            step=cfg.epochs * steps_per_epoch)
-            say(f"pacnet: test MAE {scores['test_mae']:.2f} pp (mean predictor {scores['test_baseline_mae']:.2f} pp) "
-                f"on {scores['num_test']} evaluation videos, best epoch {result.best_epoch}")
+            acc.log({"test/mae_pp": scores["test_mae"], "test/baseline_mae_pp": scores["test_baseline_mae"]},
+                    step=cfg.epochs * run.sampler.steps_per_epoch)
+            run.log(f"pacnet: test MAE {scores['test_mae']:.2f} pp (mean predictor {scores['test_baseline_mae']:.2f} "
+                    f"pp) on {scores['num_test']} evaluation videos, best epoch {result.best_epoch}")
             result = replace(result, **scores)
-        tag_run(accelerator, {"checkpoint_sha256": result.checkpoint_sha256})
+        tag_run(acc, {"checkpoint_sha256": result.checkpoint_sha256})
     finally:
-        accelerator.end_training()
-    return replace(result, tracking=tracked)
+        acc.end_training()
+    return replace(result, tracking=run.tracked)
 
 
 __all__ = ["PacNetTrainConfig", "PacNetTrainResult", "PacNetSplits", "pacnet_splits", "train_pacnet",

@@ -1,12 +1,7 @@
-"""PAC-Net data: dynamic temporal cropping over a frame cache, and a small synthetic cache.
-
-Frame cache contract: `cache.num_frames(video_id) -> int`, `cache.frame(video_id, idx) ->
-(R, R, 3) uint8` (0-based), optionally `cache.frames(video_id, indices) -> (N, R, R, 3)`.
-Annotation entries are dicts with at least "id" and "label" (the filled, lowercased action text).
-
-Crop ratios are drawn from generators keyed by (seed, epoch, video id), so a crop does not
-depend on list order, DataLoader workers, the rank a video lands on (K-process training) or an
-interrupted run; the epoch's order is `epoch_permutation(seed, epoch, n)`.
+"""PAC-Net data: dynamic temporal cropping over a frame cache, the selection split, and a small
+synthetic cache. A frame cache has `num_frames(id)`, `frame(id, idx) -> (R, R, 3) uint8` and
+optionally `frames(id, indices)`; entries are dicts with "id" and "label". Crop ratios are keyed by
+(seed, epoch, video id), so a crop depends on no list order, worker, rank or interruption.
 """
 
 from __future__ import annotations
@@ -23,11 +18,8 @@ from pecn_ml.models.pacnet import uniform_indices
 
 
 def crop_indices(total_frames: int, ratio: float, num_frames: int) -> tuple[np.ndarray, float]:
-    """Frames 0..end (end = floor(ratio * total_frames), inclusive) sampled to `num_frames`.
-
-    Returns (indices (num_frames,) int64, non-decreasing, repeated when the crop is short;
-    target = end / total_frames). The last index is always `end`.
-    """
+    """Frames 0..end (end = floor(ratio * total_frames)) sampled to `num_frames`: (indices
+    (num_frames,) int64, non-decreasing, ending at `end`; target = end / total_frames)."""
     if total_frames < 1:
         raise ValueError(f"crop_indices: total_frames must be >= 1, got {total_frames}")
     if not 0.0 <= ratio < 1.0:
@@ -50,10 +42,8 @@ def crop_ratio(seed: int, epoch: Optional[int], video_id: str, low: float, high:
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> list[int]:
-    """The training order of `epoch`: a pure function of (seed, epoch, n). It is the order the
-    trainer's earlier `DataLoader(shuffle=True, generator=g)` gave with g seeded
-    seed * 1_000_003 + epoch (the loader drew one int64 from g, then `randperm`), kept so that
-    one-process runs train exactly as before."""
+    """The training order of `epoch`, a pure function of (seed, epoch, n) (the order an earlier
+    shuffling DataLoader gave: one int64 drawn, then `randperm`)."""
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     torch.empty((), dtype=torch.int64).random_(generator=g)
     return torch.randperm(n, generator=g).tolist()
@@ -104,9 +94,8 @@ def check_disjoint(splits: Mapping[str, Sequence[Mapping]]) -> None:
 
 
 def selection_counts(task_sizes: Mapping[str, int], fraction: float) -> dict[str, int]:
-    """Videos per task for the selection split: round(fraction x n), at least 1 where a task has 2 or
-    more videos (one stays for training), 0 for a task of one video. Proportional, so the training
-    videos keep their task mix."""
+    """Videos per task for the selection split: round(fraction x n), at least 1 where a task has 2
+    or more videos (one stays for training), 0 for a task of one."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"selection fraction must be in (0, 1), got {fraction}")
     return {task: (min(max(1, round(fraction * n)), n - 1) if n >= 2 else 0)
@@ -115,11 +104,9 @@ def selection_counts(task_sizes: Mapping[str, int], fraction: float) -> dict[str
 
 def carve_selection_split(train_entries: Sequence[Mapping], fraction: float, seed: int,
                           exclude: Sequence[Mapping] = ()) -> tuple[list[dict], list[dict]]:
-    """(training entries left, selection entries): per task (entry "task"; none: one group) a seeded
-    draw of `selection_counts` videos from the training entries, both lists in their input order.
-
-    The draw depends on the set of ids and the seed, not on the file's order. `exclude` (the
-    evaluation videos) must share no id with the result: `SplitOverlap` otherwise."""
+    """(training entries left, selection entries), in input order: per task a seeded draw of
+    `selection_counts` videos (depends on the ids and seed, not their order); `SplitOverlap` when
+    the result shares an id with `exclude` (the evaluation videos)."""
     entries = check_entries(train_entries, "train_entries")
     by_task: dict[str, list[str]] = {}
     for e in entries:
@@ -137,12 +124,8 @@ def carve_selection_split(train_entries: Sequence[Mapping], fraction: float, see
 
 
 class PacNetCropDataset(Dataset):
-    """One temporally cropped clip per entry.
-
-    Training (`fixed=False`): a fresh ratio per video and epoch (call `set_epoch` each epoch).
-    Validation (`fixed=True`): one ratio per video from `seed` alone, the same in every epoch/run.
-    Items: {"frames": uint8 (N, H, W, 3), "text": str, "target": float32 (), "video_id": str}.
-    """
+    """One temporally cropped clip per entry: {"frames" uint8 (N, H, W, 3), "text", "target" float32,
+    "video_id"}; a fresh ratio per video and epoch (`set_epoch`), or one per video (`fixed`)."""
 
     def __init__(self, cache: Any, entries: Sequence[Mapping], num_frames: int,
                  min_ratio: float = 0.1, max_ratio: float = 0.9, seed: int = 0,
@@ -186,14 +169,10 @@ class PacNetCropDataset(Dataset):
                 "video_id": entry["id"]}
 
 
-# ----------------------------------------------------------------------------------------------
-# In-memory cache and synthetic moving-square videos (tests, learnability check)
-
+# --- in-memory cache and synthetic moving-square videos (tests, learnability check) -----------
 
 class ArrayFrameCache:
-    """Frame cache over in-memory arrays {video_id: (T, H, W, 3) uint8}. `version` names the data
-    (the latent cache keys its folders by it); `resolution` is the side of square frames of one
-    size, as `FramePairDataset` needs."""
+    """Frame cache over in-memory arrays {video_id: (T, H, W, 3) uint8}; `version` names the data."""
 
     def __init__(self, videos: Mapping[str, np.ndarray], version: str = "in-memory"):
         self.videos = {str(k): np.asarray(v) for k, v in videos.items()}
@@ -231,12 +210,8 @@ class ArrayFrameCache:
 
 def moving_square_video(num_frames: int, size: int = 32, square: Optional[int] = None,
                         rng: Optional[np.random.Generator] = None) -> np.ndarray:
-    """(T, size, size, 3) uint8: a square (side `square`, default size // 4) moving left ->
-    right; its x position encodes progress.
-
-    The background is a horizontal colour gradient with a little noise, so where the square is
-    changes what the (translation-equivariant, globally pooled) CNN sees, as in real scenes.
-    """
+    """(T, size, size, 3) uint8: a square (side `square`, default size // 4) moving left -> right
+    over a noisy colour gradient (so its position changes what a pooled CNN sees)."""
     rng = np.random.default_rng(0) if rng is None else rng
     square = max(size // 4, 1) if square is None else square
     assert 1 <= square <= size, (square, size)

@@ -1,31 +1,13 @@
-"""InstructPix2Pix fine-tuning, after the internals of diffusers'
-`examples/instruct_pix2pix/train_instruct_pix2pix.py`, split into testable parts:
+"""InstructPix2Pix fine-tuning after diffusers' `train_instruct_pix2pix.py`, split into testable parts:
+`Pix2PixTrainConfig`; `draw_sample_randomness` + `training_step` (one noise-prediction loss with the
+conditioning dropout of paper §3.2.1, frozen VAE and text encoder in the weight dtype, the empty
+prompt encoded once); `train_pix2pix`, the loop on the training scaffold (`scaffold.py`).
 
-- `Pix2PixTrainConfig`: the run's parameters (defaults = the seed's table: 224 px, batch 4,
-  accumulation 4, lr 5e-6, 40 epochs, FP16, validation every 10 epochs on 2 samples);
-- `conditioning_dropout_masks`, `draw_sample_randomness`, `training_step`: one noise-prediction loss;
-- `train_pix2pix`: the loop (accelerate for mixed precision and K-process data parallelism,
-  accelerate's trackers: TensorBoard or MLflow, see `tracking.py`; rotating checkpoints and resume,
-  validation grids, the final model: the UNet with a verified reference to a local base, else a
-  full `save_pretrained` pipeline; see `pecn_ml.models.pix2pix`).
-
-As in the example: frozen VAE and text encoder cast to the weight dtype, UNet master weights in
-fp32 under autocast, DDPM noise from the folder's scheduler config, the target frame's latents
-sampled from the VAE posterior, the input frame's taken at the mode, conditioning dropout of
-paper §3.2.1. Deliberate differences: the empty-prompt embedding is computed once; the
-randomness of each *sample* comes from a generator seeded by (run seed, epoch, dataset index), so a
-resumed run repeats an uninterrupted one exactly and a sample draws the same noise whichever rank
-or micro-batch it lands in; no seed means a random one, recorded in the checkpoints; latents and
-prompt embeddings can be cached (`latent_cache.py`).
-
-K processes (`torchrun --nproc_per_node K` / `accelerate launch --num_processes K`): the run is
-defined by its global batch G = train_batch_size x K x gradient_accumulation_steps. Each optimizer
-step takes the next G samples of the epoch's permutation (`GlobalBatchSampler`, sharded by
-`accelerator.prepare`) and minimises their exact mean loss (gradient accumulation is done here, not
-by accelerate); the last step of an epoch takes the n mod G samples left, weighted by their real
-count. So K = 2 at batch b computes what K = 1 at batch 2b computes, up to float reduction order.
-Only rank 0 writes (pipeline, loss curve, validation grids, trackers, the latent cache first);
-checkpoints hold every rank's RNG file and are renamed into place by rank 0.
+A sample's randomness comes from a generator seeded by (run seed, epoch, dataset index), so a
+resumed run repeats an uninterrupted one and a sample draws the same noise on any rank. With K
+processes the run is defined by its global batch G = batch x K x accumulation: each optimizer step
+minimises the exact mean loss of the next G samples of the epoch's permutation (the last step of an
+epoch: the n mod G left), so K = 2 at batch b computes what K = 1 at batch 2b does.
 """
 
 from __future__ import annotations
@@ -34,31 +16,28 @@ import contextlib
 import math
 import secrets
 import time
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-import typing
 from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from pecn_ml.data.pairs import collate_pairs
-from pecn_ml.models.pix2pix import (DEFAULT_PRETRAINED, TRAINED_PART, build_pipeline, encode_prompts,
-                                    load_pix2pix_components, run_pipeline, write_base_ref)
-from pecn_ml.model_cards import BaseWeights, CardContext, base_license, build_card, write_card
+from pecn_ml.images import make_grid, plot_loss_curve, save_png
+from pecn_ml.model_cards import CardContext, build_card, write_card
+from pecn_ml.models.pix2pix import (DEFAULT_PRETRAINED, LATENT_TARGETS, TRAINED_PART, build_pipeline,
+                                    encode_prompts, load_pix2pix_components, run_pipeline, write_base_ref)
 from pecn_ml.models.weights import is_local, weights_identity
-from pecn_ml.training import pix2pix_checkpoints as ckpt
-from pecn_ml.training.latent_cache import (LatentStore, PairLatents, encode_dataset,
-                                           encode_pixels, sample_latents)
-from pecn_ml.training.tracking import (TrackingConfig, TrackingInfo, accelerator_kwargs, log_image,
-                                       start_tracking, tag_run)
-from pecn_ml.utils.files import (atomic_dir, atomic_path, folder_manifest, manifest_sha256, sha256_file,
-                                 sha256_json)
-from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset,
-                                 broadcast_object, collate_slots, launched_rank, make_accelerator, reduce_sum,
-                                 slot_indices, slot_weights)
+from pecn_ml.training import scaffold
+from pecn_ml.training.latent_cache import LatentStore, PairLatents, encode_dataset, encode_pixels, sample_latents
+from pecn_ml.training.tracking import TrackingConfig, TrackingInfo, log_image, start_tracking, tag_run
+from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset, broadcast_object,
+                                 collate_slots, reduce_sum, slot_indices, slot_weights)
+from pecn_ml.utils.files import atomic_dir, folder_manifest, manifest_sha256, sha256_file, sha256_json
 from pecn_ml.utils.progress import ProgressMeter
 
 LogFn = Callable[[str], None]
@@ -67,12 +46,6 @@ LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", 
 LR_SCHEDULERS: tuple[str, ...] = typing.get_args(LrScheduler)
 TargetLatents = Literal["sample", "mode"]
 TARGET_LATENTS: tuple[str, ...] = typing.get_args(TargetLatents)
-# what the diffused (clean) latents are: "frame", the target frame's (the seed's, InstructPix2Pix's),
-# or "change", the target frame's minus the input frame's (both scaled): a model that predicts no
-# change reproduces the input exactly, as latent copy does. A property of the base model
-# (`pecn_ml.models.pix2pix.latent_target`), not of a fine-tuning run.
-LatentTarget = Literal["frame", "change"]
-LATENT_TARGETS: tuple[str, ...] = typing.get_args(LatentTarget)
 
 
 @dataclass(frozen=True)
@@ -93,12 +66,9 @@ class Pix2PixTrainConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     conditioning_dropout_prob: float = 0.05
-    # timesteps are drawn uniformly from [min_timestep, num_train_timesteps) (the seed's: 0). The
-    # demo samples with one DDIM step at the last timestep, so it trains where it samples.
-    min_timestep: int = 0
-    # the target frame's latents: "sample", a posterior sample per step (the seed's and diffusers'
-    # script), or "mode", the posterior mean (the demo: its small VAE's posterior noise, std 0.17
-    # against latents of std 1.25, is noise in the very target a copy-level model must reproduce)
+    min_timestep: int = 0                          # timesteps ~ U[min_timestep, T) (the demo trains where it samples)
+    # "sample": a posterior sample per step (the seed's); "mode": the posterior mean (the demo's small
+    # VAE's posterior noise is noise in the very target a copy-level model must reproduce)
     target_latents: TargetLatents = "sample"
     mixed_precision: MixedPrecision = "fp16"       # "no" | "fp16" | "bf16"; fp16 -> "no" off CUDA
     seed: Optional[int] = 42                       # None: a random seed, kept in checkpoints
@@ -145,12 +115,8 @@ class Pix2PixTrainConfig:
 
     @classmethod
     def demo(cls, **overrides: Any) -> "Pix2PixTrainConfig":
-        """Sized for the demo's stand-in (instruct-pretrained) at 96 px on 240 training videos: 5
-        epochs of 60 micro-batches, 150 optimizer steps at lr 1e-3, cosine-annealed (measured on the
-        demo data, SSIM / autoencoder ceiling, next1 | next5: constant 1e-4 gave 0.945 | 0.888,
-        constant 1e-3 0.912 | 0.938, cosine from 1e-3 0.972 | 0.922); about 30 s per variant.
-        Now 4 epochs (120 steps) to fit the demo's time budget; the README has the measured result.
-        Share `latent_cache_dir` between the variants so frame 20 and the prompts are encoded once."""
+        """The demo's stand-in at 96 px: 4 epochs (120 steps), lr 1e-3 cosine-annealed (beat constant
+        1e-4 and 1e-3 on the demo data); share `latent_cache_dir` between the variants."""
         values: dict[str, Any] = dict(
             resolution=96, train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-3, lr_scheduler="cosine",
             num_train_epochs=4, mixed_precision="no", seed=0, checkpointing_steps=50,
@@ -182,8 +148,7 @@ class Pix2PixTrainResult:
     tracking: Optional[TrackingInfo] = None   # where the run logged (TensorBoard folder / MLflow run)
     num_processes: int = 1         # K data-parallel processes
     global_batch_size: int = 0     # train_batch_size x K x gradient_accumulation_steps
-    seconds_per_step: float = float("nan")   # optimizer steps of this call only (the first, warm-up,
-                                             # left out when there are more); no load, cache, save
+    seconds_per_step: float = float("nan")   # optimizer steps of this call (but a warm-up first)
     checkpoint_sha256: str = ""    # of model_dir's manifest: every file the pipeline loads (the handle's sha)
     checkpoint_files: dict = field(default_factory=dict)   # that manifest: relative path -> sha256
 
@@ -241,9 +206,8 @@ def draw_step_randomness(latent_shape: Sequence[int], num_train_timesteps: int, 
 def draw_sample_randomness(latent_shape: Sequence[int], num_train_timesteps: int, *,
                            base_seed: int, epoch: int, indices: Sequence[int],
                            dtype: torch.dtype, device: torch.device, min_timestep: int = 0) -> StepDraws:
-    """The draws of a micro-batch, sample by sample: row i comes from
-    `sample_generator(base_seed, epoch, indices[i])`, so it does not depend on the batch (its size,
-    its other samples, the rank it runs on)."""
+    """The draws of a micro-batch, row i from `sample_generator(base_seed, epoch, indices[i])`: they
+    do not depend on the batch (its size, its other samples, the rank it runs on)."""
     assert len(indices) == latent_shape[0], (len(indices), tuple(latent_shape))
     rows = [draw_step_randomness((1, *latent_shape[1:]), num_train_timesteps,
                                  generator=sample_generator(base_seed, epoch, int(i), device),
@@ -253,11 +217,8 @@ def draw_sample_randomness(latent_shape: Sequence[int], num_train_timesteps: int
 
 
 def conditioning_dropout_masks(u: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(drop_prompt, drop_image) bool masks (B,) from one uniform draw per sample (paper §3.2.1).
-
-    u < p: prompt only; p <= u < 2p: both; 2p <= u < 3p: image only -- each with probability p,
-    as in the diffusers example.
-    """
+    """(drop_prompt, drop_image) bool masks (B,) from one uniform per sample (paper §3.2.1): u < p
+    prompt only, p <= u < 2p both, 2p <= u < 3p image only."""
     assert u.ndim == 1, f"expected (B,) uniforms, got {tuple(u.shape)}"
     drop_prompt = u < 2 * prob
     drop_image = (u >= prob) & (u < 3 * prob)
@@ -268,15 +229,10 @@ def training_step(unet: Any, noise_scheduler: Any, batch: LatentBatch, draws: St
                   empty_prompt_embeds: torch.Tensor, conditioning_dropout_prob: float,
                   scaling_factor: float, reduction: str = "mean", target_latents: str = "sample",
                   latent_target: str = "frame") -> torch.Tensor:
-    """The noise-prediction loss of one micro-batch (forward only; the loop does backward):
-    a scalar (`reduction="mean"`) or one loss per sample, (B,) (`reduction="none"`).
-
-    `empty_prompt_embeds` (1, L, D) is the embedding of "" (computed once by the caller).
-    `target_latents`: "sample" (the posterior sample `draws.latent_eps` picks) or "mode" (its mean;
-    the draw is made all the same, so a run's other random numbers do not depend on the choice).
-    `latent_target`: "frame" (the target frame's latents are diffused) or "change" (the target's
-    minus the input's, both scaled by `scaling_factor`; `LATENT_TARGETS`).
-    """
+    """The noise-prediction loss of one micro-batch (forward only): a scalar, or (B,) with
+    `reduction="none"`. `empty_prompt_embeds` (1, L, D) is the embedding of "". `target_latents`
+    "mode" ignores `draws.latent_eps` (drawn all the same); `latent_target` "change" diffuses the
+    target's minus the input's scaled latents."""
     b = batch.target_mean.shape[0]
     assert batch.image_latents.shape == batch.target_mean.shape, "input/target latent shapes differ"
     assert batch.prompt_embeds.shape[0] == b and draws.timesteps.shape == (b,), "batch sizes differ"
@@ -330,118 +286,14 @@ def cached_pair_batch(latents: PairLatents, index: torch.Tensor, device: torch.d
                        latents.prompt_embeds[prompt_rows].to(device, non_blocking=True))
 
 
-# --- data order -------------------------------------------------------------------------------
-
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation per epoch, a pure function of (seed, epoch): resumable without RNG state.
-    (The loop cuts it into global batches with `GlobalBatchSampler`.)"""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed((self.seed * 7919 + self.epoch) % (2 ** 63))
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-    def order(self, epoch: int) -> list[int]:
-        """The permutation of `epoch`."""
-        self.set_epoch(epoch)
-        return list(self)
-
-
-class _IndexDataset(Dataset):
-    """Items are their own indices (the cached path gathers tensors per batch)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The permutation of `epoch`: a pure function of (seed, epoch), resumable without RNG state."""
+    g = torch.Generator().manual_seed((int(seed) * 7919 + int(epoch)) % (2 ** 63))
+    return torch.randperm(n, generator=g).tolist()
 
 
 def _collate_index(items: list[int]) -> torch.Tensor:
     return torch.tensor(items, dtype=torch.long)
-
-
-# --- images -----------------------------------------------------------------------------------
-
-def _text_width(draw: Any, text: str) -> int:
-    left, _, right, _ = draw.textbbox((0, 0), text)
-    return right - left
-
-
-def make_grid(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str] = ("Input", "GT", "Output"),
-              captions: Optional[Sequence[str]] = None, pad: int = 4) -> Any:
-    """A PIL image: one row per sample of (R, R, 3) uint8 images, headed by `headers`."""
-    from PIL import Image, ImageDraw
-
-    assert rows and all(len(r) == len(headers) for r in rows), "each row needs one image per header"
-    r = rows[0][0].shape[0]
-    head, cap = 14, (12 if captions else 0)
-    w = len(headers) * (r + pad) + pad
-    h = head + len(rows) * (r + cap + pad) + pad
-    grid = Image.new("RGB", (w, h), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    for j, name in enumerate(headers):
-        x = pad + j * (r + pad)
-        draw.text((x + max(0, (r - _text_width(draw, name)) // 2), 1), name, fill=(0, 0, 0))
-    for i, images in enumerate(rows):
-        y = head + i * (r + cap + pad)
-        for j, img in enumerate(images):
-            grid.paste(Image.fromarray(img), (pad + j * (r + pad), y))
-        if captions:
-            draw.text((pad, y + r), captions[i][: max(8, w // 6)], fill=(60, 60, 60))
-    return grid
-
-
-def plot_loss_curve(losses: Sequence[float], path: str | Path, title: str = "train loss",
-                    size: tuple[int, int] = (640, 360)) -> Path:
-    """Draw the loss per optimizer step (and a moving average) as a PNG, with PIL only."""
-    from PIL import Image, ImageDraw
-
-    w, h = size
-    left, right, top, bottom = 60, 15, 25, 35
-    img = Image.new("RGB", size, (255, 255, 255))
-    d = ImageDraw.Draw(img)
-    d.text((left, 6), title, fill=(0, 0, 0))
-    d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
-    vals = [float(v) for v in losses if math.isfinite(v)]
-    if vals:
-        lo, hi = min(vals), max(vals)
-        hi = hi if hi > lo else lo + 1e-8
-        n = len(losses)
-
-        def xy(i: int, v: float) -> tuple[float, float]:
-            x = left + (w - right - left) * (i / max(1, n - 1))
-            y = (h - bottom) - (h - bottom - top) * ((v - lo) / (hi - lo))
-            return x, y
-
-        pts = [xy(i, v) for i, v in enumerate(losses) if math.isfinite(v)]
-        if len(pts) > 1:
-            d.line(pts, fill=(150, 170, 220), width=1)
-        k = max(1, n // 20)
-        avg = [float(np.mean(vals[max(0, i - k + 1): i + 1])) for i in range(len(vals))]
-        if len(avg) > 1:
-            d.line([xy(i, v) for i, v in enumerate(avg)], fill=(20, 60, 200), width=2)
-        for v in (lo, hi):
-            d.text((4, xy(0, v)[1] - 6), f"{v:.4g}", fill=(0, 0, 0))
-        d.text((left, h - bottom + 4), "0", fill=(0, 0, 0))
-        d.text((w - right - 40, h - bottom + 4), f"{n} steps", fill=(0, 0, 0))
-    else:
-        d.text((left + 10, top + 10), "no steps", fill=(0, 0, 0))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return path
 
 
 @torch.no_grad()
@@ -467,7 +319,7 @@ def render_validation(pipe: Any, dataset: Any, n: int, *, steps: int, guidance_s
                      captions=[dataset.video_ids[i] for i in range(n)])
 
 
-# --- the loop ---------------------------------------------------------------------------------
+# --- what a run is, and what it leaves --------------------------------------------------------
 
 _FINGERPRINT_FIELDS = ("resolution", "learning_rate", "lr_scheduler", "lr_warmup_steps",
                        "conditioning_dropout_prob", "mixed_precision", "seed", "adam_weight_decay",
@@ -477,10 +329,8 @@ RANDOMNESS = "per-sample(seed, epoch, index)"  # in the fingerprint: older check
 
 def _fingerprint(config: Pix2PixTrainConfig, pretrained: str, dataset: Any,
                  max_train_steps: int, num_processes: int = 1) -> dict[str, Any]:
-    """What decides the run's result; a checkpoint with another fingerprint is not resumed. The
-    pretrained model counts by its weights' sha (a hub id by its name), not by its folder; the batch
-    by its global size (per-rank batch x K x accumulation), so K = 2 at batch 1 and K = 1 at
-    batch 2 are the same run and resume each other's checkpoints."""
+    """What decides the run's result: the pretrained model by its weights' sha (a hub id by name),
+    the batch by its global size (K = 2 at batch 1 and K = 1 at batch 2 resume each other)."""
     return {**{k: getattr(config, k) for k in _FINGERPRINT_FIELDS},
             "global_batch_size": (config.train_batch_size * num_processes
                                   * config.gradient_accumulation_steps),
@@ -493,42 +343,9 @@ def _fingerprint(config: Pix2PixTrainConfig, pretrained: str, dataset: Any,
             **({"min_timestep": config.min_timestep} if config.min_timestep else {})}
 
 
-def _checkpoint_to_resume(out_dir: Path, fingerprint: dict[str, Any], resume: bool, log: LogFn
-                          ) -> tuple[Optional[Path], Optional[dict[str, Any]]]:
-    """The latest checkpoint in `out_dir` and its training state when it is of this same run
-    (equal fingerprint); else (None, None). Reads only: the caller (rank 0) deletes every
-    checkpoint when this returns None, so nothing of another run (its seed included) carries over."""
-    latest = ckpt.latest_checkpoint(out_dir) if resume else None
-    if latest is None:
-        return None, None
-    prior = ckpt.read_training_state(latest)
-    diff = sorted(k for k, v in fingerprint.items() if prior["fingerprint"].get(k) != v)
-    if diff:  # another config, data or model: its checkpoints cannot continue this run
-        log(f"{latest}: checkpoint is of another run (differs in {diff}); starting over")
-        return None, None
-    return latest, prior
-
-
-def _resolve_mixed_precision(config: Pix2PixTrainConfig, log: LogFn) -> str:
-    mp = config.mixed_precision
-    if mp == "fp16" and (config.force_cpu or not torch.cuda.is_available()):
-        log("mixed_precision fp16 needs CUDA; training in fp32 on this machine")
-        return "no"
-    return mp
-
-
-def _make_accelerator(config: Pix2PixTrainConfig, log: LogFn, **tracker_kwargs: Any) -> Any:
-    """An Accelerator for this run (with its trackers). Gradient accumulation is the loop's own
-    (exact global-batch means), so accelerate's stays at 1."""
-    return make_accelerator(mixed_precision=_resolve_mixed_precision(config, log),
-                            cpu=config.force_cpu, **tracker_kwargs)
-
-
 def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path, card: Any = None) -> Path:
-    """The fine-tuned model and its model card (`card`, a `ModelCard`), written beside `model_dir`
-    and renamed onto it: for a local base folder the light layout (the trained UNet and
-    `base.json`, a verified reference to the base's frozen parts; see `pecn_ml.models.pix2pix`),
-    for a hub base a full `save_pretrained` pipeline (the trained UNet and the fp32 frozen parts)."""
+    """The fine-tuned model (+ card), atomically: for a local base the light layout (UNet +
+    `base.json`), for a hub base a full `save_pretrained` pipeline."""
     with atomic_dir(model_dir) as tmp:
         if is_local(str(pretrained)):
             unet.save_pretrained(tmp / TRAINED_PART)
@@ -542,16 +359,12 @@ def _save_final_pipeline(pretrained: str, unet: Any, model_dir: Path, card: Any 
 
 def model_card(config: Pix2PixTrainConfig, pretrained: str, dataset: Any, fingerprint: dict[str, Any],
                seed: int, loss_summary: dict[str, Any], context: Optional[CardContext] = None) -> Any:
-    """The card of a fine-tuned pipeline folder: what the trainer knows (config, seed, losses, the
-    pairs' sha, the prompt form) and the caller's `context` (run id, data versions, the base's
-    revision and license, the variant); without a context the base is named by the trainer's identity."""
+    """The card of a fine-tuned pipeline: the trainer's facts and the caller's `context` (without
+    one, the base is named by the trainer's identity)."""
     context = context or CardContext()
     if not context.bases:
-        identity = str(fingerprint["pretrained"])
-        context = replace(context, bases=(BaseWeights(
-            role="pix2pix_base", name=pretrained,
-            sha256=identity.removeprefix("sha256:") if identity.startswith("sha256:") else "",
-            license=base_license(pretrained if is_local(pretrained) else None, pretrained)),))
+        context = replace(context, bases=(scaffold.base_weights("pix2pix_base", pretrained,
+                                                                 str(fingerprint["pretrained"])),))
     context = replace(context, data_versions={**context.data_versions, "train_pairs_sha256": fingerprint["pairs"]})
     prompts = list(getattr(dataset, "prompts", []))
     return build_card(
@@ -567,57 +380,161 @@ def model_card(config: Pix2PixTrainConfig, pretrained: str, dataset: Any, finger
                "prompt_example": prompts[0] if prompts else ""})
 
 
-def _make_loader(config: Pix2PixTrainConfig, dataset: Any, parts: Any, out_dir: Path,
-                 base_seed: int, accelerator: Any, log: LogFn
-                 ) -> tuple[DataLoader, GlobalBatchSampler, Optional[PairLatents], dict[str, Any]]:
-    """The micro-batch loader (not yet prepared): (slots, dataset indices into cached latents) or
-    (slots, collated pixel pairs), in global batches of the epoch's permutation. Rank 0 encodes
-    missing latents first; the other ranks then read its shards (one writer per cache folder)."""
-    info: dict[str, Any] = {"enabled": config.cache_latents}
-    cached: Optional[PairLatents] = None
-    if config.cache_latents:
-        t0 = time.perf_counter()
-        store = LatentStore(config.latent_cache_dir or out_dir / "latent_cache", parts.vae,
-                            parts.tokenizer, parts.text_encoder, batch_size=config.encode_batch_size,
-                            log=log)
-        with accelerator.main_process_first():
-            cached = encode_dataset(store, dataset)
-        info.update(dir=str(store.root), seconds=round(time.perf_counter() - t0, 3),
-                    encoded=dict(store.encoded), loaded=dict(store.loaded),
-                    megabytes=round(cached.nbytes() / 2 ** 20, 2))
-        log(f"latent cache: {info}")
-        data, collate = SlotDataset(_IndexDataset(len(dataset))), collate_slots(_collate_index)
-    else:
-        data, collate = SlotDataset(dataset), collate_slots(collate_pairs)
-    sampler = GlobalBatchSampler(EpochShuffleSampler(len(dataset), base_seed).order, len(dataset),
-                                 config.train_batch_size, accelerator.num_processes,
-                                 config.gradient_accumulation_steps)
-    loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate,
-                        num_workers=config.dataloader_num_workers,
-                        pin_memory=accelerator.device.type == "cuda")
-    return loader, sampler, cached, info
-
+# --- the loop ---------------------------------------------------------------------------------
 
 @dataclass
 class _Run:
-    """What one training run's step functions share (built once by `_train`)."""
+    """One training run's state, shared by its setup, step, validation and save functions."""
 
     config: Pix2PixTrainConfig
+    pretrained: str
+    dataset: Any
+    val_dataset: Any
+    out_dir: Path
+    log: LogFn
     accelerator: Any
-    unet: Any
-    optimizer: Any
-    lr_scheduler: Any
-    loader: Any
-    sampler: GlobalBatchSampler
-    parts: Any
-    cached: Optional[PairLatents]
-    empty_prompt_embeds: torch.Tensor  # (1, L, D)
-    base_seed: int
-    n: int                             # training pairs
+    fingerprint: dict[str, Any]
+    max_steps: int
+    base_seed: int = 0
+    unet: Any = None
+    optimizer: Any = None
+    lr_scheduler: Any = None
+    loader: Any = None
+    sampler: Optional[GlobalBatchSampler] = None
+    parts: Any = None
+    cached: Optional[PairLatents] = None
+    empty_prompt_embeds: Optional[torch.Tensor] = None   # (1, L, D)
+    cache_info: dict[str, Any] = field(default_factory=dict)
+    global_step: int = 0
+    resumed_step: Optional[int] = None
+    loss_curve: list[float] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)   # optimizer steps only
+    tracked: Optional[TrackingInfo] = None
+    t0: float = field(default_factory=time.perf_counter)
 
-    @property
-    def device(self) -> torch.device:
-        return self.accelerator.device
+    device: torch.device = field(init=False)
+    n: int = field(init=False)                    # training pairs
+    k: int = field(init=False)                    # processes
+    global_batch: int = field(init=False)
+    steps_per_epoch: int = field(init=False)
+    num_epochs: int = field(init=False)
+    autocast_dtype: Optional[torch.dtype] = field(init=False)
+
+    def __post_init__(self) -> None:
+        acc, cfg = self.accelerator, self.config
+        self.device, self.n, self.k = acc.device, len(self.dataset), acc.num_processes
+        self.global_batch = cfg.train_batch_size * self.k * cfg.gradient_accumulation_steps
+        self.steps_per_epoch = math.ceil(self.n / self.global_batch)
+        self.num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
+        self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision)
+
+
+def _max_steps(config: Pix2PixTrainConfig, n: int, num_processes: int) -> int:
+    per_epoch = math.ceil(n / (config.train_batch_size * num_processes * config.gradient_accumulation_steps))
+    return config.max_train_steps or config.num_train_epochs * per_epoch
+
+
+def _make_loader(run: _Run) -> None:
+    """The micro-batch loader (not yet prepared) in global batches of the epoch's permutation: dataset
+    indices into cached latents, or collated pixel pairs. Rank 0 encodes missing latents first."""
+    cfg, acc, p = run.config, run.accelerator, run.parts
+    run.cache_info = {"enabled": cfg.cache_latents}
+    if cfg.cache_latents:
+        t0 = time.perf_counter()
+        store = LatentStore(cfg.latent_cache_dir or run.out_dir / "latent_cache", p.vae, p.tokenizer,
+                            p.text_encoder, batch_size=cfg.encode_batch_size, log=run.log)
+        with acc.main_process_first():
+            run.cached = encode_dataset(store, run.dataset)
+        run.cache_info.update(dir=str(store.root), seconds=round(time.perf_counter() - t0, 3),
+                              encoded=dict(store.encoded), loaded=dict(store.loaded),
+                              megabytes=round(run.cached.nbytes() / 2 ** 20, 2))
+        run.log(f"latent cache: {run.cache_info}")
+        data, collate = SlotDataset(range(run.n)), collate_slots(_collate_index)  # items: indices
+    else:
+        data, collate = SlotDataset(run.dataset), collate_slots(collate_pairs)
+    run.sampler = GlobalBatchSampler(lambda epoch: epoch_order(run.base_seed, epoch, run.n), run.n,
+                                     cfg.train_batch_size, run.k, cfg.gradient_accumulation_steps)
+    run.loader = DataLoader(data, batch_sampler=run.sampler, collate_fn=collate,
+                            num_workers=cfg.dataloader_num_workers, pin_memory=run.device.type == "cuda")
+
+
+def _save_unet(unet: Any, folder: Path) -> None:
+    unet.save_pretrained(folder / TRAINED_PART)
+
+
+def _load_unet(unet: Any, folder: Path) -> None:
+    from diffusers import UNet2DConditionModel
+
+    loaded = UNet2DConditionModel.from_pretrained(folder, subfolder=TRAINED_PART)
+    unet.register_to_config(**loaded.config)
+    unet.load_state_dict(loaded.state_dict())
+
+
+def _setup(run: _Run) -> None:
+    """Load the model parts, encode or load the latents, build and prepare UNet, optimizer, loader."""
+    from diffusers.optimization import get_scheduler
+
+    cfg, acc = run.config, run.accelerator
+    weight_dtype = run.autocast_dtype or torch.float32
+    if cfg.allow_tf32 and run.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    scaffold.register_model_io(acc, _save_unet, _load_unet)
+    run.parts = p = load_pix2pix_components(run.pretrained)
+    if p.widened:
+        run.log(f"{run.pretrained}: 4-channel UNet widened to 8 input channels (new weights zero)")
+    if cfg.gradient_checkpointing:
+        p.unet.enable_gradient_checkpointing()
+    for frozen in (p.vae, p.text_encoder):  # inference only: cast like the example
+        frozen.to(run.device, dtype=weight_dtype).eval()
+    p.unet.train()
+    run.empty_prompt_embeds = encode_prompts(p.tokenizer, p.text_encoder, [""])   # (1, L, D), once
+    _make_loader(run)
+    optimizer = torch.optim.AdamW(p.unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    # Not prepared: accelerate would step it K times per step; stepped once per optimizer step here.
+    run.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer,
+                                     num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=run.max_steps)
+    run.unet, run.optimizer, run.loader = acc.prepare(p.unet, optimizer, run.loader)
+    acc.register_for_checkpointing(run.lr_scheduler)
+
+
+def _start(pretrained: str, dataset: Any, val_dataset: Any, config: Pix2PixTrainConfig, out_dir: Path,
+           log: LogFn, resume: bool, tracking: Optional[TrackingConfig]) -> _Run:
+    """Accelerator, fingerprint, the checkpoint to resume (or none), seed, setup, resume, trackers."""
+    if len(dataset) == 0:
+        raise ValueError("train_pix2pix: the training dataset is empty")
+    for name, ds in (("training", dataset), ("validation", val_dataset)):
+        if ds is not None and ds.resolution != config.resolution:
+            raise ValueError(f"train_pix2pix: {name} frames are {ds.resolution} px but "
+                             f"config.resolution is {config.resolution}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    acc = scaffold.build_accelerator(config.mixed_precision, config.force_cpu, log, tracking=tracking,
+                                     out_dir=out_dir, log_dir="tensorboard")
+    max_steps = _max_steps(config, len(dataset), acc.num_processes)
+    run = _Run(config, pretrained, dataset, val_dataset, out_dir, log, acc,
+               _fingerprint(config, pretrained, dataset, max_steps, acc.num_processes), max_steps)
+    # Decided before the seed: only a checkpoint of this same run lends its seed to the run.
+    latest = scaffold.latest_checkpoint(out_dir) if resume else None
+    prior = scaffold.resumable(latest, run.fingerprint, log)
+    if prior is None:
+        scaffold.start_over(acc, [scaffold.checkpoints_dir(out_dir)])
+    run.base_seed = (prior["base_seed"] if prior else config.seed if config.seed is not None
+                     else broadcast_object(acc, secrets.randbits(62)))
+    _setup(run)
+    if prior is not None:
+        scaffold.load_checkpoint(acc, latest)
+        run.global_step = run.resumed_step = int(prior["global_step"])
+        run.loss_curve = [float(v) for v in prior["loss_curve"]]
+        log(f"resumed from {latest} (step {run.global_step}/{max_steps})")
+    run.tracked = start_tracking(acc, tracking, "pix2pix", {
+        **asdict(config), "base_seed": run.base_seed, "max_train_steps_resolved": max_steps,
+        "pretrained": run.fingerprint["pretrained"], "pairs_sha256": run.fingerprint["pairs"],
+        "train_pairs": run.n, "num_processes": run.k, "global_batch_size": run.global_batch})
+    log(f"pix2pix: {run.n} pairs, {run.num_epochs} epochs, {max_steps} optimizer steps "
+        f"(batch {config.train_batch_size} x {run.k} processes x accumulation "
+        f"{config.gradient_accumulation_steps} = {run.global_batch}), "
+        f"device {acc.device}, precision {acc.mixed_precision}, seed {run.base_seed}")
+    return run
 
 
 def _micro_loss_sum(run: _Run, slots: torch.Tensor, data: Any, epoch: int) -> torch.Tensor:
@@ -638,22 +555,21 @@ def _micro_loss_sum(run: _Run, slots: torch.Tensor, data: Any, epoch: int) -> to
                            conditioning_dropout_prob=run.config.conditioning_dropout_prob,
                            scaling_factor=float(p.vae.config.scaling_factor), reduction="none",
                            target_latents=run.config.target_latents, latent_target=p.latent_target)  # (B,)
-    weights = slot_weights(slots, run.n, run.accelerator.num_processes).to(run.device)
+    weights = slot_weights(slots, run.n, run.k).to(run.device)
     return (losses * weights).sum()
 
 
 def _optimizer_step(run: _Run, batches: Any, samples: int, micros: int, epoch: int) -> float:
-    """One optimizer step over a global batch of `samples` (this rank: `micros` micro-batches);
-    returns its mean loss over all ranks. Each rank backpropagates sum(w * loss) * K / samples, so
-    DDP's gradient mean is the gradient of the global batch's mean loss."""
-    acc, k = run.accelerator, run.accelerator.num_processes
+    """One optimizer step over a global batch of `samples` (this rank: `micros` micro-batches); its
+    mean loss over all ranks. Each rank backpropagates sum(w * loss) * K / samples, so DDP's
+    gradient mean is the gradient of the global batch's mean loss."""
+    acc = run.accelerator
     local = 0.0
     for m in range(micros):
         slots, data = next(batches)
-        sync = contextlib.nullcontext() if m == micros - 1 else acc.no_sync(run.unet)
-        with sync:
+        with contextlib.nullcontext() if m == micros - 1 else acc.no_sync(run.unet):
             part = _micro_loss_sum(run, slots, data, epoch)
-            acc.backward(part * k / samples)
+            acc.backward(part * run.k / samples)
         local += float(part.detach())
     acc.clip_grad_norm_(run.unet.parameters(), run.config.max_grad_norm)
     run.optimizer.step()
@@ -663,255 +579,129 @@ def _optimizer_step(run: _Run, batches: Any, samples: int, micros: int, epoch: i
     return reduce_sum(acc, local) / samples
 
 
-def _train_epoch(run: _Run, epoch: int, skip_steps: int, global_step: int, max_steps: int,
-                 after_step: Callable[[int, float], None]) -> int:
-    """The optimizer steps of `epoch` from step `skip_steps` on (resume); returns the global step."""
+def _after_step(run: _Run, loss: float, epoch: int, meter: ProgressMeter, mark: float) -> None:
+    """Record the step; log it; save a checkpoint every `checkpointing_steps` (but the last)."""
+    run.step_times.append(time.perf_counter() - mark)
+    run.loss_curve.append(loss)
+    run.accelerator.log({"train_loss": loss, "lr": run.lr_scheduler.get_last_lr()[0]}, step=run.global_step)
+    meter.update(1, extra=f"loss {loss:.4f} epoch {epoch + 1}/{run.num_epochs}")
+    if run.global_step % run.config.checkpointing_steps == 0 and run.global_step < run.max_steps:
+        scaffold.save_rotating(run.accelerator, run.out_dir, run.global_step,
+                               {"base_seed": run.base_seed, "epoch": epoch, "loss_curve": run.loss_curve,
+                                "fingerprint": run.fingerprint, "num_processes": run.k},
+                               total_limit=run.config.checkpoints_total_limit, log=run.log)
+
+
+def _train_epoch(run: _Run, epoch: int, skip_steps: int, meter: ProgressMeter) -> None:
+    """The optimizer steps of `epoch` from step `skip_steps` on (resume)."""
     run.unet.train()
     run.sampler.set_epoch(epoch)
     run.sampler.skip_steps = skip_steps
     run.loader.set_epoch(epoch)
     batches = iter(run.loader)
     for samples, micros in run.sampler.step_sizes():
+        mark = time.perf_counter()
         loss = _optimizer_step(run, batches, samples, micros, epoch)
-        global_step += 1
-        after_step(global_step, loss)
-        if global_step >= max_steps:
-            return global_step
+        run.global_step += 1
+        _after_step(run, loss, epoch, meter, mark)
+        if run.global_step >= run.max_steps:
+            return
     assert next(batches, None) is None, "loader yielded more micro-batches than its plan"
-    return global_step
 
 
-def _validate(run: _Run, pretrained: str, val_dataset: Any, out_dir: Path, tag: str,
-              step: int, autocast_dtype: Optional[torch.dtype], log: LogFn) -> Optional[Path]:
+def _validate(run: _Run, tag: str) -> Optional[Path]:
     """Rank 0 samples a validation grid (no collective op inside); every rank returns its path."""
-    cfg = run.config
-    if val_dataset is None or len(val_dataset) == 0 or cfg.num_validation_samples == 0:
+    cfg, val = run.config, run.val_dataset
+    if val is None or len(val) == 0 or cfg.num_validation_samples == 0:
         return None
-    path = out_dir / "validation" / f"{tag}.png"
+    path = run.out_dir / "validation" / f"{tag}.png"
     if not run.accelerator.is_main_process:
         return path
     model = run.accelerator.unwrap_model(run.unet)
     model.eval()
     p = run.parts
-    pipe = build_pipeline(pretrained, unet=model, vae=p.vae, text_encoder=p.text_encoder,
-                          tokenizer=p.tokenizer)
-    grid = render_validation(pipe, val_dataset, cfg.num_validation_samples,
-                             steps=cfg.validation_inference_steps,
+    pipe = build_pipeline(run.pretrained, unet=model, vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer)
+    grid = render_validation(pipe, val, cfg.num_validation_samples, steps=cfg.validation_inference_steps,
                              guidance_scale=cfg.validation_guidance_scale,
                              image_guidance_scale=cfg.validation_image_guidance_scale,
-                             seed=run.base_seed, device=run.device, autocast_dtype=autocast_dtype,
+                             seed=run.base_seed, device=run.device, autocast_dtype=run.autocast_dtype,
                              latent_target=p.latent_target)
     model.train()
-    with atomic_path(path) as tmp:
-        grid.save(tmp, format="PNG")
-    log_image(run.accelerator, "validation", np.asarray(grid), step)
-    log(f"validation grid {path}")
+    save_png(grid, path)
+    log_image(run.accelerator, "validation", np.asarray(grid), run.global_step)
+    run.log(f"validation grid {path}")
     return path
+
+
+def _train_epochs(run: _Run) -> tuple[Optional[Path], int]:
+    """Every epoch left, validating every `validation_epochs`; (last grid, its step)."""
+    meter = ProgressMeter("pix2pix train", run.max_steps - run.global_step, run.log,
+                          every_s=run.config.log_every_s, unit="steps")
+    grid, validated_at = None, -1
+    first_epoch = run.global_step // run.steps_per_epoch
+    for epoch in range(first_epoch, run.num_epochs):
+        if run.global_step >= run.max_steps:
+            break
+        _train_epoch(run, epoch, run.global_step % run.steps_per_epoch if epoch == first_epoch else 0, meter)
+        if (epoch + 1) % run.config.validation_epochs == 0:
+            new = _validate(run, f"epoch_{epoch + 1:03d}")
+            if new is not None:
+                grid, validated_at = new, run.global_step
+    return grid, validated_at
+
+
+def _finish(run: _Run, card: Optional[CardContext], grid: Optional[Path], validated_at: int) -> Pix2PixTrainResult:
+    """Save the final model (rank 0), validate it, plot the loss curve; the result on every rank."""
+    acc, curve, per_epoch = run.accelerator, run.loss_curve, run.steps_per_epoch
+    final_loss = float(np.mean(curve[-per_epoch:])) if curve else float("nan")
+    # the first epoch's worth of steps, or the first half of a run shorter than two epochs
+    loss_window = max(1, min(per_epoch, len(curve) // 2))
+    first_loss = float(np.mean(curve[:loss_window])) if curve else float("nan")
+    model_dir, curve_png = run.out_dir / "model", run.out_dir / "loss_curve.png"
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        losses = {"steps": run.global_step, "first_loss": first_loss, "final_loss": final_loss,
+                  "loss_window": loss_window, "resumed_from_step": run.resumed_step}
+        _save_final_pipeline(run.pretrained, acc.unwrap_model(run.unet), model_dir, model_card(
+            run.config, run.pretrained, run.dataset, run.fingerprint, run.base_seed, losses, card))
+    if validated_at != run.global_step:
+        grid = _validate(run, "final") or grid
+    if acc.is_main_process:
+        plot_loss_curve(curve, curve_png, title=f"InstructPix2Pix train loss ({run.global_step} steps)")
+    acc.wait_for_everyone()      # rank 0's files exist for every rank from here on
+    files = folder_manifest(model_dir)
+    tag_run(acc, {"checkpoint_sha256": manifest_sha256(files)})
+    seconds = time.perf_counter() - run.t0
+    run.log(f"pix2pix done: {run.global_step} steps, final loss {final_loss:.4f}, {seconds:.1f}s, model {model_dir}")
+    return Pix2PixTrainResult(
+        final_loss=final_loss, steps=run.global_step, epochs=run.num_epochs, loss_curve=curve, model_dir=model_dir,
+        unet_sha256=sha256_file(model_dir / TRAINED_PART / "diffusion_pytorch_model.safetensors"),
+        checkpoint_sha256=manifest_sha256(files), checkpoint_files=files, validation_grid=grid,
+        loss_curve_png=curve_png, tensorboard_dir=run.out_dir / "tensorboard", resumed_from_step=run.resumed_step,
+        seconds=round(seconds, 3), latent_cache=run.cache_info, seed=run.base_seed, first_loss=first_loss,
+        loss_window=loss_window, tracking=run.tracked, num_processes=run.k, global_batch_size=run.global_batch,
+        seconds_per_step=float(np.mean(run.step_times[1:] or run.step_times)) if run.step_times else float("nan"))
 
 
 def train_pix2pix(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfig,
                   out_dir: str | Path, *, val_dataset: Any = None, log: Optional[LogFn] = None,
                   resume: bool = True, tracking: Optional[TrackingConfig] = None,
                   card: Optional[CardContext] = None) -> Pix2PixTrainResult:
-    """Fine-tune InstructPix2Pix on a `FramePairDataset`; write checkpoints, tracker logs,
-    validation grids and the final pipeline (`{out_dir}/model`) under `out_dir`.
+    """Fine-tune InstructPix2Pix (`pretrained`: an InstructPix2Pix or SD folder or hub name) on a
+    `FramePairDataset`; checkpoints, tracker logs, validation grids and the final model with its
+    card (`card`: the caller's context) go under `out_dir`.
 
-    `pretrained`: an InstructPix2Pix folder or hub name (default `timbrooks/instruct-pix2pix`), or
-    a Stable Diffusion one (its UNet is widened). `resume=True` continues from the latest complete
-    checkpoint in `out_dir` when it is of the same run (config with the same global batch,
-    pretrained model, pairs and prompts); a checkpoint of another run is logged, deleted and
-    training starts over. `resume=False` deletes old checkpoints and starts over.
-    `config.torch_threads` sets torch's CPU threads for the run (restored afterwards): on a
-    shared machine one thread per run avoids OpenMP threads spinning against each other.
-    `tracking`: where to log (default: TensorBoard in `{out_dir}/tensorboard`); the config, seed
-    and tags are the run's hyper-parameters, the final checkpoint's sha256 (of its manifest, every
-    file of `{out_dir}/model` but the card) is added as a tag.
-    `{out_dir}/model` holds a model card (README.md, see `model_card`); `card` adds what the caller
-    knows (Dagster run id, data versions, the base's revision and license, variant and prompt form).
-    Under `torchrun`/`accelerate launch` every rank calls this with the same arguments; all ranks
-    return the same result (`log` is called on rank 0 only), rank 0 writes the files.
+    `resume=True` continues from the latest checkpoint of the same run (fingerprint); one of
+    another run is logged and deleted. `tracking`: where to log (default TensorBoard in
+    `{out_dir}/tensorboard`). Under `torchrun`/`accelerate launch` every rank calls this and gets
+    the same result; `log` is called on rank 0, which writes the files.
     """
-    threads = torch.get_num_threads()
-    if config.torch_threads is not None:
-        torch.set_num_threads(config.torch_threads)
-    try:
-        return _train(pretrained, train_dataset, config, out_dir, val_dataset=val_dataset,
-                      log=log, resume=resume, tracking=tracking, card=card)
-    finally:
-        torch.set_num_threads(threads)
+    with scaffold.torch_threads(config.torch_threads):
+        run = _start(str(pretrained or DEFAULT_PRETRAINED), train_dataset, val_dataset, config, Path(out_dir),
+                     scaffold.rank0_log(log), resume, tracking)
+        try:
+            grid, validated_at = _train_epochs(run)
+            return _finish(run, card, grid, validated_at)
+        finally:
+            run.accelerator.end_training()
 
-
-def _setup(pretrained: str, train_dataset: Any, config: Pix2PixTrainConfig, out_dir: Path,
-           accelerator: Any, base_seed: int, log: LogFn) -> tuple[_Run, dict[str, Any]]:
-    """Load the model parts, encode or load the latents, build and prepare UNet, optimizer, loader."""
-    from diffusers.optimization import get_scheduler
-
-    device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
-                                                                        torch.float32)
-    if config.allow_tf32 and device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    ckpt.register_unet_hooks(accelerator)
-    parts = load_pix2pix_components(pretrained)
-    if parts.widened:
-        log(f"{pretrained}: 4-channel UNet widened to 8 input channels (new weights zero)")
-    if config.gradient_checkpointing:
-        parts.unet.enable_gradient_checkpointing()
-    for frozen in (parts.vae, parts.text_encoder):  # inference only: cast like the example
-        frozen.to(device)
-        if weight_dtype != torch.float32:
-            frozen.to(dtype=weight_dtype)
-        frozen.eval()
-    parts.unet.train()
-    empty = encode_prompts(parts.tokenizer, parts.text_encoder, [""])        # (1, L, D), once
-    loader, sampler, cached, cache_info = _make_loader(config, train_dataset, parts, out_dir,
-                                                       base_seed, accelerator, log)
-    optimizer = torch.optim.AdamW(parts.unet.parameters(), lr=config.learning_rate,
-                                  betas=(config.adam_beta1, config.adam_beta2),
-                                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
-    max_steps = _max_steps(config, len(train_dataset), accelerator.num_processes)
-    # Not prepared: accelerate would step it K times per step; stepped once per optimizer step here.
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=config.lr_warmup_steps, num_training_steps=max_steps)
-    unet, optimizer, loader = accelerator.prepare(parts.unet, optimizer, loader)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    run = _Run(config, accelerator, unet, optimizer, lr_scheduler, loader, sampler, parts, cached,
-               empty, base_seed, len(train_dataset))
-    return run, cache_info
-
-
-def _max_steps(config: Pix2PixTrainConfig, n: int, num_processes: int) -> int:
-    per_epoch = math.ceil(n / (config.train_batch_size * num_processes
-                               * config.gradient_accumulation_steps))
-    return config.max_train_steps or config.num_train_epochs * per_epoch
-
-
-def _train(pretrained: str | Path, train_dataset: Any, config: Pix2PixTrainConfig,
-           out_dir: str | Path, *, val_dataset: Any, log: Optional[LogFn],
-           resume: bool, tracking: Optional[TrackingConfig], card: Optional[CardContext]) -> Pix2PixTrainResult:
-    t0 = time.perf_counter()
-    noop: LogFn = lambda _msg: None  # noqa: E731
-    log = (log or noop) if launched_rank() == 0 else noop
-    pretrained = str(pretrained or DEFAULT_PRETRAINED)
-    if len(train_dataset) == 0:
-        raise ValueError("train_pix2pix: the training dataset is empty")
-    for name, ds in (("training", train_dataset), ("validation", val_dataset)):
-        if ds is not None and ds.resolution != config.resolution:
-            raise ValueError(f"train_pix2pix: {name} frames are {ds.resolution} px but "
-                             f"config.resolution is {config.resolution}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tb_dir = out_dir / "tensorboard"
-    accelerator = _make_accelerator(config, log, **accelerator_kwargs(tracking, out_dir, tb_dir.name))
-    k = accelerator.num_processes
-    global_batch = config.train_batch_size * k * config.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(len(train_dataset) / global_batch)
-    max_steps = _max_steps(config, len(train_dataset), k)
-    num_epochs = math.ceil(max_steps / steps_per_epoch)
-    fingerprint = _fingerprint(config, pretrained, train_dataset, max_steps, k)
-    # Decided before the seed: only a checkpoint of this same run lends its seed to the run.
-    resume_from, prior = _checkpoint_to_resume(out_dir, fingerprint, resume, log)
-    accelerator.wait_for_everyone()          # every rank has read the checkpoints ...
-    if resume_from is None and accelerator.is_main_process:
-        ckpt.clear_checkpoints(out_dir)      # ... before rank 0 deletes them
-    base_seed = (prior["base_seed"] if prior else config.seed if config.seed is not None
-                 else broadcast_object(accelerator, secrets.randbits(62)))
-
-    run, cache_info = _setup(pretrained, train_dataset, config, out_dir, accelerator, base_seed, log)
-    global_step, loss_curve, resumed_step = 0, [], None
-    if resume_from is not None:
-        ckpt.load_checkpoint(accelerator, resume_from)
-        global_step = resumed_step = int(prior["global_step"])
-        loss_curve = [float(v) for v in prior["loss_curve"]]
-        log(f"resumed from {resume_from} (step {global_step}/{max_steps})")
-    first_epoch = global_step // steps_per_epoch
-
-    tracker_config = {**asdict(config), "base_seed": base_seed, "max_train_steps_resolved": max_steps,
-                      "pretrained": fingerprint["pretrained"], "pairs_sha256": fingerprint["pairs"],
-                      "train_pairs": len(train_dataset), "num_processes": k,
-                      "global_batch_size": global_batch}
-    tracked = (start_tracking(accelerator, tracking, "pix2pix", tracker_config)
-               if accelerator.is_main_process else
-               TrackingInfo(backend=(tracking or TrackingConfig()).backend,
-                            tags=dict((tracking or TrackingConfig()).tags)))
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision)
-    try:
-        log(f"pix2pix: {len(train_dataset)} pairs, {num_epochs} epochs, {max_steps} optimizer steps "
-            f"(batch {config.train_batch_size} x {k} processes x accumulation "
-            f"{config.gradient_accumulation_steps} = {global_batch}), "
-            f"device {accelerator.device}, precision {accelerator.mixed_precision}, seed {base_seed}")
-        meter = ProgressMeter("pix2pix train", max_steps - global_step, log,
-                              every_s=config.log_every_s, unit="steps")
-        validation_grid: Optional[Path] = None
-        validated_at = -1
-
-        step_times: list[float] = []       # optimizer steps only: no checkpoint, validation or save
-        mark = [time.perf_counter()]
-
-        def after_step(step: int, loss: float, epoch: int) -> None:
-            step_times.append(time.perf_counter() - mark[0])
-            loss_curve.append(loss)
-            accelerator.log({"train_loss": loss, "lr": run.lr_scheduler.get_last_lr()[0]}, step=step)
-            meter.update(1, extra=f"loss {loss:.4f} epoch {epoch + 1}/{num_epochs}")
-            if step % config.checkpointing_steps == 0 and step < max_steps:
-                ckpt.save_checkpoint(accelerator, out_dir, step,
-                                     {"base_seed": base_seed, "epoch": epoch, "loss_curve": loss_curve,
-                                      "fingerprint": fingerprint, "num_processes": k},
-                                     total_limit=config.checkpoints_total_limit, log=log)
-            mark[0] = time.perf_counter()
-
-        for epoch in range(first_epoch, num_epochs):
-            if global_step >= max_steps:
-                break
-            mark[0] = time.perf_counter()
-            skip = global_step % steps_per_epoch if epoch == first_epoch else 0
-            global_step = _train_epoch(run, epoch, skip, global_step, max_steps,
-                                       lambda s, loss, e=epoch: after_step(s, loss, e))
-            if (epoch + 1) % config.validation_epochs == 0:
-                grid = _validate(run, pretrained, val_dataset, out_dir, f"epoch_{epoch + 1:03d}",
-                                 global_step, weight_dtype, log)
-                if grid is not None:
-                    validation_grid, validated_at = grid, global_step
-
-        model_dir = out_dir / "model"
-        final_loss = float(np.mean(loss_curve[-steps_per_epoch:])) if loss_curve else float("nan")
-        # the first epoch's worth of steps, or the first half of a run shorter than two epochs
-        loss_window = max(1, min(steps_per_epoch, len(loss_curve) // 2))
-        first_loss = float(np.mean(loss_curve[:loss_window])) if loss_curve else float("nan")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            losses = {"steps": global_step, "first_loss": first_loss, "final_loss": final_loss,
-                      "loss_window": loss_window, "resumed_from_step": resumed_step}
-            _save_final_pipeline(pretrained, accelerator.unwrap_model(run.unet), model_dir,
-                                 model_card(config, pretrained, train_dataset, fingerprint, base_seed, losses, card))
-        if validated_at != global_step:
-            validation_grid = _validate(run, pretrained, val_dataset, out_dir, "final", global_step,
-                                        weight_dtype, log) or validation_grid
-        curve_png = out_dir / "loss_curve.png"
-        if accelerator.is_main_process:
-            plot_loss_curve(loss_curve, curve_png, title=f"InstructPix2Pix train loss ({global_step} steps)")
-        accelerator.wait_for_everyone()      # rank 0's files exist for every rank from here on
-        unet_sha = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
-        files = folder_manifest(model_dir)
-        tag_run(accelerator, {"checkpoint_sha256": manifest_sha256(files)})
-        seconds = time.perf_counter() - t0
-        log(f"pix2pix done: {global_step} steps, final loss {final_loss:.4f}, {seconds:.1f}s, "
-            f"model {model_dir}")
-        return Pix2PixTrainResult(final_loss=final_loss, steps=global_step, epochs=num_epochs,
-                                  loss_curve=loss_curve, model_dir=model_dir, unet_sha256=unet_sha,
-                                  checkpoint_sha256=manifest_sha256(files), checkpoint_files=files,
-                                  validation_grid=validation_grid, loss_curve_png=curve_png,
-                                  tensorboard_dir=tb_dir, resumed_from_step=resumed_step,
-                                  seconds=round(seconds, 3), latent_cache=cache_info,
-                                  seed=base_seed, first_loss=first_loss,
-                                  loss_window=loss_window, tracking=tracked,
-                                  num_processes=k, global_batch_size=global_batch,
-                                  seconds_per_step=float(np.mean(step_times[1:] or step_times))
-                                  if step_times else float("nan"))
-    finally:
-        accelerator.end_training()
-
-
-def config_dict(config: Pix2PixTrainConfig) -> dict[str, Any]:
-    """The config as a plain dict (for metadata and logs)."""
-    return asdict(config)

@@ -1,17 +1,9 @@
 """Self-supervised pretraining of the demo's stand-in ResNet (PAC-Net's frame encoder).
 
-The real PAC-Net starts from `microsoft/resnet-50`, whose ImageNet features already tell objects
-from background. A random tiny ResNet tells nothing, and the demo's few hundred videos are too
-few to learn it inside PAC-Net. So the stand-in is pretrained on the synthetic training videos,
-without labels, on "what moves and where": a frame's moving region is where it differs from the
-video's per-pixel median (the static background), by more than `motion_threshold` levels in any
-channel. From one frame (ImageNet-normalised, as PAC-Net feeds it) the ResNet learns to predict
-
-- that region's coarse mask from its last feature map (1x1 conv, BCE), and
-- the region's centroid (x, y) and size sqrt(area) from its pooled feature (linear, MSE),
-
-so PAC-Net's pooled per-frame features carry object position, which progress depends on. The two
-heads are discarded; `save_pretrained` writes the ResNet alone.
+A random tiny ResNet tells nothing and the demo's videos are too few to learn it inside PAC-Net, so
+it first learns "what moves and where" without labels: the moving region (where a frame differs
+from the video's median by more than `motion_threshold`) as a coarse mask from its last feature map
+and its centroid and size from its pooled feature. The heads are discarded.
 """
 
 from __future__ import annotations

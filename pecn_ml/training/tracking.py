@@ -1,13 +1,6 @@
-"""Experiment tracking through accelerate's trackers: TensorBoard by default, MLflow when configured.
-
-A trainer builds its `Accelerator` with `accelerator_kwargs(tracking, out_dir, ...)`, calls
-`start_tracking(...)` once (tags and hyper-parameters), logs scalars with `accelerator.log`, adds
-`tag_run(accelerator, {"checkpoint_sha256": ...})` when the checkpoint exists, and ends with
-`accelerator.end_training()`. Only the main process writes (accelerate's trackers see to that).
-
-MLflow: `TrackingConfig(backend="mlflow", mlflow_tracking_uri="sqlite:///…/mlflow.db")` (a local
-SQLite or file store, or an http(s) server); needs the `mlflow-skinny` (or `mlflow`) package.
-"""
+"""Experiment tracking through accelerate's trackers: TensorBoard by default, MLflow when configured
+(`mlflow_tracking_uri`: a local SQLite/file store or a server; needs `mlflow-skinny`). Only the main
+process writes."""
 
 from __future__ import annotations
 
@@ -16,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-BACKENDS = ("tensorboard", "mlflow", "none")
+from pecn_ml.deployment import TRACKING_BACKENDS as BACKENDS
 
 
 @dataclass(frozen=True)
@@ -71,21 +64,17 @@ def accelerator_kwargs(tracking: Optional[TrackingConfig], out_dir: Path, tb_nam
 
 def hparams(config: Mapping[str, Any]) -> dict[str, Any]:
     """A flat dict a tracker accepts: numbers, strings and bools as they are, the rest as text."""
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        if isinstance(v, bool) or isinstance(v, (int, str)) or (isinstance(v, float) and math.isfinite(v)):
-            out[k] = v
-        else:
-            out[k] = str(v)
-    return out
+    return {k: v if isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v)) else str(v)
+            for k, v in config.items()}
 
 
 def start_tracking(accelerator: Any, tracking: Optional[TrackingConfig], project: str,
                    config: Mapping[str, Any]) -> TrackingInfo:
-    """Start the trackers (hyper-parameters = `config`), tag the run, and say where it logs."""
+    """Start the trackers (hyper-parameters = `config`), tag the run, and say where it logs (on
+    ranks > 0 only the backend and tags)."""
     tracking = tracking or TrackingConfig()
-    if tracking.backend == "none":
-        return TrackingInfo(backend="none", tags=dict(tracking.tags))
+    if tracking.backend == "none" or not accelerator.is_main_process:
+        return TrackingInfo(backend=tracking.backend, tags=dict(tracking.tags))
     accelerator.init_trackers(project, config=hparams(config))
     tag_run(accelerator, dict(tracking.tags))
     if tracking.backend == "tensorboard":

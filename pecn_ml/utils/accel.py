@@ -1,22 +1,6 @@
-"""Data-parallel training with accelerate (K processes, `torchrun` / `accelerate launch`), made so
-that a K-process run computes what a one-process run with the same global batch computes.
-
-- `make_accelerator`: a plain `Accelerator(**kwargs)` (one run per process; tests that build several
-  in one process reset accelerate's state in a fixture, not here).
-- `GlobalBatchSampler`: the epoch's sample order cut into optimizer steps of a *global* batch
-  (per-rank batch x K x accumulation) and each step's micro-batches into K rank slices, yielded in
-  the order accelerate's `BatchSamplerShard` deals them out (batch j to rank j mod K), so the
-  loader still goes through `accelerator.prepare`. Slots are dataset indices; a micro-batch with
-  fewer samples than ranks is given whole to every rank ("replicated" slots, weight 1/K), so no
-  rank is ever empty. `slot_weights` turns slots into loss weights: a rank's loss is
-  sum(w_i * l_i) * K / N (N: samples of the step), DDP's gradient mean then gives the exact mean
-  over the global batch, whatever K, and a partial last step is weighted by its real size.
-- `GlobalBatchNorm2d` / `sync_batchnorm`: BatchNorm statistics over the global batch (autograd-aware
-  all-reduce; torch's `SyncBatchNorm` refuses CPU tensors, so it cannot run under gloo).
-- `launched_rank`, `launched_world_size`, `reduce_sum`, `gather_objects`, `broadcast_object`: small collective helpers.
-- `launch_command`: the command line that starts a module with K ranks (`accelerate launch` on GPUs,
-  `torchrun` over gloo on the CPU).
-"""
+"""Data-parallel training with accelerate: a K-process run computes what one process with the same
+global batch computes (`GlobalBatchSampler`, `slot_weights`, `GlobalBatchNorm2d`), plus the launch
+command, the process rank and small collectives."""
 
 from __future__ import annotations
 
@@ -37,22 +21,17 @@ MIXED_PRECISION: tuple[str, ...] = typing.get_args(MixedPrecision)
 
 
 def make_accelerator(**kwargs: Any):
-    """`Accelerator(**kwargs)`. accelerate keeps process-wide state, so one process builds one
-    training run's Accelerator (the trainers run in their own `torchrun` processes)."""
+    """`Accelerator(**kwargs)` (one training run per process: accelerate keeps process-wide state)."""
     from accelerate import Accelerator
 
     return Accelerator(**kwargs)
 
 
-def launched_rank() -> int:
-    """This process's global rank as the launcher set it (`RANK`; 0 when not launched), readable
-    before an Accelerator exists."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def launched_world_size() -> int:
-    """The number of processes the launcher started (`WORLD_SIZE`; 1 when not launched)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def process_rank() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) as the launcher set them; (0, 0, 1) when not launched."""
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, local_rank, int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def free_port() -> int:
@@ -64,11 +43,8 @@ def free_port() -> int:
 
 def launch_command(module_args: Sequence[str], num_processes: int = 1, *, cpu: bool = False,
                    python: str = sys.executable, port: Optional[int] = None) -> list[str]:
-    """The command line that runs `python -m ...` (`module_args`, e.g. ["-m", "pkg.mod", "--x"])
-    with `num_processes` ranks: the plain command for one; `accelerate launch --multi_gpu` (one
-    rank per visible GPU, NCCL) for K > 1; `torchrun --standalone` for K > 1 on the CPU (run it
-    with ACCELERATE_USE_CPU=true so accelerate talks gloo; `accelerate launch --cpu` starts a
-    single process unless MPI is installed)."""
+    """`python -m ...` (`module_args`) with `num_processes` ranks: plain for one, `accelerate launch
+    --multi_gpu` for K > 1, `torchrun --standalone` on the CPU (with ACCELERATE_USE_CPU=true)."""
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     module_args = list(module_args)
@@ -89,16 +65,14 @@ def launch_command(module_args: Sequence[str], num_processes: int = 1, *, cpu: b
 class GlobalBatchSampler:
     """Batches of dataset slots for `accelerator.prepare`, the same computation for any K.
 
-    `order(epoch) -> list[int]` is the epoch's permutation of range(n) (a pure function). Step s
-    takes positions [s*G, (s+1)*G) of it (G = batch x K x accumulation; the last step of an epoch
-    may be smaller: it trains on what is left, weighted by its real size); the step's micro-batch m
-    takes the next batch*K of those, rank r the slice [r*N'/K, (r+1)*N'/K) of its N' samples.
-    A micro-batch with N' < K samples goes to every rank as slots n + i (weight 1/K each).
-    `set_epoch` chooses the epoch, `skip_steps` the optimizer steps already done (resume).
+    Step s takes positions [s*G, (s+1)*G) of `order(epoch)` (G = batch x K x accumulation; an
+    epoch's last step may be smaller), each micro-batch of batch*K of those is cut into K rank
+    slices, dealt out as accelerate's `BatchSamplerShard` does (batch j to rank j mod K). A
+    micro-batch of N' < K samples goes to every rank as slots n + i (weight 1/K). `skip_steps`:
+    the optimizer steps already done (resume).
     """
 
-    # BatchSamplerShard reads these: no fixed batch size (slices may differ by one); nothing to
-    # drop or to cycle at the end, since every rank already gets whole, equal-count batches.
+    # BatchSamplerShard reads these: no fixed batch size, nothing to drop or cycle
     batch_size = None
     drop_last = True
 
@@ -150,8 +124,7 @@ class GlobalBatchSampler:
 
 
 class SlotDataset(torch.utils.data.Dataset):
-    """Items of `dataset` addressed by slot (index, or n + index when replicated): (slot, item).
-    No `set_epoch` here: the trainer sets the wrapped dataset's epoch itself."""
+    """Items of `dataset` addressed by slot (index, or n + index when replicated): (slot, item)."""
 
     def __init__(self, dataset: Any):
         self.dataset, self.n = dataset, len(dataset)
@@ -211,8 +184,7 @@ def broadcast_object(accelerator: Any, obj: Any) -> Any:
 # --- batch norm over the global batch ---------------------------------------------------------------
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks, differentiable: the gradient of each rank's input is the sum of the ranks'
-    output gradients (each rank's loss depends on every rank's input through the sum)."""
+    """Sum over ranks, differentiable (the input's gradient is the sum of the ranks' output gradients)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -228,11 +200,9 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """`BatchNorm2d` whose training statistics are those of the global batch: per-channel sums and
-    squared deviations are all-reduced over the ranks (two-pass, autograd-aware), so K ranks of
-    batch b normalise as one process of batch K*b does (running stats: the same update). Eval
-    mode, one process, or `sync = False` (a micro-batch replicated on every rank): plain BatchNorm.
-    Same parameters and buffers as `BatchNorm2d`: state dicts are interchangeable."""
+    """`BatchNorm2d` with the global batch's training statistics (all-reduced, two-pass, autograd-aware;
+    torch's `SyncBatchNorm` refuses CPU tensors). Plain BatchNorm in eval mode, one process, or with
+    `sync = False`; the same state dict as `BatchNorm2d`."""
 
     sync = True
 
@@ -265,8 +235,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 
 
 def sync_batchnorm(model: nn.Module) -> int:
-    """Turn every `BatchNorm2d` of `model` into a `GlobalBatchNorm2d` in place (the same module
-    objects, parameters and buffers: optimizers and state dicts are unaffected); returns how many."""
+    """Turn every `BatchNorm2d` of `model` into a `GlobalBatchNorm2d` in place; returns how many."""
     count = 0
     for module in model.modules():
         if type(module) is nn.BatchNorm2d:

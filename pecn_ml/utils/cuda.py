@@ -4,20 +4,10 @@ and say which torch build is installed (`python -m pecn_ml.utils.cuda`, printed 
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
-
-ALLOW_CPU_ENV = "PECN_ALLOW_CPU"
-_TRUE = {"1", "true", "yes", "on"}
 
 
 class CudaRequiredError(RuntimeError):
     """A step of the full profile needs CUDA and none is visible."""
-
-
-def allow_cpu_from_env(environ: Optional[Mapping[str, str]] = None) -> bool:
-    """The explicit opt-in: `PECN_ALLOW_CPU=1` (also true/yes/on)."""
-    env = os.environ if environ is None else environ
-    return env.get(ALLOW_CPU_ENV, "").strip().lower() in _TRUE
 
 
 def why_no_cuda() -> str:
@@ -35,9 +25,8 @@ def why_no_cuda() -> str:
 
 
 def require_cuda(opt_in_cpu: bool, what: str) -> str:
-    """"cuda" when CUDA is usable; "cpu" when it is not but `opt_in_cpu` allows it; otherwise
-    raise `CudaRequiredError` naming `what` (e.g. "ip2p_model (full profile)"), why there is no
-    GPU, and how to opt in to the CPU."""
+    """"cuda" when usable; else "cpu" if `opt_in_cpu`, or `CudaRequiredError` naming `what`, why
+    there is no GPU and how to opt in to the CPU."""
     import torch
 
     if torch.cuda.is_available():
@@ -46,12 +35,11 @@ def require_cuda(opt_in_cpu: bool, what: str) -> str:
         return "cpu"
     raise CudaRequiredError(
         f"{what} needs a CUDA GPU, but none is visible: {why_no_cuda()}. Run it on a GPU machine "
-        f"(or a GPU pod), or set {ALLOW_CPU_ENV}=1 to run it on the CPU anyway (very slow at full size).")
+        "(or a GPU pod), or set PECN_ALLOW_CPU=1 to run it on the CPU anyway (very slow at full size).")
 
 
 def torch_build() -> str:
-    """One line: the installed torch, whether it is the CPU or a CUDA build (and which CUDA), and
-    the GPUs it sees, e.g. "torch 2.13.0+cu128: CUDA 12.8 build, 1 GPU visible (NVIDIA H100 80GB HBM3)"."""
+    """One line: the installed torch, CPU or CUDA build, and the GPUs it sees."""
     import torch
 
     if torch.version.cuda is None:

@@ -1,10 +1,6 @@
 """Which failures a retry cannot fix: a full disk, a file that no longer hashes to its recorded
-sha256. A step retried after one of them fails again, minutes later (the GPU retry policy waits
-30 s, then 60 s). Preemption, a killed process, a busy device are not here: those a retry fixes.
-
-A training child prints `NOT_RETRIED_MARKER` and the reason on stderr before it fails with such
-an error, so the step that launched it (pecn_assets/pipes_launch.py) fails without a retry too.
-"""
+sha256 (preemption, a killed process, a busy device a retry fixes). A training child prints
+`NOT_RETRIED_MARKER` and the reason before it fails so, and its step fails without a retry too."""
 
 from __future__ import annotations
 
@@ -14,6 +10,10 @@ from typing import Iterator, Optional
 NOT_RETRIED_MARKER = "PECN-NOT-RETRIED:"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull")
+
+
+class ArtifactChanged(RuntimeError):
+    """A file an artifact names is missing or no longer hashes to the recorded sha256."""
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -26,8 +26,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def permanent_reason(exc: BaseException) -> Optional[str]:
     """Why `exc` (or an exception it was raised from) cannot succeed on a retry; None if it might."""
-    from pecn_ml.artifacts import ArtifactChanged
-
     for e in _chain(exc):
         if isinstance(e, OSError) and e.errno in _DISK_FULL:
             return "the disk is full"

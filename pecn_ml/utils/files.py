@@ -1,11 +1,8 @@
 """Atomic writes and file hashing: a crash mid-write never leaves a file a later run trusts.
 
-Folder manifests: a model folder (a `save_pretrained` pipeline, a PAC-Net checkpoint, base
-weights) is hashed as `folder_manifest` = {relative path: sha256} of every file a loader may read,
-and one sha over it (`manifest_sha256`); `check_manifest` names the first file that changed,
-is missing or was added. Left out of a manifest: paths with a part that starts with "." (temp
-files, `.complete` markers, `.cache/`, `.gitattributes`) and model cards (`README.md`), which no
-loader reads and which an older folder gets added on reuse (`pecn_ml.model_cards`).
+A model folder is hashed as a manifest, {relative path: sha256} of every file a loader may read,
+and one sha over it; paths with a part starting with "." (temp files, markers, caches) and model
+cards (README.md, added to older folders on reuse) are left out.
 """
 
 from __future__ import annotations
@@ -23,8 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 from pecn_ml.utils.processes import host_tag, process_alive, start_ticks
 
-# A temp folder of `atomic_dir` whose writer cannot be checked (another machine sharing the
-# folder, or a name from before writers were named) is stale only after this long.
+# a temp folder whose writer cannot be checked (another machine) is stale only after this long
 UNCHECKED_STALE_AFTER_S = 24 * 3600
 _WRITER = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d*)-")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -56,9 +52,8 @@ def owned_prefix(path: str | os.PathLike) -> str:
 
 @contextmanager
 def owned_tmp_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """A scratch folder beside `path`, named after this process and removed when the block ends;
-    one left by a killed process is removed by the next `owned_tmp_dir` of `path` (or any
-    `clean_stale_tmp_dirs(path)`), never one of a process that still runs."""
+    """A scratch folder beside `path`, named after this process, removed when the block ends; one
+    left by a killed process goes at the next `clean_stale_tmp_dirs(path)`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp_dirs(path)
@@ -71,38 +66,24 @@ def owned_tmp_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temp folder beside `path`; if the block succeeds it replaces `path` (an old
-    `path` is moved aside first and deleted after), otherwise it is removed.
-
-    Temp folders are named `.{name}.tmp-{host}-{pid}-{start}-*` after their writer; a writer killed
-    before its rename leaves one, which the next `atomic_dir` of `path` removes (see
-    `clean_stale_tmp_dirs`), never one of a writer that still runs."""
+    """Yield an empty temp folder beside `path` (an `owned_tmp_dir`); if the block succeeds it
+    replaces `path` (an old `path` is moved aside first and deleted after)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp_dirs(path)
-    prefix = owned_prefix(path)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
-    try:
+    with owned_tmp_dir(path) as tmp:
         yield tmp
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=prefix + "old-", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=owned_prefix(path) + "old-", dir=path.parent))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def clean_stale_tmp_dirs(path: str | os.PathLike,
                          unchecked_after_s: float = UNCHECKED_STALE_AFTER_S) -> list[Path]:
-    """Delete the `atomic_dir` temp folders of `path` whose writer is gone; return them.
-
-    Gone: a writer of this machine whose process no longer runs (or whose pid now belongs to a
-    later process). A folder of another machine, or with an unnamed writer, is deleted only when
-    untouched for `unchecked_after_s`. A folder of a running writer is never deleted."""
+    """Delete the temp folders of `path` whose writer (a process of this machine) is gone; those of
+    another machine or an unnamed writer only when untouched for `unchecked_after_s`. Returns them."""
     path = Path(path)
     if not path.parent.is_dir():
         return []
@@ -151,9 +132,8 @@ def sha256_json(obj: Any) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file; a symlink into a content-addressed blob named by its sha256 (the HF
-    cache's `blobs/<sha256>`, verified by huggingface_hub when it downloaded it) is taken by
-    that name, without reading it."""
+    """sha256 of a file; a symlink to a blob named by its sha256 (the HF cache's `blobs/<sha256>`,
+    verified by huggingface_hub) is taken by that name, unread."""
     path = Path(path)
     target = Path(os.path.realpath(path))
     if path.is_symlink() and _SHA256.match(target.name):
@@ -186,8 +166,7 @@ def manifest_sha256(files: Mapping[str, str]) -> str:
 
 
 def manifest_difference(recorded: Mapping[str, str], actual: Mapping[str, str]) -> Optional[str]:
-    """The first file (in path order) that differs between two manifests, as "<path> changed
-    (sha256 a != b)", "<path> is missing" or "<path> was added"; None when they are equal."""
+    """The first file (in path order) that differs between two manifests, in words; None if equal."""
     for rel in sorted(set(recorded) | set(actual)):
         if rel not in actual:
             return f"{rel} is missing"
@@ -204,9 +183,8 @@ class ManifestMismatch(RuntimeError):
 
 def check_manifest(folder: str | os.PathLike, sha256: str, recorded: Mapping[str, str],
                    manifest_of: Callable[[Path], Mapping[str, str]] = folder_manifest) -> dict[str, str]:
-    """The folder's manifest (`manifest_of(folder)`: all of it, or the part a loader reads), if it
-    hashes to `sha256`; else ManifestMismatch naming the folder and the first file that changed,
-    is missing or was added (compared with `recorded`, the manifest stored with the sha)."""
+    """The folder's manifest (`manifest_of(folder)`) if it hashes to `sha256`; else ManifestMismatch
+    naming the first file that differs from `recorded` (the manifest stored with the sha)."""
     folder = Path(folder)
     try:
         actual = dict(manifest_of(folder))

@@ -1,25 +1,5 @@
-"""Which GPUs a step may use: exclusive device claims that survive a killed holder.
-
-A machine offers a set of devices (`PECN_GPU_DEVICES`, device indices only, e.g. "0,1,2,3"; default
-every CUDA device visible to this process; none on a CPU machine). A GPU step takes `n` of them with
-`claim_devices`, runs its work with `CUDA_VISIBLE_DEVICES` set to its claim, and gives them back
-when the block ends.
-
-Each device is one lock file, `{lock_dir}/gpu-{id}.lock`, held with an exclusive, non-blocking
-`fcntl.flock`. The lock belongs to the open file, not to a pid written somewhere: when a holder
-dies, however it dies (SIGKILL, OOM killer), the kernel closes its files and the device is free
-again; nothing stale is left to clean up. Locks are per open file, so two threads of one process
-exclude each other just like two processes. A launched child that should keep the claim alive
-even if its parent is killed gets the descriptors with `subprocess.Popen(pass_fds=claim.fds)`, and
-`claim.hand_to(child.pid)` names it as the holder in the lock files (beside the claimant).
-flock needs a local file system (or NFSv4 with working locks) under `lock_dir`: put it on the
-machine that owns the GPUs (`$DAGSTER_HOME/gpu_locks` on a workstation).
-
-On a CPU machine set `PECN_GPU_DEVICES` (or pass `devices=`) to simulate devices: the claims
-behave the same, and `CUDA_VISIBLE_DEVICES` of a CPU-only child changes nothing.
-
-`pool_slots` says how many GPU steps can hold their claims at once: the size of the `gpu` pool.
-"""
+"""Which GPUs a step may use: exclusive device claims (one `flock`ed file per device) that die
+with their holder, so a killed step leaves nothing stale; `pool_slots` sizes the `gpu` pool."""
 
 from __future__ import annotations
 
@@ -34,18 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
-DEVICES_ENV = "PECN_GPU_DEVICES"
 CUDA_ENV = "CUDA_VISIBLE_DEVICES"
 LOCK_PREFIX = "gpu-"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")  # an index, or a GPU/MIG UUID (CUDA_VISIBLE_DEVICES)
-_DEVICE_INDEX = re.compile(r"^[0-9]+$")          # PECN_GPU_DEVICES: device indices only
+_DEVICE_INDEX = re.compile(r"^[0-9]+$")          # the configured device set: device indices only
 
 LogFn = Callable[[str], None]
 
 
 def parse_devices(text: str, what: str = CUDA_ENV, pattern: re.Pattern = _DEVICE_ID) -> list[str]:
-    """"0,1, 3" -> ["0", "1", "3"]; empty -> []. Rejects repeats and ids `pattern` does not match
-    (default: indices or GPU UUIDs, as CUDA_VISIBLE_DEVICES may list)."""
+    """"0,1, 3" -> ["0", "1", "3"]; empty -> []; ValueError on repeats and ids `pattern` refuses."""
     devices = [d.strip() for d in text.split(",") if d.strip()]
     bad = [d for d in devices if not pattern.match(d)]
     if bad:
@@ -56,9 +34,9 @@ def parse_devices(text: str, what: str = CUDA_ENV, pattern: re.Pattern = _DEVICE
     return devices
 
 
-def parse_device_indices(text: str, what: str = DEVICES_ENV) -> list[str]:
-    """The machine's device set as PECN_GPU_DEVICES writes it: "0,1,3" -> ["0", "1", "3"], "" -> [];
-    anything but non-negative integers ("a,b", "-1", "0,,1") raises ValueError naming the value."""
+def parse_device_indices(text: str, what: str = "gpu_devices") -> list[str]:
+    """A configured device set: "0,1,3" -> ["0", "1", "3"], "" -> []; anything but non-negative
+    integers ("a,b", "-1", "0,,1") raises ValueError naming `what` and the value."""
     if text.strip() and any(not d.strip() for d in text.split(",")):
         raise ValueError(f"{what}={text!r}: an empty entry; expected a comma list of device "
                          f"indices such as '0,1,2,3' (empty: none)")
@@ -73,16 +51,14 @@ def _cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def device_set(environ: Optional[Mapping[str, str]] = None,
+def device_set(configured: Optional[str] = None, environ: Optional[Mapping[str, str]] = None,
                cuda_count: Optional[Callable[[], int]] = None) -> list[str]:
-    """The devices this machine offers to GPU steps.
-
-    `PECN_GPU_DEVICES` when set (also to simulate devices on a CPU machine; "" means none);
-    else the devices CUDA shows this process: the entries of `CUDA_VISIBLE_DEVICES` when it is set
-    (a child must be given the same physical ids), else 0..count-1; none without CUDA."""
+    """The devices this machine offers to GPU steps: `configured` (device indices; "" none) when
+    given, else the devices CUDA shows this process (the entries of CUDA_VISIBLE_DEVICES when set,
+    so a child gets the same physical ids, else 0..count-1); none without CUDA."""
+    if configured is not None:
+        return parse_device_indices(configured)
     env = os.environ if environ is None else environ
-    if DEVICES_ENV in env:
-        return parse_device_indices(env[DEVICES_ENV])
     count = (cuda_count or _cuda_device_count)()
     if count <= 0:
         return []
@@ -92,10 +68,8 @@ def device_set(environ: Optional[Mapping[str, str]] = None,
 
 
 def pool_slots(devices: int | Sequence[int], processes_per_step: int = 1) -> int:
-    """GPU steps that can run at once: `devices` // `processes_per_step` (a training step claims
-    one device per process), at least 1 (a CPU machine, or fewer devices than one step needs, still
-    runs one step at a time). `devices` may be a count per machine (Kubernetes nodes): a step's
-    processes share one machine, so each machine counts on its own."""
+    """GPU steps that can run at once: `devices` // `processes_per_step`, at least 1; `devices` may
+    be a count per machine (Kubernetes nodes), since a step's processes share one machine."""
     if processes_per_step < 1:
         raise ValueError(f"pool_slots: processes_per_step must be >= 1, got {processes_per_step}")
     counts = [devices] if isinstance(devices, int) else list(devices)
@@ -129,8 +103,8 @@ class DeviceClaim:
         return {"gpu_devices": list(self.devices), "gpu_wait_s": round(self.waited_s, 3)}
 
     def hand_to(self, pid: int) -> None:
-        """Name process `pid` (a launched child given `fds`) as the holder in the lock files; the
-        claimant is kept as `claimed_by_pid`. `hand_to(os.getpid())` names the claimant again."""
+        """Name process `pid` (a child given `fds`) as the holder in the lock files, the claimant as
+        `claimed_by_pid`; `hand_to(os.getpid())` names the claimant again."""
         record = dict(self.holder) if pid == os.getpid() else {**self.holder, "pid": pid,
                                                                  "claimed_by_pid": os.getpid()}
         for fd in self.fds:
@@ -172,8 +146,7 @@ def _release(fds: Sequence[int]) -> None:
 
 
 def read_holders(lock_dir: str | os.PathLike, devices: Sequence[str]) -> dict[str, dict]:
-    """{device: holder info} from the lock files of `devices` that name a holder (may be stale:
-    only a held flock counts; see `free_devices`)."""
+    """{device: holder info} of the lock files that name one (may be stale: only the flock counts)."""
     out = {}
     for d in devices:
         try:
@@ -199,8 +172,7 @@ def free_devices(lock_dir: str | os.PathLike, devices: Optional[Sequence[str]] =
 
 def _try_claim(lock_dir: Path, devices: Sequence[str], n: int, holder: Mapping[str, object]
                ) -> Optional[tuple[list[str], list[int]]]:
-    """n free devices, lowest first, all or nothing (a partial claim is let go at once, so two
-    claimants never sit on half a claim each)."""
+    """n free devices, lowest first, all or nothing (so two claimants never hold half a claim each)."""
     got, fds = [], []
     for d in devices:
         fd = _try_lock(lock_path(lock_dir, d))
@@ -223,14 +195,10 @@ def claim_devices(n: int, lock_dir: str | os.PathLike, timeout_s: Optional[float
                   holder: Optional[Mapping[str, object]] = None) -> Iterator[DeviceClaim]:
     """Hold `n` devices of `devices` (default `device_set()`) exclusively for the block.
 
-    Waits, logging who holds them, while fewer than `n` are free; raises TimeoutError after
-    `timeout_s` (None: wait for ever). With no devices at all (a CPU machine) or `n == 0` the
-    block runs with an empty claim (`env()` is {}): whether a step may run without a GPU is the
-    caller's decision (`pecn_ml.utils.cuda.require_cuda`). `n` larger than the device set raises
-    ValueError at once: it could never be met. `set_env=True` also sets CUDA_VISIBLE_DEVICES in
-    this process for the block (restored after); a child launched with `claim.env()` needs no
-    such global change. `holder` (e.g. the run id and step) is written into the lock files.
-    """
+    Waits (logging who holds them) while fewer than `n` are free; TimeoutError after `timeout_s`.
+    No devices or `n == 0`: an empty claim (the caller decides whether the CPU will do). `n` above
+    the device set: ValueError at once. `set_env`: CUDA_VISIBLE_DEVICES set for the block.
+    `holder` (e.g. run id and step) is written into the lock files."""
     devices = device_set() if devices is None else list(devices)
     if n < 0:
         raise ValueError(f"claim_devices: n must be >= 0, got {n}")
@@ -239,7 +207,7 @@ def claim_devices(n: int, lock_dir: str | os.PathLike, timeout_s: Optional[float
         return
     if n > len(devices):
         raise ValueError(f"claim_devices: {n} device(s) asked for, but this machine offers "
-                         f"{len(devices)} ({DEVICES_ENV}={','.join(devices)})")
+                         f"{len(devices)} (gpu_devices={','.join(devices)})")
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), **(holder or {})}

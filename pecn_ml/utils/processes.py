@@ -1,14 +1,6 @@
-"""Processes of this machine: who is alive (a pid and its start time, so a reused pid is not taken
-for the process that is gone), and a launched child that dies with the process that launched it.
-
-`die_with(pid)` is for a training child: on Linux the kernel sends it SIGINT when its parent
-exits (`prctl(PR_SET_PDEATHSIG)`, however the parent died, SIGKILL included), and a watchdog
-thread checks every second that `pid` (the step process that launched it, also for the ranks of a
-`torchrun` launch, whose parent is the launcher) still runs. When it is gone the child gets SIGINT
-(the same stop as an interrupted step sends: `KeyboardInterrupt`, so `finally` blocks run and
-checkpoints already written, atomically, stay resumable) and is ended with `os._exit` if it has
-not stopped within `grace_s`. Its device locks (inherited descriptors) are closed with it.
-"""
+"""Processes of this machine: who is alive (pid + start time, so a reused pid is not taken for a
+process that is gone), and `die_with`: a training child that stops when the process that launched
+it is gone (parent-death signal plus a watchdog; SIGINT first, so checkpoints stay resumable)."""
 
 from __future__ import annotations
 
@@ -32,13 +24,19 @@ def host_tag() -> str:
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
-def start_ticks(pid: int) -> str:
-    """When process `pid` started (clock ticks since boot, Linux); "" where unknown."""
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/{pid}/stat after "pid (comm) " (state first); [] where unknown."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return ""
-    return stat[stat.rindex(")") + 2:].split()[19]  # field 22, counted after "pid (comm) "
+        return []
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def start_ticks(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, Linux); "" where unknown."""
+    fields = _stat(pid)
+    return fields[19] if fields else ""  # field 22 of the whole line
 
 
 def started_at(pid: int) -> Optional[float]:
@@ -52,14 +50,6 @@ def started_at(pid: int) -> Optional[float]:
     return boot + int(ticks) / os.sysconf("SC_CLK_TCK") if ticks else None
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X")
-
-
 def process_alive(pid: int, start: str = "") -> bool:
     """Whether process `pid` of this machine runs (a zombie does not), and, with `start` (its
     `start_ticks`), is the one that started then, not a later process given the same pid."""
@@ -69,24 +59,22 @@ def process_alive(pid: int, start: str = "") -> bool:
         return False
     except PermissionError:
         pass  # someone else's process: alive
-    if _zombie(pid):
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):  # a zombie
         return False
-    now = start_ticks(pid)
+    now = fields[19] if fields else ""
     return not (start and now and now != start)
 
 
 def heed_sigint() -> None:
-    """Make SIGINT raise KeyboardInterrupt again where it arrived ignored: a process started in the
-    background by a non-interactive shell (`cmd &`, nohup, CI) inherits SIGINT ignored, and Python
-    keeps it so, which would make the death signal and the watchdog's SIGINT do nothing. Main
-    thread only (signal handlers can be set nowhere else); elsewhere a no-op."""
+    """Make SIGINT raise KeyboardInterrupt again where a background shell (`cmd &`, nohup, CI) left
+    it ignored, which would make the death signal do nothing; main thread only."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def set_parent_death_signal(sig: int = signal.SIGINT) -> bool:
-    """Ask the kernel to send `sig` to this process when its parent exits (Linux; False elsewhere).
-    With SIGINT, an inherited "ignore" is undone first (`heed_sigint`)."""
+    """Ask the kernel to send `sig` to this process when its parent exits (Linux; False elsewhere)."""
     if not sys.platform.startswith("linux"):
         return False
     if sig == signal.SIGINT:
@@ -100,8 +88,8 @@ def set_parent_death_signal(sig: int = signal.SIGINT) -> bool:
 
 def die_with(pid: int, start: str = "", *, poll_s: float = 1.0, grace_s: float = 15.0,
              log: Optional[Callable[[str], None]] = None) -> threading.Thread:
-    """Stop this process when process `pid` (started at `start`, see `start_ticks`) is gone: the
-    parent-death signal, then a watchdog thread (module docstring). Returns the thread."""
+    """Stop this process (SIGINT, then `os._exit` after `grace_s`) when process `pid` (started at
+    `start`) or the direct parent is gone; returns the watchdog thread."""
     parent = os.getppid()
     heed_sigint()
     set_parent_death_signal(signal.SIGINT)

@@ -9,20 +9,12 @@ LogFn = Callable[[str], None]
 
 
 class ProgressMeter:
-    """Logs `name: done/total (rate unit/s, ETA)` at most every `every_s` seconds, and at the end.
-
-    >>> meter = ProgressMeter("decode", total=10, log=print, every_s=0)
-    >>> meter.update(5)  # doctest: +SKIP
-    """
+    """Logs `name: done/total (rate unit/s, ETA)` at most every `every_s` seconds, and at the end."""
 
     def __init__(self, name: str, total: int, log: Optional[LogFn] = None,
                  every_s: float = 10.0, unit: str = "items"):
-        self.name, self.total, self.unit = name, total, unit
-        self.log = log
-        self.every_s = every_s
-        self.done = 0
-        self.start = time.perf_counter()
-        self._last = -float("inf")
+        self.name, self.total, self.unit, self.log, self.every_s = name, total, unit, log, every_s
+        self.done, self.start, self._last = 0, time.perf_counter(), -float("inf")
 
     @property
     def elapsed(self) -> float:

@@ -60,13 +60,14 @@ def test_gpu_assets_carry_the_gpu_retry_policy(defs):
 def test_the_deployment_is_chosen_once_and_a_mismatch_fails_at_load(tmp_path):
     from dataclasses import replace
 
-    from pecn_assets.definitions import build_definitions, deployment_from_env, parse_seeds
+    from pecn_assets.build import build_definitions
     from pecn_assets.partitions import add_seeds, deployment_seeds
+    from pecn_ml.deployment import Deployment
     from pecn_ml.profiles import get_profile
 
-    deployment = deployment_from_env({"PECN_PROFILE": "smoke", "PECN_SEEDS": "3, 4",
+    deployment = Deployment.from_env({"PECN_PROFILE": "smoke", "PECN_SEEDS": "3, 4",
                                       "PECN_OUTPUTS_DIR": str(tmp_path / "out")})
-    defs = build_definitions(**deployment)
+    defs = build_definitions(deployment)
     instance = dg.DagsterInstance.ephemeral()
     assert add_seeds(instance, deployment_seeds(defs)) == ["3", "4"]
     assert defs.get_assets_def("evaluation").partitions_def.get_partition_keys(
@@ -74,15 +75,15 @@ def test_the_deployment_is_chosen_once_and_a_mismatch_fails_at_load(tmp_path):
     assert defs.resources["settings"].outputs_dir == str(tmp_path / "out")
     assert defs.resources["io_manager"].root == str(tmp_path / "out" / "_artifacts")
     assert defs.resources["settings"].data_dir.endswith(get_profile("smoke").data_dir)
-    assert deployment_seeds(build_definitions(get_profile("full"))) == (42,)  # one seed by default: the profile's
+    assert deployment_seeds(build_definitions(Deployment(profile="full"))) == (42,)  # by default: the profile's
     with pytest.raises(ValueError, match="pix2pix_resolution 64"):
-        build_definitions(replace(get_profile("smoke"), pix2pix_resolution=64))
+        build_definitions(profile=replace(get_profile("smoke"), pix2pix_resolution=64))
     with pytest.raises(ValueError, match="distinct"):
-        build_definitions(get_profile("smoke"), seeds=(1, 1))
+        build_definitions(Deployment(profile="smoke"), seeds=(1, 1))
     with pytest.raises(ValueError, match="PECN_SEEDS"):
-        parse_seeds("0,one")
+        Deployment.from_env({"PECN_SEEDS": "0,one"})
     with pytest.raises(ValueError, match="unknown PECN profile"):
-        deployment_from_env({"PECN_PROFILE": "tiny"})
+        build_definitions(Deployment.from_env({"PECN_PROFILE": "tiny"}))
 
 
 def test_every_input_is_declared_and_no_dependency_is_unused(defs):

@@ -9,10 +9,11 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
-from pecn_assets.automation import DEFAULT_SWEEP_CRON, SWEEP_CRON_ENV, Automation, backfill_cron
-from pecn_assets.definitions import build_definitions
+from pecn_assets.automation import DEFAULT_SWEEP_CRON, backfill_cron
+from pecn_assets.build import build_definitions
 from pecn_assets.jobs import DATA_VERSION_TAG
 from pecn_assets.partitions import add_seeds
+from pecn_ml.deployment import Deployment
 from pecn_ml.profiles import get_profile
 from pecn_ml.variants import VARIANTS
 
@@ -23,7 +24,7 @@ HEADS = {"regression", "classification"}
 
 
 def _defs(profile=PROFILE) -> dg.Definitions:
-    return build_definitions(profile, SEEDS, automation=Automation(DEFAULT_SWEEP_CRON))
+    return build_definitions(Deployment(sweep_cron=DEFAULT_SWEEP_CRON), profile=profile, seeds=SEEDS)
 
 
 def _saturday_3am_after(t: datetime) -> datetime:
@@ -195,10 +196,10 @@ def test_nothing_trains_while_an_input_is_missing():
 
 
 def test_the_cron_comes_from_the_deployment_settings():
-    assert backfill_cron({}) == DEFAULT_SWEEP_CRON == "0 3 * * 6"
-    assert backfill_cron({SWEEP_CRON_ENV: "30 1 * * *"}) == "30 1 * * *"
-    with pytest.raises(ValueError, match=SWEEP_CRON_ENV):
-        backfill_cron({SWEEP_CRON_ENV: "every saturday"})
+    assert backfill_cron(Deployment.from_env({}).sweep_cron) == DEFAULT_SWEEP_CRON == "0 3 * * 6"
+    assert backfill_cron(Deployment.from_env({"PECN_SWEEP_CRON": "30 1 * * *"}).sweep_cron) == "30 1 * * *"
+    with pytest.raises(ValueError, match="PECN_SWEEP_CRON"):   # refused when the definitions load
+        build_definitions(Deployment.from_env({"PECN_PROFILE": "smoke", "PECN_SWEEP_CRON": "every saturday"}))
 
 
 def test_the_automation_sensor_is_in_the_definitions_and_runs_by_default(defs):

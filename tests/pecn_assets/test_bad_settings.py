@@ -14,12 +14,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pecn_assets.definitions import build_assets, deployment_from_env
+from pecn_assets.build import build_assets, build_definitions
 from pecn_assets.gpu import claimed_gpus, gpu_asset_args, not_retried_when_hopeless
 from pecn_assets.partitions import Partitions, add_seeds
 from pecn_assets.pipes_launch import run_pipes_command
 from pecn_assets.resources import PecnSettings, PretrainedModels, Tracking
 from pecn_ml.artifacts import ArtifactChanged
+from pecn_ml.deployment import Deployment
 from pecn_ml.profiles import get_profile
 from pecn_ml.utils.failures import NOT_RETRIED_MARKER
 from pecn_ml.utils.gpu_devices import claim_devices
@@ -107,9 +108,10 @@ def test_the_config_schema_refuses_types_and_choices_before_a_run(smoke_assets, 
 @pytest.mark.parametrize("value", ["a,b", "-1", "0,,1", "GPU-0f1e"])
 def test_pecn_gpu_devices_takes_device_indices_only(value):
     with pytest.raises(ValueError, match=f"PECN_GPU_DEVICES={value!r}"):
-        deployment_from_env({"PECN_PROFILE": "smoke", "PECN_GPU_DEVICES": value})
-    assert deployment_from_env({"PECN_PROFILE": "smoke", "PECN_GPU_DEVICES": " 0, 2"})["settings"].gpu_devices == " 0, 2"
-    assert deployment_from_env({"PECN_PROFILE": "smoke", "PECN_GPU_DEVICES": ""})["settings"].gpu_devices == ""
+        Deployment.from_env({"PECN_PROFILE": "smoke", "PECN_GPU_DEVICES": value})
+    for good in (" 0, 2", ""):
+        defs = build_definitions(Deployment.from_env({"PECN_PROFILE": "smoke", "PECN_GPU_DEVICES": good}))
+        assert defs.resources["settings"].gpu_devices == good
 
 
 # --- what is retried and what is not ---------------------------------------------------------------
@@ -174,14 +176,14 @@ def test_a_child_failure_is_retried_unless_the_child_says_a_retry_cannot_help(tm
     assert ("not retried" in _failure(result)) is not retried
 
 
-def test_the_child_announces_a_failure_no_retry_can_fix(monkeypatch, capsys, tmp_path):
+def test_the_child_announces_a_failure_no_retry_can_fix(capsys, tmp_path):
     from pecn_assets import pipes_child
+    from pecn_test_support.check_child import CheckJob
 
     def full(job, log):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setitem(pipes_child.RUNNERS, "check", full)
-    monkeypatch.delenv(pipes_child.LAUNCHER_PID_ENV, raising=False)
     with pytest.raises(OSError):
-        pipes_child.main(["check", "--config", '{"options": {"out_dir": "%s"}}' % tmp_path])
+        pipes_child.main(["check", "--config", '{"options": {"out_dir": "%s"}}' % tmp_path],
+                         trainers={"check": (CheckJob, full)})
     assert f"{NOT_RETRIED_MARKER} the disk is full: OSError" in capsys.readouterr().err

@@ -8,7 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pecn_assets.cleanup import cleanup, main, plan_cleanup, referenced_paths
+from pecn_assets.cleanup import cleanup, plan_cleanup, referenced_paths
+from pecn_assets.tools.cleanup import main
 from pecn_ml.sampling import checkpoint_sha256
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")

@@ -10,8 +10,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pecn_assets.cleanup import cleanup, main, plan_cleanup
+from pecn_assets.cleanup import cleanup, plan_cleanup
 from pecn_assets.runs import run_dir
+from pecn_assets.tools.cleanup import main
 from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_file
 
 

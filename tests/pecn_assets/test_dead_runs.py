@@ -10,8 +10,9 @@ import uuid
 import dagster as dg
 import pytest
 
-from pecn_assets.definitions import build_definitions, deployment_from_env
+from pecn_assets.build import build_definitions
 from pecn_assets.runs import HOST_TAG, PID_TAG, run_processes
+from pecn_ml.deployment import Deployment
 
 
 def dead_pid() -> int:
@@ -52,7 +53,7 @@ def test_the_sensor_releases_dead_runs_of_every_kind_and_only_those(instance):
     }
     assert set(run_processes(instance, instance.get_run_by_id(runs["worker dead, step alive"]))) == {dead, alive}
 
-    sensor = build_definitions(**deployment_from_env({"PECN_PROFILE": "smoke"})).get_sensor_def("release_dead_runs")
+    sensor = build_definitions(Deployment(profile="smoke")).get_sensor_def("release_dead_runs")
     result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
     released = {runs["demo, dead"], runs["launched, worker and step dead"]}
     assert result.skip_message.startswith("released 2 dead run(s)")

@@ -1,4 +1,4 @@
-"""`python -m pecn_assets.demo`'s `main()` itself: the deployment from the environment, a run of a
+"""`python -m pecn_assets.tools.demo`'s `main()` itself: the deployment from the environment, a run of a
 dead earlier demo process released (run failed, its `gpu` pool slot freed), the plan, the exit code."""
 
 import subprocess
@@ -8,9 +8,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pecn_assets import demo
-from pecn_assets.definitions import build_definitions, deployment_from_env
+from pecn_assets.build import build_definitions
 from pecn_assets.partitions import add_seeds
+from pecn_assets.runs import PID_TAG
+from pecn_assets.tools import demo
+from pecn_assets.tools.materialise import plan
+from pecn_ml.deployment import Deployment
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")  # reads the smoke graph's data folder
 
@@ -38,7 +41,7 @@ def stale_run(home: str, pid: int) -> str:
     run_id = str(uuid.uuid4())
     with dg.DagsterInstance.from_config(home) as instance:
         instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=run_id, status=dg.DagsterRunStatus.STARTED,
-                                       tags={demo.PID_TAG: str(pid)}))
+                                       tags={PID_TAG: str(pid)}))
         instance.event_log_storage.set_concurrency_slots("gpu", 2)  # room for both test runs
         assert instance.event_log_storage.claim_concurrency_slot("gpu", run_id, "ip2p_model").is_claimed
     return run_id
@@ -58,7 +61,7 @@ def test_main_releases_stale_runs_and_materialises(demo_env, capsys):
         record = instance.fetch_materializations(dg.AssetKey("filtered_annotations"), limit=1).records[0]
         assert record.run_id in out
         run = instance.get_run_by_id(record.run_id)
-        assert run.tags[demo.PID_TAG].isdigit()  # its own runs carry the pid a later main() checks
+        assert run.tags[PID_TAG].isdigit()  # its own runs carry the pid a later main() checks
 
 
 def test_main_stops_at_a_failed_run_with_exit_code_1(demo_env, capsys):
@@ -68,13 +71,18 @@ def test_main_stops_at_a_failed_run_with_exit_code_1(demo_env, capsys):
     assert "FAILED" in out and "stopped at a failed run" in out
 
 
-def test_the_plan_materialises_every_asset_once_per_partition():
+def test_the_plan_materialises_every_asset_once_per_partition_upstream_first():
     for seeds in ((0,), (0, 1)):
-        defs = build_definitions(**{**deployment_from_env({"PECN_PROFILE": "demo"}), "seeds": seeds})
+        defs = build_definitions(Deployment(profile="demo", seeds=seeds))
         instance = dg.DagsterInstance.ephemeral()
         add_seeds(instance, seeds)
-        plan = dict(demo.plan(defs, instance))
+        steps = plan(defs, instance)
         graph = defs.resolve_asset_graph()
-        assert set(plan) == {k.to_user_string() for k in graph.materializable_asset_keys}
-        assert len(plan["ip2p_model"]) == len(plan["evaluation"]) == 6 * len(seeds)  # six variants
-        assert plan["frame_cache"] == ["96"] and plan["t_tests"] == [None]  # the demo's models read 96 px
+        order = [asset for asset, _ in steps]
+        assert sorted(order) == sorted(k.to_user_string() for k in graph.materializable_asset_keys)
+        for asset in order:  # every upstream asset comes first
+            upstream = {k.to_user_string() for k in graph.get(dg.AssetKey(asset)).parent_keys}
+            assert {u for u in upstream if u in order} <= set(order[:order.index(asset)]), asset
+        keys = dict(steps)
+        assert len(keys["ip2p_model"]) == len(keys["evaluation"]) == 6 * len(seeds)  # six variants
+        assert keys["frame_cache"] == ["96"] and keys["t_tests"] == [None]  # the demo's models read 96 px

@@ -1,5 +1,5 @@
 """The `gpu` pool sized to the machine (pecn_assets/gpu_pool.py), on simulated devices: the limit
-follows `PECN_GPU_DEVICES` // `PECN_TRAIN_PROCESSES`, an explicit setting wins, and the places the
+follows the configured devices // training processes, an explicit setting wins, and the places the
 platform starts from (`make ui`'s command, the demo's call, the sensor) set it."""
 
 import os
@@ -14,7 +14,8 @@ import pytest
 
 from pecn_assets.gpu import GPU_POOL
 from pecn_assets.gpu_pool import (RECORD_KEY, SENSOR_NAME, build_gpu_pool_sensor, claimable_devices, decide_limit,
-                                  k8s_gpu_counts, parse_pool_limit, size_gpu_pool)
+                                  k8s_gpu_counts, size_gpu_pool)
+from pecn_ml.deployment import Deployment
 from pecn_ml.utils.gpu_devices import pool_slots
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,14 +50,14 @@ def test_limit_follows_simulated_devices_and_processes(instance):
     assert pool_limit(instance) == 4
     decision = size_gpu_pool(instance, settings("0,1,2,3", processes=2))
     assert (decision.limit, decision.changed, pool_limit(instance)) == (2, True, 2)
-    assert "4 claimable device(s) (PECN_GPU_DEVICES) // 2 training process(es)" in decision.line()
+    assert "4 claimable device(s) (configured gpu_devices) // 2 training process(es)" in decision.line()
     assert not size_gpu_pool(instance, settings("0,1,2,3", processes=2)).changed   # nothing to do twice
     assert size_gpu_pool(instance, settings("")).limit == 1   # no devices (a CPU machine): one at a time
     assert instance.run_storage.get_cursor_values({RECORD_KEY}) == {RECORD_KEY: "1"}
 
 
 def test_an_explicit_setting_wins(instance):
-    assert size_gpu_pool(instance, settings("0,1,2,3"), explicit=3).limit == pool_limit(instance) == 3
+    assert size_gpu_pool(instance, settings("0,1,2,3"), Deployment(gpu_pool_limit=3)).limit == pool_limit(instance) == 3
     size_gpu_pool(instance, settings("0,1,2,3"))             # the variable removed: automatic again
     assert pool_limit(instance) == 4
     # someone sets the pool in the instance (what `dagster instance concurrency set gpu 6` does)
@@ -77,9 +78,10 @@ def test_decide_limit():
     assert decide_limit(*auto, explicit=None, current=1, current_from_default=True, recorded=None)[0] == 4
     assert decide_limit(*auto, explicit=None, current=3, current_from_default=False, recorded=2)[::2] == (3, False)
     assert decide_limit(*auto, explicit=None, current=2, current_from_default=False, recorded=2)[0] == 4
-    assert parse_pool_limit("") is None and parse_pool_limit(" 8 ") == 8
+    assert Deployment.from_env({"PECN_GPU_POOL_LIMIT": ""}).gpu_pool_limit is None
+    assert Deployment.from_env({"PECN_GPU_POOL_LIMIT": " 8 "}).gpu_pool_limit == 8
     with pytest.raises(ValueError, match="PECN_GPU_POOL_LIMIT"):
-        parse_pool_limit("0")
+        Deployment.from_env({"PECN_GPU_POOL_LIMIT": "0"})
 
 
 def _node(gpus, unschedulable=False, labels=None):
@@ -98,13 +100,14 @@ def test_kubernetes_counts_the_gpu_nodes_allocatable_gpus():
 
     counts = k8s_gpu_counts({"pool": "gpu", "nvidia.com/gpu.present": "true"}, core_api=CoreApi())
     assert counts == [8, 4, 0] and seen["selector"] == "nvidia.com/gpu.present=true,pool=gpu"
-    assert claimable_devices(settings(), k8s=True, k8s_counts=lambda: counts)[0] == [8, 4, 0]
-    assert claimable_devices(settings("0,1"), k8s=True, k8s_counts=lambda: counts)[0] == [2]  # explicit wins
+    k8s = Deployment(executor="k8s")
+    assert claimable_devices(settings(), k8s, k8s_counts=lambda: counts)[0] == [8, 4, 0]
+    assert claimable_devices(settings("0,1"), k8s, k8s_counts=lambda: counts)[0] == [2]  # explicit wins
     assert pool_slots(counts, 2) == 6
 
 
 def test_sensor_sizes_the_pool(instance):
-    sensor = build_gpu_pool_sensor(settings("0,1,2,3,4,5"), k8s=False, explicit=None)
+    sensor = build_gpu_pool_sensor(settings("0,1,2,3,4,5"), Deployment())
     assert sensor.name == SENSOR_NAME and sensor.default_status == dg.DefaultSensorStatus.RUNNING
     result = sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
     assert not result.run_requests and "gpu pool limit 6" in result.skip_message
@@ -112,11 +115,11 @@ def test_sensor_sizes_the_pool(instance):
 
 
 def test_the_definitions_carry_the_sensor_and_the_explicit_limit():
-    from pecn_assets.definitions import build_definitions, deployment_from_env
+    from pecn_assets.build import build_definitions
 
-    deployment = deployment_from_env({"PECN_PROFILE": "smoke", "PECN_GPU_POOL_LIMIT": "3"})
-    assert deployment["gpu_pool_limit"] == 3
-    assert build_definitions(**deployment).get_sensor_def(SENSOR_NAME) is not None
+    deployment = Deployment.from_env({"PECN_PROFILE": "smoke", "PECN_GPU_POOL_LIMIT": "3"})
+    assert deployment.gpu_pool_limit == 3
+    assert build_definitions(deployment).get_sensor_def(SENSOR_NAME) is not None
 
 
 def test_make_ui_command_sizes_the_pool_before_the_ui_starts(tmp_path):
@@ -134,4 +137,4 @@ def test_make_ui_command_sizes_the_pool_before_the_ui_starts(tmp_path):
     with dg.DagsterInstance.from_config(str(home)) as inst:
         assert pool_limit(inst) == 2
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
-    assert "$(PY) -m pecn_assets.gpu_pool && exec $(PY) -m pecn_assets.ui" in makefile
+    assert "$(PY) -m pecn_assets.gpu_pool && exec $(PY) -m pecn_assets.tools.ui" in makefile

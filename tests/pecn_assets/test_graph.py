@@ -208,7 +208,7 @@ def test_control_arms_are_trained_evaluated_and_tested(smoke_graph):
 def test_the_demo_ends_with_the_prediction_table(smoke_graph):
     """`make demo`'s closing table, read back through the I/O manager: every evaluation partition
     beside latent copy, copy-frame and the ceiling, and the progress comparisons."""
-    from pecn_assets.demo import prediction_summary
+    from pecn_assets.tools.demo import prediction_summary
 
     text = prediction_summary(smoke_graph.instance, smoke_graph.defs)
     inst = smoke_graph.instance

@@ -15,6 +15,7 @@ from pecn_assets import jobs
 from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings
 from pecn_ml.data.versions import annotations_version
+from pecn_ml.deployment import Deployment
 from pecn_ml.profiles import get_profile
 
 # The smoke profile: the demo's graph with every frame-cache resolution of the real run (the demo
@@ -25,9 +26,9 @@ resolution_partitions = PARTS.resolution
 
 @pytest.fixture(scope="module")
 def defs() -> dg.Definitions:
-    from pecn_assets.definitions import build_definitions, deployment_from_env
+    from pecn_assets.build import build_definitions
 
-    return build_definitions(**deployment_from_env({"PECN_PROFILE": "smoke", "PECN_SEEDS": "0"}))
+    return build_definitions(Deployment.from_env({"PECN_PROFILE": "smoke", "PECN_SEEDS": "0"}))
 
 
 @pytest.fixture
@@ -169,23 +170,22 @@ def test_frame_cache_is_eager_and_the_automation_sensor_runs_it(defs, instance):
     assert after.get_requested_partitions(fc.key) == set(resolution_partitions.get_partition_keys())
 
 
-def test_automation_sensor_can_start_stopped(monkeypatch):
-    monkeypatch.setenv(jobs.AUTOMATION_ENV, "off")
-    assert jobs._automation_status() == dg.DefaultSensorStatus.STOPPED
-    monkeypatch.delenv(jobs.AUTOMATION_ENV)
-    assert jobs._automation_status() == dg.DefaultSensorStatus.RUNNING
+def test_automation_sensor_can_start_stopped():
+    from pecn_assets.build import build_definitions
+
+    off = build_definitions(Deployment.from_env({"PECN_PROFILE": "smoke", "PECN_AUTOMATION": "off"}))
+    assert off.get_sensor_def("pecn_automation").default_status == dg.DefaultSensorStatus.STOPPED
+    assert jobs.build_automation_sensor(True).default_status == dg.DefaultSensorStatus.RUNNING
 
 
-def test_executor_is_chosen_by_environment(monkeypatch):
-    monkeypatch.delenv(jobs.EXECUTOR_ENV, raising=False)
-    assert jobs.pecn_executor() is dg.multi_or_in_process_executor
-    monkeypatch.setenv(jobs.EXECUTOR_ENV, "k8s")
-    assert jobs.pecn_executor().name == "k8s"
-    monkeypatch.setenv(jobs.EXECUTOR_ENV, "in_process")
-    assert jobs.pecn_executor() is dg.in_process_executor
-    monkeypatch.setenv(jobs.EXECUTOR_ENV, "celery")
-    with pytest.raises(ValueError, match=jobs.EXECUTOR_ENV):
-        jobs.pecn_executor()
+def test_executor_is_chosen_by_the_deployment():
+    assert jobs.pecn_executor(Deployment.from_env({}).executor) is dg.multi_or_in_process_executor
+    assert jobs.pecn_executor(Deployment.from_env({"PECN_EXECUTOR": "k8s"}).executor).name == "k8s"
+    assert jobs.pecn_executor(Deployment.from_env({"PECN_EXECUTOR": "In_Process"}).executor) is dg.in_process_executor
+    with pytest.raises(ValueError, match="PECN_EXECUTOR"):
+        Deployment.from_env({"PECN_EXECUTOR": "celery"})
+    with pytest.raises(ValueError, match="PECN_EXECUTOR"):
+        jobs.pecn_executor("celery")
 
 
 def test_definitions_load_with_every_job_schedule_and_sensor(defs):

@@ -24,6 +24,7 @@ from dagster_k8s.job import (DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, c
                              get_user_defined_k8s_config)
 
 from pecn_assets import gpu
+from pecn_ml.deployment import Deployment
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -95,29 +96,27 @@ def test_gpu_steps_request_one_gpu_and_cpu_steps_none(defs, launcher_run_k8s_con
 
 def test_training_steps_request_one_gpu_per_training_process(launcher_run_k8s_config):
     """PECN_TRAIN_PROCESSES=2: ip2p_model and pacnet pods ask for 2 GPUs, the other GPU steps 1."""
-    from pecn_assets.definitions import build_definitions, deployment_from_env
+    from pecn_assets.build import build_definitions
 
-    two = build_definitions(**deployment_from_env({"PECN_PROFILE": "full", "PECN_TRAIN_PROCESSES": "2"}))
+    two = build_definitions(Deployment.from_env({"PECN_PROFILE": "full", "PECN_TRAIN_PROCESSES": "2"}))
     for key in GPU_ASSETS:
         job = step_job(two.get_assets_def(key).op.tags, launcher_run_k8s_config)
         assert int(gpu_limit(job)) == (2 if key in {"ip2p_model", "pacnet"} else 1), key
     with pytest.raises(ValueError, match="PECN_TRAIN_PROCESSES='0'"):
-        deployment_from_env({"PECN_TRAIN_PROCESSES": "0"})
+        Deployment.from_env({"PECN_TRAIN_PROCESSES": "0"})
 
 
-def test_gpu_node_selector_and_tolerations_come_from_the_environment(monkeypatch, defs):
-    monkeypatch.delenv(gpu.NODE_SELECTOR_ENV, raising=False)
-    monkeypatch.delenv(gpu.TOLERATIONS_ENV, raising=False)
+def test_gpu_node_selector_and_tolerations_come_from_the_deployment(defs):
     plain = step_job({gpu.K8S_CONFIG_TAG: json.dumps(gpu.gpu_k8s_config())}).spec.template.spec
     assert not plain.node_selector and not plain.tolerations
 
     selector = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    monkeypatch.setenv(gpu.NODE_SELECTOR_ENV, json.dumps(selector))
-    monkeypatch.setenv(gpu.TOLERATIONS_ENV, json.dumps(tolerations))
-    monkeypatch.setenv(gpu.MEMORY_ENV, "60Gi")
+    deployment = Deployment.from_env({"PECN_K8S_GPU_NODE_SELECTOR": json.dumps(selector),
+                                      "PECN_K8S_GPU_TOLERATIONS": json.dumps(tolerations),
+                                      "PECN_K8S_GPU_MEMORY": "60Gi"})
 
-    @dg.asset(name="gpu_standin", **gpu.gpu_asset_args())  # what a GPU asset gets at load time
+    @dg.asset(name="gpu_standin", **gpu.gpu_asset_args(1, deployment))  # what a GPU asset gets at load time
     def gpu_standin() -> None: ...
 
     job = step_job(gpu_standin.op.tags)
@@ -127,21 +126,20 @@ def test_gpu_node_selector_and_tolerations_come_from_the_environment(monkeypatch
     assert int(gpu_limit(job)) == 1
     assert pod.containers[0].resources.requests["memory"] == "60Gi"
 
-    cpu = step_job(defs.get_assets_def("frame_cache").op.tags).spec.template.spec  # env is GPU-only
+    cpu = step_job(defs.get_assets_def("frame_cache").op.tags).spec.template.spec  # GPU steps only
     assert not cpu.node_selector and not cpu.tolerations
 
 
 @pytest.mark.parametrize("name, value, problem", [
-    (gpu.NODE_SELECTOR_ENV, "{gpu: yes}", "not valid JSON"),
-    (gpu.NODE_SELECTOR_ENV, '["a"]', "must be a JSON dict"),
-    (gpu.NODE_SELECTOR_ENV, '{"pool": 3}', "must be strings"),
-    (gpu.TOLERATIONS_ENV, '{"key": "x"}', "must be a JSON list"),
-    (gpu.TOLERATIONS_ENV, '["x"]', "must be a JSON object"),
+    ("PECN_K8S_GPU_NODE_SELECTOR", "{gpu: yes}", "not valid JSON"),
+    ("PECN_K8S_GPU_NODE_SELECTOR", '["a"]', "must be a JSON dict"),
+    ("PECN_K8S_GPU_NODE_SELECTOR", '{"pool": 3}', "must be strings"),
+    ("PECN_K8S_GPU_TOLERATIONS", '{"key": "x"}', "must be a JSON list"),
+    ("PECN_K8S_GPU_TOLERATIONS", '["x"]', "must be a JSON object"),
 ])
-def test_bad_gpu_environment_fails_naming_the_variable(monkeypatch, name, value, problem):
-    monkeypatch.setenv(name, value)
+def test_bad_gpu_environment_fails_naming_the_variable(name, value, problem):
     with pytest.raises(ValueError, match=problem) as info:
-        gpu.gpu_k8s_config()
+        Deployment.from_env({name: value})
     assert name in str(info.value)
 
 
@@ -215,8 +213,8 @@ def test_helm_values_deploy_the_project_image_with_the_k8s_executor(values):
     assert deployment["includeConfigInLaunchedRuns"]["enabled"]
     env = {e["name"]: e["value"] for e in deployment["env"]}
     assert env["PECN_EXECUTOR"] == "k8s" and env["PECN_PROFILE"] == "full"
-    for name in (gpu.NODE_SELECTOR_ENV, gpu.TOLERATIONS_ENV):
-        json.loads(env[name])  # what gpu_k8s_config() will parse in the pods
+    chosen = Deployment.from_env(env)  # what the code server will read
+    assert chosen.executor == "k8s" and chosen.k8s_gpu_node_selector and chosen.k8s_gpu_tolerations
     mounts = {m["mountPath"] for m in deployment["volumeMounts"]}
     dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
     assert "WORKDIR /mnt/pecn" in dockerfile and "/mnt/pecn" in mounts  # relative data paths land on the volume

@@ -14,9 +14,9 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from pecn_assets.definitions import build_definitions
+from pecn_assets.build import build_definitions
 from pecn_assets.partitions import add_seeds, deployment_seeds
-from pecn_ml.profiles import get_profile
+from pecn_ml.deployment import Deployment
 
 pytestmark = pytest.mark.xdist_group("smoke_graph")
 
@@ -32,9 +32,9 @@ def k_defs(smoke_graph, tmp_path_factory):
     artifacts = root / "outputs" / "_artifacts"
     shutil.copytree(settings.outputs_path() / "_artifacts", artifacts)
     local = settings.model_copy(update={"outputs_dir": str(root / "outputs")})
-    return build_definitions(get_profile("smoke"), seeds=(0, 1), settings=local,
-                             models=smoke_graph.resources["models"], tracking=smoke_graph.resources["tracking"],
-                             artifacts_dir=str(artifacts))
+    return build_definitions(Deployment(profile="smoke", artifacts_dir=str(artifacts)), seeds=(0, 1),
+                             settings=local, models=smoke_graph.resources["models"],
+                             tracking=smoke_graph.resources["tracking"])
 
 
 def _materialize(defs, asset: str, partition: str, config: dict) -> dict:

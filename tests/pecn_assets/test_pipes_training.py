@@ -3,17 +3,25 @@
 The real assets (ip2p_model, pacnet) with K = 1 and K = 2: test_multi_process_training.py."""
 
 import json
-from dataclasses import asdict, replace
+import os
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import dagster as dg
 import pytest
 
-from pecn_assets.pipes_child import (CheckJob, Pix2PixJob, current_rank, job_from_json,
-                                     job_to_json)
-from pecn_assets.pipes_launch import child_command, child_env, run_training
+from pecn_assets.pipes_child import LaunchOptions, PacNetJob, Pix2PixJob
+from pecn_assets.pipes_launch import child_command, child_env, for_this_launch, run_training
+from pecn_ml.artifacts import FilteredAnnotations, FrameCacheRef, Weights
+from pecn_ml.model_cards import BaseWeights, CardContext
+from pecn_ml.models.pacnet import PacNetConfig
+from pecn_ml.profiles import PROFILES, get_profile
+from pecn_ml.training.tracking import TrackingConfig
+from pecn_ml.utils.codec import CodecError, from_json, to_json
 from pecn_ml.utils.gpu_devices import claim_devices
+from pecn_test_support.check_child import MODULE as CHECK_MODULE
+from pecn_test_support.check_child import CheckJob
 
 # One label key per task (tasks.json), so the filter finds every task.
 TEMPLATES = ("Pushing something from left to right", "Dropping something onto something",
@@ -33,21 +41,45 @@ def test_commands_for_one_and_several_processes():
     cpu = child_command("pacnet", "{}", 2, cpu=True, python="py")
     assert cpu[:6] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     assert cpu[-5:] == ["-m", "pecn_assets.pipes_child", "pacnet", "--config", "{}"]
-    assert child_env({"CUDA_VISIBLE_DEVICES": "2,3"}, 2, cpu=True, threads_per_process=1) == {
+    assert child_env({"CUDA_VISIBLE_DEVICES": "2,3"}, cpu=True, threads_per_process=1) == {
         "CUDA_VISIBLE_DEVICES": "2,3", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     with pytest.raises(ValueError):
         child_command("pix2pix", "{}", 0)
 
 
-def test_jobs_round_trip_through_json_and_reject_unknown_fields():
-    job = Pix2PixJob(annotations={"type": "FilteredAnnotations"}, frame_cache={}, base={}, variant="next1",
-                     seed=0, train_config={"resolution": 32}, options={"out_dir": "o"},
-                     progress_estimates={"12": 40.0})
-    assert job_from_json("pix2pix", job_to_json(job)) == job
-    with pytest.raises(ValueError, match="unknown Pix2PixJob fields"):
-        job_from_json("pix2pix", json.dumps({**asdict(job), "lr": 1}))
-    assert current_rank({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}).is_main is False
-    assert current_rank({}).world_size == 1
+def test_jobs_cross_the_boundary_as_their_typed_dataclasses():
+    """Every profile's trainer configs inside the jobs, through the one codec: equal after the round
+    trip; an unknown field or a wrong type is refused, the field named."""
+    annotations = FilteredAnnotations("/a", {"train_filtered.json": "ab" * 32}, "v1")
+    cache, base = FrameCacheRef("/d", 32, "c" * 64), Weights("pix2pix_base", "/w", "d" * 64, sha256_scheme="manifest")
+    card = CardContext("run", {"annotations": "v1"}, (BaseWeights("pix2pix_base", "stand-in"),), {"variant": "next1"})
+    tracking = TrackingConfig(backend="mlflow", run_name="r", tags={"dagster/run_id": "run"})
+    jobs = []
+    for profile in map(get_profile, PROFILES):
+        jobs.append(Pix2PixJob(annotations, cache, base, "next1", 0, profile.pix2pix_train, LaunchOptions("o"),
+                               progress_estimates={"12": 40}, tracking=tracking, card=card))
+        jobs.append(PacNetJob(annotations, cache, PacNetConfig(head="classification"), profile.pacnet_train,
+                              LaunchOptions("o", resume="auto", launcher_pid=7, launcher_start="99"), card=card))
+    for job in (*jobs, for_this_launch(jobs[0])):
+        assert from_json(type(job), to_json(job)) == job
+    text = json.loads(to_json(jobs[0]))
+    with pytest.raises(CodecError, match="unknown Pix2PixJob fields"):
+        from_json(Pix2PixJob, json.dumps({**text, "lr": 1}))
+    bad = {**text, "train_config": {**text["train_config"], "learning_rate": "fast"}}
+    with pytest.raises(CodecError, match=r"Pix2PixJob\.train_config\.learning_rate: expected float"):
+        from_json(Pix2PixJob, json.dumps(bad))
+    assert for_this_launch(jobs[0]).options.launcher_pid > 0 and for_this_launch(jobs[0]).options.launch_id
+
+
+def test_the_child_takes_its_rank_from_the_launcher(monkeypatch):
+    from pecn_ml.utils.accel import process_rank
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert process_rank() == (0, 0, 1)  # a plain process: rank 0 of 1
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    assert process_rank() == (1, 1, 2)
 
 
 # --- the child under Dagster --------------------------------------------------------------------
@@ -84,16 +116,17 @@ def data(tmp_path_factory):
 
 
 def pix2pix_job(data, out_dir: Path, batch: int = 2, **options) -> Pix2PixJob:
-    config = dict(resolution=R, train_batch_size=batch, gradient_accumulation_steps=1, max_train_steps=2,
-                  learning_rate=1e-4, mixed_precision="no", seed=0, checkpointing_steps=1,
-                  checkpoints_total_limit=1, validation_epochs=1, num_validation_samples=1,
-                  validation_inference_steps=2, torch_threads=1, log_every_s=0.0)
-    return Pix2PixJob(annotations=data.annotations.to_json(), frame_cache=data.frame_cache.to_json(),
-                      base=data.base.to_json(), variant="next1", seed=0, train_config=config,
-                      options={"out_dir": str(out_dir), **options})
+    from pecn_ml.training.pix2pix import Pix2PixTrainConfig
+
+    config = Pix2PixTrainConfig(resolution=R, train_batch_size=batch, gradient_accumulation_steps=1, max_train_steps=2,
+                                learning_rate=1e-4, mixed_precision="no", seed=0, checkpointing_steps=1,
+                                checkpoints_total_limit=1, validation_epochs=1, num_validation_samples=1,
+                                validation_inference_steps=2, torch_threads=1, log_every_s=0.0)
+    return Pix2PixJob(annotations=data.annotations, frame_cache=data.frame_cache, base=data.base, variant="next1",
+                      seed=0, train_config=config, options=LaunchOptions(str(out_dir), **options))
 
 
-def materialize(trainer: str, job, tmp_path: Path, num_processes: int = 1, devices=("0", "1")):
+def materialize(trainer: str, job, tmp_path: Path, num_processes: int = 1, devices=("0", "1"), **launch):
     """A throw-away asset: claim a (simulated) device, train in a Pipes child, return its result."""
 
     @dg.asset(name=f"{trainer}_probe")
@@ -101,7 +134,7 @@ def materialize(trainer: str, job, tmp_path: Path, num_processes: int = 1, devic
         with claim_devices(num_processes, tmp_path / "locks", devices=list(devices),
                            log=context.log.info) as claim:
             return run_training(context, trainer, job, num_processes=num_processes, claim=claim,
-                                cpu=True, threads_per_process=1)
+                                cpu=True, threads_per_process=1, **launch)
 
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([probe], instance=instance, raise_on_error=False)
@@ -162,7 +195,7 @@ def test_pix2pix_in_a_pipes_child_reports_its_checkpoint(data, tmp_path):
 
 
 def test_a_failing_child_fails_the_step_with_its_stderr_tail(data, tmp_path):
-    frame_cache = {**data.frame_cache.to_json(), "data_dir": str(tmp_path / "no-data")}
+    frame_cache = replace(data.frame_cache, data_dir=str(tmp_path / "no-data"))
     job = replace(pix2pix_job(data, tmp_path / "out"), frame_cache=frame_cache)
     result = materialize("pix2pix", job, tmp_path)
     message = _failure(result)
@@ -170,10 +203,12 @@ def test_a_failing_child_fails_the_step_with_its_stderr_tail(data, tmp_path):
     assert "exit code 1" in message and "no frame cache" in message
 
 
-def test_two_processes_on_the_cpu_over_gloo(tmp_path):
+def test_two_processes_on_the_cpu_over_gloo(tmp_path, monkeypatch):
     """The K = 2 launch itself: torchrun, gloo, rank 0 alone reports, every rank leaves evidence."""
-    job = CheckJob(options={"out_dir": str(tmp_path / "check")})
-    mat = _materialization(materialize("check", job, tmp_path, num_processes=2))
+    tests = str(Path(__file__).resolve().parents[1])  # the child imports pecn_test_support
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (tests, os.environ.get("PYTHONPATH")))))
+    job = CheckJob(LaunchOptions(str(tmp_path / "check")))
+    mat = _materialization(materialize("check", job, tmp_path, num_processes=2, module=CHECK_MODULE))
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert meta["num_processes"] == 2 and meta["reduce_sum"] == meta["expected_sum"] == 3.0
     assert meta["weights_agree"] is True and meta["backend"] == "gloo"
@@ -198,7 +233,7 @@ def test_pix2pix_with_two_processes_trains_on_both_and_samples(data, tmp_path):
     assert _sample(Path(checkpoint.path)).shape == (R, R, 3)
 
 
-def test_the_message_reader_waits_for_complete_lines():
+def test_the_message_reader_waits_for_complete_lines(tmp_path):
     """A message caught half-written is parsed once its newline arrives (Dagster's file reader
     would hand the half line to json.loads and lose every later message)."""
     import threading
@@ -221,7 +256,7 @@ def test_the_message_reader_waits_for_complete_lines():
     handler = Handler()
     big = {"method": "report_asset_materialization", "params": {"loss_values": list(range(3000))}}
     line = json.dumps(big) + "\n"
-    with CompleteLineMessageReader().read_messages(handler) as params:
+    with CompleteLineMessageReader(str(tmp_path / "messages.jsonl")).read_messages(handler) as params:
         path = params[PipesDefaultMessageWriter.FILE_PATH_KEY]
         with open(path, "a", encoding="utf-8") as f:
             f.write(line[: len(line) // 2])

@@ -103,10 +103,11 @@ def _postgres_home(home: Path, url: str) -> Path:
 @pytest.fixture(scope="module")
 def pg_slice(postgres_url, tmp_path_factory):
     """Materialise the slice into the PostgreSQL instance; yield (home, defs, frame_cache run id)."""
-    from pecn_assets.definitions import build_definitions
-    from pecn_assets.demo import ensure_synthetic_data, materialize_all
+    from pecn_assets.build import build_definitions
+    from pecn_assets.tools.demo import ensure_synthetic_data, materialize_all
     from pecn_assets.resources import PecnSettings
     from pecn_ml.data.templates import load_task_map
+    from pecn_ml.deployment import Deployment
 
     root = tmp_path_factory.mktemp("pg_slice")
     settings = PecnSettings.for_profile(get_profile("smoke"), data_dir=str(root / "data"),
@@ -115,7 +116,7 @@ def pg_slice(postgres_url, tmp_path_factory):
     synthetic = replace(get_profile("smoke").synthetic, templates=one_per_task, task_train_per_template=2,
                         num_test=1, max_frames=40)
     ensure_synthetic_data(settings.data_path(), synthetic)
-    defs = build_definitions(get_profile("smoke"), settings=settings)
+    defs = build_definitions(Deployment(profile="smoke"), settings=settings)
     home = _postgres_home(root / "dagster_home", postgres_url)
 
     with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -10,8 +10,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pecn_assets.definitions import build_definitions, deployment_from_env
+from pecn_assets.build import build_definitions
 from pecn_assets.resources import Tracking
+from pecn_ml.deployment import Deployment
 from pecn_ml.profiles import get_profile
 from pecn_ml.training.tracking import TrackingConfig, accelerator_kwargs
 
@@ -25,24 +26,24 @@ def latest_meta(instance, asset, partition=None) -> dict:
 
 def test_tracking_is_chosen_by_the_deployment(tmp_path):
     env = {"PECN_PROFILE": "smoke", "PECN_TRACKING": "mlflow", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
-    deployment = deployment_from_env(env)
-    assert deployment["tracking"].backend == "mlflow"
-    assert deployment["tracking"].mlflow_tracking_uri.endswith("m.db")
-    config = deployment["tracking"].for_run("pacnet_regression", {"dagster_run_id": "r", "dagster_partition": "p"})
+    tracking = build_definitions(Deployment.from_env(env)).resources["tracking"]
+    assert tracking.backend == "mlflow"
+    assert tracking.mlflow_tracking_uri.endswith("m.db")
+    config = tracking.for_run("pacnet_regression", {"dagster_run_id": "r", "dagster_partition": "p"})
     assert config == TrackingConfig(backend="mlflow", run_name="pacnet_regression",
                                     mlflow_tracking_uri=f"sqlite:///{tmp_path}/m.db",
                                     tags={"dagster_run_id": "r", "dagster_partition": "p"})
-    assert deployment_from_env({"PECN_PROFILE": "smoke"})["tracking"].backend == "tensorboard"
+    assert Tracking.for_deployment(Deployment.from_env({"PECN_PROFILE": "smoke"})).backend == "tensorboard"
     assert accelerator_kwargs(TrackingConfig(backend="none"), tmp_path, "logs") == {}
     with pytest.raises(ValueError, match="backend"):
         TrackingConfig(backend="wandb")
     with pytest.raises(ValueError, match="tracking backend"):
-        build_definitions(get_profile("smoke"), tracking=Tracking(backend="wandb"))
+        build_definitions(Deployment(profile="smoke"), tracking=Tracking(backend="wandb"))
 
 
 def test_hyper_parameters_are_run_config_with_the_profiles_defaults():
     profile = get_profile("smoke")
-    job = build_definitions(profile).resolve_implicit_global_asset_job_def()
+    job = build_definitions(Deployment(profile="smoke")).resolve_implicit_global_asset_job_def()
     ops = job.run_config_schema.config_type.fields["ops"].config_type.fields
 
     def config_fields(asset):
@@ -56,7 +57,7 @@ def test_hyper_parameters_are_run_config_with_the_profiles_defaults():
     pacnet = config_fields("pacnet")
     assert pacnet["epochs"].default_value == profile.pacnet_train.epochs
     assert pacnet["smooth_l1_beta"].default_value == profile.pacnet_train.smooth_l1_beta
-    full = build_definitions(get_profile("full")).resolve_implicit_global_asset_job_def()
+    full = build_definitions(Deployment(profile="full")).resolve_implicit_global_asset_job_def()
     full_ip2p = full.run_config_schema.config_type.fields["ops"].config_type.fields["ip2p_model"]
     assert full_ip2p.config_type.fields["config"].config_type.fields["num_train_epochs"].default_value == 40
 
@@ -81,8 +82,8 @@ def test_tensorboard_logs_are_linked_and_tagged(smoke_graph):
 def test_mlflow_run_is_tagged_with_run_partition_and_checkpoint(smoke_graph, tmp_path):
     mlflow = pytest.importorskip("mlflow", reason="the mlflow-skinny test dependency is not installed")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    deployment = deployment_from_env(smoke_graph.env)
-    defs = build_definitions(**{**deployment, "tracking": Tracking(backend="mlflow", mlflow_tracking_uri=uri)})
+    deployment = Deployment.from_env(smoke_graph.env)
+    defs = build_definitions(deployment, tracking=Tracking(backend="mlflow", mlflow_tracking_uri=uri))
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=smoke_graph.instance, asset_selection=[dg.AssetKey("pacnet")], partition_key="classification")
     assert result.success

@@ -41,7 +41,9 @@ def test_licenses_come_from_the_base_folders_card_then_the_hub_table(tmp_path):
 
 
 def test_the_context_travels_as_json():
+    from pecn_ml.utils.codec import from_json, to_json
+
     context = CardContext(run_id="r", data_versions={"a": "1"},
                           bases=(BaseWeights("pix2pix_base", "x", "rev", "sha", "mit"),), extra={"variant": "next5"})
-    assert CardContext.from_dict(context.to_dict()) == context
-    assert CardContext.from_dict(None) == CardContext()
+    assert from_json(CardContext, to_json(context)) == context
+    assert from_json(CardContext, to_json(CardContext())) == CardContext()

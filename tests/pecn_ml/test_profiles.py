@@ -34,9 +34,9 @@ def test_smoke_covers_every_resolution_of_the_real_run():
     assert get_profile("smoke").resolutions == get_profile("full").resolutions
 
 
-def test_profile_from_environment(monkeypatch):
-    monkeypatch.setenv("PECN_PROFILE", "full")
-    assert get_profile().name == "full"
-    monkeypatch.setenv("PECN_PROFILE", "nope")
+def test_profile_by_name():
+    from pecn_ml.deployment import Deployment
+
+    assert get_profile(Deployment.from_env({"PECN_PROFILE": "full"}).profile).name == "full"
     with pytest.raises(ValueError, match="unknown PECN profile 'nope'"):
-        get_profile()
+        get_profile("nope")

@@ -1,7 +1,7 @@
 """A GPU step that trains nothing, for the test of what a killed step leaves behind
 (tests/pecn_assets/test_killed_step.py): it claims simulated GPU device(s) as the real GPU assets
 do and launches the `check` training child with K processes through `run_training`, which then
-holds the launch (and the devices) for ten minutes.
+holds the launch (and the devices) for ten minutes (pecn_test_support/check_child.py).
 
     python -m pecn_test_support.held_launch_probe LOCK_DIR OUT_DIR K
 
@@ -15,10 +15,11 @@ import sys
 import dagster as dg
 
 from pecn_assets.gpu import claimed_gpus, gpu_asset_args
-from pecn_assets.pipes_child import CheckJob
+from pecn_assets.pipes_child import LaunchOptions
 from pecn_assets.pipes_launch import run_training
 from pecn_assets.resources import PecnSettings
 from pecn_assets.runs import in_process_tags
+from pecn_test_support.check_child import MODULE, CheckJob
 
 HOLD_S = 600.0
 
@@ -33,8 +34,9 @@ def held_launch(context: dg.AssetExecutionContext, config: HeldLaunchConfig,
                 settings: PecnSettings) -> dg.MaterializeResult:
     """Claims the devices, launches a `check` child that holds the launch."""
     with claimed_gpus(context, settings, config.processes) as claim:
-        return run_training(context, "check", CheckJob(options={"out_dir": config.out_dir}, hold_s=HOLD_S),
-                            num_processes=config.processes, claim=claim, cpu=True, threads_per_process=1)
+        return run_training(context, "check", CheckJob(LaunchOptions(config.out_dir), hold_s=HOLD_S),
+                            num_processes=config.processes, claim=claim, cpu=True, threads_per_process=1,
+                            module=MODULE)
 
 
 def main(argv: "list[str]") -> int:

@@ -259,13 +259,6 @@ def test_find_annotation_files_names_what_is_missing(tmp_path):
         find_annotation_files(tmp_path / "nope")
 
 
-def test_default_data_dir_from_env(monkeypatch, tmp_path):
-    monkeypatch.delenv("PECN_DATA_DIR", raising=False)
-    assert ann.default_data_dir() == Path("data/sthv2")
-    monkeypatch.setenv("PECN_DATA_DIR", str(tmp_path))
-    assert ann.default_data_dir() == tmp_path
-
-
 def test_load_filtered_rejects_bad_entries(tmp_path):
     p = tmp_path / "val_filtered.json"
     good = {**entry(1, MOVE), "task": "move_object"}

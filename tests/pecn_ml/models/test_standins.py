@@ -300,6 +300,26 @@ def test_a_shipped_standin_without_a_card_gets_one_in_its_copy_and_old_folders_o
     assert any("added the missing model card" in line for line in logs)
 
 
+def test_ship_leaves_the_stand_ins_it_already_ships_untouched(tmp_path):
+    """`ship --latest` after a demo that copied its stand-ins from the shipped folder must not
+    rewrite their cards (the copy's card names the demo's run); only new folders are written."""
+    from pecn_ml.models import standins
+
+    dest = tmp_path / "shipped"
+    first = build_standin_clip_text(tmp_path / "a", TINY, shipped=None)
+    assert standins.main(["ship", str(tmp_path / "a"), "--dest", str(dest)]) == 0
+    before = {f: (dest / first.path.name / f).read_bytes() for f in _files(dest / first.path.name)}
+    entry = standins.read_manifest(dest)[first.path.name]
+    copied = build_standin_clip_text(tmp_path / "b", TINY, shipped=dest, run_id="demo-run")
+    assert copied.report["source"] == "shipped"
+    other = build_standin_clip_text(tmp_path / "b", replace(TINY, seed=5), shipped=None)
+    assert standins.main(["ship", str(tmp_path / "b"), "--dest", str(dest), "--prune"]) == 0
+    after = {f: (dest / first.path.name / f).read_bytes() for f in _files(dest / first.path.name)}
+    assert after == before and standins.read_manifest(dest)[first.path.name] == entry
+    assert set(standins.read_manifest(dest)) == {first.path.name, other.path.name}
+    assert standins.verify_shipped(dest) == {first.path.name: None, other.path.name: None}
+
+
 def test_the_packages_shipped_standins_verify():
     from pecn_ml.models import standins
 

@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     record = (run_pix2pix(args.out, args.batch, args.pix2pix) if args.trainer == "pix2pix"
               else run_pacnet(args.out, args.batch, args.resnet, args.clip))
-    from pecn_ml.utils.accel import launched_rank
+    from pecn_ml.utils.accel import process_rank
 
-    record["rank"] = launched_rank()
+    record["rank"] = process_rank()[0]
     record["process_group_left"] = dist.is_initialized()   # end_training destroys it
     path = args.out / "records" / f"rank{record['rank']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from pecn_ml.artifacts import ArtifactChanged, PacNetCheckpoint
 from pecn_ml.models.pacnet import PacNet, PacNetConfig, load_pacnet
 from pecn_ml.models.tiny import build_tiny_models
-from pecn_ml.training.pacnet import (PacNetTrainConfig, _make_accelerator, crop_indices,
+from pecn_ml.training.pacnet import (PacNetTrainConfig, crop_indices,
                                      layered_param_groups, mae_percent, pacnet_splits, progress_loss,
                                      train_pacnet, training_step)
+from pecn_ml.training.scaffold import build_accelerator
 from pecn_ml.training.pacnet_data import (ArrayFrameCache, PacNetCropDataset, SplitOverlap, crop_ratio,
                                           moving_square_dataset, selection_counts)
 from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_file
@@ -154,7 +155,7 @@ def test_overfits_a_tiny_batch(tiny, squares):
     model = PacNet(_config(tiny))
     ds = PacNetCropDataset(cache, train[:4], 4, seed=0)
     batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
-    acc = _make_accelerator("no", cpu=True)
+    acc = build_accelerator("no", True, print)
     opt = torch.optim.AdamW(layered_param_groups(model, 1e-3, 1.0, 0.0))
     model, opt = acc.prepare(model, opt)
     losses = [training_step(model, batch, opt, acc) for _ in range(40)]
@@ -194,10 +195,10 @@ def test_train_reports_baseline_and_writes_checkpoints(tiny, squares, tmp_path):
         handle.verify()
     clip_config.write_bytes(original)
     assert json.loads((tmp_path / "best" / "metrics.json").read_text())["epoch"] == res.best_epoch
-    for name in ("model.safetensors", "optimizer.safetensors", "optimizer.json",
-                 "rng.safetensors", "train_state.json", "config.json"):
-        assert (tmp_path / "last" / name).is_file(), name
-    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.bin"))
+    for name in ("model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl",
+                 "random_states_0.pkl", "training_state.json", "config.json"):
+        assert (tmp_path / "last" / name).is_file(), name   # the model files + accelerate's state
+    assert not list((tmp_path / "best").rglob("*.bin")) and not list((tmp_path / "best").rglob("*.pkl"))
     assert list((tmp_path / "logs").glob("events.out.tfevents*"))
     assert any("epochs" in ln and "ETA" in ln for ln in lines)
     assert any("baseline" in ln for ln in lines)
@@ -229,7 +230,7 @@ def test_resume_after_crash_equals_uninterrupted(tiny, squares, tmp_path):
 
     with pytest.raises(_Crash):
         train_pacnet(cfg, tcfg, cache, train, val, tmp_path / "crash", on_epoch_end=crash)
-    state = json.loads((tmp_path / "crash" / "last" / "train_state.json").read_text())
+    state = json.loads((tmp_path / "crash" / "last" / "training_state.json").read_text())
     assert state["epoch"] == 1
     resumed = train_pacnet(cfg, tcfg, cache, train, val, tmp_path / "crash")
     assert resumed.resumed_from_epoch == 1 and resumed.epochs_run == 3

@@ -11,12 +11,12 @@ import torch
 from pecn_ml.data.pairs import FramePairDataset, collate_pairs
 from pecn_ml.models.pix2pix import encode_prompts, load_pix2pix_components
 from pecn_ml.models.tiny import build_tiny_models
-from pecn_ml.training import pix2pix_checkpoints as ckpt
+from pecn_ml.training import scaffold as ckpt
 from pecn_ml.training.latent_cache import LatentStore, encode_dataset
 from pecn_ml.training.instruct_pretrain import InstructPretrainConfig
-from pecn_ml.training.pix2pix import (EpochShuffleSampler, LatentBatch, Pix2PixTrainConfig,
+from pecn_ml.training.pix2pix import (LatentBatch, Pix2PixTrainConfig,
                                       cached_pair_batch, conditioning_dropout_masks,
-                                      draw_step_randomness, encode_pair_batch, step_generator,
+                                      draw_step_randomness, encode_pair_batch, epoch_order, step_generator,
                                       train_pix2pix, training_step)
 from pecn_ml.utils.files import sha256_file
 
@@ -298,16 +298,10 @@ def test_damaged_cache_shard_is_named(parts, tmp_path):
         encode_dataset(again, make_dataset(2))
 
 
-def test_epoch_sampler_is_a_function_of_seed_and_epoch():
-    s = EpochShuffleSampler(20, seed=5)
-    s.set_epoch(0)
-    e0 = list(s)
-    s.set_epoch(1)
-    e1 = list(s)
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+    e0, e1 = epoch_order(5, 0, 20), epoch_order(5, 1, 20)
     assert sorted(e0) == list(range(20)) and e0 != e1
-    t = EpochShuffleSampler(20, seed=5)
-    t.set_epoch(1)
-    assert list(t) == e1
+    assert epoch_order(5, 1, 20) == e1
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -384,7 +378,7 @@ def test_another_seed_in_the_same_folder_trains_with_that_seed(tiny_models, tmp_
                        checkpoints_total_limit=1, seed=0)
     out = tmp_path / "next1"
     first = train_pix2pix(tiny_models.pix2pix, ds, cfg, out)
-    assert first.seed == 0 and ckpt.read_training_state(ckpt.latest_checkpoint(out))["base_seed"] == 0
+    assert first.seed == 0 and ckpt.read_state(ckpt.latest_checkpoint(out))["base_seed"] == 0
 
     lines = []
     seven = train_pix2pix(tiny_models.pix2pix, ds, replace(cfg, seed=7), out,
@@ -392,7 +386,7 @@ def test_another_seed_in_the_same_folder_trains_with_that_seed(tiny_models, tmp_
     assert any("checkpoint is of another run (differs in ['seed'])" in line for line in lines)
     assert seven.resumed_from_step is None and seven.seed == 7
     assert any(line.endswith("seed 7") for line in lines)
-    assert ckpt.read_training_state(ckpt.latest_checkpoint(out))["base_seed"] == 7
+    assert ckpt.read_state(ckpt.latest_checkpoint(out))["base_seed"] == 7
     assert seven.unet_sha256 != first.unet_sha256
 
     # a retried step of the seed-7 run resumes its checkpoint and keeps its seed
@@ -432,7 +426,7 @@ def test_train_from_sd_checkpoint_uncached_without_seed(tiny_models, tmp_path):
     assert json.loads((res.model_dir / "unet" / "config.json").read_text())["in_channels"] == 8
     assert any("widened to 8 input channels" in line for line in lines)
     assert any(line.startswith("pix2pix train: 2/2 steps") and "loss" in line for line in lines)
-    state = ckpt.read_training_state(ckpt.latest_checkpoint(tmp_path / "sd"))
+    state = ckpt.read_state(ckpt.latest_checkpoint(tmp_path / "sd"))
     assert isinstance(state["base_seed"], int)   # a random seed, recorded for resume
     assert res.latent_cache == {"enabled": False}
 
@@ -469,9 +463,7 @@ def test_gpu_benchmark_runs_its_tiny_cpu_smoke_check(tmp_path):
 def test_accelerator_leaves_gradient_accumulation_to_the_loop():
     """The loop accumulates itself (exact global-batch means); accelerate's stays 1. (An earlier
     test's Accelerator state is reset by the conftest fixture, not by the library.)"""
-    from pecn_ml.training.pix2pix import _make_accelerator
-
-    acc = _make_accelerator(small_config(mixed_precision="bf16", gradient_accumulation_steps=3), print)
+    acc = ckpt.build_accelerator("bf16", False, print)
     assert acc.mixed_precision == "bf16" and acc.gradient_accumulation_steps == 1
 
 

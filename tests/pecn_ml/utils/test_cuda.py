@@ -4,7 +4,8 @@ build `make setup` installed."""
 import pytest
 import torch
 
-from pecn_ml.utils.cuda import ALLOW_CPU_ENV, CudaRequiredError, allow_cpu_from_env, require_cuda, torch_build
+from pecn_ml.deployment import Deployment
+from pecn_ml.utils.cuda import CudaRequiredError, require_cuda, torch_build
 
 
 def test_without_cuda_it_fails_fast_with_a_clear_message(monkeypatch):
@@ -13,7 +14,7 @@ def test_without_cuda_it_fails_fast_with_a_clear_message(monkeypatch):
         require_cuda(False, "ip2p_model (full profile)")
     message = str(e.value)
     assert "ip2p_model (full profile) needs a CUDA GPU" in message
-    assert f"{ALLOW_CPU_ENV}=1" in message
+    assert "PECN_ALLOW_CPU=1" in message
     if torch.version.cuda is None:
         assert "CPU-only build" in message
 
@@ -36,8 +37,8 @@ def test_opt_in_allows_the_cpu_and_cuda_passes(monkeypatch):
 @pytest.mark.parametrize("value,expected", [("1", True), ("true", True), ("YES", True), ("on", True),
                                             ("0", False), ("", False), ("no", False)])
 def test_opt_in_from_the_environment(value, expected):
-    assert allow_cpu_from_env({ALLOW_CPU_ENV: value}) is expected
-    assert allow_cpu_from_env({}) is False
+    assert Deployment.from_env({"PECN_ALLOW_CPU": value}).allow_cpu is expected
+    assert Deployment.from_env({}).allow_cpu is False
 
 
 def test_torch_build_says_cpu_or_cuda_and_its_version(monkeypatch):

@@ -12,26 +12,26 @@ from pathlib import Path
 
 import pytest
 
-from pecn_ml.utils.gpu_devices import (CUDA_ENV, DEVICES_ENV, claim_devices, device_set,
+from pecn_ml.utils.gpu_devices import (CUDA_ENV, claim_devices, device_set,
                                        free_devices, parse_devices, read_holders)
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def test_device_set_from_env_cuda_or_none():
-    assert device_set({DEVICES_ENV: "0, 1,3"}) == ["0", "1", "3"]
-    assert device_set({DEVICES_ENV: ""}, cuda_count=lambda: 4) == []  # explicitly none
-    assert device_set({}, cuda_count=lambda: 2) == ["0", "1"]
-    assert device_set({CUDA_ENV: "2,3"}, cuda_count=lambda: 2) == ["2", "3"]  # physical ids
-    assert device_set({}, cuda_count=lambda: 0) == []
+def test_device_set_configured_cuda_or_none():
+    assert device_set("0, 1,3") == ["0", "1", "3"]
+    assert device_set("", cuda_count=lambda: 4) == []  # explicitly none
+    assert device_set(None, {}, cuda_count=lambda: 2) == ["0", "1"]
+    assert device_set(None, {CUDA_ENV: "2,3"}, cuda_count=lambda: 2) == ["2", "3"]  # physical ids
+    assert device_set(None, {}, cuda_count=lambda: 0) == []
     with pytest.raises(ValueError, match="twice"):
         parse_devices("0,0")
     with pytest.raises(ValueError, match="invalid"):
         parse_devices("0;1")
-    for bad in ("a,b", "-1", "0,,1", "GPU-1234"):  # PECN_GPU_DEVICES: device indices only, named when refused
-        with pytest.raises(ValueError, match=f"{DEVICES_ENV}={bad!r}"):
-            device_set({DEVICES_ENV: bad})
-    assert device_set({CUDA_ENV: "GPU-1234"}, cuda_count=lambda: 1) == ["GPU-1234"]  # CUDA may name UUIDs
+    for bad in ("a,b", "-1", "0,,1", "GPU-1234"):  # configured devices: indices only, named when refused
+        with pytest.raises(ValueError, match=f"gpu_devices={bad!r}"):
+            device_set(bad)
+    assert device_set(None, {CUDA_ENV: "GPU-1234"}, cuda_count=lambda: 1) == ["GPU-1234"]  # CUDA may name UUIDs
 
 
 def test_claim_sets_visible_devices_and_refuses_impossible_claims(tmp_path, monkeypatch):

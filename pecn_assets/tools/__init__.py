@@ -1,0 +1,1 @@
+"""Command-line tools: demo, rehearse, cleanup, ui, results (each `python -m pecn_assets.tools.NAME`)."""
