@@ -97,7 +97,9 @@ def _p(v: Any) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers), *("| " + " | ".join(r) + " |" for r in rows)]
+    """A Markdown table; a `|` inside a cell (partition keys such as `0|next5`) is escaped."""
+    cells = lambda r: "| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |"  # noqa: E731
+    return [cells(headers), "|" + "---|" * len(headers), *(cells(r) for r in rows)]
 
 
 def render(data: dict[str, Any], stamps: dict[str, str], dagster_home: str) -> str:

@@ -24,7 +24,7 @@ def test_results_document_comes_from_the_instance(smoke_graph, tmp_path):
             ssim = f"{meta[f'{eval_set}_ssim_mean'].value:.4f}"
             row = re.compile(rf"^\| {eval_set} \| {variant} \| {seed} \| \d+ \| {ssim} \|", re.M)
             assert row.search(text), (partition, eval_set, ssim)
-        assert record.run_id[:8] in text
+        assert f"| {seed}\\|{variant} | {record.run_id[:8]} |" in text   # the key's | escaped
 
 
 def test_results_refuse_an_empty_instance(tmp_path):
