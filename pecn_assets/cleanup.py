@@ -20,6 +20,7 @@ from pydantic import Field
 
 from pecn_assets.runs import RUNS
 from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_file
+from pecn_ml.utils.usage import bytes_on_disk
 
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 DATA_VERSION_TAG = "dagster/data_version"
@@ -49,25 +50,25 @@ class Mention:
     latest: bool
 
 
+def materializations(instance: dg.DagsterInstance, key: dg.AssetKey) -> Iterator[dg.EventLogRecord]:
+    """Every recorded materialisation of `key`, newest first (read a page at a time)."""
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=_PAGE, cursor=cursor)
+        yield from page.records
+        if not page.has_more:
+            return
+        cursor = page.cursor
+
+
 def all_materializations(instance: dg.DagsterInstance) -> Iterator[tuple[str, bool, dg.EventLogRecord]]:
     """("asset[/partition]", latest of that partition?, record) of every recorded materialisation."""
     for key in instance.get_asset_keys():
         seen: set[Optional[str]] = set()
-        cursor = None
-        while True:
-            result = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=_PAGE, cursor=cursor)
-            for record in result.records:  # newest first
-                partition = record.partition_key
-                yield (key.to_user_string() + (f"/{partition}" if partition else ""), partition not in seen, record)
-                seen.add(partition)
-            if not result.has_more:
-                break
-            cursor = result.cursor
-
-
-def latest_materializations(instance: dg.DagsterInstance) -> Iterator[tuple[str, dg.EventLogRecord]]:
-    """("asset[/partition]", record) of the latest materialisation of every asset partition."""
-    return ((who, record) for who, latest, record in all_materializations(instance) if latest)
+        for record in materializations(instance, key):
+            partition = record.partition_key
+            yield (key.to_user_string() + (f"/{partition}" if partition else ""), partition not in seen, record)
+            seen.add(partition)
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -83,16 +84,6 @@ def _strings(value: Any) -> Iterator[str]:
     elif isinstance(value, (dict, list, tuple)):
         for v in value.values() if isinstance(value, dict) else value:
             yield from _strings(v)
-
-
-def referenced_paths(instance: dg.DagsterInstance) -> dict[Path, str]:
-    """Every path in the metadata of a latest materialisation -> the asset partition naming it."""
-    out: dict[Path, str] = {}
-    for name, record in latest_materializations(instance):
-        for value in record.asset_materialization.metadata.values():
-            if isinstance(value, dg.PathMetadataValue) and value.path:
-                out.setdefault(Path(value.path).resolve(), name)
-    return out
 
 
 def run_folder_keys(path: str) -> Iterator[tuple[str, ...]]:
@@ -155,10 +146,6 @@ def run_folders(outputs: Path) -> Iterator[Path]:
             yield from sorted(p for p in runs.iterdir() if p.is_dir())
 
 
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-
-
 def _by_contents(ids: Identities, folder: Path) -> tuple[bool, Optional[str]]:
     """(live, why) of a folder no materialisation names by place, judged by its files' sha256."""
     hit = ids.naming_file(folder)
@@ -195,7 +182,7 @@ def plan_cleanup(instance: dg.DagsterInstance, outputs: Path, include_superseded
         elif why is not None and not include_superseded:
             plan.keep[folder] = f"{why} (--include-superseded deletes it)"
         else:
-            plan.delete[folder] = _size(folder)
+            plan.delete[folder] = bytes_on_disk(folder)
             if why is not None:
                 plan.superseded[folder] = why
     return plan

@@ -12,8 +12,8 @@ import dagster as dg
 import pydantic
 from pydantic import Field
 
-from pecn_assets.gpu import machine_devices
 from pecn_assets.pipes_child import LaunchOptions
+from pecn_ml.utils.gpu_devices import device_set
 
 T = TypeVar("T")
 
@@ -78,7 +78,7 @@ def training_settings(config: Any, base: T, settings: Any, **fixed: Any) -> tupl
     try:
         train_config = dataclasses.replace(base, **{n: v for n, v in config.model_dump().items() if n in names},
                                            **fixed)
-        devices = machine_devices(settings)
+        devices = device_set(settings.gpu_devices)
     except (TypeError, ValueError) as e:
         raise refused(str(e)) from None
     if devices and k > len(devices):

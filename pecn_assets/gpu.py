@@ -76,33 +76,28 @@ def not_retried_when_hopeless(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def machine_devices(settings: Any) -> list[str]:
-    """The devices GPU steps claim from: `settings.gpu_devices`, else every visible CUDA device."""
-    return device_set(settings.gpu_devices)
-
-
 @contextmanager
-def claimed_gpus(context: dg.AssetExecutionContext, settings: Any, n: int = 1) -> Iterator[DeviceClaim]:
+def claimed_gpus(context: dg.AssetExecutionContext, settings: Any, n: int = 1,
+                 profile: Any = None) -> Iterator[DeviceClaim]:
     """Hold `n` of the machine's GPU devices for the block (none on a machine without); a claim
-    that can never be met fails without a retry, one that timed out with one."""
+    that can never be met fails without a retry, one that timed out with one. With a `profile`,
+    `check_cuda` first (named after the asset)."""
+    if profile is not None:
+        check_cuda(settings, profile.requires_gpu, f"{context.asset_key.to_user_string()} (profile {profile.name})")
     holder = {"run_id": context.run.run_id, "asset": context.asset_key.to_user_string(),
               "partition": context.partition_key if context.has_partition_key else ""}
     try:
-        devices = machine_devices(settings)
+        devices = device_set(settings.gpu_devices)  # settings.gpu_devices, else every visible CUDA device
     except ValueError as e:
         raise dg.Failure(str(e), allow_retries=False) from None
     try:
         with claim_devices(n, settings.gpu_lock_path(), timeout_s=settings.gpu_claim_timeout_s or None,
                            log=context.log.info, devices=devices, holder=holder) as claim:
             yield claim
-    except TimeoutError as e:
-        if "claim_devices" in str(e):
-            raise dg.Failure(str(e)) from None
-        raise
-    except ValueError as e:
-        if "claim_devices" in str(e):
-            raise dg.Failure(str(e), allow_retries=False) from None
-        raise
+    except (TimeoutError, ValueError) as e:
+        if "claim_devices" not in str(e):
+            raise
+        raise dg.Failure(str(e), allow_retries=isinstance(e, TimeoutError)) from None  # a wait may end; a bad ask not
 
 
 def torch_device(claim: DeviceClaim) -> str:

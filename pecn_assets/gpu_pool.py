@@ -32,13 +32,8 @@ def k8s_gpu_counts(node_selector: Optional[Mapping[str, str]] = None, core_api: 
         config.load_incluster_config()
         core_api = client.CoreV1Api()
     selector = ",".join(f"{k}={v}" for k, v in sorted((node_selector or {}).items())) or None
-    counts = []
-    for node in core_api.list_node(label_selector=selector).items:
-        if node.spec is not None and node.spec.unschedulable:
-            continue
-        allocatable = (node.status.allocatable if node.status is not None else None) or {}
-        counts.append(int(allocatable.get(GPU_RESOURCE, 0)))
-    return counts
+    nodes = [n for n in core_api.list_node(label_selector=selector).items if not (n.spec and n.spec.unschedulable)]
+    return [int(((n.status and n.status.allocatable) or {}).get(GPU_RESOURCE, 0)) for n in nodes]
 
 
 def claimable_devices(settings: Any, deployment: Deployment = Deployment(),

@@ -29,20 +29,16 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     root: Optional[str] = Field(default=None, description="folder of the JSON handles; empty: "
                                 "$DAGSTER_HOME/storage/pecn_artifacts")
 
-    def _dir(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        if self.root:
-            return Path(self.root)
-        return Path(context.step_context.instance.storage_directory()) / "pecn_artifacts"
-
-    def _file(self, base: Path, key: dg.AssetKey, partition: Optional[str]) -> Path:
-        return base / "/".join(key.path) / f"{quote(partition or UNPARTITIONED, safe='')}.json"
+    def _file(self, context: dg.OutputContext | dg.InputContext, partition: Optional[str]) -> Path:
+        base = Path(self.root or Path(context.step_context.instance.storage_directory()) / "pecn_artifacts")
+        return base / "/".join(context.asset_key.path) / f"{quote(partition or UNPARTITIONED, safe='')}.json"
 
     def handle_output(self, context: dg.OutputContext, obj: Artifact) -> None:
         if not isinstance(obj, Artifact):
             raise TypeError(f"{context.asset_key.to_user_string()} returned {type(obj).__name__}, "
                             "not a pecn_ml.artifacts.Artifact")
         partition = context.asset_partition_key if context.has_asset_partitions else None
-        path = self._file(self._dir(context), context.asset_key, partition)
+        path = self._file(context, partition)
         write_json_atomic(path, obj.to_json())
         context.add_output_metadata({"artifact": dg.MetadataValue.path(str(path))})
 
@@ -60,7 +56,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
     def _load(self, context: dg.InputContext, partition: Optional[str], optional: bool) -> Any:
         name = context.asset_key.to_user_string() + (f" partition {partition}" if partition else "")
-        path = self._file(self._dir(context), context.asset_key, partition)
+        path = self._file(context, partition)
         if not path.is_file():
             if optional:
                 return None

@@ -8,7 +8,6 @@ Sensors: `pecn_automation` (evaluates the assets' automation conditions, pecn_as
 """
 
 import json
-from typing import Optional
 
 import dagster as dg
 
@@ -36,28 +35,14 @@ JOBS = {  # name: (asset keys, description); runs and backfills by hand
 
 def pecn_executor(name: str = "multiprocess") -> dg.ExecutorDefinition:
     """The executor `name` (the deployment's `executor`: multiprocess, in_process or k8s)."""
-    if name == "multiprocess":
-        return dg.multi_or_in_process_executor
-    if name == "in_process":
-        return dg.in_process_executor
     if name == "k8s":
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
-    raise ValueError(f"PECN_EXECUTOR={name!r}: expected one of multiprocess, in_process, k8s")
-
-
-def current_data_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> Optional[str]:
-    """The data version of the latest materialisation or observation of `key` (None if none)."""
-    latest = None
-    for fetch in (instance.fetch_materializations, instance.fetch_observations):
-        records = fetch(key, limit=1).records
-        if records and (latest is None or records[0].storage_id > latest.storage_id):
-            latest = records[0]
-    if latest is None:
-        return None
-    event = latest.asset_materialization or latest.asset_observation
-    return event.tags.get(DATA_VERSION_TAG) if event is not None else None
+    executors = {"multiprocess": dg.multi_or_in_process_executor, "in_process": dg.in_process_executor}
+    if name not in executors:
+        raise ValueError(f"PECN_EXECUTOR={name!r}: expected one of multiprocess, in_process, k8s")
+    return executors[name]
 
 
 @dg.sensor(job_name="refilter_annotations", name="annotations_changed", minimum_interval_seconds=300,
@@ -72,7 +57,8 @@ def annotations_changed(context: dg.SensorEvaluationContext, settings: PecnSetti
     except (OSError, ValueError) as e:
         return dg.SensorResult(skip_reason=f"cannot read the annotations in {ann_dir}: {e}",
                                cursor=context.cursor)
-    last = context.cursor or current_data_version(context.instance, RAW_ANNOTATIONS)
+    seen = context.instance.get_latest_data_version_record(RAW_ANNOTATIONS, is_source=True)  # last observation
+    last = context.cursor or (seen.asset_observation.tags.get(DATA_VERSION_TAG) if seen else None)
     if version == last:
         return dg.SensorResult(skip_reason=f"annotations unchanged (version {version[:12]})", cursor=version)
     context.log.info(f"annotations in {ann_dir} changed: {str(last)[:12]} -> {version[:12]}")

@@ -49,13 +49,9 @@ class Partitions:
             eval_set=dg.StaticPartitionsDefinition(list(EVAL_SETS)),
         )
 
-    def frame_cache_at(self, resolution: int) -> dg.SpecificPartitionsPartitionMapping:
-        """Every downstream partition reads the frame cache partition of one resolution."""
-        return dg.SpecificPartitionsPartitionMapping([str(resolution)])
-
-    def model_keys(self, instance: dg.DagsterInstance) -> list[str]:
-        """The `{seed}|{variant}` keys of the seeds in `instance`."""
-        return self.model.get_partition_keys(dynamic_partitions_store=instance)
+    def frame_cache_at(self, resolution: int) -> dict[str, dg.AssetIn]:
+        """The `ins` of an asset whose every partition reads the frame cache partition of one resolution."""
+        return {"frame_cache": dg.AssetIn(partition_mapping=dg.SpecificPartitionsPartitionMapping([str(resolution)]))}
 
 
 def add_seeds(instance: dg.DagsterInstance, seeds) -> list[str]:
@@ -69,11 +65,6 @@ def add_seeds(instance: dg.DagsterInstance, seeds) -> list[str]:
 def deployment_seeds(defs: dg.Definitions) -> tuple[int, ...]:
     """The training seeds a `build_definitions` deployment starts with (its `pecn/seeds` metadata)."""
     return tuple(int(s) for s in defs.metadata[SEEDS_METADATA].value.split(","))
-
-
-def model_key(seed: int, variant: str) -> dg.MultiPartitionKey:
-    """The `ip2p_model` / `evaluation` partition of one training seed and variant."""
-    return dg.MultiPartitionKey({"seed": str(seed), "variant": variant})
 
 
 def seed_and_variant(key: str | dg.MultiPartitionKey) -> tuple[int, str]:

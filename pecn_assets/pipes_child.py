@@ -99,10 +99,6 @@ def _rank_dir(options: LaunchOptions) -> Path:
     return Path(options.out_dir) / RANKS_DIR / (options.launch_id or "default")
 
 
-def write_rank_record(options: LaunchOptions, record: dict) -> None:
-    write_json_atomic(_rank_dir(options) / f"rank-{record['rank']}.json", record)
-
-
 def gather_rank_records(options: LaunchOptions, world_size: int, own: dict, timeout_s: float = 300.0,
                         log: Optional[LogFn] = None) -> list[dict]:
     """Rank 0: its own record plus the other ranks' files (waiting for them), then cleans up."""
@@ -220,20 +216,16 @@ def pipes_metadata(meta: dict) -> dict:
     return out
 
 
-def _parse(argv: Optional[list[str]], trainers: Mapping[str, tuple[type, Runner]]) -> tuple[str, Any]:
+def main(argv: Optional[list[str]] = None, trainers: Mapping[str, tuple[type, Runner]] = TRAINERS) -> int:
+    """Run the job of `argv` with the trainer it names; a failure no retry can fix is announced on stderr."""
     parser = argparse.ArgumentParser(description="Train one model as a Dagster Pipes child.")
     parser.add_argument("trainer", choices=sorted(trainers))
     parser.add_argument("--config", required=True, help="the job as JSON, or @path of a JSON file")
     args, _ = parser.parse_known_args(argv)  # Pipes may append its own --dagster-pipes-* args
-    text = args.config
+    trainer, text = args.trainer, args.config
     if text.startswith("@"):
         text = Path(text[1:]).read_text(encoding="utf-8")
-    return args.trainer, from_json(trainers[args.trainer][0], text)
-
-
-def main(argv: Optional[list[str]] = None, trainers: Mapping[str, tuple[type, Runner]] = TRAINERS) -> int:
-    """Run the job of `argv` with the trainer it names; a failure no retry can fix is announced on stderr."""
-    trainer, job = _parse(argv, trainers)
+    job = from_json(trainers[trainer][0], text)
     if job.options.launcher_pid:  # a killed step leaves no orphan training on its devices
         die_with(job.options.launcher_pid, job.options.launcher_start,
                  log=lambda msg: print(f"[pipes child] {msg}", file=sys.stderr, flush=True))
@@ -253,7 +245,7 @@ def _main(trainer: str, job: Any, runner: Runner) -> int:
             print(f"[rank {rank}/{world_size}] {msg}", file=sys.stderr, flush=True)
 
         meta, _ = train(trainer, job, runner, log, main_rank=False)
-        write_rank_record(job.options, _rank_record(meta))
+        write_json_atomic(_rank_dir(job.options) / f"rank-{rank}.json", _rank_record(meta))
         return 0
 
     from dagster_pipes import open_dagster_pipes

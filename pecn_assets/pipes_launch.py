@@ -23,6 +23,7 @@ from pecn_ml.utils.accel import launch_command
 from pecn_ml.utils.codec import to_json
 from pecn_ml.utils.failures import NOT_RETRIED_MARKER
 from pecn_ml.utils.files import owned_tmp_dir
+from pecn_ml.utils.gpu_devices import DeviceClaim
 from pecn_ml.utils.processes import start_ticks
 
 CHILD_MODULE = "pecn_assets.pipes_child"
@@ -164,7 +165,9 @@ def run_training(context: dg.AssetExecutionContext, trainer: str, job: Any, *,
     """Train `job` in a child (`module`) with `num_processes` ranks on the devices of `claim` (a
     `DeviceClaim`, or None) and return its materialisation, the claim's `gpu_devices` added.
     `cpu` (K > 1 over gloo) defaults to: no devices claimed, or no CUDA here (simulated devices)."""
-    devices = tuple(claim.devices) if claim is not None else ()
+    metadata = claim.metadata() if claim is not None else {"gpu_devices": []}
+    claim = claim or DeviceClaim(devices=())   # no devices, no lock files to hand over
+    devices = tuple(claim.devices)
     if cpu is None:
         import torch
 
@@ -175,7 +178,7 @@ def run_training(context: dg.AssetExecutionContext, trainer: str, job: Any, *,
     job = for_this_launch(job)
     if threads_per_process is None and num_processes > 1 and cpu:  # the machine's cores shared out
         threads_per_process = max(1, (os.cpu_count() or 1) // num_processes)
-    env = child_env(claim.env() if claim is not None else {}, cpu=cpu, threads_per_process=threads_per_process)
+    env = child_env(claim.env(), cpu=cpu, threads_per_process=threads_per_process)
     context.log.info(f"launching {trainer} training: {num_processes} process(es), "
                      f"devices {','.join(devices) or 'none (CPU)'}")
     with owned_tmp_dir(scratch_root()) as scratch:
@@ -184,13 +187,10 @@ def run_training(context: dg.AssetExecutionContext, trainer: str, job: Any, *,
         job_file.write_text(to_json(job), encoding="utf-8")
         command = child_command(trainer, f"@{job_file}", num_processes, cpu=cpu, module=module)
         try:
-            invocation = run_pipes_command(context, command, env=env, scratch=scratch,
-                                           pass_fds=claim.fds if claim is not None else (),
-                                           on_start=claim.hand_to if claim is not None else None,
-                                           metadata=claim.metadata() if claim is not None else {"gpu_devices": []})
+            invocation = run_pipes_command(context, command, env=env, scratch=scratch, pass_fds=claim.fds,
+                                           on_start=claim.hand_to, metadata=metadata)
         finally:
-            if claim is not None:
-                claim.hand_to(os.getpid())  # the child is gone: the claimant holds the devices again
+            claim.hand_to(os.getpid())  # the child is gone: the claimant holds the devices again
     return invocation.get_materialize_result()
 
 

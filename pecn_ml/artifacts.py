@@ -8,17 +8,15 @@ as plain values (Path, `Markdown`, `Url`, `Table`, dicts).
 
 from __future__ import annotations
 
-import collections.abc
-import dataclasses
 import json
 import math
-import typing
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pecn_ml.training.tracking import TrackingInfo
+from pecn_ml.utils.codec import decode
 from pecn_ml.utils.failures import ArtifactChanged
 from pecn_ml.utils.files import ManifestMismatch, check_manifest, sha256_file
 from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
@@ -88,7 +86,7 @@ def _check_folder(what: str, folder: Path, recorded: str, scheme: str, files: Ma
 
 
 def _or_nan(value: Optional[float]) -> float:
-    """A float; NaN for None (not measured)."""
+    """A float; NaN for None (not measured: e.g. a mean of evaluations older than the metric)."""
     return math.nan if value is None else float(value)
 
 
@@ -116,44 +114,21 @@ class Artifact:
     def verify(self) -> "Artifact":
         return self
 
-    def problems(self) -> list[str]:
+    def _judged(self) -> list[tuple[bool, str]]:
+        """(blocking, message) of each failed check: a problem, or only a warning."""
         return []
 
+    def problems(self) -> list[str]:
+        return [message for blocking, message in self._judged() if blocking]
+
     def warnings(self) -> list[str]:
-        return []
+        return [message for blocking, message in self._judged() if not blocking]
 
     def metadata(self) -> dict[str, Any]:
         return {}
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, **_encode(self)}
-
-
-def _encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _encode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
-    return value
-
-
-def _decode(tp: Any, value: Any) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if value is None:
-        return None
-    if origin is typing.Union:
-        return _decode(next(a for a in args if a is not type(None)), value)
-    if dataclasses.is_dataclass(tp):
-        hints = typing.get_type_hints(tp)
-        return tp(**{f.name: _decode(hints[f.name], value[f.name])
-                     for f in dataclasses.fields(tp) if f.name in value})
-    if origin in (dict, collections.abc.Mapping):
-        return {k: _decode(args[1], v) for k, v in value.items()} if args else dict(value)
-    if origin is tuple:
-        return tuple(_decode(args[0], v) for v in value)
-    return value
+        return {"type": type(self).__name__, **asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -177,7 +152,8 @@ def artifact_from_json(data: Mapping[str, Any]) -> Artifact:
     kind = data.get("type")
     if kind not in ARTIFACT_TYPES:
         raise ValueError(f"not a known artifact type: {kind!r} (known: {sorted(ARTIFACT_TYPES)})")
-    return _decode(ARTIFACT_TYPES[kind], {k: v for k, v in data.items() if k != "type"})
+    fields = {k: v for k, v in data.items() if k != "type"}
+    return decode(ARTIFACT_TYPES[kind], fields, kind, ignore_unknown=True)   # old handles may hold dropped fields
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -216,11 +192,7 @@ class FilteredAnnotations(Artifact):
 
     def video_ids(self) -> list[str]:
         """Every video id of the files, in file order, without repeats."""
-        seen: dict[str, None] = {}
-        for name in self.files:
-            for entry in self.entries(name):
-                seen.setdefault(entry["id"], None)
-        return list(seen)
+        return list(dict.fromkeys(entry["id"] for name in self.files for entry in self.entries(name)))
 
     def metadata(self) -> dict[str, Any]:
         return {"annotations_version": self.version, "files": [str(Path(self.annotations_dir) / n) for n in self.files]}
@@ -333,37 +305,24 @@ class PacNetCheckpoint(Artifact):
         _check_sha("pacnet selection split", Path(self.selection_split), self.selection_split_sha256)
         return list(json.loads(Path(self.selection_split).read_text(encoding="utf-8"))["ids"])
 
-    def _judged(self) -> tuple[str, float, float, int]:
-        """(name, MAE, mean predictor's MAE, videos): the test score where there is one (the selection
-        MAE chose the epoch, so it is biased low), else the validation MAE."""
-        if self.num_test > 0:
-            return "test_mae", _or_nan(self.test_mae), _or_nan(self.test_baseline_mae), self.num_test
-        return "val_mae", self.val_mae, self.baseline_mae, self.num_val
-
     def verify(self) -> "PacNetCheckpoint":
         _check_folder("pacnet checkpoint", Path(self.path), self.sha256, self.sha256_scheme, self.files)
         return self
 
-    def _beaten(self) -> Optional[str]:
-        name, mae, baseline, _ = self._judged()
-        if mae < baseline:
-            return None
-        return f"{name} {mae:.2f} pp is not below the mean predictor's {baseline:.2f} pp"
-
-    def problems(self) -> list[str]:
-        name, mae, baseline, n = self._judged()
+    def _judged(self) -> list[tuple[bool, str]]:
+        """The MAE judged is the test score where there is one (the selection MAE chose the epoch, so
+        it is biased low), else the validation MAE; too few videos: only a warning."""
+        name, mae, baseline, n = (("test_mae", _or_nan(self.test_mae), _or_nan(self.test_baseline_mae), self.num_test)
+                                  if self.num_test > 0 else ("val_mae", self.val_mae, self.baseline_mae, self.num_val))
         if not _finite(mae, baseline):
-            return [f"{name} {mae} or its mean predictor's {baseline} is not finite"]
-        beaten = self._beaten()
-        return [beaten] if beaten and n >= MIN_VAL_VIDEOS_TO_JUDGE else []
-
-    def warnings(self) -> list[str]:
-        name, mae, baseline, n = self._judged()
-        beaten = self._beaten() if _finite(mae, baseline) else None
-        if beaten and n < MIN_VAL_VIDEOS_TO_JUDGE:
-            what = "evaluation" if name == "test_mae" else "validation"
-            return [f"{beaten}; only {n} {what} videos (< {MIN_VAL_VIDEOS_TO_JUDGE}): too few to judge"]
-        return []
+            return [(True, f"{name} {mae} or its mean predictor's {baseline} is not finite")]
+        if mae < baseline:
+            return []
+        beaten = f"{name} {mae:.2f} pp is not below the mean predictor's {baseline:.2f} pp"
+        if n >= MIN_VAL_VIDEOS_TO_JUDGE:
+            return [(True, beaten)]
+        what = "evaluation" if name == "test_mae" else "validation"
+        return [(False, f"{beaten}; only {n} {what} videos (< {MIN_VAL_VIDEOS_TO_JUDGE}): too few to judge")]
 
     def metadata(self) -> dict[str, Any]:
         test = ({"test_mae": _or_nan(self.test_mae), "test_baseline_mae": _or_nan(self.test_baseline_mae),
@@ -444,22 +403,16 @@ class Pix2PixCheckpoint(Artifact):
                 raise ArtifactChanged(f"ip2p checkpoint: {e}") from None
         return self
 
-    def _decreased(self) -> bool:
-        return self.final_loss < self.first_loss
-
-    def problems(self) -> list[str]:
+    def _judged(self) -> list[tuple[bool, str]]:
         if not _finite(self.final_loss, self.first_loss):
-            return [f"final loss {self.final_loss} or first loss {self.first_loss} is not finite"]
-        if self.steps >= MIN_STEPS_TO_JUDGE and not self._decreased():
-            return [f"final loss {self.final_loss:.5f} (last epoch) is not below the first "
-                    f"{self.first_loss:.5f} (first {self.loss_window} steps)"]
-        return []
-
-    def warnings(self) -> list[str]:
-        if _finite(self.final_loss, self.first_loss) and self.steps < MIN_STEPS_TO_JUDGE and not self._decreased():
-            return [f"only {self.steps} optimizer steps (< {MIN_STEPS_TO_JUDGE}): the loss did not decrease, "
-                    f"too few steps to judge"]
-        return []
+            return [(True, f"final loss {self.final_loss} or first loss {self.first_loss} is not finite")]
+        if self.final_loss < self.first_loss:
+            return []
+        if self.steps >= MIN_STEPS_TO_JUDGE:
+            return [(True, f"final loss {self.final_loss:.5f} (last epoch) is not below the first "
+                           f"{self.first_loss:.5f} (first {self.loss_window} steps)")]
+        return [(False, f"only {self.steps} optimizer steps (< {MIN_STEPS_TO_JUDGE}): the loss did not decrease, "
+                        f"too few steps to judge")]
 
     def metadata(self) -> dict[str, Any]:
         return {"checkpoint": Path(self.path), "checkpoint_sha256": self.sha256,
@@ -566,7 +519,7 @@ class Evaluation(Artifact):
                                "seed": self.seed, "progress_source": self.progress_source}
         for s, r in self.sets.items():
             for prefix, means in r.method_means().items():
-                out.update({f"{s}_{prefix}{m}_mean": _mean_of(means, m) for m in ("ssim", "psnr") + MOTION_METRICS})
+                out.update({f"{s}_{prefix}{m}_mean": _or_nan(means.get(m)) for m in ("ssim", "psnr") + MOTION_METRICS})
             ceiling = r.autoencoder_mean["ssim"]
             out.update({f"{s}_ssim_std": float(r.std["ssim"]), f"{s}_psnr_std": float(r.std["psnr"]),
                         f"{s}_ssim_vs_ceiling": float(r.mean["ssim"] / ceiling) if ceiling else math.nan,
@@ -583,7 +536,7 @@ class Evaluation(Artifact):
         out: dict[str, Any] = {"n": n, "summary_sets": "+".join(self.sets)}
         for key in METHOD_NAMES:
             for metric in ("ssim", "psnr") + MOTION_METRICS:
-                out[f"{key}{metric}_mean"] = (sum(_mean_of(r.method_means()[key], metric) * r.n
+                out[f"{key}{metric}_mean"] = (sum(_or_nan(r.method_means()[key].get(metric)) * r.n
                                                   for r in self.sets.values()) / n if n else math.nan)
         ceiling = out["autoencoder_ssim_mean"]
         out["ssim_vs_ceiling"] = out["ssim_mean"] / ceiling if ceiling else math.nan
@@ -591,7 +544,7 @@ class Evaluation(Artifact):
 
     def scores_table(self) -> Table:
         """One row per eval set x method: SSIM, PSNR, motion PSNR means (4 significant digits) and n."""
-        rows = [{"eval_set": s, "method": method, **{m: _sig(_mean_of(r.method_means()[prefix], m))
+        rows = [{"eval_set": s, "method": method, **{m: _sig(_or_nan(r.method_means()[prefix].get(m)))
                                                      for m in ("ssim", "psnr", "motion_psnr")}, "n": r.n}
                 for s, r in self.sets.items() for prefix, method in METHOD_NAMES.items()]
         return Table(rows, SCORE_COLUMNS)
@@ -631,11 +584,6 @@ SCORE_COLUMNS = (
 )
 
 
-def _mean_of(means: Mapping[str, float], metric: str) -> float:
-    """A set-level mean; NaN where not measured (evaluations older than the metric)."""
-    return _or_nan(means.get(metric))
-
-
 def _sig(v: float, digits: int = 4) -> Optional[float]:
     """`v` to `digits` significant digits; None when not finite."""
     return float(f"{v:.{digits}g}") if _finite(v) else None
@@ -665,20 +613,20 @@ class CopyFrameBaseline(FileArtifact):
     """"Predict the input frame unchanged" on one eval set, per target frame (a results JSON)."""
 
     eval_set: str
-    by_target: Mapping[str, Mapping[str, float]]   # "21" -> {"ssim", "psnr", "motion_psnr", "n"}
+    by_target: Mapping[str, Mapping[str, Any]]   # "21" -> {"ssim", "psnr", "motion_psnr", "n", "ids_sha256"}
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per target frame: eval_set, target_idx, n, ssim_mean, psnr_mean, motion_psnr_mean."""
         return [{"eval_set": self.eval_set, "target_idx": int(t), "n": int(v["n"]),
                  "ssim_mean": float(v["ssim"]), "psnr_mean": float(v["psnr"]),
-                 "motion_psnr_mean": _mean_of(v, "motion_psnr")}
+                 "motion_psnr_mean": _or_nan(v.get("motion_psnr"))}
                 for t, v in sorted(self.by_target.items())]
 
     def metadata(self) -> dict[str, Any]:
         out: dict[str, Any] = {"results_json": Path(self.path)}
         for t, v in self.by_target.items():
             out.update({f"target{t}_ssim_mean": float(v["ssim"]), f"target{t}_psnr_mean": float(v["psnr"]),
-                        f"target{t}_motion_psnr_mean": _mean_of(v, "motion_psnr"), f"target{t}_n": int(v["n"])})
+                        f"target{t}_motion_psnr_mean": _or_nan(v.get("motion_psnr")), f"target{t}_n": int(v["n"])})
             if v.get("ids_sha256"):
                 out[f"target{t}_eval_ids_sha256"] = str(v["ids_sha256"])
         return out

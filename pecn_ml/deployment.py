@@ -45,12 +45,12 @@ def _text(env: Mapping[str, str], name: str) -> str:
     return (env.get(name) or "").strip()
 
 
-def _positive(env: Mapping[str, str], name: str) -> Optional[int]:
+def _positive(env: Mapping[str, str], name: str, unset: str = "") -> Optional[int]:
     text = _text(env, name)
     if not text:
         return None
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{name}={text!r}: expected a positive integer")
+        raise ValueError(f"{name}={text!r}: expected a positive integer{unset}")
     return int(text)
 
 
@@ -134,7 +134,7 @@ class Deployment:
             gpu_devices=env.get("PECN_GPU_DEVICES"),
             gpu_lock_dir=_text(env, "PECN_GPU_LOCK_DIR"),
             train_processes=_positive(env, "PECN_TRAIN_PROCESSES") or 1,
-            gpu_pool_limit=_pool_limit(env),
+            gpu_pool_limit=_positive(env, "PECN_GPU_POOL_LIMIT", " (or unset: automatic)"),
             allow_cpu=allow in _TRUE,
             sweep_cron=_text(env, "PECN_SWEEP_CRON") or DEFAULT_SWEEP_CRON,
             executor=_text(env, "PECN_EXECUTOR").lower() or "multiprocess",
@@ -152,12 +152,3 @@ class Deployment:
         if self.gpu_lock_dir:
             return Path(self.gpu_lock_dir).absolute()
         return (Path(self.dagster_home) if self.dagster_home else Path(outputs)).absolute() / "gpu_locks"
-
-
-def _pool_limit(env: Mapping[str, str]) -> Optional[int]:
-    text = _text(env, "PECN_GPU_POOL_LIMIT")
-    if not text:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"PECN_GPU_POOL_LIMIT={text!r}: expected a positive integer (or unset: automatic)")
-    return int(text)

@@ -13,7 +13,6 @@ import json
 import math
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -113,17 +112,15 @@ def format_duration(seconds: float) -> str:
 
 def projection_table(experiment: Experiment, plans: Sequence[tuple[int, Timings]]) -> str:
     """One row per (GPUs, timings): pool limit, each phase and the total."""
+    from pecn_ml.rehearsal import text_table
+
     phases = ("pacnet", "progress_estimates", "latent_cache", "ip2p_model", "evaluation", "total")
-    header = ("plan", "gpu pool", *phases)
-    rows = [header]
+    rows = [("plan", "gpu pool", *phases)]
     for gpus, t in plans:
         p = project(experiment, t, gpus)
         rows.append((f"{gpus} GPU{'s' if gpus > 1 else ''}, K={t.processes}", str(int(p["pool_limit"])),
                      *(format_duration(p[k]) for k in phases)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    return text_table(rows, left=(0,))
 
 
 def plans_for(visible_gpus: int, extra_gpus: Sequence[int], single: Timings,
@@ -144,19 +141,19 @@ def describe_experiment(e: Experiment) -> str:
             f"{e.val_videos} videos; {e.evaluations} evaluations x {e.samples_per_eval_set} samples")
 
 
-def random_videos(n: int, frames: int, resolution: int, seed: int = 0, version: str = "gpu-check"):
+def random_videos(n: int, frames: int, resolution: int):
     """(an `ArrayFrameCache` of `n` videos of random pixels, their annotation entries)."""
     import numpy as np
 
     from pecn_ml.training.pacnet_data import ArrayFrameCache
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     videos = {f"{i:06d}": rng.integers(0, 256, (frames, resolution, resolution, 3), dtype=np.uint8)
               for i in range(n)}
     entries = [{"id": vid, "label": "pushing a cup from left to right",
                 "template": "Pushing [something] from left to right", "placeholders": ["a cup"],
                 "task": "move_object"} for vid in videos]
-    return ArrayFrameCache(videos, version=f"{version}-{seed}-{n}x{frames}x{resolution}"), entries
+    return ArrayFrameCache(videos, version=f"gpu-check-0-{n}x{frames}x{resolution}"), entries
 
 
 def pix2pix_config(steps: int, processes: int, latent_dir: str):
@@ -179,23 +176,28 @@ def pacnet_config(processes: int):
     return replace(full, epochs=2, batch_size=max(1, full.batch_size // processes), log_every_s=60.0)
 
 
-def _cuda_sync() -> None:
+def _timed(run: Callable[[int], object], warm_up: int, size: int) -> float:
+    """Seconds of `run(size)` after a warm-up `run(warm_up)`, the GPU's queued work finished before and after."""
     import torch
 
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    run(warm_up)
+    sync()
+    t0 = time.perf_counter()
+    run(size)
+    sync()
+    return time.perf_counter() - t0
 
 
-def measure_pix2pix(models: Path, work: Path, steps: int, processes: int, log: Callable) -> dict:
+def measure_pix2pix(folders, work: Path, steps: int, processes: int, log: Callable) -> dict:
     from pecn_ml.data.pairs import FramePairDataset
-    from pecn_ml.rehearsal import model_folders
     from pecn_ml.training.pix2pix import train_pix2pix
 
     config = pix2pix_config(steps, processes, str(work / "latents"))
     global_batch = config.train_batch_size * processes * config.gradient_accumulation_steps
     cache, entries = random_videos(global_batch * steps, frames=22, resolution=config.resolution)
     pairs = FramePairDataset(cache, entries, input_idx=20, target_idx=21)
-    result = train_pix2pix(model_folders(models).pix2pix, pairs, config, work / "pix2pix", log=log, resume=False)
+    result = train_pix2pix(folders.pix2pix, pairs, config, work / "pix2pix", log=log, resume=False)
     encoded = 2 * len(pairs)
     return {"s_per_step": result.seconds_per_step, "steps": result.steps, "global_batch": result.global_batch_size,
             "samples_per_s": result.global_batch_size / result.seconds_per_step,
@@ -205,17 +207,15 @@ def measure_pix2pix(models: Path, work: Path, steps: int, processes: int, log: C
             "per_process_batch": config.train_batch_size, "accumulation": config.gradient_accumulation_steps}
 
 
-def measure_pacnet(models: Path, work: Path, processes: int, log: Callable) -> dict:
+def measure_pacnet(folders, work: Path, processes: int, log: Callable) -> dict:
     import torch
 
     from pecn_ml.models.pacnet import PacNetConfig, load_pacnet
     from pecn_ml.profiles import full_profile
     from pecn_ml.progress_estimation import estimate_for_entries
-    from pecn_ml.rehearsal import model_folders
     from pecn_ml.training.pacnet import train_pacnet
     from pecn_ml.utils.accel import process_rank
 
-    folders = model_folders(models)
     config = pacnet_config(processes)
     n_train = config.batch_size * processes * PACNET_STEPS
     cache, entries = random_videos(n_train + PACNET_VAL_VIDEOS, frames=24, resolution=full_profile().pacnet_resolution)
@@ -229,12 +229,11 @@ def measure_pacnet(models: Path, work: Path, processes: int, log: Callable) -> d
     if process_rank()[0] == 0:  # inference as progress_estimates runs it: one GPU, batches of 4 x batch
         model = load_pacnet(result.best_dir, "cuda" if torch.cuda.is_available() else "cpu")
         batch = full_profile().pacnet_train.batch_size * 4
-        estimate_for_entries(model, cache, entries[:batch], batch_size=batch)   # warm-up
-        _cuda_sync()
-        t0 = time.perf_counter()
-        estimate_for_entries(model, cache, entries, batch_size=batch)
-        _cuda_sync()
-        out["s_per_video"] = (time.perf_counter() - t0) / len(entries)
+
+        def estimate(n: int) -> None:
+            estimate_for_entries(model, cache, entries[:n], batch_size=batch)
+
+        out["s_per_video"] = _timed(estimate, batch, len(entries)) / len(entries)
         del model
         torch.cuda.empty_cache()
         # the validation's share of the epoch out (each rank predicts 1/K of the videos)
@@ -244,20 +243,18 @@ def measure_pacnet(models: Path, work: Path, processes: int, log: Callable) -> d
     return out
 
 
-def measure_sampling(models: Path, log: Callable) -> dict:
+def measure_sampling(folders, log: Callable) -> dict:
     import numpy as np
-    import torch
 
     from pecn_ml.profiles import full_profile
     from pecn_ml.prompts import build_prompt
-    from pecn_ml.rehearsal import model_folders
     from pecn_ml.sampling import load_pipeline, predict_batch, resolve_device_dtype
     from pecn_ml.training.autoencoder import roundtrip
 
     profile = full_profile()
     config = profile.sampling
     device, dtype = resolve_device_dtype(config)
-    pipe = load_pipeline(model_folders(models).pix2pix, device, dtype)
+    pipe = load_pipeline(folders.pix2pix, device, dtype)
     b, r = config.batch_size, profile.pix2pix_resolution
     frames = list(np.random.default_rng(0).integers(0, 256, (b, r, r, 3), dtype=np.uint8))
     prompts = [build_prompt("pushing something from left to right", 60)] * b
@@ -267,25 +264,21 @@ def measure_sampling(models: Path, log: Callable) -> dict:
         roundtrip(pipe.vae, np.stack(frames))   # the ceiling's and the latent copy's round trips
         roundtrip(pipe.vae, np.stack(frames))
 
-    one_batch(2)  # warm-up
-    _cuda_sync()
-    t0 = time.perf_counter()
-    one_batch(config.num_inference_steps)
-    _cuda_sync()
-    seconds = time.perf_counter() - t0
+    seconds = _timed(one_batch, 2, config.num_inference_steps)
     log(f"sampling: {b} samples x {config.num_inference_steps} steps in {seconds:.2f}s")
     return {"s_per_sample": seconds / b, "batch": b, "inference_steps": config.num_inference_steps,
             "dtype": str(dtype).replace("torch.", ""), "guidance_scale": config.guidance_scale,
             "image_guidance_scale": config.image_guidance_scale}
 
 
-WORKERS = ("pix2pix", "pacnet", "sampling")
+WORKERS = {"pix2pix": "ip2p_model", "pacnet": "pacnet", "sampling": "evaluation"}  # the asset each one times
 
 
 def worker_main(args: argparse.Namespace) -> int:
     """One measurement (one rank of it under `accelerate launch`) into `{work}/rank-{r}.json`."""
     import torch
 
+    from pecn_ml.rehearsal import model_folders
     from pecn_ml.utils.accel import process_rank
 
     rank, local, world = process_rank()
@@ -293,7 +286,7 @@ def worker_main(args: argparse.Namespace) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     work = Path(args.work)
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
-    models = Path(args.models)
+    models = model_folders(args.models)
     if args.worker == "pix2pix":
         out = measure_pix2pix(models, work, args.steps, world, log)
     elif args.worker == "pacnet":
@@ -313,20 +306,17 @@ def no_cuda_line() -> Optional[str]:
 
     from pecn_ml.utils.cuda import why_no_cuda
 
-    if torch.cuda.is_available():
-        return None
-    return f"gpu-check: no CUDA GPU visible, nothing to measure: {why_no_cuda()}"
+    return None if torch.cuda.is_available() else f"gpu-check: no CUDA GPU visible, nothing to measure: {why_no_cuda()}"
 
 
 def _call_logged(command: Sequence[str], log_path: Path, what: str, done: Callable[[], bool]) -> float:
     """Run `command` with its output in `log_path`; its seconds, or RuntimeError with the log's tail."""
-    t0 = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as f:
-        code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT)
+    from pecn_ml.utils.usage import log_tail, run_logged
+
+    code, seconds, _ = run_logged(command, log_path)
     if code != 0 or not done():
-        tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
-        raise RuntimeError(f"{what} failed (exit {code}); last lines of {log_path}:\n{tail}")
-    return time.perf_counter() - t0
+        raise RuntimeError(f"{what} failed (exit {code}); last lines of {log_path}:\n{log_tail(log_path, 30)}")
+    return seconds
 
 
 def run_measurement(kind: str, processes: int, args: argparse.Namespace, work_root: Path) -> dict:
@@ -365,9 +355,12 @@ def measurement_line(name: str, m: dict) -> str:
     return f"{name} K={m['processes']}: {rate}, peak GPU memory {peaks} GiB, {m['wall_s']:.0f}s in all"
 
 
-def timings_from(pix: dict, pac: dict, sampling: dict, inference: dict) -> Timings:
-    return Timings(processes=pix["processes"], pix2pix_s_per_step=pix["s_per_step"], pacnet_s_per_step=pac["s_per_step"],
-                   pacnet_s_per_video=inference["s_per_video"], eval_s_per_sample=sampling["s_per_sample"],
+def timings_from(measured: dict[str, dict], k: int) -> Timings:
+    """The training steps measured with K = `k` processes; inference and sampling with one."""
+    pix, pac = measured[f"pix2pix-k{k}"], measured[f"pacnet-k{k}"]
+    return Timings(processes=k, pix2pix_s_per_step=pix["s_per_step"], pacnet_s_per_step=pac["s_per_step"],
+                   pacnet_s_per_video=measured["pacnet-k1"]["s_per_video"],
+                   eval_s_per_sample=measured["sampling-k1"]["s_per_sample"],
                    encode_s_per_frame=pix["encode_s_per_frame"])
 
 
@@ -385,11 +378,10 @@ def check(args: argparse.Namespace) -> int:
     work_root.mkdir(parents=True, exist_ok=True)
     print(f"gpu-check: {torch_build()}; {gpus} GPU(s): {', '.join(names)}", flush=True)
     print(f"models: {args.models} (built once, random weights at real size)", flush=True)
-    build_rehearsal_models(args.models, on_built=lambda path, s, fresh: print(
-        f"  {path.name}: {'built' if fresh else 'reused'} in {s:.1f}s", flush=True))
+    build_rehearsal_models(args.models, log=lambda line: print(f"  {line}", flush=True))
 
     measured: dict[str, dict] = {}
-    for kind, name in (("pix2pix", "ip2p_model"), ("pacnet", "pacnet"), ("sampling", "evaluation")):
+    for kind, name in WORKERS.items():
         measured[f"{kind}-k1"] = m = run_measurement(kind, 1, args, work_root)
         print(measurement_line(name, m), flush=True)
     bench = None if args.skip_bench else run_bench(work_root)
@@ -400,18 +392,15 @@ def check(args: argparse.Namespace) -> int:
               f"steps/s -> {bench['ratio']}x (batch {bench['batch']}, {bench['precision']}, {bench['resolution']} px; "
               f"peak {bench['ours']['peak_mem_GiB']} / {bench['reference']['peak_mem_GiB']} GiB)", flush=True)
     if gpus >= 2:
-        for kind, name in (("pix2pix", "ip2p_model"), ("pacnet", "pacnet")):
+        for kind in ("pix2pix", "pacnet"):
             measured[f"{kind}-k2"] = m = run_measurement(kind, 2, args, work_root)
-            print(measurement_line(name, m) + " (NCCL)", flush=True)
+            print(measurement_line(WORKERS[kind], m) + " (NCCL)", flush=True)
     else:
         print("K=2 over NCCL: skipped (one GPU visible)", flush=True)
 
-    sampling, inference = measured["sampling-k1"], measured["pacnet-k1"]
-    single = timings_from(measured["pix2pix-k1"], measured["pacnet-k1"], sampling, inference)
-    pair = (timings_from(measured["pix2pix-k2"], measured["pacnet-k2"], sampling, inference)
-            if "pix2pix-k2" in measured else None)
+    pair = timings_from(measured, 2) if "pix2pix-k2" in measured else None
     experiment = Experiment.from_profile(full_profile(), args.train_videos, args.variants)
-    plans = plans_for(gpus, args.gpus, single, pair)
+    plans = plans_for(gpus, args.gpus, timings_from(measured, 1), pair)
     print(f"\nProjected wall time of the full experiment ({describe_experiment(experiment)}), "
           f"phases one after another, at this machine's per-GPU speed:")
     print(projection_table(experiment, plans))

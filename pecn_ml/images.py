@@ -1,9 +1,7 @@
-"""Image helpers: atomic PNG I/O, labelled comparison and validation grids, loss curves, data URIs."""
+"""Image helpers: atomic PNG I/O, labelled comparison and validation grids, loss curves."""
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 import os
 from pathlib import Path
@@ -101,25 +99,6 @@ def stack_vertical(rows: Sequence[ImageLike], pad: int = GRID_PAD) -> Image.Imag
     return canvas
 
 
-def png_data_uri(image: str | os.PathLike | ImageLike, max_px: int = 256) -> str:
-    """`data:image/png;base64,...` of an image file or image, shrunk so its longer side is at most
-    `max_px` (aspect kept, never enlarged): small enough to embed in Markdown metadata."""
-    if max_px < 1:
-        raise ValueError(f"max_px must be >= 1, got {max_px}")
-    if isinstance(image, (str, os.PathLike)):
-        pil = Image.fromarray(load_png(image))
-    elif isinstance(image, Image.Image):
-        pil = image.convert("RGB")
-    else:
-        pil = Image.fromarray(as_rgb_array(image))
-    if max(pil.size) > max_px:
-        pil = pil.copy()
-        pil.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def make_grid(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str] = ("Input", "GT", "Output"),
               captions: Optional[Sequence[str]] = None, pad: int = 4) -> Image.Image:
     """One row per sample of (R, R, 3) uint8 images under `headers`, with optional captions."""
@@ -141,12 +120,11 @@ def make_grid(rows: Sequence[Sequence[np.ndarray]], headers: Sequence[str] = ("I
     return grid
 
 
-def plot_loss_curve(losses: Sequence[float], path: str | os.PathLike, title: str = "train loss",
-                    size: tuple[int, int] = (640, 360)) -> Path:
-    """The loss per step and its moving average as a PNG (PIL only), written atomically."""
-    w, h = size
+def plot_loss_curve(losses: Sequence[float], path: str | os.PathLike, title: str = "train loss") -> Path:
+    """The loss per step and its moving average as a 640 x 360 PNG (PIL only), written atomically."""
+    w, h = 640, 360
     left, right, top, bottom = 60, 15, 25, 35
-    img = Image.new("RGB", size, (255, 255, 255))
+    img = Image.new("RGB", (w, h), (255, 255, 255))
     d = ImageDraw.Draw(img)
     d.text((left, 6), title, fill=(0, 0, 0))
     d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))

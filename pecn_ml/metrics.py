@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 PSNR_CAP_DB = 100.0
 MOTION_THRESHOLD = 8          # 8-bit levels: |target - input| > 8 in a channel is "changed"
@@ -71,8 +72,7 @@ def ssim(pred: np.ndarray, target: np.ndarray) -> float | np.ndarray:
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     p, t, single = _as_batch(pred, target)
-    settings = {k: v for k, v in SSIM_SETTINGS.items() if k != "gaussian_kernel"}
-    scores = structural_similarity_index_measure(p, t, gaussian_kernel=True, reduction="none", **settings)  # (B,)
+    scores = structural_similarity_index_measure(p, t, reduction="none", **SSIM_SETTINGS)  # (B,)
     return _single(scores.numpy().astype(np.float64), single)
 
 
@@ -89,27 +89,18 @@ def psnr(pred: np.ndarray, target: np.ndarray, cap_db: Optional[float] = PSNR_CA
     return _single(_capped(scores.numpy().astype(np.float64), cap_db), single)
 
 
-def motion_mask(inp: np.ndarray, target: np.ndarray, threshold: int = MOTION_THRESHOLD,
-                dilation: int = MOTION_DILATION_PX) -> np.ndarray:
+def motion_mask(inp: np.ndarray, target: np.ndarray, dilation: int = MOTION_DILATION_PX) -> np.ndarray:
     """uint8 (H, W, 3) or (B, H, W, 3) frame pair(s) -> bool (H, W) or (B, H, W): changed by more than
-    `threshold` levels in a channel, dilated by `dilation` px (square); empty masks stay empty."""
+    `MOTION_THRESHOLD` levels in a channel, dilated by `dilation` px (square); empty masks stay empty."""
     inp, target = _uint8_rgb("input", inp), _uint8_rgb("target", target)
     if inp.shape != target.shape:
         raise ValueError(f"input and target shapes differ: {inp.shape} vs {target.shape}")
     diff = np.abs(target.astype(np.int16) - inp.astype(np.int16))     # (..., H, W, 3)
-    changed = (diff > int(threshold)).any(axis=-1)                      # (..., H, W)
+    changed = (diff > MOTION_THRESHOLD).any(axis=-1)                   # (..., H, W)
     if dilation <= 0:
         return changed
-    h, w, d = changed.shape[-2], changed.shape[-1], int(dilation)
-    pad = [(0, 0)] * (changed.ndim - 2) + [(d, d), (d, d)]
-    padded = np.pad(changed, pad)                                       # False beyond the border
-    rows = np.zeros(padded.shape[:-1] + (w,), dtype=bool)               # max over a 1 x (2d+1) window
-    for dx in range(2 * d + 1):
-        rows |= padded[..., dx:dx + w]
-    out = np.zeros(changed.shape, dtype=bool)                           # then over (2d+1) x 1
-    for dy in range(2 * d + 1):
-        out |= rows[..., dy:dy + h, :]
-    return out
+    square = np.ones((1,) * (changed.ndim - 2) + (2 * int(dilation) + 1,) * 2, dtype=bool)  # per image
+    return ndimage.binary_dilation(changed, structure=square)           # False beyond the border
 
 
 def _masked_mean(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, err) -> tuple[np.ndarray, bool]:

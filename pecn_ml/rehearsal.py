@@ -10,11 +10,11 @@ and the report of its steps.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -80,18 +80,6 @@ class RehearsalModels:
 
 # --- builders (each takes its configs, so a test can run them at a small size) -------------------
 
-def unet(config: dict = SD15_UNET):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(**config)
-
-
-def vae(config: dict = SD_VAE):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(**config)
-
-
 def clip_text(arch: dict, tokenizer: Any = None):
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -111,11 +99,13 @@ def resnet(config: dict = RESNET50):
 def build_pix2pix_folder(out_dir: str | Path, *, unet_config: dict = SD15_UNET, vae_config: dict = SD_VAE,
                          text_config: dict = CLIP_L14_TEXT, seed: int = 0) -> Path:
     """An InstructPix2Pix pipeline folder (`save_pix2pix_pipeline`) of random parts in fp32."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
     out_dir = Path(out_dir)
     tok = build_tiny_tokenizer(out_dir / "tokenizer", model_max_length=CLIP_MAX_LEN)
     torch.manual_seed(seed)
-    return save_pix2pix_pipeline(out_dir, vae=vae(vae_config), text_encoder=clip_text(text_config, tok),
-                                 tokenizer=tok, unet=unet(unet_config))
+    return save_pix2pix_pipeline(out_dir, vae=AutoencoderKL(**vae_config), text_encoder=clip_text(text_config, tok),
+                                 tokenizer=tok, unet=UNet2DConditionModel(**unet_config))
 
 
 def build_clip_text_folder(out_dir: str | Path, *, text_config: dict = CLIP_B32_TEXT, seed: int = 0) -> Path:
@@ -141,27 +131,30 @@ def model_folders(root: str | Path) -> RehearsalModels:
                            clip_text=root / "clip-vit-base-patch32")
 
 
-def build_rehearsal_models(root: str | Path, on_built: Optional[Callable] = None) -> RehearsalModels:
+def build_rehearsal_models(root: str | Path, log: Callable = partial(print, flush=True)) -> RehearsalModels:
     """Build (once, atomically, one model in memory at a time) the full-size random models under
-    `root`; `on_built(path, seconds, fresh)` is called after each folder."""
+    `root`, logging each folder's seconds, bytes on disk and the peak RSS so far."""
+    from pecn_ml.utils.usage import bytes_on_disk, peak_rss
+
     folders = model_folders(root)
-    builders = {"pix2pix": build_pix2pix_folder, "resnet": build_resnet_folder, "clip_text": build_clip_text_folder}
-    for name, builder in builders.items():
-        target, t0 = getattr(folders, name), time.perf_counter()
-        fresh = not (target / ".complete").exists()
+    for target, builder in ((folders.pix2pix, build_pix2pix_folder), (folders.resnet, build_resnet_folder),
+                            (folders.clip_text, build_clip_text_folder)):
+        t0, fresh = time.perf_counter(), not (target / ".complete").exists()
         _build_once(target, builder)
         gc.collect()  # free the builder's tensors before the next model is built
-        if on_built is not None:
-            on_built(target, time.perf_counter() - t0, fresh)
+        log(f"{target.name}: {'built' if fresh else 'reused'} in {time.perf_counter() - t0:.1f}s, "
+            f"{bytes_on_disk(target):,} bytes on disk, peak RSS so far {peak_rss().self_bytes / GIB:.2f} GiB")
     return folders
 
 
 def rehearsal_param_counts() -> dict[str, int]:
     """Parameters of each rehearsal model, from their configs on the meta device (no weights)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
     with torch.device("meta"):
-        builders = {"unet": unet, "vae": vae, "text_encoder": lambda: clip_text(CLIP_L14_TEXT),
-                    "resnet": resnet, "clip_text": lambda: clip_text(CLIP_B32_TEXT)}
-        return {name: int(sum(p.numel() for p in build().parameters())) for name, build in builders.items()}
+        models = {"unet": UNet2DConditionModel(**SD15_UNET), "vae": AutoencoderKL(**SD_VAE),
+                  "text_encoder": clip_text(CLIP_L14_TEXT), "resnet": resnet(), "clip_text": clip_text(CLIP_B32_TEXT)}
+    return {name: int(sum(p.numel() for p in m.parameters())) for name, m in models.items()}
 
 
 # --- the policy: the rehearsal profile as this machine runs it ----------------------------------
@@ -238,9 +231,9 @@ def cpu_adjustments(profile, *, cuda: Optional[bool] = None, memory_bytes: Optio
 def profile_differences(base: Any, other: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted field, base value, other value) for every differing field, nested dataclasses too."""
     out: list[tuple[str, Any, Any]] = []
-    for f in dataclasses.fields(base):
+    for f in fields(base):
         a, b = getattr(base, f.name), getattr(other, f.name)
-        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b) and type(a) is type(b):
+        if is_dataclass(a) and is_dataclass(b) and type(a) is type(b):
             out += profile_differences(a, b, f"{prefix}{f.name}.")
         elif a != b:
             out.append((f"{prefix}{f.name}", a, b))
@@ -314,18 +307,23 @@ COLUMNS = ("step", "status", "wall s", "parameters", "source", "peak RSS GiB", "
            "pruned")
 
 
-def format_table(results: list[StepResult]) -> str:
-    """A fixed-width table of every step (text columns left, numbers right)."""
-    rows = [COLUMNS, *((r.name, r.status, f"{r.wall_s:.1f}", _fmt(r.parameters, ","),
-                        r.parameters_source.split(" ")[0] or "-", _gib(r.peak_rss_bytes), _gib(r.cuda_peak_bytes),
-                        _fmt(r.seconds_per_step, ".2f"), format_bytes(r.bytes_written), format_bytes(r.pruned_bytes))
-                       for r in results)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+def text_table(rows: list[tuple[str, ...]], left: tuple[int, ...]) -> str:
+    """Fixed-width columns: the header, a rule, the rows; columns `left` flush left, the rest right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
     def line(row: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) if i in (0, 1, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
     return "\n".join([line(rows[0]), "  ".join("-" * w for w in widths), *map(line, rows[1:])])
+
+
+def format_table(results: list[StepResult]) -> str:
+    """A fixed-width table of every step (text columns left, numbers right)."""
+    return text_table([COLUMNS, *((r.name, r.status, f"{r.wall_s:.1f}", _fmt(r.parameters, ","),
+                                   r.parameters_source.split(" ")[0] or "-", _gib(r.peak_rss_bytes),
+                                   _gib(r.cuda_peak_bytes), _fmt(r.seconds_per_step, ".2f"),
+                                   format_bytes(r.bytes_written), format_bytes(r.pruned_bytes)) for r in results)],
+                      left=(0, 1, 4))
 
 
 def report_json(results: list[StepResult], *, total_s: float, ok: bool, profile_changes: list[str],
@@ -333,7 +331,7 @@ def report_json(results: list[StepResult], *, total_s: float, ok: bool, profile_
     """What `rehearsal_report.json` holds."""
     return {"ok": ok, "total_wall_s": round(total_s, 1), "machine": machine,
             "profile_changes_from_full": profile_changes, "cpu_adjustments": cpu_notes, "environment": env_notes,
-            "steps": [{**{k: v for k, v in dataclasses.asdict(r).items() if k != "extra"}, **r.extra,
+            "steps": [{**{k: v for k, v in asdict(r).items() if k != "extra"}, **r.extra,
                        "name": r.name} for r in results]}
 
 
@@ -365,20 +363,13 @@ def step_measurements(meta: dict, handle: Any = None) -> dict:
 
 
 def _main(argv: Optional[list[str]] = None) -> None:
-    from pecn_ml.utils.usage import bytes_on_disk, peak_rss
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/rehearsal_models", help="folder for the three models")
     args = parser.parse_args(argv)
     for name, n in rehearsal_param_counts().items():
         print(f"{name:>13}: {n:,} parameters")
-
-    def report(path: Path, seconds: float, fresh: bool) -> None:
-        print(f"{path.name:>22}: {'built' if fresh else 'reused'} in {seconds:.1f}s, {bytes_on_disk(path):,} bytes "
-              f"on disk, peak RSS so far {peak_rss().self_bytes / GIB:.2f} GiB", flush=True)
-
     t0 = time.perf_counter()
-    models = build_rehearsal_models(args.out, on_built=report)
+    models = build_rehearsal_models(args.out)
     print(f"done in {time.perf_counter() - t0:.1f}s: {models}")
 
 

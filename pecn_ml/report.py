@@ -21,8 +21,13 @@ class Column:
     key: str
     header: str
     fmt: Optional[str] = None   # Excel number format; "metric" = SSIM_FMT or PSNR_FMT by the row's metric
-    width: int = 12
+    width: int = 12             # at least len(header) + 2 in the sheet
 
+
+# each method's motion-region columns: model, latent copy, copy-frame, ceiling
+MOTION_NAMES = {"": "Motion", "latent_copy_": "Latent copy motion", "baseline_": "Copy-frame motion",
+                "autoencoder_": "VAE ceiling motion"}
+MOTION_PREFIXES = tuple(MOTION_NAMES)
 
 EVAL_COLUMNS = (
     Column("variant", "Variant", None, 16),
@@ -44,14 +49,8 @@ EVAL_COLUMNS = (
     Column("autoencoder_psnr", "VAE ceiling PSNR (dB)", PSNR_FMT, 21),
     Column("latent_copy_ssim", "Latent copy SSIM", SSIM_FMT, 17),
     Column("latent_copy_psnr", "Latent copy PSNR (dB)", PSNR_FMT, 21),
-    Column("motion_psnr", "Motion PSNR (dB)", PSNR_FMT, 17),
-    Column("latent_copy_motion_psnr", "Latent copy motion PSNR (dB)", PSNR_FMT, 20),
-    Column("baseline_motion_psnr", "Copy-frame motion PSNR (dB)", PSNR_FMT, 20),
-    Column("autoencoder_motion_psnr", "VAE ceiling motion PSNR (dB)", PSNR_FMT, 20),
-    Column("motion_mae", "Motion MAE", SSIM_FMT, 12),
-    Column("latent_copy_motion_mae", "Latent copy motion MAE", SSIM_FMT, 14),
-    Column("baseline_motion_mae", "Copy-frame motion MAE", SSIM_FMT, 14),
-    Column("autoencoder_motion_mae", "VAE ceiling motion MAE", SSIM_FMT, 14),
+    *(Column(f"{p}motion_psnr", f"{name} PSNR (dB)", PSNR_FMT) for p, name in MOTION_NAMES.items()),
+    *(Column(f"{p}motion_mae", f"{name} MAE", SSIM_FMT) for p, name in MOTION_NAMES.items()),
     Column("motion_fraction", "Motion region (share of frame)", SSIM_FMT, 16),
     Column("checkpoint_sha256", "Checkpoint sha256", None, 66),
 )
@@ -113,8 +112,6 @@ ACROSS_COLUMNS = (
     Column("baseline_motion_psnr", "Copy-frame motion PSNR (dB)", PSNR_FMT, 20),
 )
 
-MOTION_PREFIXES = ("", "latent_copy_", "baseline_", "autoencoder_")   # model, latent copy, copy-frame, ceiling
-
 BASELINE_COLUMNS = (
     Column("eval_set", "Eval set", None, 10),
     Column("target_idx", "Target frame", INT_FMT, 12),
@@ -147,11 +144,7 @@ def evaluation_row(variant: str, eval_set: str, results: Mapping[str, Any], *, m
                    target_idx: Optional[int] = None, progress: Optional[bool] = None) -> dict[str, Any]:
     """One evaluations-sheet row from an `evaluate_model` results dict."""
     cfg = results.get("config", {})
-    references = {f"latent_copy_{m}": results.get("latent_copy_mean", {}).get(m) for m in ("ssim", "psnr")}
-    for prefix, group in (("", "mean"), ("latent_copy_", "latent_copy_mean"), ("baseline_", "baseline_mean"),
-                          ("autoencoder_", "autoencoder_mean")):
-        references.update({f"{prefix}{m}": results.get(group, {}).get(m) for m in ("motion_psnr", "motion_mae")})
-    references["motion_fraction"] = results.get("motion_fraction_mean")
+    means = {p: results.get(f"{p}mean", {}) for p in MOTION_PREFIXES}  # the model's and each reference's
     return {"variant": variant, "model": model, "eval_set": eval_set,
             "target_idx": cfg.get("target_idx") if target_idx is None else target_idx,
             "progress": cfg.get("add_progress") if progress is None else progress,
@@ -159,9 +152,10 @@ def evaluation_row(variant: str, eval_set: str, results: Mapping[str, Any], *, m
             "ssim_mean": results["mean"]["ssim"], "ssim_std": results["std"]["ssim"],
             "psnr_mean": results["mean"]["psnr"], "psnr_std": results["std"]["psnr"],
             "baseline_ssim": results["baseline_mean"]["ssim"], "baseline_psnr": results["baseline_mean"]["psnr"],
-            "autoencoder_ssim": results.get("autoencoder_mean", {}).get("ssim"),
-            "autoencoder_psnr": results.get("autoencoder_mean", {}).get("psnr"),
-            **references, "checkpoint_sha256": results.get("checkpoint_sha256")}
+            **{f"{p}{m}": means[p].get(m) for p in ("autoencoder_", "latent_copy_") for m in ("ssim", "psnr")},
+            **{f"{p}{m}": means[p].get(m) for p in MOTION_PREFIXES for m in ("motion_psnr", "motion_mae")},
+            "motion_fraction": results.get("motion_fraction_mean"),
+            "checkpoint_sha256": results.get("checkpoint_sha256")}
 
 
 def across_seeds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -169,26 +163,25 @@ def across_seeds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     means; the references averaged likewise."""
     import numpy as np
 
+    def sd(v: list[float]) -> float:
+        return np.std(v, ddof=1) if len(v) > 1 else float("nan")
+
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r.get("variant"), r.get("eval_set")), []).append(r)
     out = []
     for (variant, eval_set), rs in groups.items():
-        def stat(key: str, fn) -> float:
+        def stat(key: str, fn=np.mean) -> float:
             vals = [v for v in (_num(r.get(key)) for r in rs) if v is not None]
             return float(fn(vals)) if vals else float("nan")
-        sd = (lambda v: np.std(v, ddof=1) if len(v) > 1 else float("nan"))
         out.append({"variant": variant, "eval_set": eval_set, "target_idx": rs[0].get("target_idx"),
                     "progress": rs[0].get("progress"), "n_seeds": len(rs),
                     "seeds": ", ".join(str(r.get("seed")) for r in rs),
-                    "ssim_mean": stat("ssim_mean", np.mean), "ssim_sd": stat("ssim_mean", sd),
-                    "psnr_mean": stat("psnr_mean", np.mean), "psnr_sd": stat("psnr_mean", sd),
-                    "baseline_ssim": stat("baseline_ssim", np.mean),
-                    "autoencoder_ssim": stat("autoencoder_ssim", np.mean),
-                    "latent_copy_ssim": stat("latent_copy_ssim", np.mean),
-                    "motion_psnr_mean": stat("motion_psnr", np.mean), "motion_psnr_sd": stat("motion_psnr", sd),
-                    "latent_copy_motion_psnr": stat("latent_copy_motion_psnr", np.mean),
-                    "baseline_motion_psnr": stat("baseline_motion_psnr", np.mean)})
+                    "ssim_mean": stat("ssim_mean"), "ssim_sd": stat("ssim_mean", sd),
+                    "psnr_mean": stat("psnr_mean"), "psnr_sd": stat("psnr_mean", sd),
+                    **{k: stat(k) for k in ("baseline_ssim", "autoencoder_ssim", "latent_copy_ssim")},
+                    "motion_psnr_mean": stat("motion_psnr"), "motion_psnr_sd": stat("motion_psnr", sd),
+                    **{k: stat(k) for k in ("latent_copy_motion_psnr", "baseline_motion_psnr")}})
     return out
 
 
@@ -251,15 +244,11 @@ def write_summary_workbook(evaluations: Sequence[Mapping[str, Any]], t_tests: Se
     from pecn_ml.utils.files import atomic_path
 
     path = Path(path)
-    sheets = [("evaluations", [_with_text(r) for r in evaluations], EVAL_COLUMNS),
-              ("t_tests", [dict(r) for r in t_tests], T_TEST_COLUMNS)]
-    if across is not None:
-        sheets.append(("across_seeds", [dict(r) for r in across], ACROSS_COLUMNS))
-    if baselines is not None:
-        sheets.append(("copy_frame_baseline", [dict(r) for r in baselines], BASELINE_COLUMNS))
+    sheets = [("evaluations", [_with_text(r) for r in evaluations], EVAL_COLUMNS), ("t_tests", t_tests, T_TEST_COLUMNS),
+              ("across_seeds", across, ACROSS_COLUMNS), ("copy_frame_baseline", baselines, BASELINE_COLUMNS)]
     with atomic_path(path) as tmp:
         with pd.ExcelWriter(tmp, engine="openpyxl") as xw:
-            for name, rows, columns in sheets:
+            for name, rows, columns in (s for s in sheets if s[1] is not None):
                 df, cols = _frame(rows, columns)
                 df.to_excel(xw, sheet_name=name, index=False)
                 _format_sheet(xw.sheets[name], rows, cols)
@@ -269,10 +258,14 @@ def write_summary_workbook(evaluations: Sequence[Mapping[str, Any]], t_tests: Se
 # ----------------------------------------------------------------------------- Markdown
 
 
+def _fmt(v: Any, digits: int, missing: str = "-") -> str:
+    x = _num(v)
+    return missing if x is None else f"{x:.{digits}f}"
+
+
 def _md(v: Any, digits: Optional[int] = None) -> str:
     if digits is not None:
-        f = _num(v)
-        return "–" if f is None else f"{f:.{digits}f}"
+        return _fmt(v, digits, "–")
     if v is None:
         return "–"
     return str(v).replace("|", "\\|").replace("\n", " ")
@@ -292,11 +285,10 @@ def markdown_summary(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence
         rows = []
         for r in evaluations:
             r = _with_text(r)
-            rows.append([_md(r.get("variant")), _md(r.get("seed")), _md(r.get("eval_set")), _md(r.get("target_idx")),
-                         _md(r.get("progress")), _md(r.get("n")), _md(r.get("ssim_text")),
-                         _md(r.get("psnr_text")), _md(r.get("latent_copy_ssim"), 4), _md(r.get("latent_copy_psnr"), 2),
-                         _md(r.get("baseline_ssim"), 4), _md(r.get("baseline_psnr"), 2),
-                         _md(r.get("autoencoder_ssim"), 4), _md(r.get("autoencoder_psnr"), 2),
+            rows.append([*(_md(r.get(k)) for k in ("variant", "seed", "eval_set", "target_idx", "progress", "n",
+                                                   "ssim_text", "psnr_text")),
+                         *(_md(r.get(k + m), 4 if m == "ssim" else 2) for k in MOTION_PREFIXES[1:]
+                           for m in ("ssim", "psnr")),
                          *(_md(r.get(f"{k}motion_psnr"), 2) for k in MOTION_PREFIXES),
                          " / ".join(_md(r.get(f"{k}motion_mae"), 4) for k in MOTION_PREFIXES)])
         parts.append("### Evaluations\n\n" + _table(
@@ -341,10 +333,6 @@ def markdown_summary(evaluations: Sequence[Mapping[str, Any]], t_tests: Sequence
 
 # --- the table `make demo` ends with ----------------------------------------------------------------
 
-PREDICTION_METHODS = (("model", ""), ("latent copy", "latent_copy_"), ("copy-frame", "baseline_"),
-                      ("ceiling", "autoencoder_"))
-
-
 def prediction_rows(results_by_model: Mapping[tuple[int, str, str], Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per (seed, variant, eval set): each method's mean SSIM and motion PSNR, and the paired
     test of model - latent copy on both."""
@@ -357,7 +345,7 @@ def prediction_rows(results_by_model: Mapping[tuple[int, str, str], Mapping[str,
         samples = res.get("samples") or []
         row: dict[str, Any] = {"seed": seed, "variant": variant, "eval_set": eval_set, "n": len(samples)}
         for metric in ("ssim", "motion_psnr"):
-            for name, prefix in PREDICTION_METHODS:
+            for prefix in MOTION_PREFIXES:  # model, latent copy, copy-frame, ceiling
                 vals = [s.get(prefix + metric) for s in samples]
                 row[f"{prefix or 'model_'}{metric}"] = (float(np.mean(vals)) if vals and None not in vals else math.nan)
             model = [s.get(metric) for s in samples]
@@ -367,11 +355,6 @@ def prediction_rows(results_by_model: Mapping[tuple[int, str, str], Mapping[str,
             row[f"{metric}_vs_latent_copy"], row[f"{metric}_vs_latent_copy_p"] = test["mean_diff"], test["p"]
         rows.append(row)
     return rows
-
-
-def _fmt(v: Any, digits: int) -> str:
-    x = _num(v)
-    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def _p(v: Any) -> str:

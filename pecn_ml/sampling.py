@@ -16,7 +16,9 @@ import json
 import math
 import os
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
+from itertools import islice, zip_longest
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -94,9 +96,6 @@ class SamplingConfig:
     def demo(cls, **overrides: Any) -> "SamplingConfig":
         """The demo's evaluation: 24 samples, 10 denoising steps, batches of 8."""
         return replace(cls(num_samples=24, num_inference_steps=10, batch_size=8), **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -182,23 +181,16 @@ def stratified_draw(by_task: Mapping[str, Sequence[str]], num_samples: int, sele
     """`num_samples` ids taken in turns from each task's ids (tasks in name order, each task's ranked
     by sha256("{selection_seed}:{id}")): equal numbers per task within one."""
     queues = [sorted(ids, key=lambda v: _draw_rank(selection_seed, v)) for _, ids in sorted(by_task.items())]
-    out: list[str] = []
-    depth = 0
-    while len(out) < num_samples and any(depth < len(q) for q in queues):
-        out += [q[depth] for q in queues if depth < len(q)][: num_samples - len(out)]
-        depth += 1
-    return out
+    in_turns = (v for turn in zip_longest(*queues) for v in turn if v is not None)
+    return list(islice(in_turns, max(num_samples, 0)))
 
 
 def selection_record(chosen: Sequence["Selected"], selection_seed: int, required_idx: int) -> dict[str, Any]:
     """results.json `selection`: the drawn ids in order, their sha256, the count per task."""
     ids = [s.video_id for s in chosen]
-    per_task: dict[str, int] = {}
-    for s in chosen:
-        per_task[s.task] = per_task.get(s.task, 0) + 1
     return {"rule": "stratified by task, sha256-ranked, in turns", "seed": int(selection_seed),
             "frames_required": int(required_idx) + 1, "ids": ids, "ids_sha256": ids_sha256(ids),
-            "per_task": dict(sorted(per_task.items()))}
+            "per_task": dict(sorted(Counter(s.task for s in chosen).items()))}
 
 
 def ids_sha256(ids: Sequence[str]) -> str:
@@ -232,15 +224,14 @@ def _eligible(cache: Any, entries: Sequence[Mapping], required: int, prompt_text
 
 def select_samples(cache: Any, entries: Sequence[Mapping], input_idx: int, target_idx: int,
                    num_samples: int, *, add_progress: bool = False,
-                   progress_override: Optional[Mapping[str, float]] = None,
-                   prompt_text: str = "class",
-                   shuffle_seed: Optional[int] = None, selection_seed: int = 0,
-                   selection_target_idx: Optional[int] = None) -> tuple[list[Selected], dict[str, str]]:
+                   progress_override: Optional[Mapping[str, float]] = None, prompt_text: str = "class",
+                   shuffle_seed: Optional[int] = None,
+                   selection_seed: int = 0) -> tuple[list[Selected], dict[str, str]]:
     """The matched, stratified draw of `num_samples` eligible entries, and {video_id: reason} of every
-    entry not taken. Each sample needs frame max(target_idx, selection_target_idx or
-    MATCHED_TARGET_IDX); with `shuffle_seed` the percents are deranged among the selected samples."""
+    entry not taken. Each sample needs frame max(target_idx, MATCHED_TARGET_IDX); with `shuffle_seed`
+    the percents are deranged among the selected samples."""
     assert 0 <= input_idx < target_idx, (input_idx, target_idx)
-    required = max(target_idx, MATCHED_TARGET_IDX if selection_target_idx is None else selection_target_idx)
+    required = max(target_idx, MATCHED_TARGET_IDX)
     skipped: dict[str, str] = {}
     eligible, by_task = _eligible(cache, entries, required, prompt_text, skipped)
     chosen: list[Selected] = []
@@ -492,7 +483,7 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
             "format_version": RESULTS_FORMAT_VERSION, "samples": rows, "n": len(rows),
             "n_requested": config.num_samples, **summary,
             "selection": selection_record(chosen, config.selection_seed, max(config.target_idx, MATCHED_TARGET_IDX)),
-            "config": {**config.to_dict(), "resolved_device": str(device), "resolved_dtype": dtype_name,
+            "config": {**asdict(config), "resolved_device": str(device), "resolved_dtype": dtype_name,
                        "progress_source": progress_source_text(config, progress_override is not None),
                        **_cache_config(cache), "std_ddof": 0,
                        "sample_seed": "first 8 bytes of sha256('{seed}:{video_id}') & (2**63-1)"},
@@ -503,7 +494,5 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
     if log:
         _log_scores(log, out_dir, summary, len(rows))
     return EvalResult(out_dir=out_dir, results_json=out_dir / "results.json", grid_png=out_dir / "comparison_grid.png",
-                      **{k: summary[k] for k in ("mean", "std", "baseline_mean", "baseline_std", "autoencoder_mean",
-                                                 "autoencoder_std", "latent_copy_mean", "latent_copy_std",
-                                                 "motion_fraction_mean", "n_static")},
-                      n=len(rows), samples=rows, skipped=skipped, checkpoint_sha256=ckpt_sha, config=results["config"])
+                      **summary, n=len(rows), samples=rows, skipped=skipped, checkpoint_sha256=ckpt_sha,
+                      config=results["config"])

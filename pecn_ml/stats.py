@@ -22,6 +22,7 @@ from pecn_ml.variants import EVAL_SETS, comparison_pairs
 METRICS = ("ssim", "psnr", "motion_psnr")
 NAN = float("nan")
 _ZERO = 1e-12   # a standard deviation below this (relative to the values) counts as zero variance
+_STATISTICS = ("df", "t", "p", "mean_diff", "ci95_low", "ci95_high", "effect_size")  # NaN until computed
 T_TESTS_FORMAT_VERSION = 2  # 2: three comparisons (`comparison`), motion_psnr
 
 METHOD = {
@@ -62,8 +63,7 @@ def paired_test(without: Sequence[float], with_: Sequence[float]) -> dict[str, A
     x, y = np.asarray(without, dtype=np.float64), np.asarray(with_, dtype=np.float64)
     assert x.shape == y.shape and x.ndim == 1, (x.shape, y.shape)
     n = int(x.size)
-    out = {"test": "paired", "n": n, "df": NAN, "t": NAN, "p": NAN, "mean_diff": NAN, "ci95_low": NAN,
-           "ci95_high": NAN, "effect_size": NAN, "effect_size_name": "cohen_dz", "reason": None}
+    out = {"test": "paired", "n": n, **dict.fromkeys(_STATISTICS, NAN), "effect_size_name": "cohen_dz", "reason": None}
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         return {**out, "reason": "non-finite scores"}
     if n < 2:
@@ -89,8 +89,7 @@ def welch_test(without: Sequence[float], with_: Sequence[float]) -> dict[str, An
 
     a, b = np.asarray(without, dtype=np.float64), np.asarray(with_, dtype=np.float64)
     na, nb = int(a.size), int(b.size)
-    out = {"test": "welch", "n_without": na, "n_with": nb, "df": NAN, "t": NAN, "p": NAN,
-           "mean_diff": NAN, "ci95_low": NAN, "ci95_high": NAN, "effect_size": NAN,
+    out = {"test": "welch", "n_without": na, "n_with": nb, **dict.fromkeys(_STATISTICS, NAN),
            "effect_size_name": "hedges_g", "reason": None}
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return {**out, "reason": "non-finite scores"}
@@ -153,9 +152,8 @@ def _lacks(results: Mapping[str, Any], metric: str) -> bool:
         isinstance(s, Mapping) and metric in s for s in samples)
 
 
-def _untested(a: Mapping[str, Any], b: Mapping[str, Any], metric: str, names: tuple[str, str]) -> dict[str, Any]:
-    """compare_runs' shape with NaN statistics, for a metric that one side's results lack."""
-    lacking = [n for n, r in zip(names, (a, b)) if _lacks(r, metric)]
+def _untested(a: Mapping[str, Any], b: Mapping[str, Any], metric: str, lacking: list[str]) -> dict[str, Any]:
+    """compare_runs' shape with NaN statistics, for a metric that the results of `lacking` lack."""
     reason = f"no {metric!r} in the results of {' and '.join(lacking)}: not tested"
     paired = {**paired_test([], []), "n": 0, "mean_diff": NAN, "reason": reason}
     welch = {**welch_test([], []), "reason": reason}
@@ -175,8 +173,8 @@ def t_test_table(results_by_eval: Mapping[tuple[str, str], Mapping[str, Any]]) -
             if a is None or b is None:
                 continue
             for metric in METRICS:
-                cmp = (_untested(a, b, metric, (without_v.name, with_v.name)) if _lacks(a, metric) or
-                       _lacks(b, metric) else compare_runs(a, b, metric))
+                lacking = [v.name for v, r in ((without_v, a), (with_v, b)) if _lacks(r, metric)]
+                cmp = _untested(a, b, metric, lacking) if lacking else compare_runs(a, b, metric)
                 rows.append({
                     "comparison": comparison,
                     "target_idx": without_v.target_idx, "eval_set": eval_set, "metric": metric,

@@ -22,11 +22,6 @@ class Variant:
         if self.shuffled_progress and not self.add_progress:
             raise ValueError(f"variant {self.name}: shuffled_progress needs add_progress")
 
-    @property
-    def progress(self) -> str:
-        """"none" (no progress sentence), "true" (this video's percent) or "shuffled"."""
-        return "shuffled" if self.shuffled_progress else "true" if self.add_progress else "none"
-
     def prompt_form(self, prompt_text: str = "class") -> str:
         """The variant's prompt as a template, e.g. "Generate a future frame of this action: {class
         text}. And {percent}% of the action has been completed." (`prompt_text`: "class" or "label")."""

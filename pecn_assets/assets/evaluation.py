@@ -10,7 +10,7 @@ import dagster as dg
 from pecn_assets.assets.pix2pix import progress_source
 from pecn_assets.automation import Automation
 from pecn_assets.configs import ProgressSourceConfig
-from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, not_retried_when_hopeless, torch_device
+from pecn_assets.gpu import claimed_gpus, gpu_asset_args, not_retried_when_hopeless, torch_device
 from pecn_assets.metadata import image_md, materialized
 from pecn_assets.partitions import Partitions
 from pecn_assets.resources import PecnSettings
@@ -61,10 +61,10 @@ def build_evaluation_assets(parts: Partitions, automation: Automation = Automati
     """evaluation (per training seed x variant; follows its ip2p_model partition), copy_frame_baseline (per
     eval set), t_tests, summary_report."""
     profile = parts.profile
-    at_pix2pix_resolution = dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pix2pix_resolution))
+    at_pix2pix_resolution = parts.frame_cache_at(profile.pix2pix_resolution)
 
     @dg.asset(group_name="evaluation", partitions_def=parts.model, kinds={"pytorch", "json"}, code_version="3",
-              ins={"frame_cache": at_pix2pix_resolution}, automation_condition=automation.follow("ip2p_model"),
+              ins=at_pix2pix_resolution, automation_condition=automation.follow("ip2p_model"),
               **gpu_asset_args(1, deployment))
     @not_retried_when_hopeless
     def evaluation(context: dg.AssetExecutionContext, config: ProgressSourceConfig, settings: PecnSettings,
@@ -79,8 +79,7 @@ def build_evaluation_assets(parts: Partitions, automation: Automation = Automati
         lineage = {"checkpoint": ip2p_model.path, "checkpoint_sha256": ip2p_model.sha256, "seed": ip2p_model.seed,
                    "frame_cache_version": frame_cache.version, "annotations_version": filtered_annotations.version,
                    **progress_meta}
-        check_cuda(settings, profile.requires_gpu, f"evaluation (profile {profile.name})")
-        with claimed_gpus(context, settings, 1) as claim:
+        with claimed_gpus(context, settings, 1, profile) as claim:
             sampling = replace(sampling, device=torch_device(claim))
             out = settings.results_path() / f"seed_{ip2p_model.seed}"
             sets = {s: evaluate_set(ip2p_model, cache, s, filtered_annotations.eval_set(s), sampling,
@@ -99,7 +98,7 @@ def build_evaluation_assets(parts: Partitions, automation: Automation = Automati
             pix2pix_base_sha256=ip2p_model.base_sha256, **claim.metadata(), **progress_meta)
 
     @dg.asset(group_name="evaluation", partitions_def=parts.eval_set, kinds={"json"}, code_version="3",
-              ins={"frame_cache": at_pix2pix_resolution})
+              ins=at_pix2pix_resolution)
     def copy_frame_baseline(context: dg.AssetExecutionContext, settings: PecnSettings,
                             filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef) -> dg.MaterializeResult:
         """"Predict the input frame unchanged": SSIM/PSNR and motion-region PSNR for targets 21 and 25 on the same samples."""
@@ -114,37 +113,33 @@ def build_evaluation_assets(parts: Partitions, automation: Automation = Automati
         sha = sha256_file(path)
         return materialized(CopyFrameBaseline(str(path), sha, eval_set=eval_set, by_target=by_target), sha)
 
-    return [evaluation, copy_frame_baseline, *_report_assets()]
+    return [evaluation, copy_frame_baseline, t_tests, summary_report]
 
 
-def _report_assets() -> list:
-    """t_tests and summary_report (unpartitioned, over every evaluation)."""
+@dg.asset(group_name="evaluation", kinds={"json", "scipy"}, code_version="2")
+def t_tests(context: dg.AssetExecutionContext, settings: PecnSettings,
+            evaluation: dict[str, Evaluation]) -> dg.MaterializeResult:
+    """Paired and Welch t-tests of progress - plain, progress - shuffled and shuffled - plain, per seed and on per-video means over seeds."""
+    rows = seed_t_test_table(results_by_model(evaluation))
+    path = write_t_tests(rows, run_dir(settings.results_path() / "t_tests", context) / "t_test_results.json")
+    sha = sha256_file(path)
+    artifact = TTests(str(path), sha, len(rows), tuple(sorted({e.seed for e in evaluation.values()})),
+                      {key: e.checkpoint_sha256 for key, e in sorted(evaluation.items())})
+    return materialized(artifact, sha, summary=dg.MetadataValue.md(markdown_summary([], rows)))
 
-    @dg.asset(group_name="evaluation", kinds={"json", "scipy"}, code_version="2")
-    def t_tests(context: dg.AssetExecutionContext, settings: PecnSettings,
-                evaluation: dict[str, Evaluation]) -> dg.MaterializeResult:
-        """Paired and Welch t-tests of progress - plain, progress - shuffled and shuffled - plain, per seed and on per-video means over seeds."""
-        rows = seed_t_test_table(results_by_model(evaluation))
-        path = write_t_tests(rows, run_dir(settings.results_path() / "t_tests", context) / "t_test_results.json")
-        sha = sha256_file(path)
-        artifact = TTests(str(path), sha, len(rows), tuple(sorted({e.seed for e in evaluation.values()})),
-                          {key: e.checkpoint_sha256 for key, e in sorted(evaluation.items())})
-        return materialized(artifact, sha, summary=dg.MetadataValue.md(markdown_summary([], rows)))
 
-    @dg.asset(group_name="evaluation", kinds={"excel"}, code_version="2")
-    def summary_report(context: dg.AssetExecutionContext, settings: PecnSettings, t_tests: TTests,
-                       evaluation: dict[str, Evaluation],
-                       copy_frame_baseline: dict[str, CopyFrameBaseline]) -> dg.MaterializeResult:
-        """The Excel summary (t_test_summary.xlsx): evaluations per seed and across seeds, copy-frame baselines, t-tests; shown as Markdown too."""
-        rows, tests = evaluation_rows(evaluation), t_tests.rows()
-        across = across_seeds(rows)
-        baselines = [r for b in copy_frame_baseline.values() for r in b.rows()]
-        path = write_summary_workbook(rows, tests, run_dir(settings.results_path() / "reports", context)
-                                      / "t_test_summary.xlsx", across=across, baselines=baselines)
-        workbook = Workbook(str(path), sha256_file(path))
-        return materialized(
-            workbook, workbook.sha256,
-            summary=dg.MetadataValue.md(markdown_summary(rows, tests, across)),
-            model_checkpoint_sha256=t_tests.models, t_tests_sha256=t_tests.sha256)
-
-    return [t_tests, summary_report]
+@dg.asset(group_name="evaluation", kinds={"excel"}, code_version="2")
+def summary_report(context: dg.AssetExecutionContext, settings: PecnSettings, t_tests: TTests,
+                   evaluation: dict[str, Evaluation],
+                   copy_frame_baseline: dict[str, CopyFrameBaseline]) -> dg.MaterializeResult:
+    """The Excel summary (t_test_summary.xlsx): evaluations per seed and across seeds, copy-frame baselines, t-tests; shown as Markdown too."""
+    rows, tests = evaluation_rows(evaluation), t_tests.rows()
+    across = across_seeds(rows)
+    baselines = [r for b in copy_frame_baseline.values() for r in b.rows()]
+    path = write_summary_workbook(rows, tests, run_dir(settings.results_path() / "reports", context)
+                                  / "t_test_summary.xlsx", across=across, baselines=baselines)
+    workbook = Workbook(str(path), sha256_file(path))
+    return materialized(
+        workbook, workbook.sha256,
+        summary=dg.MetadataValue.md(markdown_summary(rows, tests, across)),
+        model_checkpoint_sha256=t_tests.models, t_tests_sha256=t_tests.sha256)

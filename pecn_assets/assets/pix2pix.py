@@ -8,7 +8,7 @@ import dagster as dg
 from pecn_assets.automation import Automation, config_code_version
 from pecn_assets.configs import (Pix2PixLaunchConfig, launch_options, trainer_config_class, training_settings,
                                  used_values)
-from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, not_retried_when_hopeless
+from pecn_assets.gpu import claimed_gpus, gpu_asset_args, not_retried_when_hopeless
 from pecn_assets.metadata import image_md, materialized
 from pecn_assets.partitions import Partitions, seed_and_variant
 from pecn_assets.pipes_child import Pix2PixJob
@@ -50,7 +50,7 @@ def build_pix2pix_assets(parts: Partitions, train_processes: int = 1, automation
 
     @dg.asset(group_name="pix2pix", partitions_def=parts.model, kinds={"pytorch"},
               code_version=config_code_version("2", profile.pix2pix_train), automation_condition=automation.retrain(),
-              ins={"frame_cache": dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pix2pix_resolution))},
+              ins=parts.frame_cache_at(profile.pix2pix_resolution),
               **gpu_asset_args(train_processes, deployment))
     @not_retried_when_hopeless
     def ip2p_model(context: dg.AssetExecutionContext, config: Pix2PixRunConfig, settings: PecnSettings,
@@ -62,7 +62,6 @@ def build_pix2pix_assets(parts: Partitions, train_processes: int = 1, automation
             profile.pix2pix_train.latent_cache_dir or str(settings.outputs_path() / "latent_cache")))
         override, progress_meta = progress_source(config.use_progress_estimator, progress_estimates, VARIANTS[variant])
         out = run_dir(settings.outputs_path() / VARIANTS[variant].seed_name / f"seed_{seed}", context)
-        check_cuda(settings, profile.requires_gpu, f"ip2p_model (profile {profile.name})")
         versions = {"annotations": filtered_annotations.version, "frame_cache": frame_cache.version,
                     **({"progress_estimates": progress_estimates.sha256} if override is not None else {})}
         card = CardContext(run_id=context.run.run_id, bases=(pix2pix_base.card_base(),), data_versions=versions,
@@ -74,7 +73,7 @@ def build_pix2pix_assets(parts: Partitions, train_processes: int = 1, automation
             train_config=train_config, options=launch_options(settings, profile, out), run_id=context.run.run_id,
             prompt_text=profile.prompt_text, progress_estimates=override, progress_source=progress_meta["progress_source"],
             tracking=tracking.for_run(f"ip2p_model {context.partition_key}", step_tags(context)), card=card)
-        with claimed_gpus(context, settings, k) as claim:
+        with claimed_gpus(context, settings, k, profile) as claim:
             checkpoint, meta = child_result(run_training(context, "pix2pix", job, num_processes=k, claim=claim))
         curve, grid = meta.pop("loss_curve_png"), meta.pop("validation_grid_png")
         return materialized(

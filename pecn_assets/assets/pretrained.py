@@ -73,7 +73,7 @@ def build_pretrained_assets(parts: Partitions) -> list:
         return [_hub_asset(role) for role in DESCRIPTIONS]
 
     @dg.asset(group_name="pretrained", kinds={"pytorch"}, code_version="2", description=DESCRIPTIONS["pix2pix_base"],
-              ins={"frame_cache": dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pix2pix_resolution))})
+              ins=parts.frame_cache_at(profile.pix2pix_resolution))
     def pix2pix_base(context: dg.AssetExecutionContext, settings: PecnSettings, filtered_annotations: FilteredAnnotations,
                      frame_cache: FrameCacheRef) -> dg.MaterializeResult:
         videos, texts, version, held_out = training_videos(filtered_annotations, frame_cache, profile.prompt_text)
@@ -85,7 +85,7 @@ def build_pretrained_assets(parts: Partitions) -> list:
                        roundtrip_ssim=float(built.report.get("roundtrip_ssim", float("nan"))))
 
     @dg.asset(group_name="pretrained", kinds={"pytorch"}, code_version="2", description=DESCRIPTIONS["resnet_base"],
-              ins={"frame_cache": dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pacnet_resolution))})
+              ins=parts.frame_cache_at(profile.pacnet_resolution))
     def resnet_base(context: dg.AssetExecutionContext, settings: PecnSettings, filtered_annotations: FilteredAnnotations,
                     frame_cache: FrameCacheRef) -> dg.MaterializeResult:
         videos, _, version, _ = training_videos(filtered_annotations, frame_cache)
@@ -110,8 +110,6 @@ DESCRIPTIONS = {
     "clip_text_base": "PAC-Net's text encoder: openai/clip-vit-base-patch32 pinned to a commit, or the demo's small "
                       "random stand-in.",
 }
-HUB_NAMES = {"pix2pix_base": ("pix2pix", "pix2pix_revision"), "resnet_base": ("resnet", "resnet_revision"),
-             "clip_text_base": ("clip_text", "clip_text_revision")}
 
 
 def _hub_asset(role: str) -> dg.AssetsDefinition:
@@ -119,7 +117,7 @@ def _hub_asset(role: str) -> dg.AssetsDefinition:
 
     @dg.asset(name=role, group_name="pretrained", kinds={"pytorch"}, code_version="2", description=DESCRIPTIONS[role])
     def _hub_weights(models: PretrainedModels) -> dg.MaterializeResult:
-        name, revision = (getattr(models, field) for field in HUB_NAMES[role])
-        return _result(role, resolve_weights(name, revision))
+        name = role.removesuffix("_base")  # the `models` fields: pix2pix, pix2pix_revision, ...
+        return _result(role, resolve_weights(getattr(models, name), getattr(models, f"{name}_revision")))
 
     return _hub_weights

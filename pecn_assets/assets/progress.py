@@ -6,7 +6,7 @@ import dagster as dg
 
 from pecn_assets.automation import Automation, config_code_version
 from pecn_assets.configs import LaunchConfig, launch_options, trainer_config_class, training_settings, used_values
-from pecn_assets.gpu import check_cuda, claimed_gpus, gpu_asset_args, not_retried_when_hopeless, torch_device
+from pecn_assets.gpu import claimed_gpus, gpu_asset_args, not_retried_when_hopeless, torch_device
 from pecn_assets.metadata import materialized, table_md
 from pecn_assets.partitions import Partitions
 from pecn_assets.pipes_child import PacNetJob
@@ -48,11 +48,11 @@ def build_progress_assets(parts: Partitions, train_processes: int = 1, automatio
     PacNetRunConfig = trainer_config_class(
         "PacNetRunConfig", profile.pacnet_train, base=LaunchConfig,
         doc=f"PAC-Net hyper-parameters (defaults: profile {profile.name}); the values used are recorded.")
-    at_pacnet_resolution = dg.AssetIn(partition_mapping=parts.frame_cache_at(profile.pacnet_resolution))
+    at_pacnet_resolution = parts.frame_cache_at(profile.pacnet_resolution)
 
     @dg.asset(group_name="progress", partitions_def=parts.head, kinds={"pytorch"},
               code_version=config_code_version("3", profile.pacnet_train), automation_condition=automation.retrain(),
-              ins={"frame_cache": at_pacnet_resolution}, **gpu_asset_args(train_processes, deployment))
+              ins=at_pacnet_resolution, **gpu_asset_args(train_processes, deployment))
     @not_retried_when_hopeless
     def pacnet(context: dg.AssetExecutionContext, config: PacNetRunConfig, settings: PecnSettings,
                tracking: Tracking, filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef,
@@ -64,7 +64,6 @@ def build_progress_assets(parts: Partitions, train_processes: int = 1, automatio
         model_config = (PacNetConfig.tiny(resnet, clip, head=head) if profile.standins is not None
                         else PacNetConfig(resnet_name=resnet, clip_name=clip, head=head))
         out = run_dir(settings.outputs_path() / f"pacnet_{head}", context)
-        check_cuda(settings, profile.requires_gpu, f"pacnet (profile {profile.name})")
         card = CardContext(run_id=context.run.run_id, bases=(resnet_base.card_base(), clip_text_base.card_base()),
                            data_versions={"annotations": filtered_annotations.version, "frame_cache": frame_cache.version},
                            extra={"profile": profile.name})
@@ -72,7 +71,7 @@ def build_progress_assets(parts: Partitions, train_processes: int = 1, automatio
                         train_config=train_config, options=launch_options(settings, profile, out, resume="auto"),
                         run_id=context.run.run_id, tracking=tracking.for_run(f"pacnet_{head}", step_tags(context)),
                         card=card)
-        with claimed_gpus(context, settings, k) as claim:
+        with claimed_gpus(context, settings, k, profile) as claim:
             checkpoint, meta = child_result(run_training(context, "pacnet", job, num_processes=k, claim=claim))
         history = meta.pop("history")
         return materialized(
@@ -83,15 +82,14 @@ def build_progress_assets(parts: Partitions, train_processes: int = 1, automatio
 
     @dg.asset(group_name="progress", kinds={"pytorch", "json"}, code_version="3", **gpu_asset_args(1, deployment),
               automation_condition=automation.follow("pacnet"),
-              ins={"frame_cache": at_pacnet_resolution,
+              ins={**at_pacnet_resolution,
                    "pacnet": dg.AssetIn(partition_mapping=dg.SpecificPartitionsPartitionMapping(["regression"]))})
     @not_retried_when_hopeless
     def progress_estimates(context: dg.AssetExecutionContext, settings: PecnSettings,
                            filtered_annotations: FilteredAnnotations, frame_cache: FrameCacheRef,
                            pacnet: PacNetCheckpoint) -> dg.MaterializeResult:
         """PAC-Net's estimate at the input frame (20) for every validation, selection and training video, beside the truth."""
-        check_cuda(settings, profile.requires_gpu, f"progress_estimates (profile {profile.name})")
-        with claimed_gpus(context, settings, 1) as claim:
+        with claimed_gpus(context, settings, 1, profile) as claim:
             device = torch_device(claim)
             rows, by_task = estimate_rows(load_pacnet(pacnet.path, device), frame_cache.open(),
                                           filtered_annotations, profile.sampling.input_idx, context.log.info,

@@ -13,13 +13,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import replace
+from dataclasses import asdict, astuple, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -33,7 +32,8 @@ from pecn_assets.tools.materialise import failure_text, in_order, plan_steps, ru
 from pecn_ml.deployment import Deployment
 from pecn_ml.rehearsal import (StepResult, build_rehearsal_models, format_bytes, format_table, model_folders,
                                rehearsal_setup, report_json, step_line, step_measurements, total_memory_bytes)
-from pecn_ml.utils.usage import bytes_on_disk, cuda_peak_memory_bytes, peak_rss, safetensors_parameters
+from pecn_ml.utils.usage import (bytes_on_disk, cuda_peak_memory_bytes, log_tail, peak_rss, run_logged,
+                                 safetensors_parameters)
 
 MODELS_DIR = "outputs/rehearsal_models"
 REPORT_NAME = "rehearsal_report.json"
@@ -75,19 +75,17 @@ def rehearsal_definitions(profile, models_root: Path, deployment: Deployment = D
     """The Definitions of the rehearsal: `profile` as given, the local model folders for the hub names."""
     from pecn_assets.build import build_definitions
 
-    folders = model_folders(models_root.absolute())
+    folders = asdict(model_folders(models_root.absolute()))  # pix2pix, resnet, clip_text: PretrainedModels' names
     return build_definitions(replace(deployment, profile=profile.name), profile=profile,
-                             models=PretrainedModels(pix2pix=str(folders.pix2pix), resnet=str(folders.resnet),
-                                                     clip_text=str(folders.clip_text)))
+                             models=PretrainedModels(**{name: str(path) for name, path in folders.items()}))
 
 
 def run_step(step: str, partition: Optional[str], profile, models_root: Path, deployment: Deployment) -> dict:
     """Run one setup step or asset partition in the instance at `deployment.dagster_home`."""
     if step == MODELS_STEP:
-        models = build_rehearsal_models(models_root, on_built=lambda path, seconds, fresh: print(
-            f"{path.name}: {'built' if fresh else 'reused'} in {seconds:.1f}s", flush=True))
+        models = build_rehearsal_models(models_root)
         return {"status": "ok", "parameters_source": f"safetensors {models_root}",
-                "parameters": sum(safetensors_parameters(f) for f in (models.pix2pix, models.resnet, models.clip_text))}
+                "parameters": safetensors_parameters(*astuple(models))}
     if step == DATA_STEP:
         ensure_synthetic_data(PecnSettings.for_profile(profile).data_path(), profile.synthetic)
         return {"status": "ok"}
@@ -129,13 +127,6 @@ def step_main(args: argparse.Namespace) -> int:
 
 # --- the parent -------------------------------------------------------------------------------------
 
-def _tail(path: Path, n: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return ""
-
-
 def run_step_process(step: str, partition: Optional[str], *, args: argparse.Namespace, home: Path,
                      log_path: Path, measure_roots: list[Path]) -> StepResult:
     """Run one step in a child process; its wall time, peak RSS (wait4), bytes written and result."""
@@ -145,23 +136,11 @@ def run_step_process(step: str, partition: Optional[str], *, args: argparse.Name
     command = [sys.executable, "-m", "pecn_assets.tools.rehearse", "--step", step, "--models", args.models,
                "--dagster-home", str(home), "--result-file", str(result_file),
                *(["--partition", partition] if partition is not None else [])]
-    t0 = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-        try:  # wait4's ru_maxrss covers the step and the descendants it waited for (its training child)
-            _, status, usage = os.wait4(process.pid, 0)
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
-        process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
+    code, wall, wait4_rss = run_logged(command, log_path)  # wait4: the step and its training child
     reported: dict = json.loads(result_file.read_text(encoding="utf-8")) if result_file.is_file() else {}
     result_file.unlink(missing_ok=True)
-    wait4_rss = int(usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024))
-    ok = process.returncode == 0 and reported.get("status") == "ok"
-    error = reported.get("error", "") or ("" if ok else f"step process exited with {process.returncode} and "
-                                                        "reported no result")
+    ok = code == 0 and reported.get("status") == "ok"
+    error = reported.get("error", "") or ("" if ok else f"step process exited with {code} and reported no result")
     self_rss, child_rss = reported.get("self_peak_rss_bytes"), reported.get("child_peak_rss_bytes")
     return StepResult(
         step=step, partition=partition, status="ok" if ok else "FAILED", wall_s=wall,
@@ -271,7 +250,7 @@ def parent_main(args: argparse.Namespace, log: LogFn = print) -> int:
         r = run_step_process(step, partition, args=args, home=home, measure_roots=roots,
                              log_path=logs / ("".join(c if c.isalnum() or c in "-_." else "_" for c in name) + ".log"))
         results.append(r)
-        failed = f"\nFAILED: {r.name}\n{r.error}\n--- last lines of {r.log} ---\n{_tail(Path(r.log))}"
+        failed = f"\nFAILED: {r.name}\n{r.error}\n--- last lines of {r.log} ---\n{log_tail(Path(r.log))}"
         return r.status == "ok", step_line(r) + ("" if r.status == "ok" else failed)
 
     ok = in_order(steps, run, log, t_start, announce=True)

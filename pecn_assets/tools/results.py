@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import dagster as dg
 
+from pecn_assets.cleanup import materializations
 from pecn_ml.artifacts import artifact_from_json
 from pecn_ml.deployment import Deployment
 from pecn_ml.report import prediction_rows
@@ -29,14 +30,9 @@ METHODS = (("model", "model_"), ("latent copy", "latent_copy_"), ("copy-frame", 
 def latest_by_partition(instance: dg.DagsterInstance, key: str) -> dict[Optional[str], Any]:
     """{partition: the newest materialisation record} of asset `key` (partition None: unpartitioned)."""
     latest: dict[Optional[str], Any] = {}
-    cursor = None
-    while True:
-        page = instance.fetch_materializations(dg.AssetKey(key), limit=500, cursor=cursor, ascending=False)
-        for record in page.records:
-            latest.setdefault(record.asset_materialization.partition, record)
-        if not page.has_more:
-            return latest
-        cursor = page.cursor
+    for record in materializations(instance, dg.AssetKey(key)):
+        latest.setdefault(record.asset_materialization.partition, record)
+    return latest
 
 
 def load_artifact(record: Any) -> Any:

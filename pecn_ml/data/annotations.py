@@ -19,15 +19,11 @@ from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
 
 LogFn = Callable[[str], None]
 
-ROLES = ("labels", "train", "validation", "test")
-OFFICIAL_NAMES = {role: f"something-something-v2-{role}.json" for role in ROLES}
-SHORT_NAMES = {role: f"{role}.json" for role in ROLES}
+ROLES = ("labels", "train", "validation", "test")   # files something-something-v2-{role}.json or {role}.json
 SSV2_FIELDS = ("id", "label", "template", "placeholders")
 FILTERED_FIELDS = SSV2_FIELDS + ("task",)
 
 TRAIN_FILTERED = TRAIN_FILE                       # "train_filtered.json"
-VAL_BASIC_FILTERED = EVAL_SETS["basic"]           # "val_filtered.json"
-VAL_BACKFORTH_FILTERED = EVAL_SETS["backforth"]   # "val_filtered_backforth.json"
 MAX_EXAMPLES = 5                                  # rejected examples kept per reason
 
 _ID_RE = re.compile(r"0|[1-9][0-9]{0,19}", re.ASCII)
@@ -68,7 +64,7 @@ def find_annotation_files(ann_dir: str | os.PathLike, require_test: bool = False
     found: dict[str, Optional[Path]] = {}
     missing = []
     for role in ROLES:
-        official, short = ann_dir / OFFICIAL_NAMES[role], ann_dir / SHORT_NAMES[role]
+        official, short = ann_dir / f"something-something-v2-{role}.json", ann_dir / f"{role}.json"
         present = [p for p in (official, short) if p.is_file()]
         if len(present) == 2 and not official.samefile(short):
             raise AnnotationError(f"ambiguous {role} annotations in {ann_dir}: both {official.name} and "
@@ -192,13 +188,6 @@ class FilterResult:
     outputs: dict[str, Path]                  # {file name: path}
     entries: dict[str, list[dict]]            # {file name: entries written}
 
-    def to_metadata(self) -> dict[str, Any]:
-        """JSON-able summary (for logs and Dagster metadata)."""
-        return {"counts": self.counts, "available": self.available, "rejected": self.rejected,
-                "rejected_examples": self.rejected_examples,
-                "outputs": {k: str(v) for k, v in self.outputs.items()},
-                "entries": {k: len(v) for k, v in self.entries.items()}}
-
 
 def _sample(ids_entries: list[tuple[int, dict]], n: int, seed: int, split: str, task: str) -> list[dict]:
     """Seeded sample of `n` entries, independent of input order (sorted by int id first)."""
@@ -260,8 +249,8 @@ def filter_annotations(data_dir: str | os.PathLike, config: FilterConfig | None 
     kept = {"validation": val, "train": _read_split(files.train, labels, config, val_ids, reject)[0]}
     available = {split: {t: len(v) for t, v in kept[split].items()} for split in ("validation", "train")}
     plan = ((TRAIN_FILTERED, "train", config.basic_tasks + config.backforth_tasks, config.train_per_task),
-            (VAL_BASIC_FILTERED, "validation", config.basic_tasks, config.val_per_task),
-            (VAL_BACKFORTH_FILTERED, "validation", config.backforth_tasks, config.val_per_task))
+            (EVAL_SETS["basic"], "validation", config.basic_tasks, config.val_per_task),
+            (EVAL_SETS["backforth"], "validation", config.backforth_tasks, config.val_per_task))
     counts: dict[str, dict[str, int]] = {"train": {}, "validation": {}}
     outputs: dict[str, Path] = {}
     entries: dict[str, list[dict]] = {}

@@ -18,14 +18,16 @@ import os
 import socket
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from pecn_ml.data.annotations import validate_video_id
 from pecn_ml.data.video import INTERPOLATION_NAME, VideoDecodeError, decode_into
+from pecn_ml.images import save_png
 from pecn_ml.utils.files import atomic_path, sha256_file, sha256_json, write_json_atomic
 from pecn_ml.utils.progress import ProgressMeter
 
@@ -95,53 +97,47 @@ class CacheBuildReport:
 
 
 
-class _Lock:
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextmanager
+def _lock(root: Path, timeout_s: float = LOCK_TIMEOUT_S, log: Optional[LogFn] = None,
+          poll_s: float = 0.5) -> Iterator[None]:
     """Exclusive flock on `root/.lock` during a build; a second builder waits up to `timeout_s`."""
-
-    def __init__(self, root: Path, timeout_s: float = LOCK_TIMEOUT_S, log: Optional[LogFn] = None,
-                 poll_s: float = 0.5):
-        self.path, self.timeout_s, self.log, self.poll_s = root / LOCK, timeout_s, log, poll_s
-        self.fd: Optional[int] = None
-
-    def _try(self) -> bool:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-
-    def _holder(self) -> str:
-        try:
-            return self.path.read_text(encoding="utf-8").strip() or "unknown"
-        except OSError:
-            return "unknown"
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        t0, waited = time.monotonic(), False
-        while not self._try():
-            if not waited and self.log:
-                self.log(f"frame cache {self.path.parent}: waiting for another builder "
-                         f"({self._holder()}) to finish, up to {self.timeout_s:.0f}s")
+    path, t0, waited = root / LOCK, time.monotonic(), False
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            if not waited and log:
+                log(f"frame cache {root}: waiting for another builder ({_holder(path)}) to finish, "
+                    f"up to {timeout_s:.0f}s")
             waited = True
-            if time.monotonic() - t0 >= self.timeout_s:
-                holder = self._holder()
-                os.close(self.fd)
-                raise TimeoutError(f"another build_frame_cache ({holder}) still holds {self.path} after "
-                                   f"{self.timeout_s:.0f}s of waiting; if no such build runs any more, its "
+            if time.monotonic() - t0 >= timeout_s:
+                raise TimeoutError(f"another build_frame_cache ({_holder(path)}) still holds {path} after "
+                                   f"{timeout_s:.0f}s of waiting; if no such build runs any more, its "
                                    f"lock went with its process: retry")
-            time.sleep(self.poll_s)
-        if waited and self.log:
-            self.log(f"frame cache {self.path.parent}: the other builder finished after "
-                     f"{time.monotonic() - t0:.1f}s of waiting; building")
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        return self
-
-    def __exit__(self, *exc):
-        os.ftruncate(self.fd, 0)
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+            time.sleep(poll_s)
+        if waited and log:
+            log(f"frame cache {root}: the other builder finished after "
+                f"{time.monotonic() - t0:.1f}s of waiting; building")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _clean_untrusted(root: Path, videos: dict[str, Any]) -> int:
@@ -222,15 +218,9 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 
 def _fsync_files(paths: list[Path]) -> None:
     """fsync written files before a manifest vouches for them (in batches: writeback overlaps decoding)."""
-    for p in paths:
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except FileNotFoundError:  # never trusted anyway: the size check on reuse fails
-            continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    for p in paths:  # a file gone is never trusted anyway: the size check on reuse fails
+        with suppress(FileNotFoundError), open(p, "rb") as f:
+            os.fsync(f.fileno())
     paths.clear()
 
 
@@ -324,7 +314,7 @@ def build_frame_cache(data_dir: str | os.PathLike, resolution: int, video_ids: I
     threads = (0 if workers == 1 else 1) if threads is None else threads
     root = cache_dir(data_dir, resolution)
     root.mkdir(parents=True, exist_ok=True)
-    with _Lock(root, lock_timeout_s, log):
+    with _lock(root, lock_timeout_s, log):
         manifest, cleaned = _open_manifest(root, resolution, log)
         meter = ProgressMeter(f"frame cache {resolution}x{resolution}", len(ids), log, unit="videos")
         build = _Build(root, manifest, meter, flush_every_s, log)
@@ -459,8 +449,7 @@ class FrameCache:
 
     def frame(self, video_id: str, index: int) -> np.ndarray:
         """Frame `index` (0-based) of `video_id`: (R, R, 3) uint8, a new array (no decoding)."""
-        i = self._check_index(video_id, index, self.num_frames(video_id))
-        return self._read(video_id, [(i, 1)])[0]  # (R, R, 3)
+        return self.frames(video_id, [index])[0]  # (R, R, 3)
 
     def frames(self, video_id: str, indices: Optional[Sequence[int]] = None) -> np.ndarray:
         """Frames `indices` (default: all) of `video_id`: (N, R, R, 3) uint8, a new array."""
@@ -479,18 +468,10 @@ class FrameCache:
     def export_pngs(self, video_id: str, out_dir: str | os.PathLike,
                     indices: Optional[Sequence[int]] = None) -> list[Path]:
         """Write frames as `{video_id}_frame_{idx:05d}.png` (atomically); return the paths."""
-        from PIL import Image
-        out_dir = Path(out_dir)
         idx = list(range(self.num_frames(video_id))) if indices is None else list(indices)
         frames = self.frames(video_id, idx)  # (N, R, R, 3); validates all indices first
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, img in zip(idx, frames):
-            path = out_dir / f"{video_id}_frame_{int(i):05d}.png"
-            with atomic_path(path) as tmp:
-                Image.fromarray(img).save(tmp, format="PNG")
-            paths.append(path)
-        return paths
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return [save_png(img, Path(out_dir) / f"{video_id}_frame_{int(i):05d}.png") for i, img in zip(idx, frames)]
 
 
 def open_frame_cache(data_dir: str | os.PathLike, resolution: int) -> FrameCache:

@@ -26,13 +26,6 @@ def frame_to_tensor(frame: np.ndarray) -> torch.Tensor:
     return t.permute(2, 0, 1).float().div_(127.5).sub_(1.0)  # (3, R, R)
 
 
-def tensor_to_frame(x: torch.Tensor) -> np.ndarray:
-    """(3, R, R) float in [-1, 1] -> (R, R, 3) uint8 (inverse of `frame_to_tensor`)."""
-    assert x.ndim == 3 and x.shape[0] == 3, f"expected (3, R, R), got {tuple(x.shape)}"
-    y = ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return y.permute(1, 2, 0).numpy()
-
-
 def load_annotation_entries(annotations: Sequence[Mapping[str, Any]] | str | Path
                             ) -> tuple[list[Mapping[str, Any]], str]:
     """The entries and a name for error messages (the file, or "annotations")."""
@@ -142,10 +135,6 @@ class FramePairDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.video_ids)
-
-    @property
-    def num_skipped(self) -> int:
-        return sum(len(v) for v in self.skipped.values())
 
     def summary(self) -> dict[str, Any]:
         """Counts for logs and asset metadata."""

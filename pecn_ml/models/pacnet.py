@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pecn_ml.utils.codec import decode
 from pecn_ml.utils.files import atomic_dir, write_json_atomic
 
 CHECKPOINT_FORMAT = "pecn.pacnet.v1"
@@ -67,24 +68,17 @@ class PacNetConfig:
              head: str = "regression", **overrides) -> "PacNetConfig":
         """Small preset over the tiny local models (tests, demo): frame differences, 48 px frames,
         a 2 x 2 feature grid, no dropout (each measured better on the demo's data)."""
-        base = dict(resnet_name=str(resnet_path), clip_name=str(clip_path), hidden_dim=64,
-                    num_frames=8, temporal_layers=1, heads=4, dropout=0.0, head=head,
-                    frame_diff=True, image_size=48, pool_grid=2)
-        base.update(overrides)
-        return cls(**base)
+        return cls(**{**dict(resnet_name=str(resnet_path), clip_name=str(clip_path), hidden_dim=64,
+                             num_frames=8, temporal_layers=1, heads=4, dropout=0.0, head=head,
+                             frame_diff=True, image_size=48, pool_grid=2), **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "PacNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown PacNetConfig fields {unknown}")
-        return cls(**data)
-
-
+        """The config `to_dict` wrote; ValueError naming `source` and the field that does not fit."""
+        return decode(cls, data, source)
 
 
 def frames_to_input(frames: torch.Tensor, image_size: Optional[int] = None) -> torch.Tensor:
@@ -109,8 +103,6 @@ def uniform_indices(last: int, num: int) -> np.ndarray:
     return np.rint(np.linspace(0, last, num)).astype(np.int64)
 
 
-
-
 class FrameEncoder(nn.Module):
     """ResNet per frame, pooled (globally, or to a g x g grid that keeps where things are), projected:
     (B, T, 3, H, W) -> (B, T, D). `diff`: also each frame's change since frame 0 (TSN's RGB
@@ -129,12 +121,9 @@ class FrameEncoder(nn.Module):
         x = frames.flatten(0, 1)                                       # (B*T, 3, H, W)
         if self.diff_proj is not None:
             x = torch.cat([x, (frames - frames[:, :1]).flatten(0, 1)])  # (2*B*T, 3, H, W)
-        out = self.backbone(pixel_values=x)
-        if self.pool_grid == 1:
-            pooled = out.pooler_output.flatten(1)                                     # (N, C)
-        else:
-            grid = F.adaptive_avg_pool2d(out.last_hidden_state, self.pool_grid)       # (N, C, g, g)
-            pooled = grid.flatten(1)                                                  # (N, C*g*g)
+        # the ResNet's pooler_output is this pooling to 1 x 1
+        grid = F.adaptive_avg_pool2d(self.backbone(pixel_values=x).last_hidden_state, self.pool_grid)
+        pooled = grid.flatten(1)                                       # (N, C*g*g)
         feats = self.proj(pooled[:B * T])                               # (B*T, D)
         if self.diff_proj is not None:
             feats = feats + self.diff_proj(pooled[B * T:])
@@ -204,24 +193,18 @@ class CrossModalFusion(nn.Module):
         return self.mlp(fused)                                        # (B, D)
 
 
-def _load_backbones(config: PacNetConfig):
-    """Pretrained ResNet, CLIP text model and tokenizer named by the config (hub or folder)."""
-    from transformers import CLIPTextModel, CLIPTokenizer, ResNetModel
-
-    resnet = ResNetModel.from_pretrained(config.resnet_name, dtype=torch.float32)
-    clip_text = CLIPTextModel.from_pretrained(config.clip_name, dtype=torch.float32)
-    tokenizer = CLIPTokenizer.from_pretrained(config.clip_name)
-    return resnet, clip_text, tokenizer
-
-
 class PacNet(nn.Module):
     """Progress-Aware Cross-modal Network (backbones from the config's names unless given)."""
 
     def __init__(self, config: PacNetConfig, *, resnet: Optional[nn.Module] = None,
                  clip_text: Optional[nn.Module] = None, tokenizer=None):
         super().__init__()
-        if resnet is None or clip_text is None or tokenizer is None:
-            resnet, clip_text, tokenizer = _load_backbones(config)
+        if resnet is None or clip_text is None or tokenizer is None:   # the pretrained ones (hub or folder)
+            from transformers import CLIPTextModel, CLIPTokenizer, ResNetModel
+
+            resnet = ResNetModel.from_pretrained(config.resnet_name, dtype=torch.float32)
+            clip_text = CLIPTextModel.from_pretrained(config.clip_name, dtype=torch.float32)
+            tokenizer = CLIPTokenizer.from_pretrained(config.clip_name)
         self.config = config
         self.tokenizer = tokenizer
         D = config.hidden_dim
@@ -237,20 +220,18 @@ class PacNet(nn.Module):
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """ResNet + CLIP text parameters (the pretrained part, trained at a lower lr)."""
-        return list(self.frame_encoder.backbone.parameters()) + \
-            list(self.text_encoder.backbone.parameters())
+        return [*self.frame_encoder.backbone.parameters(), *self.text_encoder.backbone.parameters()]
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def tokenize(self, texts: Sequence[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts -> (input_ids (B, L), attention_mask (B, L)), padded to the longest."""
         assert len(texts) > 0 and all(isinstance(t, str) for t in texts), "texts must be strings"
         enc = self.tokenizer(list(texts), padding="longest", truncation=True,
                              max_length=self.config.max_text_len, return_tensors="pt")
-        device = self.device if device is None else device
-        return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     def prepare_frames(self, frames_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 (B, T, H, W, 3) -> normalised float (B, T, 3, S, S) on the model's device."""
@@ -285,8 +266,6 @@ class PacNet(nn.Module):
                          attention_mask: torch.Tensor) -> torch.Tensor:
         """(B,) progress in [0, 1] for either head (see `progress_from_output`)."""
         return self.progress_from_output(self.forward(frames, input_ids, attention_mask))
-
-
 
 
 def write_pacnet_files(model: PacNet, folder: str | os.PathLike) -> Path:

@@ -58,7 +58,6 @@ def widen_conv_in(unet: Any, in_channels: int = IP2P_IN_CHANNELS) -> Any:
 class Pix2PixComponents:
     """The parts the training loop needs, loaded from one pretrained folder or hub name."""
 
-    pretrained: str
     tokenizer: Any
     text_encoder: Any      # CLIPTextModel (frozen)
     vae: Any               # AutoencoderKL (frozen)
@@ -70,8 +69,7 @@ class Pix2PixComponents:
 
 def _check_local(pretrained: str) -> None:
     path = Path(pretrained)
-    looks_local = path.is_absolute() or pretrained.startswith(".") or path.exists()
-    if looks_local:
+    if path.is_absolute() or pretrained.startswith(".") or path.exists():   # looks local
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: pretrained model folder does not exist")
         for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
@@ -79,8 +77,7 @@ def _check_local(pretrained: str) -> None:
                 raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no {sub}/)")
 
 
-def load_pix2pix_components(pretrained: str | Path = DEFAULT_PRETRAINED, *,
-                            revision: Optional[str] = None) -> Pix2PixComponents:
+def load_pix2pix_components(pretrained: str | Path = DEFAULT_PRETRAINED) -> Pix2PixComponents:
     """Tokenizer, text encoder, VAE (both frozen), UNet (a 4-channel SD one widened to 8) and a
     DDPM noise scheduler, like the diffusers example; device and dtype are the caller's."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -89,10 +86,10 @@ def load_pix2pix_components(pretrained: str | Path = DEFAULT_PRETRAINED, *,
     name = str(pretrained)
     _check_local(name)
     noise_scheduler = DDPMScheduler.from_pretrained(name, subfolder="scheduler")
-    tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", revision=revision)
-    text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", revision=revision)
-    vae = AutoencoderKL.from_pretrained(name, subfolder="vae", revision=revision)
-    unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", revision=revision)
+    tokenizer = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(name, subfolder="text_encoder")
+    vae = AutoencoderKL.from_pretrained(name, subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet")
     in_ch = unet.config.in_channels
     if in_ch == SD_IN_CHANNELS:
         widen_conv_in(unet, IP2P_IN_CHANNELS)
@@ -101,7 +98,7 @@ def load_pix2pix_components(pretrained: str | Path = DEFAULT_PRETRAINED, *,
                          f"or 8 (InstructPix2Pix)")
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
-    return Pix2PixComponents(name, tokenizer, text_encoder, vae, unet, noise_scheduler,
+    return Pix2PixComponents(tokenizer, text_encoder, vae, unet, noise_scheduler,
                              widened=in_ch == SD_IN_CHANNELS, latent_target=latent_target(name))
 
 

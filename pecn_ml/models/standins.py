@@ -39,12 +39,12 @@ from pecn_ml.training.autoencoder import (AutoencoderTrainConfig, latent_scaling
                                           roundtrip, train_autoencoder)
 from pecn_ml.training.instruct_pretrain import InstructPretrainConfig, pretrain_instruct_unet
 from pecn_ml.training.resnet_pretrain import ResnetPretrainConfig, pretrain_resnet
+from pecn_ml.training.scaffold import torch_threads
 from pecn_ml.utils.files import atomic_dir, sha256_json, write_json_atomic
 
 LogFn = Callable[[str], None]
 REPORT = "standin.json"
 FORMAT = 1
-KINDS = ("pix2pix", "resnet", "clip_text")
 # the hub weights each kind stands in for (the real run's, `pecn_ml.profiles`)
 STANDS_IN_FOR = {"pix2pix": "timbrooks/instruct-pix2pix", "resnet": "microsoft/resnet-50",
                  "clip_text": "openai/clip-vit-base-patch32"}
@@ -80,11 +80,10 @@ class StandinConfig:
     def part(self, kind: str) -> dict[str, Any]:
         """The settings that decide stand-in `kind` (its folder key)."""
         if kind == "pix2pix":
-            instruct = asdict(self.instruct)
-            for name, default in (("latent_target", "frame"), ("plain_gap", None), ("progress_prob", 0.0),
-                                  ("progress_frame", None), ("train_text_encoder", False)):
-                if instruct[name] == default:           # defaults are left out of older builds' keys
-                    del instruct[name]
+            # these defaults are left out of older builds' keys
+            defaults = (("latent_target", "frame"), ("plain_gap", None), ("progress_prob", 0.0),
+                        ("progress_frame", None), ("train_text_encoder", False))
+            instruct = {name: v for name, v in asdict(self.instruct).items() if (name, v) not in defaults}
             part = {"unet_channels": list(self.unet_channels), "seed": self.seed,
                     "autoencoder": asdict(self.autoencoder), "instruct": instruct}
             if (self.scheduler, self.prediction_type) != ("euler_ancestral", "epsilon"):
@@ -98,7 +97,7 @@ class StandinConfig:
             return {"seed": self.seed, "resnet": asdict(self.resnet)}
         if kind == "clip_text":
             return {"seed": self.seed, "hidden": self.clip_hidden}
-        raise ValueError(f"unknown stand-in kind {kind!r}; one of {KINDS}")
+        raise ValueError(f"unknown stand-in kind {kind!r}; one of {tuple(STANDS_IN_FOR)}")
 
     @classmethod
     def demo(cls) -> "StandinConfig":
@@ -191,18 +190,12 @@ def _build(kind: str, root: str | Path, config: StandinConfig, data_version: str
         if copied is not None:
             return copied
     t0 = time.perf_counter()
-    threads = torch.get_num_threads()
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    try:
-        with atomic_dir(folder) as tmp:
-            report = builder(tmp)
-            report.update(kind=kind, format=FORMAT, config=config.part(kind), data_version=data_version,
-                          seconds=round(time.perf_counter() - t0, 2))
-            write_json_atomic(tmp / REPORT, report)
-            write_card(tmp, standin_card(kind, folder.name, report, run_id))
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(config.torch_threads or None), atomic_dir(folder) as tmp:
+        report = builder(tmp)
+        report.update(kind=kind, format=FORMAT, config=config.part(kind), data_version=data_version,
+                      seconds=round(time.perf_counter() - t0, 2))
+        write_json_atomic(tmp / REPORT, report)
+        write_card(tmp, standin_card(kind, folder.name, report, run_id))
     log(f"stand-in {kind}: built {folder} in {report['seconds']:.1f}s")
     return BuiltStandin(kind, folder, weights_sha256(folder), False, report)
 
@@ -235,11 +228,13 @@ def build_standin_pix2pix(root: str | Path, videos: Sequence[np.ndarray], config
                 unet.conv_out.weight.zero_()
                 unet.conv_out.bias.zero_()
         log(f"stand-in VAE: training on {len(frames)} frames of {len(videos)} videos")
-        ae = train_autoencoder(vae, frames, config.autoencoder, log=log)
+        t0 = time.perf_counter()
+        ae_losses = train_autoencoder(vae, frames, config.autoencoder, log=log)
+        ae_seconds = round(time.perf_counter() - t0, 3)
         scaling = latent_scaling_factor(vae, frames[:: max(1, len(frames) // 512)])
         vae.register_to_config(scaling_factor=scaling)
-        report: dict[str, Any] = {"vae_scaling_factor": scaling, "autoencoder_loss": _curve(ae.losses),
-                                  "autoencoder_seconds": ae.seconds, "train_frames": int(len(frames)),
+        report: dict[str, Any] = {"vae_scaling_factor": scaling, "autoencoder_loss": _curve(ae_losses),
+                                  "autoencoder_seconds": ae_seconds, "train_frames": int(len(frames)),
                                   "train_videos": len(videos)}
         if eval_frames is not None and len(eval_frames):
             rt = roundtrip(vae, eval_frames)
@@ -399,7 +394,6 @@ def _from_shipped(kind: str, folder: Path, shipped: Path, part: dict[str, Any], 
             f"not using them, building instead")
         return None
     log(f"stand-in {kind}: shipped weights {name} (verified)")
-    report = json.loads((folder / REPORT).read_text(encoding="utf-8"))
     return BuiltStandin(kind, folder, weights_sha256(folder), True, {**report, "source": "shipped"})
 
 
@@ -438,10 +432,8 @@ def _chosen(found: dict[str, dict[str, Any]], src_root: Path, names: Sequence[st
         raise FileNotFoundError(f"{src_root}: no completed stand-in {', '.join(unknown)}")
     chosen = list(names) or sorted(found)
     if latest:
-        newest = {}
-        for name in sorted(chosen, key=lambda n: (src_root / n / REPORT).stat().st_mtime):
-            newest[found[name]["kind"]] = name
-        chosen = sorted(newest.values())
+        by_age = sorted(chosen, key=lambda n: (src_root / n / REPORT).stat().st_mtime)
+        chosen = sorted({found[name]["kind"]: name for name in by_age}.values())   # the newest of each kind
     if not chosen:
         raise FileNotFoundError(f"{src_root}: no completed stand-in folders ({{kind}}-{{key}}/{REPORT})")
     return chosen

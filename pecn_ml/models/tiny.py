@@ -20,20 +20,6 @@ _PROMPT_WORDS = (
 )
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable unicode table (the standard byte-level BPE alphabet)."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
-
-
 def _tokenizer_words() -> list[str]:
     words = set(_PROMPT_WORDS.split())
     for t in load_templates():
@@ -44,8 +30,9 @@ def _tokenizer_words() -> list[str]:
 def build_tiny_tokenizer(out_dir: str | Path, model_max_length: int = 77):
     """A small CLIP BPE tokenizer: the 256-byte alphabet plus whole-word merges for SSv2 words."""
     from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode   # GPT-2/CLIP's byte-level alphabet
 
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(alphabet + [c + "</w>" for c in alphabet])}
     merges: list[tuple[str, str]] = []
     for word in _tokenizer_words():
@@ -64,27 +51,12 @@ def build_tiny_tokenizer(out_dir: str | Path, model_max_length: int = 77):
     return tok
 
 
-def _clip_text_config(vocab_size: int, hidden: int, max_len: int):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
-        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=max_len,
-        projection_dim=hidden, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
-
-
 def build_tiny_clip_text(out_dir: str | Path, hidden: int = 32, seed: int = 0) -> Path:
     """CLIPTextModel + tokenizer in one folder, like `openai/clip-vit-base-patch32` is loaded."""
-    from transformers import CLIPTextModel
-
-    out_dir = Path(out_dir)
     tok = build_tiny_tokenizer(out_dir)
     torch.manual_seed(seed)
-    model = CLIPTextModel(_clip_text_config(len(tok), hidden, tok.model_max_length))
-    model.save_pretrained(out_dir)
-    return out_dir
+    tiny_text_encoder(tok, hidden).save_pretrained(out_dir)
+    return Path(out_dir)
 
 
 def build_tiny_resnet(out_dir: str | Path, seed: int = 0) -> Path:
@@ -125,9 +97,15 @@ def tiny_vae():
 
 def tiny_text_encoder(tokenizer, hidden: int = 32):
     """A two-layer `CLIPTextModel` for `tokenizer`, random weights."""
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(_clip_text_config(len(tokenizer), hidden, tokenizer.model_max_length))
+    vocab_size = len(tokenizer)
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=hidden, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    ))
 
 
 SCHEDULERS = {"euler_ancestral": "EulerAncestralDiscreteScheduler", "ddim": "DDIMScheduler",

@@ -27,21 +27,21 @@ class ResolvedWeights:
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
 
 
-def weight_files(folder: str | os.PathLike) -> dict[str, str]:
-    """{relative path: sha256} of the folder's weight files ({} for a folder that is gone or empty)."""
+def weight_files(folder: str | os.PathLike, required: bool = False) -> dict[str, str]:
+    """{relative path: sha256} of the folder's weight files ({} for a folder that is gone or empty;
+    FileNotFoundError naming the folder instead where `required`)."""
     try:
-        files = folder_manifest(folder)
+        files = {rel: sha for rel, sha in folder_manifest(folder).items() if rel.endswith(WEIGHT_SUFFIXES)}
     except FileNotFoundError:
-        return {}
-    return {rel: sha for rel, sha in files.items() if rel.endswith(WEIGHT_SUFFIXES)}
+        files = {}
+    if required and not files:
+        raise FileNotFoundError(f"{folder}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    return files
 
 
 def weights_sha256(folder: str | os.PathLike) -> str:
     """One sha256 for all weight files of a folder (their relative paths and shas)."""
-    files = weight_files(folder)
-    if not files:
-        raise FileNotFoundError(f"{folder}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
-    return sha256_json(files)
+    return sha256_json(weight_files(folder, required=True))
 
 
 def weights_identity(name: str | os.PathLike) -> str:
@@ -74,9 +74,7 @@ def resolve_weights(name: str, revision: Optional[str] = None, *,
         folder = Path(name).absolute()
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: pretrained model folder does not exist")
-        files = weight_files(folder)
-        if not files:
-            raise FileNotFoundError(f"{folder}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+        files = weight_files(folder, required=True)
         return ResolvedWeights(name, folder, None, sha256_json(files), files)
 
     from huggingface_hub import snapshot_download

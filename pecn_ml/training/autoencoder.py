@@ -3,23 +3,21 @@
 A random tiny VAE reconstructs nothing, so the demo trains its VAE first, like SD's: a posterior
 sample is decoded, loss MSE + L1 + a small KL term, on random crops (it is fully convolutional).
 `latent_scaling_factor` is 1 / std of the posterior means (SD's `scaling_factor`); `roundtrip` is
-decode(encode(x)) at the mode, the "autoencoder ceiling" of the evaluations.
+decode(encode(x)) at the mode, the "autoencoder ceiling" of the evaluations. `train_steps` is the
+loop of all three stand-in pretrainers (this one, `instruct_pretrain`, `resnet_pretrain`).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pecn_ml.utils.progress import ProgressMeter
-
-LogFn = Callable[[str], None]
+from pecn_ml.utils.progress import LogFn, ProgressMeter
 
 
 @dataclass(frozen=True)
@@ -41,15 +39,6 @@ class AutoencoderTrainConfig:
         if self.learning_rate <= 0 or self.l1_weight < 0 or self.kl_weight < 0:
             raise ValueError("AutoencoderTrainConfig: learning_rate > 0, weights >= 0 needed")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class AutoencoderTrainResult:
-    losses: list[float]            # one per step
-    seconds: float
-
 
 def frames_to_pixels(frames: np.ndarray) -> torch.Tensor:
     """(B, R, R, 3) uint8 -> (B, 3, R, R) float32 in [-1, 1] (the pipelines' normalisation)."""
@@ -67,9 +56,34 @@ def _vae_factor(vae: Any) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def train_steps(name: str, params: Iterable[torch.nn.Parameter], config: Any,
+                step_loss: Callable[[int], torch.Tensor], log: Optional[LogFn], *,
+                weight_decay: float = 0.01, max_grad_norm: Optional[float] = None) -> list[float]:
+    """The stand-in pretrainers' loop: `config.steps` AdamW steps on `step_loss(step)` (learning rate
+    `config.learning_rate`, cosine-annealed to 0; gradients clipped to `max_grad_norm` when given),
+    progress logged every `config.log_every_s`; the step losses."""
+    params = list(params)
+    opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps))))
+    losses: list[float] = []
+    meter = ProgressMeter(name, config.steps, log, every_s=config.log_every_s, unit="steps")
+    for step in range(config.steps):
+        loss = step_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        meter.update(1, extra=f"loss {np.mean(losses[-20:]):.4f}")
+    return losses
+
+
 def train_autoencoder(vae: Any, frames: np.ndarray, config: AutoencoderTrainConfig, *,
-                      log: Optional[LogFn] = None) -> AutoencoderTrainResult:
-    """Train `vae` in place on random crops of `frames` (N, R, R, 3) uint8; CPU or its device."""
+                      log: Optional[LogFn] = None) -> list[float]:
+    """Train `vae` in place on random crops of `frames` (N, R, R, 3) uint8, CPU or its device; the step losses."""
     if len(frames) == 0:
         raise ValueError("train_autoencoder: no frames")
     r = frames.shape[1]
@@ -79,32 +93,22 @@ def train_autoencoder(vae: Any, frames: np.ndarray, config: AutoencoderTrainConf
     device = next(vae.parameters()).device
     g = torch.Generator().manual_seed(config.seed)
     noise_g = torch.Generator(device=device).manual_seed(config.seed + 1)
-    opt = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps))))
-    vae.train()
-    vae.requires_grad_(True)
-    losses: list[float] = []
-    meter = ProgressMeter("autoencoder train", config.steps, log, every_s=config.log_every_s,
-                          unit="steps")
-    t0 = time.perf_counter()
-    for _ in range(config.steps):
+
+    def step_loss(_step: int) -> torch.Tensor:
         idx = torch.randint(0, len(frames), (config.batch_size,), generator=g)
         i, j = torch.randint(0, r - config.crop + 1, (2,), generator=g).tolist()
         x = frames_to_pixels(frames[idx.numpy(), i:i + config.crop, j:j + config.crop]).to(device)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=noise_g)).sample          # (B, 3, c, c)
-        loss = (F.mse_loss(recon, x) + config.l1_weight * F.l1_loss(recon, x)
+        return (F.mse_loss(recon, x) + config.l1_weight * F.l1_loss(recon, x)
                 + config.kl_weight * posterior.kl().mean())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        meter.update(1, extra=f"loss {np.mean(losses[-20:]):.4f}")
+
+    vae.train()
+    vae.requires_grad_(True)
+    losses = train_steps("autoencoder train", vae.parameters(), config, step_loss, log, weight_decay=0.0)
     vae.eval()
     vae.requires_grad_(False)
-    return AutoencoderTrainResult(losses=losses, seconds=round(time.perf_counter() - t0, 3))
+    return losses
 
 
 @torch.no_grad()

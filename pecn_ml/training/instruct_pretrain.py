@@ -12,21 +12,18 @@ latents of the frozen trained VAE, every frame encoded once.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from pecn_ml.prompts import build_prompt, progress_percent
-from pecn_ml.training.autoencoder import frames_to_pixels
+from pecn_ml.training.autoencoder import frames_to_pixels, train_steps
 from pecn_ml.training.latent_cache import encode_pixels
 from pecn_ml.models.pix2pix import LATENT_TARGETS, tokenize_prompts
 from pecn_ml.training.pix2pix import TARGET_LATENTS, LatentBatch, draw_step_randomness, step_generator, training_step
-from pecn_ml.utils.progress import ProgressMeter
-
-LogFn = Callable[[str], None]
+from pecn_ml.utils.progress import LogFn, ProgressMeter
 
 
 @dataclass(frozen=True)
@@ -73,21 +70,8 @@ class InstructPretrainConfig:
             if not ok:
                 raise ValueError(f"InstructPretrainConfig: {message}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 PRETRAIN_PROMPTS = ("generic", "action", "instruction")
-
-
-def generic_instruction(k: int) -> str:
-    """The pretraining prompt for a k-frame step (no action text, no progress)."""
-    return f"show this {k} frames later"
-
-
-def action_instruction(text: str, k: int) -> str:
-    """The `prompt="action"` pretraining prompt: the action text and the frame gap, no progress."""
-    return f"{text}, {k} frames later"
 
 
 def instruction_prompt(text: str, k: int, plain_gap: Optional[int] = None,
@@ -101,18 +85,14 @@ def instruction_prompt(text: str, k: int, plain_gap: Optional[int] = None,
 def pretraining_prompts(config: "InstructPretrainConfig", texts: Optional[Sequence[str]],
                         num_videos: int) -> tuple[list[str], list[int]]:
     """(distinct prompts, prompt index of each (video, k) as video * max_offset + k - 1)."""
+    ks = range(1, config.max_offset + 1)
     if config.prompt == "generic":
-        prompts = [generic_instruction(k) for k in range(1, config.max_offset + 1)]
-        return prompts, [k for _ in range(num_videos) for k in range(config.max_offset)]
+        return [f"show this {k} frames later" for k in ks], [k - 1 for _ in range(num_videos) for k in ks]
     if texts is None or len(texts) != num_videos:
         raise ValueError(f"instruct pretraining with prompt='action' needs one action text per video "
                          f"({num_videos} videos, {0 if texts is None else len(texts)} texts)")
-    if config.prompt == "action":
-        form = action_instruction
-    else:
-        def form(t: str, k: int) -> str:
-            return instruction_prompt(t, k, config.plain_gap)
-    wanted = [form(t, k) for t in texts for k in range(1, config.max_offset + 1)]
+    wanted = [f"{t}, {k} frames later" if config.prompt == "action" else instruction_prompt(t, k, config.plain_gap)
+              for t in texts for k in ks]
     prompts = sorted(set(wanted))
     index = {p: i for i, p in enumerate(prompts)}
     return prompts, [index[p] for p in wanted]
@@ -172,16 +152,10 @@ def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: An
         params += list(text_encoder.parameters())
     else:
         text_encoder.requires_grad_(False).eval()
-    opt = torch.optim.AdamW(params, lr=config.learning_rate)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps))))
     g = torch.Generator().manual_seed(config.seed)
     told_ids: dict[str, torch.Tensor] = {}          # progress prompts, tokenized once each
-    unet.train()
-    losses: list[float] = []
-    meter = ProgressMeter("instruct pretraining", config.steps, log, every_s=config.log_every_s,
-                          unit="steps")
-    for step in range(config.steps):
+
+    def step_loss(step: int) -> torch.Tensor:
         pick, told = draw_pairs(latents, config, g, pool)
         inp, tgt, k, video = pick[:, 0], pick[:, 1], pick[:, 2], pick[:, 3]   # (B,) each
         ids = distinct_ids[prompt_of[video * config.max_offset + k - 1]]
@@ -199,17 +173,13 @@ def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: An
                                      generator=step_generator(config.seed, step, device),
                                      dtype=batch.target_mean.dtype, device=device,
                                      min_timestep=config.min_timestep)
-        loss = training_step(unet, noise_scheduler, batch, draws, empty_prompt_embeds=text[-1:],
+        return training_step(unet, noise_scheduler, batch, draws, empty_prompt_embeds=text[-1:],
                              conditioning_dropout_prob=config.conditioning_dropout_prob,
                              scaling_factor=scaling, target_latents=config.target_latents,
                              latent_target=config.latent_target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        meter.update(1, extra=f"loss {np.mean(losses[-20:]):.4f}")
+
+    unet.train()
+    losses = train_steps("instruct pretraining", params, config, step_loss, log, max_grad_norm=config.max_grad_norm)
     unet.eval()
     text_encoder.requires_grad_(False).eval()
     return losses

@@ -19,9 +19,7 @@ import torch
 from pecn_ml.data.pairs import frame_to_tensor
 from pecn_ml.models.pix2pix import encode_token_ids, tokenize_prompts
 from pecn_ml.utils.files import atomic_path
-from pecn_ml.utils.progress import ProgressMeter
-
-LogFn = Callable[[str], None]
+from pecn_ml.utils.progress import LogFn, ProgressMeter
 
 
 def module_sha256(module: torch.nn.Module) -> str:
@@ -38,8 +36,10 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
+def _shard_folder(kind: str, module: Any) -> str:
+    """`{kind}-{weights sha}-{dtype}-{device kind}`: the shards of one encoder as it is now."""
+    dtype = str(module.dtype).replace("torch.", "")
+    return f"{kind}-{module_sha256(module)[:16]}-{dtype}-{torch.device(module.device).type}"
 
 
 @torch.no_grad()
@@ -67,9 +67,6 @@ class PairLatents:
     prompt_embeds: torch.Tensor  # (P, L, D) unique prompts
     prompt_index: torch.Tensor   # (N,) long, row of prompt_embeds for each pair
 
-    def __len__(self) -> int:
-        return self.target_mean.shape[0]
-
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (
             self.target_mean, self.target_logvar, self.image_latents, self.prompt_embeds))
@@ -86,11 +83,8 @@ class LatentStore:
         self.log = log
         self.encoded = {"frames": 0, "prompts": 0}   # encoded by this store (cache misses)
         self.loaded = {"frames": 0, "prompts": 0}    # taken from shards (cache hits)
-        dev = torch.device(vae.device).type
-        self.vae_dir = self.root / f"vae-{module_sha256(vae)[:16]}-{_dtype_name(vae.dtype)}-{dev}"
-        tdev = torch.device(text_encoder.device).type
-        self.text_dir = self.root / (f"text-{module_sha256(text_encoder)[:16]}-"
-                                     f"{_dtype_name(text_encoder.dtype)}-{tdev}")
+        self.vae_dir = self.root / _shard_folder("vae", vae)
+        self.text_dir = self.root / _shard_folder("text", text_encoder)
 
     # --- shards -------------------------------------------------------------------------------
     @staticmethod
@@ -155,9 +149,8 @@ class LatentStore:
 
         found = self._load_or_encode("frames", self.vae_dir / source, f"f{frame_idx:03d}", video_ids,
                                      self.batch_size, encode, f"encode frame {frame_idx} latents")
-        mean = torch.stack([found[v]["mean"] for v in video_ids])        # (N, 4, h, w)
-        logvar = torch.stack([found[v]["logvar"] for v in video_ids])    # (N, 4, h, w)
-        return mean, logvar
+        mean, logvar = (torch.stack([found[v][name] for v in video_ids]) for name in ("mean", "logvar"))
+        return mean, logvar   # (N, 4, h, w) each
 
     def prompt_embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unique-prompt embeddings (P, L, D) on the CPU and the (N,) index of each prompt."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -28,7 +29,7 @@ from pecn_ml.models.pacnet import WEIGHTS_NAME, PacNet, PacNetConfig, load_pacne
 from pecn_ml.models.weights import weights_identity
 from pecn_ml.training import scaffold
 from pecn_ml.training.pacnet_data import (PacNetCropDataset, carve_selection_split, check_disjoint,
-                                          check_entries, crop_indices, epoch_permutation)
+                                          check_entries, epoch_permutation)
 from pecn_ml.training.tracking import TrackingConfig, TrackingInfo, start_tracking, tag_run
 from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset, collate_slots,
                                  gather_objects, process_rank, reduce_sum, set_batchnorm_sync, slot_weights,
@@ -39,8 +40,6 @@ from pecn_ml.utils.progress import LogFn, ProgressMeter
 # Fields that do not change the result; a resumed run may differ in these. (The selection split's
 # fraction and seed decide the entries, which the fingerprint holds themselves.)
 _NON_RESULT_FIELDS = {"num_workers", "log_every_s", "selection_fraction", "selection_seed"}
-# Pretrained folders: in a fingerprint by their weights' sha (see `_model_identity`).
-_PRETRAINED_FIELDS = ("resnet_name", "clip_name")
 
 
 @dataclass(frozen=True)
@@ -91,13 +90,8 @@ class PacNetTrainConfig:
     def demo(cls, **overrides) -> "PacNetTrainConfig":
         """The demo's: small stand-in backbones learn at a higher rate; a near-L1 loss (beta 0.02)
         fits the MAE it is judged by."""
-        base = dict(epochs=40, batch_size=8, lr=1e-3, backbone_lr_mult=0.2, smooth_l1_beta=0.02,
-                    max_grad_norm=1.0, log_every_s=15.0)
-        base.update(overrides)
-        return cls(**base)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        return cls(**(dict(epochs=40, batch_size=8, lr=1e-3, backbone_lr_mult=0.2, smooth_l1_beta=0.02,
+                           max_grad_norm=1.0, log_every_s=15.0) | overrides))
 
 
 @dataclass(frozen=True)
@@ -113,7 +107,6 @@ class PacNetTrainResult:
     resumed_from_epoch: int        # epochs already finished before this call (0 = fresh)
     history: list = field(default_factory=list)  # [{epoch, train_loss, val_mae, lr, seconds}]
     best_dir: Path = Path()
-    last_dir: Path = Path()
     weights_sha256: str = ""       # of best_dir/model.safetensors
     checkpoint_sha256: str = ""    # of best_dir's manifest: every file load_pacnet reads (the handle's sha)
     checkpoint_files: dict = field(default_factory=dict)   # that manifest: relative path -> sha256
@@ -140,9 +133,7 @@ class PacNetSplits:
 
     def to_json(self) -> dict:
         """What `selection_split.json` records: the selection ids and how they were drawn."""
-        tasks: dict[str, int] = {}
-        for e in self.selection:
-            tasks[str(e.get("task") or "")] = tasks.get(str(e.get("task") or ""), 0) + 1
+        tasks = dict(Counter(str(e.get("task") or "") for e in self.selection))
         return {"format": "pecn.pacnet.selection_split.v1", "fraction": self.fraction, "seed": self.seed,
                 "ids": [e["id"] for e in self.selection], "per_task": tasks,
                 "num_train": len(self.train), "num_selection": len(self.selection), "num_test": len(self.test),
@@ -262,45 +253,17 @@ def mae_percent(pred: np.ndarray, target: np.ndarray) -> float:
 
 # --- what a run is, and what it leaves --------------------------------------------------------
 
-def _result_fields(cfg: PacNetTrainConfig) -> dict:
-    return {k: v for k, v in cfg.to_dict().items() if k not in _NON_RESULT_FIELDS}
-
-
-def _model_identity(config: PacNetConfig) -> dict:
-    """The model config with the pretrained ResNet and CLIP counted by their weights' sha, not by
-    their folders: a moved project still resumes its checkpoints."""
-    return {**config.to_dict(), **{k: weights_identity(getattr(config, k)) for k in _PRETRAINED_FIELDS}}
-
-
 def _fingerprint(model_config: PacNetConfig, cfg: PacNetTrainConfig, train: Sequence[Mapping],
                  val: Sequence[Mapping], num_processes: int = 1) -> dict:
     """What decides the run's result; a `last/` with another fingerprint is of another run. Its
     "batch_size" is the global batch (batch_size x K): K = 2 at 1 and K = 1 at 2 are one run."""
-    return {"model_config": _model_identity(model_config),
-            "train_config": {**_result_fields(cfg), "batch_size": cfg.batch_size * num_processes},
+    result_fields = {k: v for k, v in asdict(cfg).items() if k not in _NON_RESULT_FIELDS}
+    # the pretrained ResNet and CLIP by their weights' sha, not their folders: a moved project still resumes
+    pretrained = {k: weights_identity(getattr(model_config, k)) for k in ("resnet_name", "clip_name")}
+    return {"model_config": {**model_config.to_dict(), **pretrained},
+            "train_config": {**result_fields, "batch_size": cfg.batch_size * num_processes},
             "train_ids": sha256_json([e["id"] for e in train]),
             "val_ids": sha256_json([e["id"] for e in val])}
-
-
-def _card_context(model_config: PacNetConfig, fingerprint: dict, card: Optional[CardContext]) -> CardContext:
-    """The caller's context; without one, the bases as the trainer knows them (name + weights sha)."""
-    if card is not None and card.bases:
-        return card
-    return replace(card or CardContext(), bases=tuple(
-        scaffold.base_weights(role, str(getattr(model_config, key)), str(fingerprint["model_config"][key]))
-        for role, key in (("resnet_base", "resnet_name"), ("clip_text_base", "clip_name"))))
-
-
-def _rank_seed(seed: int, rank: int, epoch: int) -> int:
-    """The torch seed of rank > 0 (its own dropout stream) where no saved RNG state is restored."""
-    return (int(seed) * 1_000_003 + rank * 7919 + epoch) % (2 ** 63)
-
-
-def _prepare_entries(entries: Sequence[Mapping], limit: Optional[int], what: str) -> list[dict]:
-    entries = check_entries(entries, what)
-    if not entries:
-        raise ValueError(f"{what}: no entries")
-    return entries[:limit] if limit is not None else entries
 
 
 @dataclass
@@ -345,12 +308,15 @@ def _data(model_config: PacNetConfig, cfg: PacNetTrainConfig, cache: Any, train_
           val_entries: Sequence[Mapping], test_entries: Sequence[Mapping], out_dir: Path, log: LogFn,
           card: Optional[CardContext]) -> _Run:
     """Check the splits; the datasets, the mean-predictor floor and the run's fingerprint."""
-    train = _prepare_entries(train_entries, cfg.max_train_videos, "train_entries")
-    val = _prepare_entries(val_entries, cfg.max_val_videos, "val_entries")
+    full = []   # all of the training and selection entries (max_*_videos cut what the run uses)
+    for entries, what in ((train_entries, "train_entries"), (val_entries, "val_entries")):
+        full.append(check_entries(entries, what))
+        if not full[-1]:
+            raise ValueError(f"{what}: no entries")
     test = check_entries(test_entries, "test_entries")
-    check_disjoint({"training (train_entries)": check_entries(train_entries, "train_entries"),
-                    "selection (val_entries)": check_entries(val_entries, "val_entries"),
+    check_disjoint({"training (train_entries)": full[0], "selection (val_entries)": full[1],
                     "test (test_entries)": test})
+    train, val = full[0][:cfg.max_train_videos], full[1][:cfg.max_val_videos]
     n, lo, hi = model_config.num_frames, cfg.min_ratio, cfg.max_ratio
     train_ds = PacNetCropDataset(cache, train, n, lo, hi, seed=cfg.seed, what="train_entries")
     val_ds = PacNetCropDataset(cache, val, n, lo, hi, seed=cfg.val_seed, fixed=True, what="val_entries")
@@ -362,12 +328,11 @@ def _data(model_config: PacNetConfig, cfg: PacNetTrainConfig, cache: Any, train_
     baseline = mae_percent(np.full_like(val_targets, mean_progress), val_targets)
     rank, _, k = process_rank()
     fingerprint = _fingerprint(model_config, cfg, train, val, k)
+    context = scaffold.card_context(card, [
+        (role, str(getattr(model_config, key)), str(fingerprint["model_config"][key]))
+        for role, key in (("resnet_base", "resnet_name"), ("clip_text_base", "clip_name"))])
     return _Run(model_config, cfg, out_dir, log, train_ds, val_ds, test_ds, mean_progress, baseline,
-                fingerprint, _card_context(model_config, fingerprint, card), rank=rank, k=k)
-
-
-def _save_model(model: PacNet, folder: Path) -> None:
-    write_pacnet_files(model, folder)
+                fingerprint, context, rank=rank, k=k)
 
 
 def _load_model(model: PacNet, folder: Path) -> None:
@@ -401,19 +366,19 @@ def _setup(run: _Run, state: Optional[dict], tracking: Optional[TrackingConfig])
     # Its generator only seeds workers (the order is the sampler's): the global RNG stays untouched.
     loader = DataLoader(SlotDataset(run.train_ds), batch_sampler=run.sampler, collate_fn=collate_slots(default_collate),
                         generator=torch.Generator().manual_seed(cfg.seed), num_workers=cfg.num_workers, pin_memory=pin)
-    scaffold.register_model_io(acc, _save_model, _load_model)
+    scaffold.register_model_io(acc, write_pacnet_files, _load_model)
     run.model, run.optimizer, run.train_loader = acc.prepare(model, optimizer, loader)
     acc.register_for_checkpointing(run.scheduler)
     run.val_loader = _val_shard(run.val_ds, run.rank, k, cfg.batch_size, cfg.num_workers, pin)
-    if run.rank > 0:
-        torch.manual_seed(_rank_seed(cfg.seed, run.rank, run.start_epoch))  # its own dropout stream
+    if run.rank > 0:  # its own dropout stream, where no saved RNG state is restored
+        torch.manual_seed((int(cfg.seed) * 1_000_003 + run.rank * 7919 + run.start_epoch) % (2 ** 63))
     if state is not None:
-        scaffold.load_checkpoint(acc, run.out_dir / "last")   # this rank's RNG too, when it was saved
+        acc.load_state(str(run.out_dir / "last"))   # this rank's RNG too, when it was saved
         run.history = list(state["history"])
         run.best_mae, run.best_epoch = float(state["best_val_mae"]), int(state["best_epoch"])
         run.log(f"pacnet: resuming after epoch {run.start_epoch}/{cfg.epochs} from {run.out_dir / 'last'}")
     run.tracked = start_tracking(acc, tracking, "pacnet", {
-        **cfg.to_dict(), **{f"model_{key}": v for key, v in run.fingerprint["model_config"].items()},
+        **asdict(cfg), **{f"model_{key}": v for key, v in run.fingerprint["model_config"].items()},
         "num_train": len(run.train_ds), "num_val": len(run.val_ds), "baseline_mae": run.baseline,
         "num_processes": k, "global_batch_size": cfg.batch_size * k})
 
@@ -456,7 +421,7 @@ def _write_best(run: _Run, tmp: Path, metrics: dict) -> None:
         description=("Progress estimation (ResNet frames + Transformer + CLIP text) trained with dynamic "
                      "temporal cropping; the epoch was chosen on the selection split (MAE in percentage "
                      "points), never on the evaluation videos. Load with `pecn_ml.models.pacnet.load_pacnet`."),
-        context=run.context, training_config=cfg.to_dict(), seed=cfg.seed, loss_summary=summary,
+        context=run.context, training_config=asdict(cfg), seed=cfg.seed, loss_summary=summary,
         extra={"head": run.model_config.head, "model_config": run.model_config.to_dict()}))
 
 
@@ -496,9 +461,8 @@ def _result(state: dict, out_dir: Path, resumed_from: int, n_train: int, n_val: 
         mean_train_progress=float(state["mean_train_progress"]),
         best_epoch=int(state["best_epoch"]), epochs_run=int(state["epoch"]),
         resumed_from_epoch=resumed_from, history=list(state["history"]), best_dir=best,
-        last_dir=out_dir / "last", weights_sha256=sha256_file(best / WEIGHTS_NAME),
-        checkpoint_sha256=manifest_sha256(files), checkpoint_files=files,
-        num_train=n_train, num_val=n_val, num_processes=int(state.get("num_processes", 1)),
+        weights_sha256=sha256_file(best / WEIGHTS_NAME), checkpoint_sha256=manifest_sha256(files),
+        checkpoint_files=files, num_train=n_train, num_val=n_val, num_processes=int(state.get("num_processes", 1)),
         global_batch_size=int(state["fingerprint"]["train_config"]["batch_size"]))
 
 
@@ -577,6 +541,3 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
         acc.end_training()
     return replace(result, tracking=run.tracked)
 
-
-__all__ = ["PacNetTrainConfig", "PacNetTrainResult", "PacNetSplits", "pacnet_splits", "train_pacnet",
-           "layered_param_groups", "training_step", "progress_loss", "predict_loader", "mae_percent", "crop_indices"]

@@ -7,6 +7,7 @@ optionally `frames(id, indices)`; entries are dicts with "id" and "label". Crop 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from typing import Any, Mapping, Optional, Sequence
 
@@ -83,14 +84,12 @@ def check_disjoint(splits: Mapping[str, Sequence[Mapping]]) -> None:
     """Raise `SplitOverlap` naming the splits and (up to 5 of) the ids when any two of `splits`
     ({name: entries}) share a video id."""
     ids = {name: {str(e["id"]) for e in entries} for name, entries in splits.items()}
-    names = list(ids)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            shared = sorted(ids[a] & ids[b])
-            if shared:
-                raise SplitOverlap(f"PAC-Net splits overlap: {len(shared)} video(s) are in both {a} and {b} "
-                                   f"(e.g. {shared[:5]}); the model would be chosen or scored on videos it "
-                                   f"trained or was chosen on")
+    for a, b in itertools.combinations(ids, 2):
+        shared = sorted(ids[a] & ids[b])
+        if shared:
+            raise SplitOverlap(f"PAC-Net splits overlap: {len(shared)} video(s) are in both {a} and {b} "
+                               f"(e.g. {shared[:5]}); the model would be chosen or scored on videos it "
+                               f"trained or was chosen on")
 
 
 def selection_counts(task_sizes: Mapping[str, int], fraction: float) -> dict[str, int]:

@@ -19,12 +19,12 @@ import time
 import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from pecn_ml.data.pairs import collate_pairs
 from pecn_ml.images import make_grid, plot_loss_curve, save_png
@@ -38,9 +38,8 @@ from pecn_ml.training.tracking import TrackingConfig, TrackingInfo, log_image, s
 from pecn_ml.utils.accel import (MIXED_PRECISION, GlobalBatchSampler, MixedPrecision, SlotDataset, broadcast_object,
                                  collate_slots, reduce_sum, slot_indices, slot_weights)
 from pecn_ml.utils.files import atomic_dir, folder_manifest, manifest_sha256, sha256_file, sha256_json
-from pecn_ml.utils.progress import ProgressMeter
+from pecn_ml.utils.progress import LogFn, ProgressMeter
 
-LogFn = Callable[[str], None]
 # diffusers.optimization.get_scheduler names that need no more than warmup and total steps
 LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 LR_SCHEDULERS: tuple[str, ...] = typing.get_args(LrScheduler)
@@ -117,13 +116,11 @@ class Pix2PixTrainConfig:
     def demo(cls, **overrides: Any) -> "Pix2PixTrainConfig":
         """The demo's stand-in at 96 px: 4 epochs (120 steps), lr 1e-3 cosine-annealed (beat constant
         1e-4 and 1e-3 on the demo data); share `latent_cache_dir` between the variants."""
-        values: dict[str, Any] = dict(
+        return cls(**(dict(
             resolution=96, train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-3, lr_scheduler="cosine",
             num_train_epochs=4, mixed_precision="no", seed=0, checkpointing_steps=50,
             checkpoints_total_limit=1, validation_epochs=4, num_validation_samples=2,
-            validation_inference_steps=8, log_every_s=5.0)
-        values.update(overrides)
-        return cls(**values)
+            validation_inference_steps=8, log_every_s=5.0) | overrides))
 
 
 @dataclass(frozen=True)
@@ -176,14 +173,9 @@ class StepDraws:
 
 
 def step_generator(base_seed: int, micro_index: int, device: torch.device) -> torch.Generator:
-    """A generator that is a pure function of (seed, index) (instruct pretraining's steps)."""
+    """A generator that is a pure function of (seed, index): instruct pretraining's steps, and with
+    `base_seed * 1_000_003 + epoch` a dataset item's draws in an epoch."""
     seed = (int(base_seed) * 1_000_003 + int(micro_index)) % (2 ** 63)
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def sample_generator(base_seed: int, epoch: int, index: int, device: torch.device) -> torch.Generator:
-    """The generator of dataset item `index` in `epoch`: a pure function of (seed, epoch, index)."""
-    seed = ((int(base_seed) * 1_000_003 + int(epoch)) * 1_000_003 + int(index)) % (2 ** 63)
     return torch.Generator(device=device).manual_seed(seed)
 
 
@@ -206,11 +198,12 @@ def draw_step_randomness(latent_shape: Sequence[int], num_train_timesteps: int, 
 def draw_sample_randomness(latent_shape: Sequence[int], num_train_timesteps: int, *,
                            base_seed: int, epoch: int, indices: Sequence[int],
                            dtype: torch.dtype, device: torch.device, min_timestep: int = 0) -> StepDraws:
-    """The draws of a micro-batch, row i from `sample_generator(base_seed, epoch, indices[i])`: they
-    do not depend on the batch (its size, its other samples, the rank it runs on)."""
+    """The draws of a micro-batch, row i from a generator of (base_seed, epoch, indices[i]): they do
+    not depend on the batch (its size, its other samples, the rank it runs on)."""
     assert len(indices) == latent_shape[0], (len(indices), tuple(latent_shape))
+    epoch_seed = int(base_seed) * 1_000_003 + int(epoch)
     rows = [draw_step_randomness((1, *latent_shape[1:]), num_train_timesteps,
-                                 generator=sample_generator(base_seed, epoch, int(i), device),
+                                 generator=step_generator(epoch_seed, int(i), device),
                                  dtype=dtype, device=device, min_timestep=min_timestep) for i in indices]
     return StepDraws(torch.cat([r.latent_eps for r in rows]), torch.cat([r.noise for r in rows]),
                      torch.cat([r.timesteps for r in rows]), torch.cat([r.dropout_u for r in rows]))
@@ -279,21 +272,15 @@ def encode_pair_batch(vae: Any, tokenizer: Any, text_encoder: Any, batch: dict[s
 def cached_pair_batch(latents: PairLatents, index: torch.Tensor, device: torch.device) -> LatentBatch:
     """Gather micro-batch `index` (B,) from cached latents and move it to `device`."""
     index = index.cpu()
-    prompt_rows = latents.prompt_index[index]
-    return LatentBatch(latents.target_mean[index].to(device, non_blocking=True),
-                       latents.target_logvar[index].to(device, non_blocking=True),
-                       latents.image_latents[index].to(device, non_blocking=True),
-                       latents.prompt_embeds[prompt_rows].to(device, non_blocking=True))
+    rows = (latents.target_mean[index], latents.target_logvar[index], latents.image_latents[index],
+            latents.prompt_embeds[latents.prompt_index[index]])
+    return LatentBatch(*(t.to(device, non_blocking=True) for t in rows))
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     """The permutation of `epoch`: a pure function of (seed, epoch), resumable without RNG state."""
     g = torch.Generator().manual_seed((int(seed) * 7919 + int(epoch)) % (2 ** 63))
     return torch.randperm(n, generator=g).tolist()
-
-
-def _collate_index(items: list[int]) -> torch.Tensor:
-    return torch.tensor(items, dtype=torch.long)
 
 
 @torch.no_grad()
@@ -361,10 +348,7 @@ def model_card(config: Pix2PixTrainConfig, pretrained: str, dataset: Any, finger
                seed: int, loss_summary: dict[str, Any], context: Optional[CardContext] = None) -> Any:
     """The card of a fine-tuned pipeline: the trainer's facts and the caller's `context` (without
     one, the base is named by the trainer's identity)."""
-    context = context or CardContext()
-    if not context.bases:
-        context = replace(context, bases=(scaffold.base_weights("pix2pix_base", pretrained,
-                                                                 str(fingerprint["pretrained"])),))
+    context = scaffold.card_context(context, [("pix2pix_base", pretrained, str(fingerprint["pretrained"]))])
     context = replace(context, data_versions={**context.data_versions, "train_pairs_sha256": fingerprint["pairs"]})
     prompts = list(getattr(dataset, "prompts", []))
     return build_card(
@@ -393,8 +377,7 @@ class _Run:
     out_dir: Path
     log: LogFn
     accelerator: Any
-    fingerprint: dict[str, Any]
-    max_steps: int
+    fingerprint: dict[str, Any] = field(default_factory=dict)
     base_seed: int = 0
     unet: Any = None
     optimizer: Any = None
@@ -417,6 +400,7 @@ class _Run:
     k: int = field(init=False)                    # processes
     global_batch: int = field(init=False)
     steps_per_epoch: int = field(init=False)
+    max_steps: int = field(init=False)            # optimizer steps of the whole run
     num_epochs: int = field(init=False)
     autocast_dtype: Optional[torch.dtype] = field(init=False)
 
@@ -425,13 +409,9 @@ class _Run:
         self.device, self.n, self.k = acc.device, len(self.dataset), acc.num_processes
         self.global_batch = cfg.train_batch_size * self.k * cfg.gradient_accumulation_steps
         self.steps_per_epoch = math.ceil(self.n / self.global_batch)
+        self.max_steps = cfg.max_train_steps or cfg.num_train_epochs * self.steps_per_epoch
         self.num_epochs = math.ceil(self.max_steps / self.steps_per_epoch)
         self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision)
-
-
-def _max_steps(config: Pix2PixTrainConfig, n: int, num_processes: int) -> int:
-    per_epoch = math.ceil(n / (config.train_batch_size * num_processes * config.gradient_accumulation_steps))
-    return config.max_train_steps or config.num_train_epochs * per_epoch
 
 
 def _make_loader(run: _Run) -> None:
@@ -449,17 +429,13 @@ def _make_loader(run: _Run) -> None:
                               encoded=dict(store.encoded), loaded=dict(store.loaded),
                               megabytes=round(run.cached.nbytes() / 2 ** 20, 2))
         run.log(f"latent cache: {run.cache_info}")
-        data, collate = SlotDataset(range(run.n)), collate_slots(_collate_index)  # items: indices
+        data, collate = SlotDataset(range(run.n)), collate_slots(default_collate)  # items: indices (long)
     else:
         data, collate = SlotDataset(run.dataset), collate_slots(collate_pairs)
     run.sampler = GlobalBatchSampler(lambda epoch: epoch_order(run.base_seed, epoch, run.n), run.n,
                                      cfg.train_batch_size, run.k, cfg.gradient_accumulation_steps)
     run.loader = DataLoader(data, batch_sampler=run.sampler, collate_fn=collate,
                             num_workers=cfg.dataloader_num_workers, pin_memory=run.device.type == "cuda")
-
-
-def _save_unet(unet: Any, folder: Path) -> None:
-    unet.save_pretrained(folder / TRAINED_PART)
 
 
 def _load_unet(unet: Any, folder: Path) -> None:
@@ -478,7 +454,7 @@ def _setup(run: _Run) -> None:
     weight_dtype = run.autocast_dtype or torch.float32
     if cfg.allow_tf32 and run.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    scaffold.register_model_io(acc, _save_unet, _load_unet)
+    scaffold.register_model_io(acc, lambda unet, folder: unet.save_pretrained(folder / TRAINED_PART), _load_unet)
     run.parts = p = load_pix2pix_components(run.pretrained)
     if p.widened:
         run.log(f"{run.pretrained}: 4-channel UNet widened to 8 input channels (new weights zero)")
@@ -510,9 +486,8 @@ def _start(pretrained: str, dataset: Any, val_dataset: Any, config: Pix2PixTrain
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = scaffold.build_accelerator(config.mixed_precision, config.force_cpu, log, tracking=tracking,
                                      out_dir=out_dir, log_dir="tensorboard")
-    max_steps = _max_steps(config, len(dataset), acc.num_processes)
-    run = _Run(config, pretrained, dataset, val_dataset, out_dir, log, acc,
-               _fingerprint(config, pretrained, dataset, max_steps, acc.num_processes), max_steps)
+    run = _Run(config, pretrained, dataset, val_dataset, out_dir, log, acc)
+    run.fingerprint = _fingerprint(config, pretrained, dataset, run.max_steps, run.k)
     # Decided before the seed: only a checkpoint of this same run lends its seed to the run.
     latest = scaffold.latest_checkpoint(out_dir) if resume else None
     prior = scaffold.resumable(latest, run.fingerprint, log)
@@ -522,15 +497,15 @@ def _start(pretrained: str, dataset: Any, val_dataset: Any, config: Pix2PixTrain
                      else broadcast_object(acc, secrets.randbits(62)))
     _setup(run)
     if prior is not None:
-        scaffold.load_checkpoint(acc, latest)
+        acc.load_state(str(latest))   # model, optimizer, scheduler, scaler, this rank's RNG
         run.global_step = run.resumed_step = int(prior["global_step"])
         run.loss_curve = [float(v) for v in prior["loss_curve"]]
-        log(f"resumed from {latest} (step {run.global_step}/{max_steps})")
+        log(f"resumed from {latest} (step {run.global_step}/{run.max_steps})")
     run.tracked = start_tracking(acc, tracking, "pix2pix", {
-        **asdict(config), "base_seed": run.base_seed, "max_train_steps_resolved": max_steps,
+        **asdict(config), "base_seed": run.base_seed, "max_train_steps_resolved": run.max_steps,
         "pretrained": run.fingerprint["pretrained"], "pairs_sha256": run.fingerprint["pairs"],
         "train_pairs": run.n, "num_processes": run.k, "global_batch_size": run.global_batch})
-    log(f"pix2pix: {run.n} pairs, {run.num_epochs} epochs, {max_steps} optimizer steps "
+    log(f"pix2pix: {run.n} pairs, {run.num_epochs} epochs, {run.max_steps} optimizer steps "
         f"(batch {config.train_batch_size} x {run.k} processes x accumulation "
         f"{config.gradient_accumulation_steps} = {run.global_batch}), "
         f"device {acc.device}, precision {acc.mixed_precision}, seed {run.base_seed}")
@@ -579,21 +554,9 @@ def _optimizer_step(run: _Run, batches: Any, samples: int, micros: int, epoch: i
     return reduce_sum(acc, local) / samples
 
 
-def _after_step(run: _Run, loss: float, epoch: int, meter: ProgressMeter, mark: float) -> None:
-    """Record the step; log it; save a checkpoint every `checkpointing_steps` (but the last)."""
-    run.step_times.append(time.perf_counter() - mark)
-    run.loss_curve.append(loss)
-    run.accelerator.log({"train_loss": loss, "lr": run.lr_scheduler.get_last_lr()[0]}, step=run.global_step)
-    meter.update(1, extra=f"loss {loss:.4f} epoch {epoch + 1}/{run.num_epochs}")
-    if run.global_step % run.config.checkpointing_steps == 0 and run.global_step < run.max_steps:
-        scaffold.save_rotating(run.accelerator, run.out_dir, run.global_step,
-                               {"base_seed": run.base_seed, "epoch": epoch, "loss_curve": run.loss_curve,
-                                "fingerprint": run.fingerprint, "num_processes": run.k},
-                               total_limit=run.config.checkpoints_total_limit, log=run.log)
-
-
 def _train_epoch(run: _Run, epoch: int, skip_steps: int, meter: ProgressMeter) -> None:
-    """The optimizer steps of `epoch` from step `skip_steps` on (resume)."""
+    """The optimizer steps of `epoch` from step `skip_steps` on (resume), each recorded and logged; a
+    checkpoint every `checkpointing_steps` (but the last)."""
     run.unet.train()
     run.sampler.set_epoch(epoch)
     run.sampler.skip_steps = skip_steps
@@ -603,7 +566,15 @@ def _train_epoch(run: _Run, epoch: int, skip_steps: int, meter: ProgressMeter) -
         mark = time.perf_counter()
         loss = _optimizer_step(run, batches, samples, micros, epoch)
         run.global_step += 1
-        _after_step(run, loss, epoch, meter, mark)
+        run.step_times.append(time.perf_counter() - mark)
+        run.loss_curve.append(loss)
+        run.accelerator.log({"train_loss": loss, "lr": run.lr_scheduler.get_last_lr()[0]}, step=run.global_step)
+        meter.update(1, extra=f"loss {loss:.4f} epoch {epoch + 1}/{run.num_epochs}")
+        if run.global_step % run.config.checkpointing_steps == 0 and run.global_step < run.max_steps:
+            scaffold.save_rotating(run.accelerator, run.out_dir, run.global_step,
+                                   {"base_seed": run.base_seed, "epoch": epoch, "loss_curve": run.loss_curve,
+                                    "fingerprint": run.fingerprint, "num_processes": run.k},
+                                   total_limit=run.config.checkpoints_total_limit, log=run.log)
         if run.global_step >= run.max_steps:
             return
     assert next(batches, None) is None, "loader yielded more micro-batches than its plan"
@@ -643,10 +614,8 @@ def _train_epochs(run: _Run) -> tuple[Optional[Path], int]:
         if run.global_step >= run.max_steps:
             break
         _train_epoch(run, epoch, run.global_step % run.steps_per_epoch if epoch == first_epoch else 0, meter)
-        if (epoch + 1) % run.config.validation_epochs == 0:
-            new = _validate(run, f"epoch_{epoch + 1:03d}")
-            if new is not None:
-                grid, validated_at = new, run.global_step
+        if (epoch + 1) % run.config.validation_epochs == 0:   # (None without validation data)
+            grid, validated_at = _validate(run, f"epoch_{epoch + 1:03d}"), run.global_step
     return grid, validated_at
 
 

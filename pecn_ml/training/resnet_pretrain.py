@@ -8,18 +8,16 @@ and its centroid and size from its pooled feature. The heads are discarded.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pecn_ml.models.pacnet import frames_to_input
-from pecn_ml.utils.progress import ProgressMeter
-
-LogFn = Callable[[str], None]
+from pecn_ml.training.autoencoder import train_steps
+from pecn_ml.utils.progress import LogFn
 
 
 @dataclass(frozen=True)
@@ -35,9 +33,6 @@ class ResnetPretrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not 0 < self.motion_threshold < 255:
             raise ValueError("ResnetPretrainConfig: steps, batch_size >= 1 and 0 < threshold < 255")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def motion_masks(frames: np.ndarray, threshold: int) -> np.ndarray:
@@ -69,29 +64,19 @@ def pretrain_resnet(resnet: Any, videos: Sequence[np.ndarray], config: ResnetPre
     torch.manual_seed(config.seed)
     mask_head = torch.nn.Conv2d(channels, 1, 1)
     stats_head = torch.nn.Linear(channels, 3)
-    params = [*resnet.parameters(), *mask_head.parameters(), *stats_head.parameters()]
-    opt = torch.optim.AdamW(params, lr=config.learning_rate)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / config.steps))))
     g = torch.Generator().manual_seed(config.seed)
-    resnet.train()
-    losses: list[float] = []
-    meter = ProgressMeter("resnet pretraining", config.steps, log, every_s=config.log_every_s,
-                          unit="steps")
-    for _ in range(config.steps):
+
+    def step_loss(_step: int) -> torch.Tensor:
         idx = torch.randint(0, len(frames), (config.batch_size,), generator=g)
         x = frames_to_input(torch.from_numpy(frames[idx.numpy()])[:, None])[:, 0]  # (B, 3, H, W)
         out = resnet(pixel_values=x)
         fmap = out.last_hidden_state                                               # (B, C, h, w)
         target_mask = F.adaptive_avg_pool2d(masks[idx][:, None], fmap.shape[-2:])  # (B, 1, h, w)
-        loss = (F.binary_cross_entropy_with_logits(mask_head(fmap), target_mask)
-                + config.centroid_weight * F.mse_loss(stats_head(out.pooler_output.flatten(1)),
-                                                      stats[idx]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        meter.update(1, extra=f"loss {np.mean(losses[-20:]):.4f}")
+        return (F.binary_cross_entropy_with_logits(mask_head(fmap), target_mask)
+                + config.centroid_weight * F.mse_loss(stats_head(out.pooler_output.flatten(1)), stats[idx]))
+
+    resnet.train()
+    losses = train_steps("resnet pretraining", [*resnet.parameters(), *mask_head.parameters(),
+                                                *stats_head.parameters()], config, step_loss, log)
     resnet.eval()
     return losses

@@ -17,13 +17,13 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import torch
 
-from pecn_ml.model_cards import BaseWeights, base_license
+from pecn_ml.model_cards import BaseWeights, CardContext, base_license
 from pecn_ml.models.pix2pix import BASE_REF
 from pecn_ml.models.weights import is_local
 from pecn_ml.training.tracking import TrackingConfig, accelerator_kwargs
@@ -44,28 +44,27 @@ def rank0_log(log: Optional[LogFn]) -> LogFn:
     return (log or (lambda _msg: None)) if process_rank()[0] == 0 else (lambda _msg: None)
 
 
-def resolve_mixed_precision(mixed_precision: str, cpu: bool, log: LogFn) -> str:
-    """fp16 needs CUDA: "no" on a machine without it (or with `cpu`)."""
-    if mixed_precision == "fp16" and (cpu or not torch.cuda.is_available()):
-        log("mixed_precision fp16 needs CUDA; training in fp32 on this machine")
-        return "no"
-    return mixed_precision
-
-
 def build_accelerator(mixed_precision: str, cpu: bool, log: LogFn, *,
                       tracking: Optional[TrackingConfig] = None, out_dir: Optional[Path] = None,
                       log_dir: str = "logs", purge_step: Optional[int] = None) -> Any:
-    """An Accelerator with the run's trackers (none without `out_dir`). Gradient accumulation is
-    the loops' own (exact global-batch means), so accelerate's stays 1."""
+    """An Accelerator with the run's trackers (none without `out_dir`); fp16 needs CUDA ("no" on a
+    machine without it, or with `cpu`). Gradient accumulation is the loops' own (exact global-batch
+    means), so accelerate's stays 1."""
+    if mixed_precision == "fp16" and (cpu or not torch.cuda.is_available()):
+        log("mixed_precision fp16 needs CUDA; training in fp32 on this machine")
+        mixed_precision = "no"
     kwargs = accelerator_kwargs(tracking, out_dir, log_dir, purge_step) if out_dir is not None else {}
-    return make_accelerator(mixed_precision=resolve_mixed_precision(mixed_precision, cpu, log),
-                            cpu=cpu, **kwargs)
+    return make_accelerator(mixed_precision=mixed_precision, cpu=cpu, **kwargs)
 
 
-def base_weights(role: str, name: str, identity: str) -> BaseWeights:
-    """A base model as a trainer knows it, for a model card: name, weights sha (from its identity), license."""
-    return BaseWeights(role=role, name=name, sha256=identity.removeprefix("sha256:") if identity.startswith("sha256:")
-                       else "", license=base_license(name if is_local(name) else None, name))
+def card_context(card: Optional[CardContext], bases: Iterable[tuple[str, str, str]]) -> CardContext:
+    """The caller's model-card context; without bases, `bases` (role, name, weights identity) as the
+    trainer knows them: name, weights sha (from its identity), license."""
+    card = card or CardContext()
+    return card if card.bases else replace(card, bases=tuple(
+        BaseWeights(role=role, name=name, sha256=identity.removeprefix("sha256:") if identity.startswith("sha256:")
+                    else "", license=base_license(name if is_local(name) else None, name))
+        for role, name, identity in bases))
 
 
 @contextmanager
@@ -163,11 +162,6 @@ def save_checkpoint(accelerator: Any, folder: Path, state: Mapping[str, Any],
     return folder
 
 
-def load_checkpoint(accelerator: Any, folder: Path) -> None:
-    """Restore model, optimizer, scheduler, scaler and this rank's RNG states from `folder`."""
-    accelerator.load_state(str(folder))
-
-
 def checkpoints_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints"
 
@@ -188,23 +182,17 @@ def latest_checkpoint(out_dir: str | Path) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
-def rotate_checkpoints(out_dir: str | Path, total_limit: Optional[int], log: Optional[LogFn] = None) -> None:
-    """Before a new save: delete the oldest so at most `total_limit - 1` remain."""
-    if total_limit is None:
-        return
-    found = list_checkpoints(out_dir)
-    remove = [p for _, p in found[: max(0, len(found) - total_limit + 1)]]
-    for p in remove:
-        shutil.rmtree(p)
-    if remove and log:
-        log(f"removed old checkpoints: {', '.join(p.name for p in remove)}")
-
-
 def save_rotating(accelerator: Any, out_dir: Path, step: int, state: Mapping[str, Any], *,
                   total_limit: Optional[int], log: Optional[LogFn] = None) -> Path:
-    """Rotate (rank 0), then save `checkpoints/checkpoint-{step}`."""
-    if accelerator.is_main_process:
-        rotate_checkpoints(out_dir, total_limit, log)
+    """Rotate (rank 0: delete the oldest so at most `total_limit - 1` remain), then save
+    `checkpoints/checkpoint-{step}`."""
+    if accelerator.is_main_process and total_limit is not None:
+        found = list_checkpoints(out_dir)
+        remove = [p for _, p in found[: max(0, len(found) - total_limit + 1)]]
+        for p in remove:
+            shutil.rmtree(p)
+        if remove and log:
+            log(f"removed old checkpoints: {', '.join(p.name for p in remove)}")
     return save_checkpoint(accelerator, checkpoints_dir(out_dir) / f"{PREFIX}{step}",
                            {**state, "global_step": step}, log)
 
@@ -268,14 +256,13 @@ def prune_training_state(out_dir: str | os.PathLike, keep_final: bool = True,
     out = Path(out_dir)
     p2p, why_p2p = _rotating_removable(out)
     pac, why_pac = _last_removable(out, keep_final)
-    removed, freed = [], 0
-    for p in p2p + pac:
-        freed += bytes_on_disk(p)
+    removed = p2p + pac   # disjoint: checkpoints/ and last/
+    freed = sum(bytes_on_disk(p) for p in removed)
+    for p in removed:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:
             p.unlink()
-        removed.append(p)
     why = "; ".join(w for w in (why_p2p, why_pac) if w)
     if log is not None and (removed or why):
         log(f"pruned {len(removed)} training-state path(s) under {out}, {freed / 2**20:.1f} MiB"

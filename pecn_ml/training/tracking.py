@@ -5,7 +5,7 @@ process writes."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -62,31 +62,28 @@ def accelerator_kwargs(tracking: Optional[TrackingConfig], out_dir: Path, tb_nam
                                        run_name=tracking.run_name or tb_name)]}
 
 
-def hparams(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A flat dict a tracker accepts: numbers, strings and bools as they are, the rest as text."""
-    return {k: v if isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v)) else str(v)
-            for k, v in config.items()}
-
-
 def start_tracking(accelerator: Any, tracking: Optional[TrackingConfig], project: str,
                    config: Mapping[str, Any]) -> TrackingInfo:
     """Start the trackers (hyper-parameters = `config`), tag the run, and say where it logs (on
     ranks > 0 only the backend and tags)."""
     tracking = tracking or TrackingConfig()
+    info = TrackingInfo(backend=tracking.backend, tags=dict(tracking.tags))
     if tracking.backend == "none" or not accelerator.is_main_process:
-        return TrackingInfo(backend=tracking.backend, tags=dict(tracking.tags))
-    accelerator.init_trackers(project, config=hparams(config))
+        return info
+    # hyper-parameters a tracker accepts: numbers, strings and bools as they are, the rest as text
+    accelerator.init_trackers(project, config={
+        k: v if isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v)) else str(v)
+        for k, v in config.items()})
     tag_run(accelerator, dict(tracking.tags))
     if tracking.backend == "tensorboard":
         writer = accelerator.get_tracker("tensorboard", unwrap=True)
-        return TrackingInfo(backend="tensorboard", log_dir=str(Path(writer.log_dir).absolute())
-                            if writer is not None and hasattr(writer, "log_dir") else None,
-                            tags=dict(tracking.tags))
+        return replace(info, log_dir=str(Path(writer.log_dir).absolute())
+                       if writer is not None and hasattr(writer, "log_dir") else None)
     import mlflow
 
     run = mlflow.active_run()
-    return TrackingInfo(backend="mlflow", tracking_uri=mlflow.get_tracking_uri(), experiment=tracking.experiment,
-                        run_id=run.info.run_id if run is not None else None, tags=dict(tracking.tags))
+    return replace(info, tracking_uri=mlflow.get_tracking_uri(), experiment=tracking.experiment,
+                   run_id=run.info.run_id if run is not None else None)
 
 
 def tag_run(accelerator: Any, tags: Mapping[str, str]) -> None:

@@ -47,7 +47,6 @@ def launch_command(module_args: Sequence[str], num_processes: int = 1, *, cpu: b
     --multi_gpu` for K > 1, `torchrun --standalone` on the CPU (with ACCELERATE_USE_CPU=true)."""
     if num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    module_args = list(module_args)
     if num_processes == 1:
         return [python, *module_args]
     if cpu:
@@ -97,11 +96,8 @@ class GlobalBatchSampler:
     def step_sizes(self) -> list[tuple[int, int]]:
         """(samples N_s, micro-batches) of each step of the epoch (after `skip_steps`)."""
         g, cap = self.global_batch_size, self.per_rank * self.k
-        out = []
-        for s in range(self.skip_steps, self.steps_per_epoch):
-            size = min(g, self.n - s * g)
-            out.append((size, -(-size // cap)))
-        return out
+        sizes = [min(g, self.n - s * g) for s in range(self.skip_steps, self.steps_per_epoch)]
+        return [(size, -(-size // cap)) for size in sizes]
 
     def rank_slices(self, chunk: Sequence[int]) -> list[list[int]]:
         """One global micro-batch (dataset indices) -> K rank batches of slots."""
@@ -184,7 +180,8 @@ def broadcast_object(accelerator: Any, obj: Any) -> Any:
 # --- batch norm over the global batch ---------------------------------------------------------------
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks, differentiable (the input's gradient is the sum of the ranks' output gradients)."""
+    """Sum over ranks, differentiable: the input's gradient is the sum of the ranks' output gradients,
+    so the backward pass is the same all-reduce."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -192,11 +189,7 @@ class _AllReduceSum(torch.autograd.Function):
         dist.all_reduce(out)
         return out
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.clone()
-        dist.all_reduce(out)
-        return out
+    backward = forward
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -236,12 +229,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 
 def sync_batchnorm(model: nn.Module) -> int:
     """Turn every `BatchNorm2d` of `model` into a `GlobalBatchNorm2d` in place; returns how many."""
-    count = 0
-    for module in model.modules():
-        if type(module) is nn.BatchNorm2d:
-            module.__class__ = GlobalBatchNorm2d
-            count += 1
-    return count
+    norms = [module for module in model.modules() if type(module) is nn.BatchNorm2d]
+    for module in norms:
+        module.__class__ = GlobalBatchNorm2d
+    return len(norms)
 
 
 def set_batchnorm_sync(model: nn.Module, enabled: bool) -> None:

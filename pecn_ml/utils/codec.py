@@ -43,15 +43,16 @@ def _misfit(where: str, tp: Any, value: Any) -> CodecError:
     return CodecError(f"{where}: expected {_name(tp)}, got {type(value).__name__} {value!r:.80}")
 
 
-def _dataclass(cls: type, value: Any, where: str) -> Any:
+def _dataclass(cls: type, value: Any, where: str, ignore_unknown: bool) -> Any:
     if not isinstance(value, dict):
         raise _misfit(where, cls, value)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(value) - set(fields))
-    if unknown:
+    if unknown and not ignore_unknown:
         raise CodecError(f"{where}: unknown {cls.__name__} fields {unknown}")
     hints = typing.get_type_hints(cls)
-    kwargs = {name: decode(hints[name], v, f"{where}.{name}") for name, v in value.items()}
+    kwargs = {name: decode(hints[name], v, f"{where}.{name}", ignore_unknown)
+              for name, v in value.items() if name in fields}
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -62,13 +63,13 @@ def _dataclass(cls: type, value: Any, where: str) -> Any:
         raise CodecError(f"{where}: {e}") from None
 
 
-def _union(args: tuple, value: Any, where: str) -> Any:
+def _union(args: tuple, value: Any, where: str, ignore_unknown: bool) -> Any:
     if value is None and type(None) in args:
         return None
     errors = []
     for arg in (a for a in args if a is not type(None)):
         try:
-            return decode(arg, value, where)
+            return decode(arg, value, where, ignore_unknown)
         except CodecError as e:
             errors.append(str(e))
     raise CodecError(errors[0] if len(errors) == 1 else
@@ -85,15 +86,16 @@ def _scalar(tp: type, value: Any, where: str) -> Any:
     raise _misfit(where, tp, value)
 
 
-def decode(tp: Any, value: Any, where: str = "value") -> Any:
-    """`value` (parsed JSON) as type `tp`; `where` names it in errors."""
+def decode(tp: Any, value: Any, where: str = "value", ignore_unknown: bool = False) -> Any:
+    """`value` (parsed JSON) as type `tp`; `where` names it in errors; `ignore_unknown` drops (not refuses)
+    dataclass fields the class does not have (stored handles older than a field's removal)."""
     origin, args = typing.get_origin(tp) or (tp if tp in (dict, list, tuple) else None), typing.get_args(tp)
     if tp is Any or tp is object:
         return value
     if dataclasses.is_dataclass(tp):
-        return _dataclass(tp, value, where)
+        return _dataclass(tp, value, where, ignore_unknown)
     if origin in (typing.Union, types.UnionType):
-        return _union(args, value, where)
+        return _union(args, value, where, ignore_unknown)
     if origin is typing.Literal:
         if value not in args:
             raise CodecError(f"{where}: expected one of {list(args)}, got {value!r:.80}")
@@ -102,14 +104,15 @@ def decode(tp: Any, value: Any, where: str = "value") -> Any:
         if not isinstance(value, dict):
             raise _misfit(where, tp, value)
         key_tp, value_tp = args or (Any, Any)
-        return {_key(key_tp, k, where): decode(value_tp, v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {_key(key_tp, k, where): decode(value_tp, v, f"{where}[{k!r}]", ignore_unknown)
+                for k, v in value.items()}
     if origin in (tuple, list, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             raise _misfit(where, tp, value)
         fixed = origin is tuple and bool(args) and args[-1] is not Ellipsis
         if fixed and len(args) != len(value):
             raise CodecError(f"{where}: expected {len(args)} items, got {len(value)}")
-        items = [decode(args[i] if fixed else (args[0] if args else Any), v, f"{where}[{i}]")
+        items = [decode(args[i] if fixed else (args[0] if args else Any), v, f"{where}[{i}]", ignore_unknown)
                  for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if isinstance(tp, type):

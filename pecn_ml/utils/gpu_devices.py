@@ -44,10 +44,8 @@ def parse_device_indices(text: str, what: str = "gpu_devices") -> list[str]:
 
 
 def _cuda_device_count() -> int:
-    try:
-        import torch
-    except ImportError:
-        return 0
+    import torch
+
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -83,7 +81,6 @@ class DeviceClaim:
     """Devices held by one claimant until its `claim_devices` block ends (or it dies)."""
 
     devices: tuple[str, ...]
-    lock_paths: tuple[Path, ...] = ()
     waited_s: float = 0.0
     fds: tuple[int, ...] = field(default=(), repr=False)
     holder: Mapping[str, object] = field(default_factory=dict, repr=False)
@@ -95,8 +92,7 @@ class DeviceClaim:
 
     def env(self) -> dict[str, str]:
         """Environment for the child: {"CUDA_VISIBLE_DEVICES": ...}, or {} without a claim."""
-        value = self.cuda_visible_devices
-        return {CUDA_ENV: value} if value is not None else {}
+        return {CUDA_ENV: self.cuda_visible_devices} if self.devices else {}
 
     def metadata(self) -> dict:
         """What a step records: `gpu_devices` (list) and how long it waited for them."""
@@ -149,9 +145,8 @@ def read_holders(lock_dir: str | os.PathLike, devices: Sequence[str]) -> dict[st
     """{device: holder info} of the lock files that name one (may be stale: only the flock counts)."""
     out = {}
     for d in devices:
-        try:
-            text = lock_path(lock_dir, d).read_text()
-            out[d] = json.loads(text) if text.strip() else {}
+        try:  # an empty file (no holder) is not JSON
+            out[d] = json.loads(lock_path(lock_dir, d).read_text())
         except (OSError, ValueError):
             continue
     return {d: h for d, h in out.items() if h}
@@ -213,10 +208,7 @@ def claim_devices(n: int, lock_dir: str | os.PathLike, timeout_s: Optional[float
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(), **(holder or {})}
     t0 = time.monotonic()
     last_log = -float("inf")
-    while True:
-        got = _try_claim(lock_dir, devices, n, info)
-        if got is not None:
-            break
+    while (got := _try_claim(lock_dir, devices, n, info)) is None:
         waited = time.monotonic() - t0
         if timeout_s is not None and waited >= timeout_s:
             raise TimeoutError(f"claim_devices: no {n} free device(s) of {devices} after "
@@ -227,8 +219,8 @@ def claim_devices(n: int, lock_dir: str | os.PathLike, timeout_s: Optional[float
                 f"(waited {waited:.0f}s; held by {read_holders(lock_dir, devices)})")
         time.sleep(poll_s if timeout_s is None else max(0.0, min(poll_s, timeout_s - waited)))
     claimed, fds = got
-    claim = DeviceClaim(devices=tuple(claimed), lock_paths=tuple(lock_path(lock_dir, d) for d in claimed),
-                        waited_s=time.monotonic() - t0, fds=tuple(fds), holder={**info, "devices": claimed})
+    claim = DeviceClaim(devices=tuple(claimed), waited_s=time.monotonic() - t0, fds=tuple(fds),
+                        holder={**info, "devices": claimed})
     if log is not None:
         log(f"claimed GPU device(s) {claim.cuda_visible_devices} after {claim.waited_s:.1f}s")
     old = os.environ.get(CUDA_ENV)

@@ -16,25 +16,14 @@ class ProgressMeter:
         self.name, self.total, self.unit, self.log, self.every_s = name, total, unit, log, every_s
         self.done, self.start, self._last = 0, time.perf_counter(), -float("inf")
 
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    @property
-    def rate(self) -> float:
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
-
-    def line(self, extra: str = "") -> str:
-        rate = self.rate
-        left = (self.total - self.done) / rate if rate > 0 and self.total else 0.0
-        text = (f"{self.name}: {self.done}/{self.total} {self.unit} "
-                f"({rate:.2f} {self.unit}/s, elapsed {self.elapsed:.1f}s, ETA {left:.1f}s)")
-        return f"{text} {extra}".rstrip()
-
     def update(self, n: int = 1, extra: str = "") -> None:
         self.done += n
         now = time.perf_counter()
         finished = self.total and self.done >= self.total
         if self.log is not None and (finished or now - self._last >= self.every_s):
             self._last = now
-            self.log(self.line(extra))
+            elapsed = now - self.start
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            left = (self.total - self.done) / rate if rate > 0 and self.total else 0.0
+            self.log(f"{self.name}: {self.done}/{self.total} {self.unit} ({rate:.2f} {self.unit}/s, "
+                     f"elapsed {elapsed:.1f}s, ETA {left:.1f}s) {extra}".rstrip())

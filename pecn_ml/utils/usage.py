@@ -1,20 +1,21 @@
-"""What a step cost: peak memory, seconds per step, bytes on disk."""
+"""What a step cost: peak memory (this process, or a command run with its log), seconds, bytes on disk."""
 
 from __future__ import annotations
 
 import math
 import os
 import resource
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 # --- memory ------------------------------------------------------------------------------------
 
-def _maxrss_bytes(who: int) -> int:
-    rss = resource.getrusage(who).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+def _rss_bytes(maxrss: int) -> int:
+    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)  # Linux reports KiB
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,39 @@ class PeakRss:
 
 def peak_rss() -> PeakRss:
     """Peak RSS so far of this process and of its finished children (`resource.getrusage`)."""
-    return PeakRss(_maxrss_bytes(resource.RUSAGE_SELF), _maxrss_bytes(resource.RUSAGE_CHILDREN))
+    return PeakRss(*(_rss_bytes(resource.getrusage(who).ru_maxrss)
+                     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
+
+def run_logged(command: Sequence[str], log_path: Path) -> tuple[int, float, int]:
+    """Run `command` with its output in `log_path`: (exit code, wall seconds, peak RSS in bytes of it
+    and the descendants it waited for, from wait4); the child is killed if waiting is interrupted."""
+    t0 = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, time.perf_counter() - t0, _rss_bytes(usage.ru_maxrss)
+
+
+def log_tail(path: Path, n: int = 40) -> str:
+    """The last `n` lines of the log at `path` ("" when there is none)."""
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
+    except FileNotFoundError:
+        return ""
 
 
 def cuda_peak_memory_bytes() -> Optional[int]:
     """Peak memory allocated by torch on the current CUDA device since the last reset; None when
     CUDA is not in use in this process (never initialises CUDA itself)."""
-    try:
-        import torch
-    except ImportError:
-        return None
+    import torch
+
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         return None
     return int(torch.cuda.max_memory_allocated())

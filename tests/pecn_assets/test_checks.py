@@ -145,7 +145,7 @@ def test_a_warning_does_not_block(setup):
 
 def test_t_tests_read_every_partition_and_refuse_a_failed_one(setup):
     defs, instance, _ = setup
-    keys = PARTS.model_keys(instance)
+    keys = PARTS.model.get_partition_keys(dynamic_partitions_store=instance)
     assert len(keys) == 2 * 6
     for key in keys:
         assert _run(defs, instance, ["ip2p_model", "evaluation"], key=key, loss=(0.05, 100)).success

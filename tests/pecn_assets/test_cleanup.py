@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pecn_assets.cleanup import cleanup, plan_cleanup, referenced_paths
+from pecn_assets.cleanup import all_materializations, cleanup, plan_cleanup
 from pecn_assets.tools.cleanup import main
 from pecn_ml.sampling import checkpoint_sha256
 
@@ -20,6 +20,13 @@ def meta(instance, asset, partition=None) -> dict:
     record = instance.fetch_materializations(dg.AssetRecordsFilter(
         asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1).records[0]
     return {k: getattr(v, "value", v) for k, v in record.asset_materialization.metadata.items()}
+
+
+def referenced_paths(instance) -> dict[Path, str]:
+    """Every path in the metadata of a latest materialisation -> the asset partition naming it."""
+    return {Path(v.path).resolve(): who for who, latest, record in all_materializations(instance) if latest
+            for v in record.asset_materialization.metadata.values()
+            if isinstance(v, dg.PathMetadataValue) and v.path}
 
 
 def materialize(smoke_graph, asset: str, config=None) -> None:

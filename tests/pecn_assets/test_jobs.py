@@ -140,15 +140,16 @@ def test_register_seeds_adds_the_deployment_seeds_once(instance):
 
 
 def test_model_partition_keys_are_unchanged_and_come_from_the_instance(instance):
-    from pecn_assets.partitions import add_seeds, model_key, seed_and_variant
+    from pecn_assets.partitions import add_seeds, seed_and_variant
 
     parts = Partitions.build(get_profile("demo"), (0,))
-    assert parts.model_keys(instance) == []  # nothing registered yet
+    assert parts.model.get_partition_keys(dynamic_partitions_store=instance) == []  # nothing registered yet
     assert add_seeds(instance, (0,)) == ["0"] and add_seeds(instance, (0,)) == []
     instance.add_dynamic_partitions("training_seed", ["5"])  # the UI's "Add a partition"
-    keys = parts.model_keys(instance)
+    keys = parts.model.get_partition_keys(dynamic_partitions_store=instance)
     assert keys[:2] == ["0|next1", "0|next1_progress"] and "5|next5_shuffled" in keys and len(keys) == 12
-    assert str(model_key(5, "next1")) == "5|next1" and seed_and_variant("5|next1") == (5, "next1")
+    assert str(dg.MultiPartitionKey({"seed": "5", "variant": "next1"})) == "5|next1"
+    assert seed_and_variant("5|next1") == (5, "next1")
     with pytest.raises(dg.Failure, match="not an integer"):
         seed_and_variant("five|next1")
 

@@ -219,14 +219,15 @@ def test_lineage_reads_back_from_postgres(pg_slice, instance):
 def test_project_lineage_helpers_on_postgres(pg_slice, instance):
     """The platform's own readers (the cleanup's latest materialisations and the paths they name,
     frame_cache's automation condition) on PostgreSQL."""
-    from pecn_assets.cleanup import latest_materializations, referenced_paths
+    from pecn_assets.cleanup import all_materializations
 
     _, defs, frame_cache_run = pg_slice
-    latest = dict(latest_materializations(instance))
+    latest = {who: record for who, is_latest, record in all_materializations(instance) if is_latest}
     assert latest[f"frame_cache/{RESOLUTION}"].run_id == frame_cache_run
     assert latest[f"frame_cache/{RESOLUTION}"].asset_materialization.tags["dagster/data_version"]
     assert not any(name.startswith("ip2p_model") for name in latest)  # never materialised here
-    assert any(who == f"frame_cache/{RESOLUTION}" for who in referenced_paths(instance).values())
+    assert any(isinstance(v, dg.PathMetadataValue)  # the paths the cleanup keeps
+               for v in latest[f"frame_cache/{RESOLUTION}"].asset_materialization.metadata.values())
 
     frame_cache = defs.get_assets_def("frame_cache")
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance,

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 import numpy as np
 import openpyxl
 import pytest
-from PIL import Image
 
-from pecn_ml.images import comparison_grid, load_png, png_data_uri, save_png, stack_vertical
+from pecn_ml.images import comparison_grid, load_png, save_png, stack_vertical
 from pecn_ml.report import across_seeds, evaluation_row, markdown_summary, write_summary_workbook
 
 SHA = "0123456789abcdef" * 4
@@ -182,19 +178,6 @@ def test_comparison_grid_layout():
         comparison_grid([imgs[0], imgs[1][:20]], ["a", "b"])
     stacked = stack_vertical([grid, grid], pad=3)
     assert stacked.size == (grid.width, 2 * grid.height + 3)
-
-
-def test_png_data_uri_is_small_png(tmp_path):
-    rng = np.random.default_rng(1)
-    arr = rng.integers(0, 256, (60, 120, 3), dtype=np.uint8)
-    path = save_png(arr, tmp_path / "g.png")
-    for src in (path, arr, Image.fromarray(arr)):
-        uri = png_data_uri(src, max_px=48)
-        assert uri.startswith("data:image/png;base64,")
-        img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
-        assert img.format == "PNG" and img.size == (48, 24)
-    small = Image.open(io.BytesIO(base64.b64decode(png_data_uri(arr, max_px=500).split(",", 1)[1])))
-    assert np.array_equal(np.asarray(small), arr)  # never enlarged, lossless
 
 
 def test_across_seeds_sheet_and_table(tmp_path):

@@ -251,7 +251,7 @@ def test_second_concurrent_build_waits_for_the_first(data):
     root = cache_dir(data, R)
     root.mkdir(parents=True)
     logs, result = [], {}
-    with fc._Lock(root):            # a first builder holds the cache
+    with fc._lock(root):            # a first builder holds the cache
         second = threading.Thread(target=lambda: result.update(
             report=build_frame_cache(data, R, ["11"], log=logs.append)))
         second.start()
@@ -291,7 +291,7 @@ def test_two_builders_at_once_both_succeed_and_decode_each_video_once(data):
 def test_waiting_builder_times_out_with_a_clear_error(data):
     root = cache_dir(data, R)
     root.mkdir(parents=True)
-    with fc._Lock(root):
+    with fc._lock(root):
         with pytest.raises(TimeoutError, match=r"another build_frame_cache \(pid \d+ on .*\) still holds"):
             build_frame_cache(data, R, ["11"], lock_timeout_s=0.5)
     assert build_frame_cache(data, R, ["11"]).decoded == 1

@@ -41,9 +41,9 @@ def test_autoencoder_training_improves_the_round_trip():
     frames = np.concatenate(_videos(6))                                  # (60, 32, 32, 3)
     vae = tiny_vae()
     before = np.mean(psnr(roundtrip(vae, frames[:8]), frames[:8]))
-    res = train_autoencoder(vae, frames, AutoencoderTrainConfig(steps=150, batch_size=16, crop=16))
+    losses = train_autoencoder(vae, frames, AutoencoderTrainConfig(steps=150, batch_size=16, crop=16))
     after = np.mean(psnr(roundtrip(vae, frames[:8]), frames[:8]))
-    assert len(res.losses) == 150 and np.mean(res.losses[-10:]) < np.mean(res.losses[:10])
+    assert len(losses) == 150 and np.mean(losses[-10:]) < np.mean(losses[:10])
     assert after > before + 5, (before, after)
     assert not any(p.requires_grad for p in vae.parameters())          # frozen afterwards
     means = torch.cat([vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mean])

@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 from pecn_ml.artifacts import ArtifactChanged, PacNetCheckpoint
 from pecn_ml.models.pacnet import PacNet, PacNetConfig, load_pacnet
 from pecn_ml.models.tiny import build_tiny_models
-from pecn_ml.training.pacnet import (PacNetTrainConfig, crop_indices,
+from pecn_ml.training.pacnet import (PacNetTrainConfig,
                                      layered_param_groups, mae_percent, pacnet_splits, progress_loss,
                                      train_pacnet, training_step)
 from pecn_ml.training.scaffold import build_accelerator
-from pecn_ml.training.pacnet_data import (ArrayFrameCache, PacNetCropDataset, SplitOverlap, crop_ratio,
+from pecn_ml.training.pacnet_data import (ArrayFrameCache, PacNetCropDataset, SplitOverlap, crop_indices, crop_ratio,
                                           moving_square_dataset, selection_counts)
 from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_file
 

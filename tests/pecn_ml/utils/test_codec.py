@@ -12,7 +12,7 @@ from pecn_ml.model_cards import BaseWeights, CardContext
 from pecn_ml.models.pacnet import PacNetConfig
 from pecn_ml.profiles import PROFILES, get_profile
 from pecn_ml.training.tracking import TrackingConfig
-from pecn_ml.utils.codec import CodecError, from_json, to_json
+from pecn_ml.utils.codec import CodecError, decode, from_json, to_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +66,13 @@ def test_the_other_configs_and_nested_types_round_trip():
 def test_a_value_that_does_not_fit_is_refused_naming_the_field(patch, message):
     with pytest.raises(CodecError, match=message):
         from_json(Outer, json.dumps(patch))
+
+
+def test_unknown_fields_can_be_dropped_instead_of_refused():
+    value = {"inner": {"path": "p", "old": 1}, "maybe": {"path": "q", "old": 2}, "old": 3}
+    assert decode(Outer, value, ignore_unknown=True) == Outer(Inner(Path("p")), maybe=Inner(Path("q")))
+    with pytest.raises(CodecError, match=r"Outer: unknown Outer fields \['old'\]"):
+        decode(Outer, value, "Outer")
 
 
 def test_trainer_configs_refuse_wrong_types_and_their_own_bad_values():

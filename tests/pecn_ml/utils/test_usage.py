@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pecn_ml.utils.usage import bytes_on_disk, cuda_peak_memory_bytes, peak_rss, usage_metadata
+from pecn_ml.utils.usage import bytes_on_disk, cuda_peak_memory_bytes, log_tail, peak_rss, run_logged, usage_metadata
 
 
 def test_peak_rss_of_this_process_and_of_a_finished_child():
@@ -35,3 +35,12 @@ def test_bytes_on_disk_counts_files_once_and_never_follows_links(tmp_path):
     assert bytes_on_disk(tmp_path) == 1000 + 234 + len(os.readlink(tmp_path / "link.bin"))
     with pytest.raises(FileNotFoundError):
         bytes_on_disk(tmp_path / "missing")
+
+
+def test_run_logged_reports_exit_code_seconds_and_peak_rss(tmp_path):
+    log = tmp_path / "child.log"
+    code, seconds, rss = run_logged([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * "
+                                     "len(b[::4096]); print('first'); print('last'); raise SystemExit(3)"], log)
+    assert code == 3 and seconds > 0 and rss >= 250 * 2**20
+    assert log_tail(log, 1) == "last" and log_tail(log) == "first\nlast"
+    assert log_tail(tmp_path / "missing.log") == ""
