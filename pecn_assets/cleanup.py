@@ -73,9 +73,7 @@ def all_materializations(instance: dg.DagsterInstance) -> Iterator[tuple[str, bo
 
 def _strings(value: Any) -> Iterator[str]:
     """Every string in a metadata value (paths, text, JSON nested at any depth)."""
-    if isinstance(value, dg.PathMetadataValue):
-        yield str(value.path)
-    elif isinstance(value, dg.MetadataValue):
+    if isinstance(value, dg.MetadataValue):   # a path's `value` is the path
         inner = getattr(value, "value", None)
         if inner is not value:
             yield from _strings(inner)

@@ -14,7 +14,6 @@ import dagster as dg
 from pecn_assets.gpu import GPU_POOL, GPU_RESOURCE
 from pecn_assets.resources import PecnSettings
 from pecn_ml.deployment import Deployment
-from pecn_ml.profiles import get_profile
 from pecn_ml.utils.gpu_devices import device_set, pool_slots
 
 RECORD_KEY = "pecn/gpu_pool_limit"
@@ -120,7 +119,7 @@ def build_gpu_pool_sensor(settings: Any, deployment: Deployment) -> dg.SensorDef
 def main() -> int:
     """`python -m pecn_assets.gpu_pool`: size the pool of the instance at $DAGSTER_HOME (`make ui`)."""
     deployment = Deployment.from_env(os.environ)
-    settings = PecnSettings.for_deployment(deployment, get_profile(deployment.profile))
+    settings = PecnSettings.for_deployment(deployment)
     with dg.DagsterInstance.get() as instance:
         decision = size_gpu_pool(instance, settings, deployment)
     print(decision.line(), flush=True)

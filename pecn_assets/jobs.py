@@ -11,14 +11,13 @@ import json
 
 import dagster as dg
 
-from pecn_assets.cleanup import cleanup_checkpoints_job
+from pecn_assets.cleanup import DATA_VERSION_TAG, cleanup_checkpoints_job
 from pecn_assets.partitions import SEED_PARTITIONS
 from pecn_assets.resources import PecnSettings
 from pecn_assets.runs import release_dead_runs
 from pecn_ml.data.versions import annotations_version
 
 ANNOTATIONS_VERSION_TAG = "pecn/annotations_version"
-DATA_VERSION_TAG = "dagster/data_version"
 
 RAW_ANNOTATIONS = dg.AssetKey("raw_annotations")
 JOBS = {  # name: (asset keys, description); runs and backfills by hand

@@ -6,14 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import dagster as dg
 from PIL import Image
 
-from pecn_ml.artifacts import Artifact, Markdown, Table, Url
+from pecn_ml.artifacts import Artifact, Table, Url
 
 
 def table_md(rows: Sequence[dict]) -> str:
@@ -44,25 +43,18 @@ def image_md(paths: Iterable[Path | str], caption: str = "", max_px: int = 768) 
 
 
 def dagster_value(value: Any) -> Any:
-    """An artifact's plain metadata value as Dagster shows it: Path -> path, Url -> url,
-    Markdown -> md, Table -> table, dict/list -> json; numbers, bools, strings and Dagster values as
-    they are."""
+    """An artifact's plain metadata value as Dagster shows it: Url -> url, Table -> table, dict/list -> json;
+    Paths, numbers, bools, strings and Dagster values as they are (Dagster makes a Path a path value)."""
     if isinstance(value, dg.MetadataValue):
         return value
-    if isinstance(value, Path):
-        return dg.MetadataValue.path(str(value))
     if isinstance(value, Url):
         return dg.MetadataValue.url(str(value))
-    if isinstance(value, Markdown):
-        return dg.MetadataValue.md(str(value))
     if isinstance(value, Table):
         schema = dg.TableSchema(columns=[dg.TableColumn(name, kind, description=text)
                                          for name, kind, text in value.columns])
         return dg.MetadataValue.table(records=[dg.TableRecord(dict(row)) for row in value], schema=schema)
     if isinstance(value, (dict, list, tuple)):
         return dg.MetadataValue.json(json.loads(json.dumps(value, default=str)))
-    if isinstance(value, float) and not math.isfinite(value):
-        return dg.MetadataValue.float(value)
     return value
 
 

@@ -45,7 +45,7 @@ from pecn_ml.variants import VARIANTS
 RANKS_DIR = ".pipes_ranks"
 SELECTION_SPLIT = "selection_split.json"   # PAC-Net's selection split, in its run folder
 LogFn = Callable[[str], None]
-Runner = Callable[[Any, LogFn], tuple[dict, str]]   # job, log -> (metadata, data version)
+Runner = Callable[[Any, LogFn], dict]   # job, log -> metadata (with the `artifact` handle, if any)
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,8 @@ def _rank_record(meta: dict) -> dict:
             "peak_rss_bytes": meta.get("peak_rss_bytes"), "cuda_peak_bytes": meta.get("cuda_peak_bytes")}
 
 
-def run_pix2pix(job: Pix2PixJob, log: LogFn) -> tuple[dict, str]:
-    """Train; return (metadata with the `artifact` handle, data version = the checkpoint's manifest sha256)."""
+def run_pix2pix(job: Pix2PixJob, log: LogFn) -> dict:
+    """Train; return the metadata with the checkpoint's `artifact` handle."""
     opts, config, variant, cache = job.options, job.train_config, VARIANTS[job.variant], job.frame_cache.open()
 
     def pairs(entries: list[dict]) -> FramePairDataset:
@@ -151,11 +151,11 @@ def run_pix2pix(job: Pix2PixJob, log: LogFn) -> tuple[dict, str]:
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "parameters": safetensors_parameters(Path(result.model_dir) / UNET_WEIGHTS),
         "model_bytes_on_disk": bytes_on_disk(result.model_dir)}
-    return meta, result.checkpoint_sha256
+    return meta
 
 
-def run_pacnet(job: PacNetJob, log: LogFn) -> tuple[dict, str]:
-    """Train; return (metadata with the `artifact` handle, data version = the best checkpoint's manifest sha256)."""
+def run_pacnet(job: PacNetJob, log: LogFn) -> dict:
+    """Train; return the metadata with the best checkpoint's `artifact` handle."""
     opts, config = job.options, job.train_config
     rank, _, world_size = process_rank()
     # the best epoch is picked on training videos held out, never on the evaluation videos
@@ -183,18 +183,18 @@ def run_pacnet(job: PacNetJob, log: LogFn) -> tuple[dict, str]:
         "gradient_accumulation_steps": 1, "parameters": safetensors_parameters(Path(result.best_dir) / PACNET_WEIGHTS),
         "model_bytes_on_disk": bytes_on_disk(result.best_dir), "train_seconds": round(seconds, 3),
         **({"optimizer_steps": steps, "seconds_per_step": round(seconds / steps, 4)} if steps else {})}
-    return meta, result.checkpoint_sha256
+    return meta
 
 
 TRAINERS: dict[str, tuple[type, Runner]] = {"pix2pix": (Pix2PixJob, run_pix2pix), "pacnet": (PacNetJob, run_pacnet)}
 
 
-def train(trainer: str, job: Any, runner: Runner, log: LogFn, main_rank: bool) -> tuple[dict, str]:
+def train(trainer: str, job: Any, runner: Runner, log: LogFn, main_rank: bool) -> dict:
     """Everything a rank does: GPU check, training, and (rank 0) pruning, sizes and usage."""
     opts = job.options
     device = require_cuda(opts.allow_cpu, f"{trainer} training") if opts.require_cuda else None
     t0 = time.perf_counter()
-    meta, version = runner(job, log)
+    meta = runner(job, log)
     meta["child_seconds"] = round(time.perf_counter() - t0, 3)
     if device is not None:
         meta["device_check"] = device
@@ -203,7 +203,7 @@ def train(trainer: str, job: Any, runner: Runner, log: LogFn, main_rank: bool) -
     if main_rank and Path(opts.out_dir).is_dir():
         meta["bytes_on_disk"] = bytes_on_disk(opts.out_dir)
     meta.update(usage_metadata())
-    return meta, version
+    return meta
 
 
 def pipes_metadata(meta: dict) -> dict:
@@ -244,7 +244,7 @@ def _main(trainer: str, job: Any, runner: Runner) -> int:
         def log(msg: str) -> None:
             print(f"[rank {rank}/{world_size}] {msg}", file=sys.stderr, flush=True)
 
-        meta, _ = train(trainer, job, runner, log, main_rank=False)
+        meta = train(trainer, job, runner, log, main_rank=False)
         write_json_atomic(_rank_dir(job.options) / f"rank-{rank}.json", _rank_record(meta))
         return 0
 
@@ -254,12 +254,13 @@ def _main(trainer: str, job: Any, runner: Runner) -> int:
         log = pipes.log.info
         log(f"{trainer}: rank 0 of {world_size} process(es), "
             f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}")
-        meta, version = train(trainer, job, runner, log, main_rank=True)
+        meta = train(trainer, job, runner, log, main_rank=True)
         ranks = gather_rank_records(job.options, world_size, _rank_record(meta), log=log)
         meta.update(num_processes=world_size, ranks=ranks)
         if "per_process_batch_size" in meta:  # samples per optimizer step, all ranks together
             meta["global_batch_size"] = (meta["per_process_batch_size"] * meta["gradient_accumulation_steps"]
                                          * world_size)
+        version = meta["artifact"]["sha256"] if "artifact" in meta else None   # the checkpoint's manifest sha256
         pipes.report_asset_materialization(metadata=pipes_metadata(meta), data_version=version)
     return 0
 

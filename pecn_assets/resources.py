@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from pecn_ml.deployment import Deployment
-from pecn_ml.profiles import CLIP_NAME, PIX2PIX_BASE, RESNET_NAME, Profile
+from pecn_ml.profiles import CLIP_NAME, PIX2PIX_BASE, RESNET_NAME, Profile, get_profile
 from pecn_ml.training.tracking import BACKENDS, TrackingConfig
 
 
@@ -42,8 +42,9 @@ class PecnSettings(dg.ConfigurableResource):
                    results_dir=str(Path(results_dir or profile.results_dir).absolute()), **gpu)
 
     @classmethod
-    def for_deployment(cls, deployment: Deployment, profile: Profile) -> "PecnSettings":
-        """The deployment's settings: its folders (else the profile's), devices, locks, processes."""
+    def for_deployment(cls, deployment: Deployment, profile: Optional[Profile] = None) -> "PecnSettings":
+        """The deployment's settings: its folders (else its profile's), devices, locks, processes."""
+        profile = profile or get_profile(deployment.profile)
         outputs = Path(deployment.outputs_dir or profile.outputs_dir).absolute()
         return cls.for_profile(profile, deployment.data_dir, str(outputs), deployment.results_dir,
                                gpu_lock_dir=str(deployment.lock_dir(outputs)), gpu_devices=deployment.gpu_devices,

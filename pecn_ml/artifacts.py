@@ -3,7 +3,7 @@
 Each artifact `verify()`s its files against the recorded sha256 (`ArtifactChanged` otherwise; a model
 folder is covered by the sha of its manifest, older handles by one file or the weight files, with a
 `PartialShaWarning`), lists `problems()` (blocking) and `warnings()`, and builds the UI `metadata()`
-as plain values (Path, `Markdown`, `Url`, `Table`, dicts).
+as plain values (Path, `Url`, `Table`, dicts).
 """
 
 from __future__ import annotations
@@ -35,10 +35,6 @@ LEGACY_WEIGHTS = "weight files"        # pecn_ml.models.weights.weights_sha256 (
 
 class PartialShaWarning(UserWarning):
     """A handle's sha256 is of an older scheme that covers only part of its folder."""
-
-
-class Markdown(str):
-    """Metadata text to show as Markdown."""
 
 
 class Url(str):
@@ -507,11 +503,9 @@ class Evaluation(Artifact):
         """The results.json of one eval set (samples, means, config), sha checked."""
         return json.loads(self._checked(eval_set).read_text(encoding="utf-8"))
 
-    def problems(self) -> list[str]:
-        return [p for r in self.sets.values() for p in r.problems()]
-
-    def warnings(self) -> list[str]:
-        return [w for r in self.sets.values() for w in r.warnings()]
+    def _judged(self) -> list[tuple[bool, str]]:
+        sets = self.sets.values()
+        return [(True, p) for r in sets for p in r.problems()] + [(False, w) for r in sets for w in r.warnings()]
 
     def metadata(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scores": self.scores_table(),

@@ -103,10 +103,9 @@ def project(experiment: Experiment, timings: Timings, gpus: int) -> dict[str, fl
 
 
 def format_duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.1f} min"
+    for size, unit in ((3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.0f} s"
 
 
@@ -300,15 +299,6 @@ def worker_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def no_cuda_line() -> Optional[str]:
-    """The one line printed when this machine cannot run the check; None when CUDA is usable."""
-    import torch
-
-    from pecn_ml.utils.cuda import why_no_cuda
-
-    return None if torch.cuda.is_available() else f"gpu-check: no CUDA GPU visible, nothing to measure: {why_no_cuda()}"
-
-
 def _call_logged(command: Sequence[str], log_path: Path, what: str, done: Callable[[], bool]) -> float:
     """Run `command` with its output in `log_path`; its seconds, or RuntimeError with the log's tail."""
     from pecn_ml.utils.usage import log_tail, run_logged
@@ -437,9 +427,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be >= 2 (the first step is a warm-up)")
-    line = no_cuda_line()
-    if line is not None:
-        print(line, flush=True)
+    import torch
+
+    from pecn_ml.utils.cuda import why_no_cuda
+
+    if not torch.cuda.is_available():  # one line saying why, and a clear exit status
+        print(f"gpu-check: no CUDA GPU visible, nothing to measure: {why_no_cuda()}", flush=True)
         return EXIT_NO_CUDA
     if args.worker:
         return worker_main(args)

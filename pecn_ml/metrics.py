@@ -60,11 +60,9 @@ def _as_batch(pred: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch
         pred, target = pred[None], target[None]
     if pred.shape[1] < 11 or pred.shape[2] < 11:
         raise ValueError(f"images must be at least 11 x 11 for an 11-tap SSIM window, got {pred.shape[1:3]}")
-
-    def conv(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a.astype(np.float64) / 255.0).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
-
-    return conv(pred), conv(target), single
+    p, t = (torch.from_numpy(a.astype(np.float64) / 255.0).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
+            for a in (pred, target))
+    return p, t, single
 
 
 def ssim(pred: np.ndarray, target: np.ndarray) -> float | np.ndarray:

@@ -149,8 +149,7 @@ def evaluation_row(variant: str, eval_set: str, results: Mapping[str, Any], *, m
             "target_idx": cfg.get("target_idx") if target_idx is None else target_idx,
             "progress": cfg.get("add_progress") if progress is None else progress,
             "n": results.get("n"),
-            "ssim_mean": results["mean"]["ssim"], "ssim_std": results["std"]["ssim"],
-            "psnr_mean": results["mean"]["psnr"], "psnr_std": results["std"]["psnr"],
+            **{f"{m}_{s}": results[s][m] for m in ("ssim", "psnr") for s in ("mean", "std")},
             "baseline_ssim": results["baseline_mean"]["ssim"], "baseline_psnr": results["baseline_mean"]["psnr"],
             **{f"{p}{m}": means[p].get(m) for p in ("autoencoder_", "latent_copy_") for m in ("ssim", "psnr")},
             **{f"{p}{m}": means[p].get(m) for p in MOTION_PREFIXES for m in ("motion_psnr", "motion_mae")},
@@ -199,9 +198,7 @@ def _frame(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]):
     import pandas as pd
 
     known = [c.key for c in columns]
-    extra = []
-    for r in rows:
-        extra += [k for k in r if k not in known and k not in extra]
+    extra = dict.fromkeys(k for r in rows for k in r if k not in known)  # in order of first appearance
     cols = list(columns) + [Column(k, k, None, max(12, len(k) + 2)) for k in extra]
     data = [[_cell(r.get(c.key)) for c in cols] for r in rows]
     return pd.DataFrame(data, columns=[c.header for c in cols]), cols
@@ -365,17 +362,16 @@ def _p(v: Any) -> str:
 def prediction_table(results_by_model: Mapping[tuple[int, str, str], Mapping[str, Any]],
                      t_tests: Sequence[Mapping[str, Any]] = ()) -> str:
     """The plain-text table `make demo` ends with: `prediction_rows`, then the t-tests on SSIM and motion PSNR."""
-    head = (f"{'set':<10}{'variant':<16}{'seed':>4}{'n':>4}  {'SSIM: model':>11} {'latent':>6} {'copy':>6} {'ceil':>6}"
-            f" {'diff':>7} {'p':>7}  {'motion PSNR: model':>18} {'latent':>6} {'copy':>6} {'ceil':>6} {'diff':>6} {'p':>7}")
+    blocks = (("ssim", "SSIM: model", 11, 7, 4), ("motion_psnr", "motion PSNR: model", 18, 6, 2))
+    head = f"{'set':<10}{'variant':<16}{'seed':>4}{'n':>4}" + "".join(
+        f"  {title:>{w}} {'latent':>6} {'copy':>6} {'ceil':>6} {'diff':>{wd}} {'p':>7}"
+        for _, title, w, wd, _ in blocks)
     lines = [head, "-" * len(head)]
     for r in prediction_rows(results_by_model):
-        lines.append(
-            f"{r['eval_set']:<10}{r['variant']:<16}{r['seed']:>4}{r['n']:>4}  {_fmt(r['model_ssim'], 4):>11} "
-            f"{_fmt(r['latent_copy_ssim'], 4):>6} {_fmt(r['baseline_ssim'], 4):>6} {_fmt(r['autoencoder_ssim'], 4):>6} "
-            f"{_fmt(r['ssim_vs_latent_copy'], 4):>7} {_p(r['ssim_vs_latent_copy_p']):>7}  "
-            f"{_fmt(r['model_motion_psnr'], 2):>18} {_fmt(r['latent_copy_motion_psnr'], 2):>6} "
-            f"{_fmt(r['baseline_motion_psnr'], 2):>6} {_fmt(r['autoencoder_motion_psnr'], 2):>6} "
-            f"{_fmt(r['motion_psnr_vs_latent_copy'], 2):>6} {_p(r['motion_psnr_vs_latent_copy_p']):>7}")
+        lines.append(f"{r['eval_set']:<10}{r['variant']:<16}{r['seed']:>4}{r['n']:>4}" + "".join(
+            f"  {_fmt(r['model_' + m], d):>{w}} {_fmt(r['latent_copy_' + m], d):>6} {_fmt(r['baseline_' + m], d):>6} "
+            f"{_fmt(r['autoencoder_' + m], d):>6} {_fmt(r[m + '_vs_latent_copy'], d):>{wd}} "
+            f"{_p(r[m + '_vs_latent_copy_p']):>7}" for m, _, w, wd, d in blocks))
     tests = [t for t in t_tests if t.get("metric") in ("ssim", "motion_psnr")]
     if tests:
         lines += ["", f"{'comparison':<22}{'target':>6} {'set':<10}{'seed':>10} {'metric':<12}{'n':>4} {'mean diff':>10} {'p':>8}"]

@@ -173,23 +173,19 @@ def _cached_num_frames(cache: Any, video_id: str) -> Optional[int]:
     return int(n) if n else None
 
 
-def _draw_rank(selection_seed: int, video_id: str) -> str:
-    return _sha256(f"{int(selection_seed)}:{video_id}")
-
-
 def stratified_draw(by_task: Mapping[str, Sequence[str]], num_samples: int, selection_seed: int) -> list[str]:
     """`num_samples` ids taken in turns from each task's ids (tasks in name order, each task's ranked
     by sha256("{selection_seed}:{id}")): equal numbers per task within one."""
-    queues = [sorted(ids, key=lambda v: _draw_rank(selection_seed, v)) for _, ids in sorted(by_task.items())]
+    queues = [sorted(ids, key=lambda v: _sha256(f"{int(selection_seed)}:{v}")) for _, ids in sorted(by_task.items())]
     in_turns = (v for turn in zip_longest(*queues) for v in turn if v is not None)
     return list(islice(in_turns, max(num_samples, 0)))
 
 
-def selection_record(chosen: Sequence["Selected"], selection_seed: int, required_idx: int) -> dict[str, Any]:
-    """results.json `selection`: the drawn ids in order, their sha256, the count per task."""
+def selection_record(chosen: Sequence["Selected"], selection_seed: int, target_idx: int) -> dict[str, Any]:
+    """results.json `selection`: the drawn ids in order, their sha256, the count per task, the frames needed."""
     ids = [s.video_id for s in chosen]
     return {"rule": "stratified by task, sha256-ranked, in turns", "seed": int(selection_seed),
-            "frames_required": int(required_idx) + 1, "ids": ids, "ids_sha256": ids_sha256(ids),
+            "frames_required": max(int(target_idx), MATCHED_TARGET_IDX) + 1, "ids": ids, "ids_sha256": ids_sha256(ids),
             "per_task": dict(sorted(Counter(s.task for s in chosen).items()))}
 
 
@@ -312,7 +308,7 @@ def copy_frame_baseline(cache: Any, entries: Sequence[Mapping], input_idx: int, 
         meter.update()
     mean, std = _summary(rows)
     return {"samples": rows, "mean": mean, "std": std, "n": len(rows), "n_requested": num_samples,
-            "skipped": skipped, "selection": selection_record(chosen, selection_seed, max(target_idx, MATCHED_TARGET_IDX)),
+            "skipped": skipped, "selection": selection_record(chosen, selection_seed, target_idx),
             "config": {"method": "copy input frame", "input_idx": input_idx, "target_idx": target_idx,
                        "num_samples": num_samples, **_cache_config(cache)}}
 
@@ -482,7 +478,7 @@ def evaluate_model(model_dir: str | os.PathLike, cache: Any, entries: Sequence[M
         results = {
             "format_version": RESULTS_FORMAT_VERSION, "samples": rows, "n": len(rows),
             "n_requested": config.num_samples, **summary,
-            "selection": selection_record(chosen, config.selection_seed, max(config.target_idx, MATCHED_TARGET_IDX)),
+            "selection": selection_record(chosen, config.selection_seed, config.target_idx),
             "config": {**asdict(config), "resolved_device": str(device), "resolved_dtype": dtype_name,
                        "progress_source": progress_source_text(config, progress_override is not None),
                        **_cache_config(cache), "std_ddof": 0,

@@ -98,16 +98,15 @@ def welch_test(without: Sequence[float], with_: Sequence[float]) -> dict[str, An
     if na < 2 or nb < 2:
         return {**out, "reason": f"n = {na} without / {nb} with; at least 2 each needed"}
     va, vb = float(a.var(ddof=1)), float(b.var(ddof=1))
+    md = out["mean_diff"]
     se2 = va / na + vb / nb
     if math.sqrt(se2) <= _ZERO * max(1.0, float(np.abs(a).max()), float(np.abs(b).max())):
-        md = out["mean_diff"]
         return {**out, "ci95_low": md, "ci95_high": md, "reason": "zero variance in both runs"}
     df = se2 ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
     res = stats.ttest_ind(b, a, equal_var=False)
     half = float(stats.t.ppf(0.975, df)) * math.sqrt(se2)
     pooled = math.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2))
     j = 1.0 - 3.0 / (4.0 * (na + nb) - 9.0)
-    md = out["mean_diff"]
     out.update(df=float(df), t=float(res.statistic), p=float(res.pvalue), ci95_low=md - half,
                ci95_high=md + half, effect_size=j * md / pooled if pooled > 0 else NAN)
     return out
@@ -132,17 +131,14 @@ def compare_runs(without: Mapping[str, Any], with_: Mapping[str, Any], metric: s
     }
 
 
+_FLAT = ("mean_diff", "ci95_low", "ci95_high", "t", "df", "p")  # each test's statistics, in the rows' order
+
+
 def _flat_row(cmp: Mapping[str, Any]) -> dict[str, Any]:
     p, w = cmp["paired"], cmp["welch"]
-    return {
-        "n_paired": cmp["n_paired"], "n_without": cmp["n_without"], "n_with": cmp["n_with"],
-        "mean_without": cmp["mean_without"], "mean_with": cmp["mean_with"],
-        "mean_diff": p["mean_diff"], "ci95_low": p["ci95_low"], "ci95_high": p["ci95_high"],
-        "t": p["t"], "df": p["df"], "p": p["p"], "cohen_dz": p["effect_size"], "paired_reason": p["reason"],
-        "welch_mean_diff": w["mean_diff"], "welch_ci95_low": w["ci95_low"], "welch_ci95_high": w["ci95_high"],
-        "welch_t": w["t"], "welch_df": w["df"], "welch_p": w["p"], "hedges_g": w["effect_size"],
-        "welch_reason": w["reason"],
-    }
+    return {**{k: cmp[k] for k in ("n_paired", "n_without", "n_with", "mean_without", "mean_with")},
+            **{k: p[k] for k in _FLAT}, "cohen_dz": p["effect_size"], "paired_reason": p["reason"],
+            **{f"welch_{k}": w[k] for k in _FLAT}, "hedges_g": w["effect_size"], "welch_reason": w["reason"]}
 
 
 def _lacks(results: Mapping[str, Any], metric: str) -> bool:

@@ -16,12 +16,11 @@ import dagster as dg
 from pecn_assets.cleanup import cleanup
 from pecn_assets.resources import PecnSettings
 from pecn_ml.deployment import Deployment
-from pecn_ml.profiles import get_profile
 
 
 def outputs_folder(deployment: Deployment) -> Path:
     """The deployment's outputs folder (its own, else its profile's)."""
-    return PecnSettings.for_deployment(deployment, get_profile(deployment.profile)).outputs_path()
+    return PecnSettings.for_deployment(deployment).outputs_path()
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -15,9 +15,8 @@ from typing import Any, Callable, Mapping, Optional
 
 from pecn_ml.data.templates import BACKFORTH_TASKS, BASIC_TASKS, label_key_of, load_task_map, task_of_label_key
 from pecn_ml.utils.files import write_json_atomic
+from pecn_ml.utils.progress import LogFn
 from pecn_ml.variants import EVAL_SETS, TRAIN_FILE
-
-LogFn = Callable[[str], None]
 
 ROLES = ("labels", "train", "validation", "test")   # files something-something-v2-{role}.json or {role}.json
 SSV2_FIELDS = ("id", "label", "template", "placeholders")
@@ -50,9 +49,6 @@ class AnnotationFiles:
     train: Path
     validation: Path
     test: Optional[Path]
-
-    def as_dict(self) -> dict[str, Optional[Path]]:
-        return {role: getattr(self, role) for role in ROLES}
 
 
 def find_annotation_files(ann_dir: str | os.PathLike, require_test: bool = False) -> AnnotationFiles:

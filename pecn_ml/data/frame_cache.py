@@ -21,17 +21,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from pecn_ml.data.annotations import validate_video_id
 from pecn_ml.data.video import INTERPOLATION_NAME, VideoDecodeError, decode_into
 from pecn_ml.images import save_png
-from pecn_ml.utils.files import atomic_path, sha256_file, sha256_json, write_json_atomic
-from pecn_ml.utils.progress import ProgressMeter
-
-LogFn = Callable[[str], None]
+from pecn_ml.utils.files import atomic_path, sha256_file, sha256_json, try_flock, write_json_atomic
+from pecn_ml.utils.progress import LogFn, ProgressMeter
 
 FORMAT = "pecn-frame-cache"
 FORMAT_VERSION = 1
@@ -108,35 +106,29 @@ def _holder(path: Path) -> str:
 def _lock(root: Path, timeout_s: float = LOCK_TIMEOUT_S, log: Optional[LogFn] = None,
           poll_s: float = 0.5) -> Iterator[None]:
     """Exclusive flock on `root/.lock` during a build; a second builder waits up to `timeout_s`."""
-    path, t0, waited = root / LOCK, time.monotonic(), False
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    path, t0 = root / LOCK, time.monotonic()
+    fd = try_flock(path, 0o644)
+    waited = fd is None
+    if waited and log:
+        log(f"frame cache {root}: waiting for another builder ({_holder(path)}) to finish, "
+            f"up to {timeout_s:.0f}s")
+    while fd is None:
+        if time.monotonic() - t0 >= timeout_s:
+            raise TimeoutError(f"another build_frame_cache ({_holder(path)}) still holds {path} after "
+                               f"{timeout_s:.0f}s of waiting; if no such build runs any more, its "
+                               f"lock went with its process: retry")
+        time.sleep(poll_s)
+        fd = try_flock(path, 0o644)
+    if waited and log:
+        log(f"frame cache {root}: the other builder finished after "
+            f"{time.monotonic() - t0:.1f}s of waiting; building")
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                pass
-            if not waited and log:
-                log(f"frame cache {root}: waiting for another builder ({_holder(path)}) to finish, "
-                    f"up to {timeout_s:.0f}s")
-            waited = True
-            if time.monotonic() - t0 >= timeout_s:
-                raise TimeoutError(f"another build_frame_cache ({_holder(path)}) still holds {path} after "
-                                   f"{timeout_s:.0f}s of waiting; if no such build runs any more, its "
-                                   f"lock went with its process: retry")
-            time.sleep(poll_s)
-        if waited and log:
-            log(f"frame cache {root}: the other builder finished after "
-                f"{time.monotonic() - t0:.1f}s of waiting; building")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
@@ -172,11 +164,10 @@ def _entry_problem(vid: str, e: Any, resolution: int) -> Optional[str]:
     return None
 
 
-def _trusted(root: Path, entry: Optional[dict], sha: Optional[str], resolution: int, vid: str) -> bool:
-    """A well-formed entry of the same source; if ok, its file exists with the recorded size."""
+def _trusted(root: Path, entry: Optional[dict], sha: Optional[str]) -> bool:
+    """An entry (well-formed: `_open_manifest` kept no other) of the same source; if ok, its file
+    exists with the recorded size."""
     if not entry or sha is None or entry.get("source_sha256") != sha:
-        return False
-    if _entry_problem(vid, entry, resolution) is not None:
         return False
     if entry["status"] == "failed":
         return True
@@ -185,9 +176,9 @@ def _trusted(root: Path, entry: Optional[dict], sha: Optional[str], resolution: 
 
 
 def _decode_to_npy(src: str, root: str, video_id: str, resolution: int,
-                   threads: int) -> tuple[str, Optional[int], Any]:
-    """Decode one video into `{id}.npy` atomically (worker processes): (id, num_frames, (bytes, offset)),
-    or (id, None, reason) for a video that cannot be decoded."""
+                   threads: int) -> tuple[Optional[int], Any]:
+    """Decode one video into `{id}.npy` atomically (worker processes): (num_frames, (bytes, offset)),
+    or (None, reason) for a video that cannot be decoded."""
     dst = Path(root) / f"{video_id}.npy"
     frame_shape = (resolution, resolution, 3)
 
@@ -203,8 +194,8 @@ def _decode_to_npy(src: str, root: str, video_id: str, resolution: int,
                 f.seek(0)
                 f.write(_npy_header((n,) + frame_shape))
     except VideoDecodeError as e:  # atomic_path has removed the partial file
-        return video_id, None, e.problem
-    return video_id, n, (dst.stat().st_size, NPY_HEADER_BYTES)  # (bytes, data offset)
+        return None, e.problem
+    return n, (dst.stat().st_size, NPY_HEADER_BYTES)  # (bytes, data offset)
 
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:
@@ -272,7 +263,7 @@ def _open_manifest(root: Path, resolution: int, log: Optional[LogFn]) -> tuple[d
     return {**header, "videos": kept}, _clean_untrusted(root, kept)
 
 
-def _todo(build: _Build, data_dir: Path, ids: list[str], resolution: int) -> list[tuple[str, Path, str, int]]:
+def _todo(build: _Build, data_dir: Path, ids: list[str]) -> list[tuple[str, Path, str, int]]:
     """The videos to decode; missing sources and trusted entries are recorded as they are."""
     todo = []
     for vid in ids:
@@ -282,14 +273,14 @@ def _todo(build: _Build, data_dir: Path, ids: list[str], resolution: int) -> lis
             continue
         sha, size = sha256_file(src), src.stat().st_size
         entry = build.videos.get(vid)
-        if _trusted(build.root, entry, sha, resolution, vid):
+        if _trusted(build.root, entry, sha):
             if entry["status"] == "ok":
                 build.reused += 1
             else:
                 build.failed[vid] = entry["reason"]
             build.meter.update()
             continue
-        if entry is not None:  # stale (source changed) or malformed: forget it and its file
+        if entry is not None:  # stale (source changed): forget it and its file
             build.videos.pop(vid)
             (build.root / f"{vid}.npy").unlink(missing_ok=True)
         todo.append((vid, src, sha, size))
@@ -318,12 +309,11 @@ def build_frame_cache(data_dir: str | os.PathLike, resolution: int, video_ids: I
         manifest, cleaned = _open_manifest(root, resolution, log)
         meter = ProgressMeter(f"frame cache {resolution}x{resolution}", len(ids), log, unit="videos")
         build = _Build(root, manifest, meter, flush_every_s, log)
-        todo = _todo(build, data_dir, ids, resolution)
+        todo = _todo(build, data_dir, ids)
         try:
             if workers == 1:
                 for vid, src, sha, size in todo:
-                    _, n, info = _decode_to_npy(str(src), str(root), vid, resolution, threads)
-                    build.record(vid, sha, size, n, info)
+                    build.record(vid, sha, size, *_decode_to_npy(str(src), str(root), vid, resolution, threads))
             else:
                 _run_pool(todo, root, resolution, threads, workers, build.record)
         finally:  # whatever happened, what was finished is recorded
@@ -353,9 +343,7 @@ def _run_pool(todo, root: Path, resolution: int, threads: int, workers: int, rec
                     pending[fut] = (vid, sha, size)
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    vid, sha, size = pending.pop(fut)
-                    _, n, info = fut.result()
-                    record(vid, sha, size, n, info)
+                    record(*pending.pop(fut), *fut.result())
         except BaseException:
             for fut in pending:
                 fut.cancel()
@@ -374,21 +362,21 @@ class FrameCache:
         self.resolution = int(manifest["resolution"])
         self.version = manifest_version(manifest)
         self._videos: dict[str, dict] = manifest["videos"]
+        self._ok = sorted((v for v, e in self._videos.items() if e.get("status") == "ok"), key=int)
         self._frame_bytes = self.resolution * self.resolution * 3
 
     def __repr__(self) -> str:
         return f"FrameCache({self.root}, {len(self)} videos, version {self.version[:12]})"
 
     def __len__(self) -> int:
-        return sum(e.get("status") == "ok" for e in self._videos.values())
+        return len(self._ok)
 
     def __contains__(self, video_id: object) -> bool:
-        e = self._videos.get(str(video_id))
-        return bool(e) and e.get("status") == "ok"
+        return self._videos.get(str(video_id), {}).get("status") == "ok"
 
     def video_ids(self) -> list[str]:
         """Ids cached successfully, sorted by integer value."""
-        return sorted((v for v, e in self._videos.items() if e.get("status") == "ok"), key=int)
+        return list(self._ok)
 
     def failures(self) -> dict[str, str]:
         """{id: reason} of videos that could not be cached."""

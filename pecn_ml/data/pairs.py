@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from pecn_ml.prompts import PROMPT_TEXTS, action_text, build_prompt, progress_percent, shuffle_percents
 
@@ -165,7 +165,4 @@ class FramePairDataset(Dataset):
 
 def collate_pairs(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Stack items into ``{"video_id": [B], "input": (B, 3, R, R), "target": ..., "prompt": [B]}``."""
-    return {"video_id": [it["video_id"] for it in items],
-            "input": torch.stack([it["input"] for it in items]),
-            "target": torch.stack([it["target"] for it in items]),
-            "prompt": [it["prompt"] for it in items]}
+    return default_collate(list(items))

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from pecn_ml.data.annotations import find_annotation_files
 from pecn_ml.utils.files import sha256_file, sha256_json, write_json_atomic
-from pecn_ml.utils.progress import ProgressMeter
-
-LogFn = Callable[[str], None]
+from pecn_ml.utils.progress import LogFn, ProgressMeter
 
 MEMO_DIR = ".pecn"
 VIDEO_MEMO = "videos_sha256_memo.json"
@@ -28,7 +27,7 @@ RACY_NS = 2_000_000_000  # files modified in the last 2 s are hashed but not mem
 def annotations_version(ann_dir: str | os.PathLike) -> str:
     """sha256 over the sha256 of labels, train, validation and test (test "absent" if missing)."""
     files = find_annotation_files(ann_dir)
-    hashes = {role: (sha256_file(p) if p is not None else "absent") for role, p in files.as_dict().items()}
+    hashes = {role: (sha256_file(p) if p is not None else "absent") for role, p in asdict(files).items()}
     return sha256_json(hashes)
 
 

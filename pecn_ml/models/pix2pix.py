@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Sequence
 import torch
 from torch import nn
 
+from pecn_ml.models.weights import is_local
 from pecn_ml.utils.files import ManifestMismatch, check_manifest, folder_manifest, manifest_sha256, write_json_atomic
 
 DEFAULT_PRETRAINED = "timbrooks/instruct-pix2pix"
@@ -69,7 +70,7 @@ class Pix2PixComponents:
 
 def _check_local(pretrained: str) -> None:
     path = Path(pretrained)
-    if path.is_absolute() or pretrained.startswith(".") or path.exists():   # looks local
+    if is_local(pretrained):
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: pretrained model folder does not exist")
         for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):

@@ -40,9 +40,9 @@ from pecn_ml.training.autoencoder import (AutoencoderTrainConfig, latent_scaling
 from pecn_ml.training.instruct_pretrain import InstructPretrainConfig, pretrain_instruct_unet
 from pecn_ml.training.resnet_pretrain import ResnetPretrainConfig, pretrain_resnet
 from pecn_ml.training.scaffold import torch_threads
-from pecn_ml.utils.files import atomic_dir, sha256_json, write_json_atomic
+from pecn_ml.utils.files import atomic_dir, sha256_file, sha256_json, write_json_atomic
+from pecn_ml.utils.progress import LogFn
 
-LogFn = Callable[[str], None]
 REPORT = "standin.json"
 FORMAT = 1
 # the hub weights each kind stands in for (the real run's, `pecn_ml.profiles`)
@@ -441,15 +441,10 @@ def _chosen(found: dict[str, dict[str, Any]], src_root: Path, names: Sequence[st
 
 def _copy_folder(src: Path, dest: Path) -> dict[str, str]:
     """Copy `src`'s files (no hidden ones) into `dest` atomically; {relative path: sha256}."""
-    files = {}
+    rels = [p.relative_to(src) for p in sorted(src.rglob("*")) if p.is_file()]
+    files = {rel.as_posix(): sha256_file(src / rel) for rel in rels if not any(s.startswith(".") for s in rel.parts)}
     with atomic_dir(dest) as tmp:
-        for path in sorted(src.rglob("*")):
-            rel = path.relative_to(src)
-            if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-                data = path.read_bytes()
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / rel).write_bytes(data)
-                files[rel.as_posix()] = hashlib.sha256(data).hexdigest()
+        _copy_verified(src, files, tmp)
     return files
 
 
@@ -493,11 +488,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sp = sub.add_parser("ship", help="copy built stand-in folders into the shipped folder")
     sp.add_argument("src_root", help="where they were built, e.g. outputs/demo/pretrained")
     sp.add_argument("names", nargs="*", help="folder names to ship (default: every completed one)")
-    sp.add_argument("--dest", default=str(SHIPPED), help="the shipped folder (default: the package's)")
     sp.add_argument("--latest", action="store_true", help="per kind only the folder built last")
     sp.add_argument("--prune", action="store_true", help="drop shipped folders not shipped now")
-    vp = sub.add_parser("verify", help="check every shipped folder against the manifest")
-    vp.add_argument("--dest", default=str(SHIPPED), help="the shipped folder (default: the package's)")
+    for p in (sp, sub.add_parser("verify", help="check every shipped folder against the manifest")):
+        p.add_argument("--dest", default=str(SHIPPED), help="the shipped folder (default: the package's)")
     args = ap.parse_args(argv)
     try:
         if args.command == "ship":

@@ -52,16 +52,11 @@ def pixels_to_frames(pixels: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
-def _vae_factor(vae: Any) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
 def train_steps(name: str, params: Iterable[torch.nn.Parameter], config: Any,
                 step_loss: Callable[[int], torch.Tensor], log: Optional[LogFn], *,
                 weight_decay: float = 0.01, max_grad_norm: Optional[float] = None) -> list[float]:
-    """The stand-in pretrainers' loop: `config.steps` AdamW steps on `step_loss(step)` (learning rate
-    `config.learning_rate`, cosine-annealed to 0; gradients clipped to `max_grad_norm` when given),
-    progress logged every `config.log_every_s`; the step losses."""
+    """The stand-in pretrainers' loop: `config.steps` AdamW steps on `step_loss(step)`, the learning rate
+    cosine-annealed to 0, progress logged every `config.log_every_s`; the step losses."""
     params = list(params)
     opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -86,10 +81,10 @@ def train_autoencoder(vae: Any, frames: np.ndarray, config: AutoencoderTrainConf
     """Train `vae` in place on random crops of `frames` (N, R, R, 3) uint8, CPU or its device; the step losses."""
     if len(frames) == 0:
         raise ValueError("train_autoencoder: no frames")
-    r = frames.shape[1]
-    if config.crop > r or config.crop % _vae_factor(vae):
+    r, factor = frames.shape[1], 2 ** (len(vae.config.block_out_channels) - 1)
+    if config.crop > r or config.crop % factor:
         raise ValueError(f"train_autoencoder: crop {config.crop} must be <= {r} and a multiple of "
-                         f"the VAE's downsampling factor {_vae_factor(vae)}")
+                         f"the VAE's downsampling factor {factor}")
     device = next(vae.parameters()).device
     g = torch.Generator().manual_seed(config.seed)
     noise_g = torch.Generator(device=device).manual_seed(config.seed + 1)
@@ -103,11 +98,9 @@ def train_autoencoder(vae: Any, frames: np.ndarray, config: AutoencoderTrainConf
         return (F.mse_loss(recon, x) + config.l1_weight * F.l1_loss(recon, x)
                 + config.kl_weight * posterior.kl().mean())
 
-    vae.train()
-    vae.requires_grad_(True)
+    vae.requires_grad_(True).train()
     losses = train_steps("autoencoder train", vae.parameters(), config, step_loss, log, weight_decay=0.0)
-    vae.eval()
-    vae.requires_grad_(False)
+    vae.requires_grad_(False).eval()
     return losses
 
 

@@ -146,12 +146,8 @@ def pretrain_instruct_unet(unet: Any, vae: Any, tokenizer: Any, text_encoder: An
     prompt_of = torch.tensor(prompt_of, dtype=torch.long)
     empty_ids = tokenize_prompts(tokenizer, [""])                              # (1, L)
     scaling = float(vae.config.scaling_factor)
-    params = list(unet.parameters())
-    if config.train_text_encoder:
-        text_encoder.requires_grad_(True).train()
-        params += list(text_encoder.parameters())
-    else:
-        text_encoder.requires_grad_(False).eval()
+    text_encoder.requires_grad_(config.train_text_encoder).train(config.train_text_encoder)
+    params = [*unet.parameters(), *(text_encoder.parameters() if config.train_text_encoder else ())]
     g = torch.Generator().manual_seed(config.seed)
     told_ids: dict[str, torch.Tensor] = {}          # progress prompts, tokenized once each
 

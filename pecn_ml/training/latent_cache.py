@@ -68,8 +68,7 @@ class PairLatents:
     prompt_index: torch.Tensor   # (N,) long, row of prompt_embeds for each pair
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (
-            self.target_mean, self.target_logvar, self.image_latents, self.prompt_embeds))
+        return sum(t.nbytes for t in (self.target_mean, self.target_logvar, self.image_latents, self.prompt_embeds))
 
 
 class LatentStore:

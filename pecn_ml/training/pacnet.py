@@ -231,23 +231,19 @@ def predict_loader(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(preds).astype(np.float64), np.concatenate(targets).astype(np.float64)
 
 
-def _val_shard(val_ds: PacNetCropDataset, rank: int, k: int, batch_size: int,
-               num_workers: int, pin: bool) -> DataLoader:
-    """This rank's contiguous share of the validation set, in order (K = 1: all of it)."""
-    n = len(val_ds)
-    shard = Subset(val_ds, range(rank * n // k, (rank + 1) * n // k))
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=pin)
-
-
-def _evaluate(model, val_loader, accelerator) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions, targets) over the whole validation set, the same arrays on every rank."""
-    parts = gather_objects(accelerator, predict_loader(model, val_loader, accelerator))
+def _evaluate(run: _Run, model, ds: PacNetCropDataset, accelerator) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, targets) over all of `ds`, the same arrays on every rank; each rank predicts its
+    contiguous share, in order (K = 1: all of it)."""
+    n = len(ds)
+    shard = Subset(ds, range(run.rank * n // run.k, (run.rank + 1) * n // run.k))
+    loader = DataLoader(shard, batch_size=run.cfg.batch_size, shuffle=False, num_workers=run.cfg.num_workers,
+                        pin_memory=accelerator.device.type == "cuda")
+    parts = gather_objects(accelerator, predict_loader(model, loader, accelerator))
     return np.concatenate([p for p, _ in parts]), np.concatenate([t for _, t in parts])
 
 
-def mae_percent(pred: np.ndarray, target: np.ndarray) -> float:
-    """Mean absolute error in percentage points, for progress values in [0, 1]."""
+def mae_percent(pred: np.ndarray | float, target: np.ndarray) -> float:
+    """Mean absolute error in percentage points, for progress values in [0, 1] (`pred` may be a constant)."""
     return float(np.mean(np.abs(np.asarray(pred) - np.asarray(target))) * 100.0)
 
 
@@ -289,7 +285,6 @@ class _Run:
     scheduler: Any = None
     sampler: Optional[GlobalBatchSampler] = None
     train_loader: Any = None
-    val_loader: Any = None
     start_epoch: int = 0
     history: list = field(default_factory=list)
     best_mae: float = math.inf
@@ -324,8 +319,7 @@ def _data(model_config: PacNetConfig, cfg: PacNetTrainConfig, cache: Any, train_
                                 what="test_entries") if test else None
     # The trivial predictor: the mean of every training target the run sees (all epochs).
     mean_progress = float(np.mean([train_ds.targets(ep) for ep in range(1, cfg.epochs + 1)]))
-    val_targets = val_ds.targets()
-    baseline = mae_percent(np.full_like(val_targets, mean_progress), val_targets)
+    baseline = mae_percent(mean_progress, val_ds.targets())
     rank, _, k = process_rank()
     fingerprint = _fingerprint(model_config, cfg, train, val, k)
     context = scaffold.card_context(card, [
@@ -369,7 +363,6 @@ def _setup(run: _Run, state: Optional[dict], tracking: Optional[TrackingConfig])
     scaffold.register_model_io(acc, write_pacnet_files, _load_model)
     run.model, run.optimizer, run.train_loader = acc.prepare(model, optimizer, loader)
     acc.register_for_checkpointing(run.scheduler)
-    run.val_loader = _val_shard(run.val_ds, run.rank, k, cfg.batch_size, cfg.num_workers, pin)
     if run.rank > 0:  # its own dropout stream, where no saved RNG state is restored
         torch.manual_seed((int(cfg.seed) * 1_000_003 + run.rank * 7919 + run.start_epoch) % (2 ** 63))
     if state is not None:
@@ -432,7 +425,7 @@ def _epoch(run: _Run, epoch: int, meter: ProgressMeter) -> dict:
     steps = ProgressMeter(f"pacnet epoch {epoch}", total=len(run.train_ds), log=run.log,
                           every_s=run.cfg.log_every_s, unit="videos")
     losses = _train_epoch(run, epoch, steps)
-    preds, targets = _evaluate(run.model, run.val_loader, acc)
+    preds, targets = _evaluate(run, run.model, run.val_ds, acc)
     val_mae = mae_percent(preds, targets)
     row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mae": val_mae,
            "lr": float(run.scheduler.get_last_lr()[-1]), "seconds": round(time.perf_counter() - t0, 3)}
@@ -451,8 +444,8 @@ def _epoch(run: _Run, epoch: int, meter: ProgressMeter) -> dict:
     return row
 
 
-def _result(state: dict, out_dir: Path, resumed_from: int, n_train: int, n_val: int) -> PacNetTrainResult:
-    best = out_dir / "best"
+def _result(run: _Run, state: dict, resumed_from: int) -> PacNetTrainResult:
+    best = run.out_dir / "best"
     if not (best / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{best / WEIGHTS_NAME}: best checkpoint missing")
     files = folder_manifest(best)
@@ -462,7 +455,8 @@ def _result(state: dict, out_dir: Path, resumed_from: int, n_train: int, n_val: 
         best_epoch=int(state["best_epoch"]), epochs_run=int(state["epoch"]),
         resumed_from_epoch=resumed_from, history=list(state["history"]), best_dir=best,
         weights_sha256=sha256_file(best / WEIGHTS_NAME), checkpoint_sha256=manifest_sha256(files),
-        checkpoint_files=files, num_train=n_train, num_val=n_val, num_processes=int(state.get("num_processes", 1)),
+        checkpoint_files=files, num_train=len(run.train_ds), num_val=len(run.val_ds),
+        num_processes=int(state.get("num_processes", 1)),
         global_batch_size=int(state["fingerprint"]["train_config"]["batch_size"]))
 
 
@@ -472,18 +466,16 @@ def _test_scores(run: _Run, accelerator: Any) -> dict:
     if run.test_ds is None:
         return {}
     model = load_pacnet(run.out_dir / "best", device=accelerator.device)
-    loader = _val_shard(run.test_ds, run.rank, run.k, run.cfg.batch_size, run.cfg.num_workers,
-                        accelerator.device.type == "cuda")
-    preds, targets = _evaluate(model, loader, accelerator)
+    preds, targets = _evaluate(run, model, run.test_ds, accelerator)
     return {"test_mae": mae_percent(preds, targets),
-            "test_baseline_mae": mae_percent(np.full_like(targets, run.mean_progress), targets),
+            "test_baseline_mae": mae_percent(run.mean_progress, targets),
             "num_test": len(run.test_ds)}
 
 
 def _finished(run: _Run, state: dict) -> PacNetTrainResult:
     """A run whose last/ already holds every epoch: its result (and test score), no training."""
     run.log(f"pacnet: {run.out_dir} already finished {state['epoch']} epochs; nothing to do")
-    result = _result(state, run.out_dir, int(state["epoch"]), len(run.train_ds), len(run.val_ds))
+    result = _result(run, state, int(state["epoch"]))
     if run.test_ds is None:
         return result
     accelerator = scaffold.build_accelerator(run.cfg.mixed_precision, run.cfg.cpu, run.log)
@@ -528,7 +520,7 @@ def train_pacnet(model_config: PacNetConfig, train_config: PacNetTrainConfig, ca
             row = _epoch(run, epoch, meter)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
-        result = _result(run.state(cfg.epochs), run.out_dir, run.start_epoch, len(run.train_ds), len(run.val_ds))
+        result = _result(run, run.state(cfg.epochs), run.start_epoch)
         scores = _test_scores(run, acc)
         if scores:
             acc.log({"test/mae_pp": scores["test_mae"], "test/baseline_mae_pp": scores["test_baseline_mae"]},

@@ -17,7 +17,7 @@ import math
 import secrets
 import time
 import typing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
@@ -91,22 +91,18 @@ class Pix2PixTrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.resolution > 0 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8"),
-            (self.train_batch_size >= 1, "train_batch_size must be >= 1"),
-            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            *[(getattr(self, name) >= 1, f"{name} must be >= 1") for name in (
+                "train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "checkpointing_steps",
+                "validation_epochs")],
+            *[(getattr(self, name) is None or getattr(self, name) >= 1, f"{name} must be >= 1 or None")
+              for name in ("max_train_steps", "checkpoints_total_limit", "torch_threads")],
             (self.learning_rate > 0, "learning_rate must be > 0"),
-            (self.num_train_epochs >= 1, "num_train_epochs must be >= 1"),
-            (self.max_train_steps is None or self.max_train_steps >= 1, "max_train_steps must be >= 1"),
             (0 <= self.conditioning_dropout_prob <= 1 / 3, "conditioning_dropout_prob must be in [0, 1/3]"),
             (self.min_timestep >= 0, "min_timestep must be >= 0"),
             (self.target_latents in TARGET_LATENTS, f"target_latents must be one of {TARGET_LATENTS}"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
             (self.lr_scheduler in LR_SCHEDULERS, f"lr_scheduler must be one of {LR_SCHEDULERS}"),
-            (self.checkpointing_steps >= 1, "checkpointing_steps must be >= 1"),
-            (self.checkpoints_total_limit is None or self.checkpoints_total_limit >= 1,
-             "checkpoints_total_limit must be >= 1 or None"),
-            (self.validation_epochs >= 1, "validation_epochs must be >= 1"),
             (self.num_validation_samples >= 0, "num_validation_samples must be >= 0"),
-            (self.torch_threads is None or self.torch_threads >= 1, "torch_threads must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -205,17 +201,14 @@ def draw_sample_randomness(latent_shape: Sequence[int], num_train_timesteps: int
     rows = [draw_step_randomness((1, *latent_shape[1:]), num_train_timesteps,
                                  generator=step_generator(epoch_seed, int(i), device),
                                  dtype=dtype, device=device, min_timestep=min_timestep) for i in indices]
-    return StepDraws(torch.cat([r.latent_eps for r in rows]), torch.cat([r.noise for r in rows]),
-                     torch.cat([r.timesteps for r in rows]), torch.cat([r.dropout_u for r in rows]))
+    return StepDraws(*(torch.cat([getattr(r, f.name) for r in rows]) for f in fields(StepDraws)))
 
 
 def conditioning_dropout_masks(u: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(drop_prompt, drop_image) bool masks (B,) from one uniform per sample (paper §3.2.1): u < p
     prompt only, p <= u < 2p both, 2p <= u < 3p image only."""
     assert u.ndim == 1, f"expected (B,) uniforms, got {tuple(u.shape)}"
-    drop_prompt = u < 2 * prob
-    drop_image = (u >= prob) & (u < 3 * prob)
-    return drop_prompt, drop_image
+    return u < 2 * prob, (u >= prob) & (u < 3 * prob)
 
 
 def training_step(unet: Any, noise_scheduler: Any, batch: LatentBatch, draws: StepDraws, *,
@@ -295,9 +288,7 @@ def render_validation(pipe: Any, dataset: Any, n: int, *, steps: int, guidance_s
     pairs = [dataset.frames_uint8(i) for i in range(n)]
     prompts = [dataset.prompts[i] for i in range(n)]
     generator = torch.Generator(device=device).manual_seed(int(seed) % (2 ** 63))
-    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-           else contextlib.nullcontext())
-    with amp:
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         out = run_pipeline(pipe, prompts, [Image.fromarray(p[0]) for p in pairs], latent_target=latent_target,
                            num_inference_steps=steps, guidance_scale=guidance_scale,
                            image_guidance_scale=image_guidance_scale, generator=generator)  # (n, R, R, 3) in [0, 1]

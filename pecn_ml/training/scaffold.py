@@ -29,9 +29,9 @@ from pecn_ml.models.weights import is_local
 from pecn_ml.training.tracking import TrackingConfig, accelerator_kwargs
 from pecn_ml.utils.accel import make_accelerator, process_rank
 from pecn_ml.utils.files import atomic_dir, write_json_atomic
+from pecn_ml.utils.progress import LogFn
 from pecn_ml.utils.usage import bytes_on_disk
 
-LogFn = Callable[[str], None]
 STATE_FILE = "training_state.json"
 PREFIX = "checkpoint-"
 # accelerate's save_state files: only a resume needs them

@@ -51,8 +51,7 @@ def accelerator_kwargs(tracking: Optional[TrackingConfig], out_dir: Path, tb_nam
     if tracking.backend == "tensorboard":
         from accelerate.tracking import TensorBoardTracker
 
-        kwargs = {} if purge_step is None else {"purge_step": purge_step}
-        return {"log_with": [TensorBoardTracker(tb_name, str(out_dir), **kwargs)]}
+        return {"log_with": [TensorBoardTracker(tb_name, str(out_dir), purge_step=purge_step)]}
     import mlflow
     from accelerate.tracking import MLflowTracker
 

@@ -7,6 +7,7 @@ cards (README.md, added to older folders on reuse) are left out.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -41,6 +42,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def try_flock(path: str | os.PathLike, mode: int = 0o666) -> Optional[int]:
+    """An fd holding an exclusive flock on `path` (created with `mode`), or None when another open
+    file holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException as e:
+        os.close(fd)
+        if isinstance(e, BlockingIOError):
+            return None
+        raise
+    return fd
 
 
 def owned_prefix(path: str | os.PathLike) -> str:

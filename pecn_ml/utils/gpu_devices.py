@@ -3,23 +3,23 @@ with their holder, so a killed step leaves nothing stale; `pool_slots` sizes the
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, Sequence
+
+from pecn_ml.utils.files import try_flock
+from pecn_ml.utils.progress import LogFn
 
 CUDA_ENV = "CUDA_VISIBLE_DEVICES"
 LOCK_PREFIX = "gpu-"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")  # an index, or a GPU/MIG UUID (CUDA_VISIBLE_DEVICES)
 _DEVICE_INDEX = re.compile(r"^[0-9]+$")          # the configured device set: device indices only
-
-LogFn = Callable[[str], None]
 
 
 def parse_devices(text: str, what: str = CUDA_ENV, pattern: re.Pattern = _DEVICE_ID) -> list[str]:
@@ -111,20 +111,6 @@ def lock_path(lock_dir: str | os.PathLike, device: str) -> Path:
     return Path(lock_dir) / f"{LOCK_PREFIX}{device}.lock"
 
 
-def _try_lock(path: Path) -> Optional[int]:
-    """An fd holding an exclusive flock on `path`, or None when another open file holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _write_holder(fd: int, holder: Mapping[str, object]) -> None:
     """Who holds the device, for people reading the lock file (the lock itself is the flock)."""
     data = json.dumps(holder, sort_keys=True).encode()
@@ -134,10 +120,8 @@ def _write_holder(fd: int, holder: Mapping[str, object]) -> None:
 
 def _release(fds: Sequence[int]) -> None:
     for fd in fds:
-        try:
+        with suppress(OSError):
             os.ftruncate(fd, 0)
-        except OSError:
-            pass
         os.close(fd)  # closing the last descriptor of the open file drops the flock
 
 
@@ -158,7 +142,7 @@ def free_devices(lock_dir: str | os.PathLike, devices: Optional[Sequence[str]] =
     Path(lock_dir).mkdir(parents=True, exist_ok=True)
     free = []
     for d in devices:
-        fd = _try_lock(lock_path(lock_dir, d))
+        fd = try_flock(lock_path(lock_dir, d))
         if fd is not None:
             os.close(fd)
             free.append(d)
@@ -170,7 +154,7 @@ def _try_claim(lock_dir: Path, devices: Sequence[str], n: int, holder: Mapping[s
     """n free devices, lowest first, all or nothing (so two claimants never hold half a claim each)."""
     got, fds = [], []
     for d in devices:
-        fd = _try_lock(lock_path(lock_dir, d))
+        fd = try_flock(lock_path(lock_dir, d))
         if fd is None:
             continue
         got.append(d)

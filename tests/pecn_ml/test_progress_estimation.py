@@ -9,7 +9,8 @@ import torch
 from pecn_ml.models.pacnet import PacNet, PacNetConfig
 from pecn_ml.models.tiny import build_tiny_models
 from pecn_ml.progress_estimation import estimate_for_entries, estimate_progress, mae_by_task
-from pecn_ml.training.pacnet_data import ArrayFrameCache, moving_square_dataset
+from pecn_ml.training.pacnet_data import ArrayFrameCache
+from pecn_test_support.moving_squares import moving_square_dataset
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ from pecn_ml.metrics import motion_mae, motion_mask, motion_psnr, psnr, ssim
 from pecn_ml.models.tiny import build_tiny_pix2pix
 from pecn_ml.training.autoencoder import roundtrip
 from pecn_ml.sampling import (SamplingConfig, copy_frame_baseline, evaluate_model, load_pipeline, sample_seed,
-                              _draw_rank, ids_sha256, select_samples, stratified_draw)
+                              ids_sha256, select_samples, stratified_draw)
 
 R = 96
 
@@ -109,7 +110,7 @@ def test_stratified_draw_equal_per_task_within_one():
     drawn = stratified_draw(by_task, 12, 0)
     counts = {t: sum(d.startswith(t) for d in drawn) for t in by_task}
     assert len(drawn) == len(set(drawn)) == 12 and counts == {"a": 5, "b": 3, "c": 4}  # b ran out after 3
-    assert drawn[:3] == [min(by_task[t], key=lambda v: _draw_rank(0, v)) for t in "abc"]
+    assert drawn[:3] == [min(by_task[t], key=lambda v: hashlib.sha256(f"0:{v}".encode()).hexdigest()) for t in "abc"]
     assert stratified_draw(by_task, 99, 0) == stratified_draw(by_task, 23, 0)   # all 23, once each
     assert stratified_draw({t: v[::-1] for t, v in by_task.items()}, 12, 0) == drawn
     assert stratified_draw(by_task, 12, 1) != drawn

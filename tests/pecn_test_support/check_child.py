@@ -21,7 +21,7 @@ class CheckJob:
     hold_s: float = 0.0
 
 
-def run_check(job: CheckJob, log: LogFn) -> tuple[dict, str]:
+def run_check(job: CheckJob, log: LogFn) -> dict:
     """All-reduce of the ranks' numbers and one DDP step; the weights must agree afterwards."""
     import torch
 
@@ -49,7 +49,7 @@ def run_check(job: CheckJob, log: LogFn) -> tuple[dict, str]:
     if job.hold_s > 0:
         log(f"check: rank {rank} holds the launch for {job.hold_s:g}s")
         time.sleep(job.hold_s)
-    return meta, f"check-{n}"
+    return meta
 
 
 TRAINERS = {"check": (CheckJob, run_check)}

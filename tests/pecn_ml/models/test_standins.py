@@ -22,8 +22,8 @@ from pecn_ml.models.tiny import tiny_vae
 from pecn_ml.training.autoencoder import (AutoencoderTrainConfig, latent_scaling_factor, roundtrip,
                                           train_autoencoder)
 from pecn_ml.training.instruct_pretrain import InstructPretrainConfig, encode_videos, pretraining_prompts
-from pecn_ml.training.pacnet_data import moving_square_video
 from pecn_ml.training.resnet_pretrain import ResnetPretrainConfig, motion_masks, region_stats
+from pecn_test_support.moving_squares import moving_square_video
 
 
 def _videos(n=4, size=32, frames=10, seed=0):

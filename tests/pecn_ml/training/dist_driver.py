@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # test_pix2pix_training's fake frame cache
+sys.path.insert(0, str(Path(__file__).parents[2]))  # tests/pecn_test_support
 
 PIX2PIX_PAIRS = 7      # not a multiple of the global batch 4: a last step of 3, a micro-batch of 1
 PACNET_VIDEOS = (7, 3)  # train / val; global batch 2: a last step of 1
@@ -35,7 +36,7 @@ def run_pix2pix(out: Path, batch: int, pix2pix: str) -> dict:
 def run_pacnet(out: Path, batch: int, resnet: str, clip: str) -> dict:
     from pecn_ml.models.pacnet import PacNetConfig
     from pecn_ml.training.pacnet import PacNetTrainConfig, train_pacnet
-    from pecn_ml.training.pacnet_data import moving_square_dataset
+    from pecn_test_support.moving_squares import moving_square_dataset
 
     n_train, n_val = PACNET_VIDEOS
     cache, entries = moving_square_dataset(n_train + n_val, size=24, min_len=12, max_len=20, seed=3)

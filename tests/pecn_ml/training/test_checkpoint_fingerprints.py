@@ -15,7 +15,7 @@ from pecn_ml.models.tiny import build_tiny_models
 from pecn_ml.models.weights import weights_identity, weights_sha256
 from pecn_ml.training import pix2pix as p2p
 from pecn_ml.training import pacnet as pac
-from pecn_ml.training.pacnet_data import moving_square_dataset
+from pecn_test_support.moving_squares import moving_square_dataset
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,9 @@ from pecn_ml.training.pacnet import (PacNetTrainConfig,
                                      train_pacnet, training_step)
 from pecn_ml.training.scaffold import build_accelerator
 from pecn_ml.training.pacnet_data import (ArrayFrameCache, PacNetCropDataset, SplitOverlap, crop_indices, crop_ratio,
-                                          moving_square_dataset, selection_counts)
+                                          selection_counts)
 from pecn_ml.utils.files import folder_manifest, manifest_sha256, sha256_file
+from pecn_test_support.moving_squares import moving_square_dataset
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,7 @@ def pacnet_run(tmp_path_factory):
     from pecn_ml.models.pacnet import PacNetConfig
     from pecn_ml.models.tiny import build_tiny_models
     from pecn_ml.training.pacnet import PacNetTrainConfig, train_pacnet
-    from pecn_ml.training.pacnet_data import moving_square_dataset
+    from pecn_test_support.moving_squares import moving_square_dataset
 
     tiny = build_tiny_models(tmp_path_factory.getbasetemp() / "tiny-models")
     cache, entries = moving_square_dataset(8, size=24, min_len=12, max_len=20, seed=3)
